@@ -1,0 +1,60 @@
+# CCGSC V2. Two commands set everything up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test setup venv wasm migrate chromium lint fmt typecheck bench check clean
+
+run: setup migrate
+	@$(PY) manage.py bootstrap_demo
+	@scripts/serve.sh
+
+test: setup chromium
+	CCGSC_ENV=test $(PY) -m pytest $(PYTEST_ARGS)
+
+setup: venv wasm
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt edge_worker/pyproject.toml
+	@PYTHON=$$(scripts/find_python.sh) && echo "Using $$PYTHON" && \
+	  ( [ -x $(PY) ] && $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || \
+	    { rm -rf $(VENV) && $$PYTHON -m venv $(VENV); } )
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e edge_worker
+	@touch $(STAMP)
+
+wasm: venv
+	$(PY) wasm/build.py
+
+migrate: venv
+	$(PY) manage.py migrate --noinput
+
+# Browser tests drive Debian's Chromium; install it when missing (never a downloaded browser).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Installing Debian's chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: venv
+	@echo "mypy is not wired yet; see docs/architecture.md"
+
+bench: setup
+	$(PY) bench/run_all.py
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) wasm/build var/staticfiles

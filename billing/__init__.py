@@ -1,0 +1,1 @@
+"""Billing: ledger, usage metering, Stripe gateway, contributor credits and payouts."""

@@ -1,0 +1,1 @@
+"""Jobs: FC and FL jobs, tasks, assignments, workers and the dispatch plane."""

@@ -1,0 +1,1 @@
+"""Tenants: organisations, memberships and roles, invitations, API keys, tiers."""

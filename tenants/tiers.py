@@ -1,0 +1,103 @@
+"""Tiers and the policy limits each one grants, decided here and nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import models
+
+
+class Tier(models.TextChoices):
+    COMMUNITY = "community", "Community FC"
+    CORE = "core", "FL Core"
+    ENTERPRISE = "enterprise", "FL Enterprise"
+
+
+class JobKind(models.TextChoices):
+    FC = "fc", "Federated computing"
+    FL = "fl", "Federated learning"
+
+
+@dataclass(frozen=True, slots=True)
+class TierPolicy:
+    """What a tenant on a tier may do. Prices live in billing; limits live here."""
+
+    tier: str
+    label: str
+    job_kinds: frozenset[str]
+    max_concurrent_jobs: int
+    max_tasks_per_job: int
+    max_quorum: int
+    max_cohort_size: int
+    secure_aggregation: bool
+    differential_privacy: bool
+    robust_aggregation: bool
+    private_worker_pools: bool
+    custom_kernels: bool
+    max_api_keys: int
+    max_members: int
+    prepaid: bool
+
+    def allows_job_kind(self, kind: str) -> bool:
+        """Whether jobs of ``kind`` may be created on this tier."""
+        return kind in self.job_kinds
+
+
+POLICIES: dict[str, TierPolicy] = {
+    Tier.COMMUNITY: TierPolicy(
+        tier=Tier.COMMUNITY,
+        label="Community FC",
+        job_kinds=frozenset({JobKind.FC}),
+        max_concurrent_jobs=3,
+        max_tasks_per_job=10_000,
+        max_quorum=3,
+        max_cohort_size=0,
+        secure_aggregation=False,
+        differential_privacy=False,
+        robust_aggregation=False,
+        private_worker_pools=False,
+        custom_kernels=False,
+        max_api_keys=5,
+        max_members=5,
+        prepaid=False,
+    ),
+    Tier.CORE: TierPolicy(
+        tier=Tier.CORE,
+        label="FL Core",
+        job_kinds=frozenset({JobKind.FC, JobKind.FL}),
+        max_concurrent_jobs=20,
+        max_tasks_per_job=100_000,
+        max_quorum=5,
+        max_cohort_size=1_000,
+        secure_aggregation=True,
+        differential_privacy=True,
+        robust_aggregation=False,
+        private_worker_pools=False,
+        custom_kernels=True,
+        max_api_keys=25,
+        max_members=50,
+        prepaid=True,
+    ),
+    Tier.ENTERPRISE: TierPolicy(
+        tier=Tier.ENTERPRISE,
+        label="FL Enterprise",
+        job_kinds=frozenset({JobKind.FC, JobKind.FL}),
+        max_concurrent_jobs=200,
+        max_tasks_per_job=1_000_000,
+        max_quorum=7,
+        max_cohort_size=10_000,
+        secure_aggregation=True,
+        differential_privacy=True,
+        robust_aggregation=True,
+        private_worker_pools=True,
+        custom_kernels=True,
+        max_api_keys=200,
+        max_members=1_000,
+        prepaid=False,
+    ),
+}
+
+
+def policy_for(tier: str) -> TierPolicy:
+    """The policy of ``tier``; an unknown tier is a programming error."""
+    return POLICIES[tier]

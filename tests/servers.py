@@ -1,0 +1,185 @@
+"""Real servers for the service-backed suite: Daphne and a Celery worker on the test database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG_DIR = ROOT / "var" / "test-logs"
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_database_url() -> str:
+    """DATABASE_URL of the test database pytest-django created, for child processes."""
+    settings = connection.settings_dict
+    if settings["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{settings['NAME']}"
+    user = settings.get("USER") or "postgres"
+    password = f":{settings['PASSWORD']}" if settings.get("PASSWORD") else ""
+    host = settings.get("HOST") or "127.0.0.1"
+    port = settings.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{settings['NAME']}"
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """Environment for a child server process sharing this test run's database."""
+    env = os.environ.copy()
+    env.update({"DATABASE_URL": test_database_url(), "CCGSC_ENV": "test", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def wait_for_http(
+    url: str, timeout_s: float = 30.0, process: subprocess.Popen | None = None
+) -> None:
+    """Poll ``url`` until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before answering {url}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stoppable and restartable."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{name}-{uuid.uuid4().hex[:8]}.log"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class DaphneServer(ManagedProcess):
+    """Daphne serving the project's ASGI application on a free loopback port."""
+
+    def __init__(self, **extra_env: str) -> None:
+        self.port = free_port()
+        super().__init__(
+            "daphne",
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "ccgsc_site.asgi:application",
+            ],
+            server_env(**extra_env),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        try:
+            wait_for_http(self.url + "/healthz", process=self.process)
+        except Exception as exc:
+            raise RuntimeError(f"Daphne failed to start:\n{self.log_tail()}") from exc
+
+
+class CeleryWorker(ManagedProcess):
+    """A real Celery worker consuming this run's own queue."""
+
+    def __init__(self, queue: str, **extra_env: str) -> None:
+        self.queue = queue
+        super().__init__(
+            "celery",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "ccgsc_site",
+                "worker",
+                "-P",
+                "solo",
+                "-Q",
+                queue,
+                "-l",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"test-{queue}@%h",
+            ],
+            server_env(CCGSC_CELERY_QUEUE=queue, **extra_env),
+        )
+
+    def start(self) -> None:
+        super().start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"Celery worker exited:\n{self.log_tail()}")
+            if "ready." in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"Celery worker not ready:\n{self.log_tail()}")
+
+
+@contextlib.contextmanager
+def running(server: ManagedProcess) -> Iterator[ManagedProcess]:
+    """Start ``server`` and stop it afterwards."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

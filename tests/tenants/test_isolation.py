@@ -1,0 +1,137 @@
+"""Walks the whole URL configuration and proves no endpoint serves another tenant's objects.
+
+Every URL pattern with a path parameter is found automatically. A parameter names an object;
+``OBJECT_MAKERS`` says how to create one in *another* tenant. A new endpoint with a new kind of
+parameter makes this test fail until its maker is added, so nothing tenant-scoped goes untested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.forms.models import model_to_dict
+from django.urls import URLPattern, URLResolver, get_resolver
+from rest_framework.test import APIClient
+
+from tenants import services
+from tenants.roles import Role
+from tests.factories import PASSWORD, MembershipFactory
+
+pytestmark = pytest.mark.django_db
+
+# Path parameters that are not tenant objects: capabilities (tokens), admin's own routing, files.
+NOT_TENANT_SCOPED_PREFIXES = ("admin/", "static/", "media/")
+NOT_TENANT_SCOPED_PARAMS = {"uidb64", "token"}
+
+
+def _membership(tenant, owner):  # noqa: ANN001, ANN202
+    return MembershipFactory(tenant=tenant, role=Role.MEMBER)
+
+
+def _invitation(tenant, owner):  # noqa: ANN001, ANN202
+    return services.invitation_create(
+        tenant=tenant, actor=owner, actor_role=Role.OWNER, email="victim@example.org"
+    ).invitation
+
+
+def _api_key(tenant, owner):  # noqa: ANN001, ANN202
+    return services.api_key_create(
+        tenant=tenant, actor=owner, actor_role=Role.OWNER, name="v"
+    ).api_key
+
+
+OBJECT_MAKERS: dict[str, Callable] = {
+    "membership_id": _membership,
+    "invitation_id": _invitation,
+    "api_key_id": _api_key,
+}
+
+
+def register(name: str) -> Callable[[Callable], Callable]:
+    """Let later test modules add makers for the objects of their apps."""
+
+    def decorator(maker: Callable) -> Callable:
+        OBJECT_MAKERS[name] = maker
+        return maker
+
+    return decorator
+
+
+def _walk(patterns, prefix: str = "") -> Iterator[tuple[str, URLPattern]]:  # noqa: ANN001
+    for entry in patterns:
+        route = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            yield from _walk(entry.url_patterns, route)
+        else:
+            yield route, entry
+
+
+def _scoped_routes() -> list[tuple[str, URLPattern, list[str]]]:
+    routes = []
+    for route, pattern in _walk(get_resolver().url_patterns):
+        if route.startswith(NOT_TENANT_SCOPED_PREFIXES):
+            continue
+        params = list(pattern.pattern.converters) if hasattr(pattern.pattern, "converters") else []
+        params = [p for p in params if p not in NOT_TENANT_SCOPED_PARAMS]
+        if params:
+            routes.append((route, pattern, params))
+    return routes
+
+
+def _import_app_makers() -> None:
+    # App test modules register their makers on import (jobs, billing...).
+    import importlib
+
+    for module in ("tests.jobs.isolation_makers", "tests.billing.isolation_makers"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+
+
+def test_every_tenant_scoped_url_refuses_other_tenants_objects(
+    owner, tenant, other_tenant, other_owner
+):
+    _import_app_makers()
+    routes = _scoped_routes()
+    assert routes, "no tenant-scoped routes found: the walker is broken"
+    unknown = sorted({p for _, _, params in routes for p in params if p not in OBJECT_MAKERS})
+    assert not unknown, f"add an OBJECT_MAKERS entry for path parameters {unknown}"
+
+    session = APIClient()
+    session.login(email=owner.email, password=PASSWORD)
+    api_key = services.api_key_create(
+        tenant=tenant, actor=owner, actor_role=Role.OWNER, name="walker", role=Role.ADMIN
+    ).raw_key
+    keyed = APIClient(HTTP_AUTHORIZATION=f"Api-Key {api_key}")
+
+    checked = 0
+    for route, pattern, params in routes:
+        objects = {name: OBJECT_MAKERS[name](other_tenant, other_owner) for name in params}
+        kwargs = {name: obj.pk for name, obj in objects.items()}
+        url = "/" + _fill(route, kwargs)
+        before = {name: model_to_dict(obj) for name, obj in objects.items()}
+        clients = [session] + ([keyed] if route.startswith("api/") else [])
+        for client in clients:
+            for method in ("get", "post", "patch", "put", "delete"):
+                response = getattr(client, method)(url, {}, format="json")
+                assert response.status_code in (404, 405), (
+                    f"{method.upper()} {url} ({pattern.name}) answered {response.status_code} "
+                    "for another tenant's object"
+                )
+                checked += 1
+        for name, obj in objects.items():
+            fresh = type(obj)._base_manager.get(pk=obj.pk)
+            assert model_to_dict(fresh) == before[name], f"{route} changed another tenant's {name}"
+    assert checked >= len(routes) * 5
+
+
+def _fill(route: str, kwargs: dict[str, object]) -> str:
+    import re
+
+    def replace(match: re.Match) -> str:
+        return str(kwargs[match.group(2)])
+
+    return re.sub(r"<(?:(\w+):)?(\w+)>", replace, route)
