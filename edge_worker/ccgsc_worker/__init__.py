@@ -1,0 +1,3 @@
+"""CCGSC edge worker: runs hash-pinned WebAssembly kernels outside the browser."""
+
+__version__ = "1.0.0"
