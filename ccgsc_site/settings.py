@@ -195,7 +195,10 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CCGSC_CELERY_QUEUE", "ccgsc")
-CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    "lease-sweep": {"task": "jobs.tasks.lease_sweep", "schedule": 5.0},
+    "job-deadline-sweep": {"task": "jobs.tasks.job_deadline_sweep", "schedule": 30.0},
+}
 
 # Files: disk under var/media unless an S3 bucket is configured.
 AWS_STORAGE_BUCKET_NAME = os.environ.get("AWS_STORAGE_BUCKET_NAME", "")

@@ -1,1 +1,22 @@
-urlpatterns: list = []
+from django.urls import path
+
+from jobs import apis
+
+urlpatterns = [
+    path("kernels/", apis.KernelListApi.as_view(), name="api_kernel_list"),
+    path("kernels/<uuid:kernel_id>/", apis.KernelDetailApi.as_view(), name="api_kernel_detail"),
+    path("jobs/", apis.JobListApi.as_view(), name="api_job_list"),
+    path("jobs/<uuid:job_id>/", apis.JobDetailApi.as_view(), name="api_job_detail"),
+    path("jobs/<uuid:job_id>/start/", apis.JobStartApi.as_view(), name="api_job_start"),
+    path("jobs/<uuid:job_id>/pause/", apis.JobPauseApi.as_view(), name="api_job_pause"),
+    path("jobs/<uuid:job_id>/resume/", apis.JobResumeApi.as_view(), name="api_job_resume"),
+    path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api_job_cancel"),
+    path("jobs/<uuid:job_id>/tasks/", apis.JobTaskListApi.as_view(), name="api_job_tasks"),
+    path("jobs/<uuid:job_id>/result/", apis.JobResultApi.as_view(), name="api_job_result"),
+    path(
+        "contributors/anonymous/",
+        apis.ContributorAnonymousApi.as_view(),
+        name="api_contributor_anonymous",
+    ),
+    path("contributors/me/", apis.ContributorMeApi.as_view(), name="api_contributor_me"),
+]

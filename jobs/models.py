@@ -1,1 +1,353 @@
-"""Jobs and the dispatch plane."""
+"""Jobs, tasks, assignments (replicas), kernels, workers and contributors.
+
+PostgreSQL is the source of truth for every lease: a task is claimed with
+``SELECT ... FOR UPDATE SKIP LOCKED`` and an assignment's lease is a column, so any number of
+Daphne processes can dispatch and a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from tenants.models import Tenant
+from tenants.scoping import TenantOwnedModel
+
+
+class Reducer(models.TextChoices):
+    SUM_U64 = "sum_u64", "Sum (u64 vector)"
+    BEST_K = "best_k", "Best k (lowest values)"
+    MIN_F64 = "min_f64", "Minimum"
+    MAX_F64 = "max_f64", "Maximum"
+    CONCAT = "concat", "Concatenation"
+
+
+class Kernel(models.Model):
+    """A WebAssembly kernel, content-addressed by the SHA-256 of its module.
+
+    Built-in kernels have no tenant and are visible to all; a tenant's uploaded kernels are visible
+    to that tenant only (``selectors.kernel_list`` filters by ``tenant IS NULL OR tenant = t``).
+    Workers fetch modules by hash and check it before running them.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="kernels"
+    )
+    name = models.SlugField(max_length=60)
+    version = models.CharField(max_length=30)
+    sha256 = models.CharField(max_length=64, unique=True)
+    size_bytes = models.PositiveIntegerField()
+    reducer = models.CharField(max_length=20, choices=Reducer.choices)
+    output_bytes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Fixed output length, when the reducer needs one."
+    )
+    description = models.TextField(blank=True)
+    params_schema = models.JSONField(default=list, blank=True)
+    max_range_per_task = models.BigIntegerField(default=1_000_000_000)
+    work_unit_scale = models.FloatField(
+        default=1.0, help_text="Work units credited per index of a task's range."
+    )
+    module = models.FileField(upload_to="kernels/", blank=True)
+    builtin = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "name", "version"],
+                condition=Q(tenant__isnull=False),
+                name="kernel_tenant_name_version_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["name", "version"],
+                condition=Q(tenant__isnull=True),
+                name="kernel_builtin_name_version_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+class JobStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    REDUCING = "reducing", "Reducing"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.DRAFT, JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.REDUCING)
+
+
+class Job(TenantOwnedModel):
+    """A federated computing job: a kernel over [range_start, range_end) split into tasks."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="jobs")
+    name = models.CharField(max_length=120)
+    kind = models.CharField(max_length=10, default="fc")
+    kernel = models.ForeignKey(Kernel, on_delete=models.PROTECT, related_name="jobs")
+    params = models.JSONField(default=list, blank=True)
+    range_start = models.BigIntegerField()
+    range_end = models.BigIntegerField()
+    chunk_size = models.BigIntegerField()
+    seed = models.BigIntegerField(default=0)
+    quorum = models.PositiveSmallIntegerField(default=2)
+    max_replicas = models.PositiveSmallIntegerField(default=5)
+    adaptive_replication = models.BooleanField(default=False)
+    lease_seconds = models.PositiveIntegerField(default=60)
+    priority = models.SmallIntegerField(default=0)
+    deadline = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.DRAFT)
+    status_reason = models.CharField(max_length=300, blank=True)
+    task_count = models.PositiveIntegerField(default=0)
+    tasks_validated = models.PositiveIntegerField(default=0)
+    tasks_failed = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    result_bytes = models.BinaryField(null=True, blank=True)
+    result_sha256 = models.CharField(max_length=64, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["status", "-priority", "created_at"]),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(range_start__gte=0) & Q(range_end__gt=F("range_start")),
+                name="job_range_valid",
+            ),
+            models.CheckConstraint(condition=Q(chunk_size__gt=0), name="job_chunk_positive"),
+            models.CheckConstraint(
+                condition=Q(quorum__gte=1) & Q(max_replicas__gte=F("quorum")),
+                name="job_replicas_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def progress_percent(self) -> int:
+        if not self.task_count:
+            return 0
+        return int(100 * self.tasks_validated / self.task_count)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class TaskStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    VALIDATED = "validated", "Validated"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Task(TenantOwnedModel):
+    """One slice of a job. Dispatchable while open and fewer replicas run than it needs."""
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks")
+    index = models.PositiveIntegerField()
+    lo = models.BigIntegerField()
+    hi = models.BigIntegerField()
+    work_units = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=20, choices=TaskStatus.choices, default=TaskStatus.OPEN)
+    # Replicas wanted / in flight or returned. Dispatchable when active < target.
+    target_replicas = models.PositiveSmallIntegerField()
+    active_replicas = models.PositiveSmallIntegerField(default=0)
+    priority = models.SmallIntegerField(default=0)
+    dispatchable = models.BooleanField(default=False, db_index=False)
+    # Known-answer tasks check workers; they are not part of the job's result.
+    known_answer_sha256 = models.CharField(max_length=64, blank=True)
+    canonical_sha256 = models.CharField(max_length=64, blank=True)
+    canonical_output = models.BinaryField(null=True, blank=True)
+    validated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "index"], name="task_job_index_unique"),
+            models.CheckConstraint(condition=Q(hi__gt=F("lo")), name="task_range_valid"),
+        ]
+        indexes = [
+            # The dispatcher's queue: only dispatchable tasks, in priority order.
+            models.Index(
+                fields=["-priority", "id"],
+                name="task_dispatch_queue",
+                condition=Q(dispatchable=True),
+            ),
+            models.Index(fields=["job", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.index}"
+
+    @property
+    def is_known_answer(self) -> bool:
+        return bool(self.known_answer_sha256)
+
+
+class Contributor(models.Model):
+    """Someone who lends compute: an account, or an anonymous device that can be claimed later."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="contributor",
+    )
+    display_name = models.CharField(max_length=80, blank=True)
+    # Enterprise private pools: a contributor registered by a tenant serves only that tenant.
+    pool_tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="pool_contributors"
+    )
+    token_version = models.PositiveIntegerField(default=1)
+    is_banned = models.BooleanField(default=False)
+    validated_replicas = models.PositiveBigIntegerField(default=0)
+    validated_work_units = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        if self.display_name:
+            return self.display_name
+        return self.user.email if self.user_id else f"anonymous-{str(self.id)[:8]}"
+
+
+class WorkerKind(models.TextChoices):
+    BROWSER = "browser", "Browser"
+    EDGE = "edge", "Edge"
+
+
+class Worker(models.Model):
+    """One connected runtime (a browser page or an edge process) of a contributor."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    contributor = models.ForeignKey(Contributor, on_delete=models.CASCADE, related_name="workers")
+    kind = models.CharField(max_length=10, choices=WorkerKind.choices)
+    client_version = models.CharField(max_length=40, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    slots = models.PositiveSmallIntegerField(default=1)
+    channel_name = models.CharField(max_length=200, blank=True)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    disconnected_at = models.DateTimeField(null=True, blank=True)
+    is_online = models.BooleanField(default=False)
+    is_banned = models.BooleanField(default=False)
+    # Trust: consecutive validated results; reset by any invalid result, error or time-out.
+    consecutive_valid = models.PositiveIntegerField(default=0)
+    validated_replicas = models.PositiveBigIntegerField(default=0)
+    invalid_replicas = models.PositiveBigIntegerField(default=0)
+    errored_replicas = models.PositiveBigIntegerField(default=0)
+    expired_replicas = models.PositiveBigIntegerField(default=0)
+    validated_work_units = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        indexes = [models.Index(fields=["is_online"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {str(self.id)[:8]}"
+
+
+class AssignmentStatus(models.TextChoices):
+    ASSIGNED = "assigned", "Assigned (lease held)"
+    RETURNED = "returned", "Returned, awaiting quorum"
+    VALID = "valid", "Valid"
+    INVALID = "invalid", "Invalid"
+    ERROR = "error", "Error"
+    EXPIRED = "expired", "Lease expired"
+    CANCELLED = "cancelled", "Cancelled"
+    LATE = "late", "Returned after validation"
+
+
+class Assignment(TenantOwnedModel):
+    """One replica of a task on one worker, with its lease and, once returned, its result."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="assignments")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
+    worker = models.ForeignKey(Worker, on_delete=models.PROTECT, related_name="assignments")
+    contributor = models.ForeignKey(
+        Contributor, on_delete=models.PROTECT, related_name="assignments"
+    )
+    status = models.CharField(
+        max_length=20, choices=AssignmentStatus.choices, default=AssignmentStatus.ASSIGNED
+    )
+    assigned_at = models.DateTimeField(auto_now_add=True)
+    lease_expires_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    returned_at = models.DateTimeField(null=True, blank=True)
+    output = models.BinaryField(null=True, blank=True)
+    output_sha256 = models.CharField(max_length=64, blank=True)
+    elapsed_ms = models.PositiveIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=30, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+    # Set once, under the task's row lock, when this replica is credited.
+    credited_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-assigned_at"]
+        constraints = [
+            # Replicas of a task run on distinct contributors (and so on distinct workers).
+            models.UniqueConstraint(
+                fields=["task", "contributor"], name="assignment_task_contributor_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["lease_expires_at"],
+                name="assignment_live_leases",
+                condition=Q(status="assigned"),
+            ),
+            models.Index(fields=["job", "status"]),
+            models.Index(fields=["worker", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task} on {self.worker}"
+
+
+class JobEvent(TenantOwnedModel):
+    """A line of a job's history, shown in the director."""
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=40)
+    message = models.CharField(max_length=300)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["job", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"

@@ -7,6 +7,9 @@ message and no cookies, so their route needs no origin check.
 
 from channels.auth import AuthMiddlewareStack
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.urls import path
+
+from jobs import consumers
 
 
 def browser(consumer):  # noqa: ANN001, ANN201
@@ -14,4 +17,8 @@ def browser(consumer):  # noqa: ANN001, ANN201
     return AllowedHostsOriginValidator(AuthMiddlewareStack(consumer))
 
 
-websocket_urlpatterns: list = []
+websocket_urlpatterns = [
+    path("ws/edge/", consumers.EdgeWorkerConsumer.as_asgi()),
+    path("ws/worker/", browser(consumers.BrowserWorkerConsumer.as_asgi())),
+    path("ws/jobs/<uuid:job_id>/", browser(consumers.JobDirectorConsumer.as_asgi())),
+]

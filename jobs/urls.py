@@ -1,1 +1,16 @@
-urlpatterns: list = []
+from django.urls import path, re_path
+
+from jobs import views
+
+urlpatterns = [
+    path("jobs/", views.job_list, name="job_list"),
+    path("jobs/new/", views.job_create, name="job_create"),
+    path("jobs/<uuid:job_id>/", views.job_detail, name="job_detail"),
+    path("jobs/<uuid:job_id>/control/", views.job_control, name="job_control"),
+    re_path(
+        r"^jobs/(?P<job_id>[0-9a-f-]{36})/result\.(?P<fmt>json|csv)$",
+        views.job_result,
+        name="job_result",
+    ),
+    re_path(r"^kernels/(?P<sha256>[0-9a-f]{64})\.wasm$", views.kernel_module, name="kernel_module"),
+]

@@ -59,10 +59,15 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     if not membership:
         return render(request, "tenants/no_tenant.html")
     tenant = membership.tenant
+    from jobs.selectors import job_list
+
+    jobs = job_list(tenant=tenant)
     context = {
         "tenant": tenant,
         "membership": membership,
         "policy": tenant.policy,
+        "jobs": jobs[:10],
+        "job_count": jobs.count(),
         "member_count": selectors.membership_list(tenant=tenant).count(),
         "key_count": selectors.api_key_list(tenant=tenant).filter(revoked_at__isnull=True).count(),
     }

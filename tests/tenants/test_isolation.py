@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from django.forms.models import model_to_dict
-from django.urls import URLPattern, URLResolver, get_resolver
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 
 from tenants import services
@@ -20,9 +20,13 @@ from tests.factories import PASSWORD, MembershipFactory
 
 pytestmark = pytest.mark.django_db
 
-# Path parameters that are not tenant objects: capabilities (tokens), admin's own routing, files.
-NOT_TENANT_SCOPED_PREFIXES = ("admin/", "static/", "media/")
+# Routes that are not tenant-scoped on purpose: admin (staff see every tenant), static files,
+# and kernel modules, which workers of any tenant fetch by content hash with a worker token.
+NOT_TENANT_SCOPED_PREFIXES = ("admin/", "static/", "media/", "^kernels/")
+# Path parameters that are capabilities, not objects (password-reset and invitation tokens).
 NOT_TENANT_SCOPED_PARAMS = {"uidb64", "token"}
+# Parameters that select a representation of the object named by the other parameters.
+FIXED_PARAMS = {"fmt": "json"}
 
 
 def _membership(tenant, owner):  # noqa: ANN001, ANN202
@@ -67,14 +71,22 @@ def _walk(patterns, prefix: str = "") -> Iterator[tuple[str, URLPattern]]:  # no
             yield route, entry
 
 
+def _params(pattern: URLPattern) -> list[str]:
+    """Named parameters of a route, whether written with path() or re_path()."""
+    converters = getattr(pattern.pattern, "converters", None)
+    names = list(converters) if converters else list(pattern.pattern.regex.groupindex)
+    return [name for name in names if name not in NOT_TENANT_SCOPED_PARAMS]
+
+
 def _scoped_routes() -> list[tuple[str, URLPattern, list[str]]]:
     routes = []
     for route, pattern in _walk(get_resolver().url_patterns):
-        if route.startswith(NOT_TENANT_SCOPED_PREFIXES):
+        if route.startswith(NOT_TENANT_SCOPED_PREFIXES) or route.lstrip("^").startswith(
+            NOT_TENANT_SCOPED_PREFIXES
+        ):
             continue
-        params = list(pattern.pattern.converters) if hasattr(pattern.pattern, "converters") else []
-        params = [p for p in params if p not in NOT_TENANT_SCOPED_PARAMS]
-        if params:
+        params = _params(pattern)
+        if any(p not in FIXED_PARAMS for p in params):
             routes.append((route, pattern, params))
     return routes
 
@@ -97,7 +109,16 @@ def test_every_tenant_scoped_url_refuses_other_tenants_objects(
     _import_app_makers()
     routes = _scoped_routes()
     assert routes, "no tenant-scoped routes found: the walker is broken"
-    unknown = sorted({p for _, _, params in routes for p in params if p not in OBJECT_MAKERS})
+    unknown = sorted(
+        {
+            p
+            for _, _, params in routes
+            for p in params
+            if p not in OBJECT_MAKERS and p not in FIXED_PARAMS
+        }
+    )
+    unnamed = [route for route, pattern, _ in routes if not pattern.name]
+    assert not unnamed, f"name these routes so the walker can reverse them: {unnamed}"
     assert not unknown, f"add an OBJECT_MAKERS entry for path parameters {unknown}"
 
     session = APIClient()
@@ -109,11 +130,16 @@ def test_every_tenant_scoped_url_refuses_other_tenants_objects(
 
     checked = 0
     for route, pattern, params in routes:
-        objects = {name: OBJECT_MAKERS[name](other_tenant, other_owner) for name in params}
-        kwargs = {name: obj.pk for name, obj in objects.items()}
-        url = "/" + _fill(route, kwargs)
+        objects = {
+            name: OBJECT_MAKERS[name](other_tenant, other_owner)
+            for name in params
+            if name in OBJECT_MAKERS
+        }
+        kwargs = {name: str(obj.pk) for name, obj in objects.items()}
+        kwargs.update({name: FIXED_PARAMS[name] for name in params if name in FIXED_PARAMS})
+        url = reverse(pattern.name, kwargs=kwargs)
         before = {name: model_to_dict(obj) for name, obj in objects.items()}
-        clients = [session] + ([keyed] if route.startswith("api/") else [])
+        clients = [session] + ([keyed] if url.startswith("/api/") else [])
         for client in clients:
             for method in ("get", "post", "patch", "put", "delete"):
                 response = getattr(client, method)(url, {}, format="json")
@@ -126,12 +152,3 @@ def test_every_tenant_scoped_url_refuses_other_tenants_objects(
             fresh = type(obj)._base_manager.get(pk=obj.pk)
             assert model_to_dict(fresh) == before[name], f"{route} changed another tenant's {name}"
     assert checked >= len(routes) * 5
-
-
-def _fill(route: str, kwargs: dict[str, object]) -> str:
-    import re
-
-    def replace(match: re.Match) -> str:
-        return str(kwargs[match.group(2)])
-
-    return re.sub(r"<(?:(\w+):)?(\w+)>", replace, route)

@@ -1,0 +1,334 @@
+"""REST API for jobs, kernels and contributors."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from ccgsc_site.api import TenantApi
+from jobs import dispatch, exports, selectors, services
+from jobs.kernels import kernel_upload
+from jobs.models import Reducer
+from tenants.roles import Action
+
+
+class KernelOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    version = serializers.CharField()
+    sha256 = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    reducer = serializers.CharField()
+    output_bytes = serializers.IntegerField(allow_null=True)
+    description = serializers.CharField()
+    params_schema = serializers.JSONField()
+    max_range_per_task = serializers.IntegerField()
+    builtin = serializers.BooleanField()
+
+
+class KernelListApi(TenantApi):
+    """Kernels this tenant may run; upload your own (multipart, field `module`)."""
+
+    actions = {"POST": Action.RUN_JOBS}
+
+    def get_parsers(self):  # noqa: ANN201 - DRF's signature
+        if getattr(self, "request", None) is not None and self.request.method == "POST":
+            return [MultiPartParser()]
+        return super().get_parsers()
+
+    class KernelUploadInput(serializers.Serializer):
+        name = serializers.SlugField(max_length=60)
+        version = serializers.CharField(max_length=30)
+        reducer = serializers.ChoiceField(choices=Reducer.choices)
+        output_bytes = serializers.IntegerField(required=False, min_value=8, max_value=1024 * 1024)
+        description = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+        max_range_per_task = serializers.IntegerField(required=False, min_value=1, max_value=10**12)
+        module = serializers.FileField()
+
+    @extend_schema(responses=KernelOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return self.paginated(selectors.kernel_list(tenant=self.tenant), KernelOutput)
+
+    @extend_schema(
+        request={"multipart/form-data": KernelUploadInput}, responses={201: KernelOutput}
+    )
+    def post(self, request: Request) -> Response:
+        payload = self.KernelUploadInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        upload = data.pop("module")
+        kernel = kernel_upload(
+            tenant=self.tenant,
+            actor=_person(request),
+            actor_role=self.role,
+            module=upload.read(_module_read_limit()),
+            **data,
+        )
+        return Response(KernelOutput(kernel).data, status=status.HTTP_201_CREATED)
+
+
+def _module_read_limit() -> int:
+    """Read at most one byte past the limit so oversized uploads are refused, not truncated."""
+    from ccgsc_worker.abi import MAX_MODULE_BYTES
+
+    return MAX_MODULE_BYTES + 1
+
+
+class KernelDetailApi(TenantApi):
+    """One kernel."""
+
+    @extend_schema(responses=KernelOutput)
+    def get(self, request: Request, kernel_id: uuid.UUID) -> Response:
+        return Response(
+            KernelOutput(selectors.kernel_get(tenant=self.tenant, kernel_id=kernel_id)).data
+        )
+
+
+class JobOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    kernel = serializers.CharField(source="kernel.name")
+    kernel_id = serializers.UUIDField()
+    params = serializers.JSONField()
+    range_start = serializers.IntegerField()
+    range_end = serializers.IntegerField()
+    chunk_size = serializers.IntegerField()
+    seed = serializers.IntegerField()
+    quorum = serializers.IntegerField()
+    max_replicas = serializers.IntegerField()
+    adaptive_replication = serializers.BooleanField()
+    lease_seconds = serializers.IntegerField()
+    priority = serializers.IntegerField()
+    deadline = serializers.DateTimeField(allow_null=True)
+    status = serializers.CharField()
+    status_reason = serializers.CharField()
+    task_count = serializers.IntegerField()
+    tasks_validated = serializers.IntegerField()
+    tasks_failed = serializers.IntegerField()
+    progress_percent = serializers.IntegerField()
+    result = serializers.JSONField(allow_null=True)
+    result_sha256 = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobCreateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=120)
+    kernel = serializers.CharField(help_text="Kernel id, or the name of a built-in kernel.")
+    params = serializers.JSONField(required=False, default=dict)
+    range_start = serializers.IntegerField(min_value=0, max_value=2**63 - 2)
+    range_end = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    chunk_size = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1)
+    quorum = serializers.IntegerField(required=False, default=2, min_value=1, max_value=20)
+    max_replicas = serializers.IntegerField(required=False, min_value=1, max_value=20)
+    adaptive_replication = serializers.BooleanField(required=False, default=False)
+    lease_seconds = serializers.IntegerField(
+        required=False, default=60, min_value=5, max_value=3600
+    )
+    priority = serializers.IntegerField(required=False, default=0, min_value=-100, max_value=100)
+    deadline = serializers.DateTimeField(required=False, allow_null=True)
+    start = serializers.BooleanField(required=False, default=True)
+
+
+class JobListApi(TenantApi):
+    """List or create federated computing jobs."""
+
+    actions = {"POST": Action.RUN_JOBS}
+
+    @extend_schema(responses=JobOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return self.paginated(selectors.job_list(tenant=self.tenant), JobOutput)
+
+    @extend_schema(request=JobCreateInput, responses={201: JobOutput})
+    def post(self, request: Request) -> Response:
+        payload = JobCreateInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        start = data.pop("start")
+        kernel = _kernel_by_ref(self.tenant, data.pop("kernel"))
+        job = services.job_create(
+            tenant=self.tenant,
+            actor=_person(request),
+            actor_role=self.role,
+            spec=services.JobSpec(kernel=kernel, **data),
+            start=start,
+        )
+        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+def _kernel_by_ref(tenant, ref: str):  # noqa: ANN001, ANN202
+    try:
+        return selectors.kernel_get(tenant=tenant, kernel_id=uuid.UUID(ref))
+    except ValueError:
+        kernel = selectors.kernel_list(tenant=tenant).filter(name=ref).first()
+        if kernel is None:
+            raise serializers.ValidationError({"kernel": f"Unknown kernel {ref!r}."}) from None
+        return kernel
+
+
+class JobDetailApi(TenantApi):
+    """One job with its progress and, once completed, its result."""
+
+    @extend_schema(responses=JobOutput)
+    def get(self, request: Request, job_id: uuid.UUID) -> Response:
+        return Response(JobOutput(selectors.job_get(tenant=self.tenant, job_id=job_id)).data)
+
+
+class _JobControlApi(TenantApi):
+    action_name = ""
+    actions = {"POST": Action.RUN_JOBS}
+
+    @extend_schema(request=None, responses=JobOutput)
+    def post(self, request: Request, job_id: uuid.UUID) -> Response:
+        job = services.job_control(
+            tenant=self.tenant, job_id=job_id, role=self.role, action=self.action_name
+        )
+        return Response(JobOutput(job).data)
+
+
+class JobStartApi(_JobControlApi):
+    """Start a draft job."""
+
+    action_name = "start"
+
+
+class JobPauseApi(_JobControlApi):
+    """Pause a running job (no new replicas are handed out)."""
+
+    action_name = "pause"
+
+
+class JobResumeApi(_JobControlApi):
+    """Resume a paused job."""
+
+    action_name = "resume"
+
+
+class JobCancelApi(_JobControlApi):
+    """Cancel a job."""
+
+    action_name = "cancel"
+
+
+class TaskOutput(serializers.Serializer):
+    index = serializers.IntegerField()
+    lo = serializers.IntegerField()
+    hi = serializers.IntegerField()
+    status = serializers.CharField()
+    target_replicas = serializers.IntegerField()
+    active_replicas = serializers.IntegerField()
+    canonical_sha256 = serializers.CharField()
+    validated_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobTaskListApi(TenantApi):
+    """The tasks of a job."""
+
+    @extend_schema(responses=TaskOutput(many=True))
+    def get(self, request: Request, job_id: uuid.UUID) -> Response:
+        job = selectors.job_get(tenant=self.tenant, job_id=job_id)
+        return self.paginated(selectors.task_list(tenant=self.tenant, job=job), TaskOutput)
+
+
+class JobResultApi(TenantApi):
+    """A completed job's result as JSON (default) or CSV (`?format=csv`)."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("format", str, enum=["json", "csv"])],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, job_id: uuid.UUID) -> Response | HttpResponse:
+        job = selectors.job_get(tenant=self.tenant, job_id=job_id)
+        if request.query_params.get("format") == "csv":
+            return exports.job_result_csv_response(job)
+        return Response(exports.job_result_document(job))
+
+
+class ContributorOutput(serializers.Serializer):
+    contributor = serializers.UUIDField()
+    token = serializers.CharField()
+
+
+class AnonymousThrottle(AnonRateThrottle):
+    rate = "20/hour"
+    scope = "anonymous_contributor"
+
+
+class ContributorAnonymousApi(APIView):
+    """Create an anonymous device contributor and its worker token (the worker page does this)."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [AnonymousThrottle]
+
+    @extend_schema(request=None, responses={201: ContributorOutput})
+    def post(self, request: Request) -> Response:
+        contributor, token = dispatch.contributor_create_anonymous()
+        return Response(
+            {"contributor": contributor.pk, "token": token}, status=status.HTTP_201_CREATED
+        )
+
+
+class ContributorMeApi(APIView):
+    """The signed-in user's contributor: stats, a fresh worker token, or claiming a device."""
+
+    permission_classes = [IsAuthenticated]
+
+    class ClaimInput(serializers.Serializer):
+        token = serializers.CharField(max_length=512)
+
+    @extend_schema(responses=ContributorOutput)
+    def get(self, request: Request) -> Response:
+        contributor = dispatch.contributor_for_user(user=_require_person(request))
+        return Response(
+            {
+                "contributor": contributor.pk,
+                "token": dispatch.worker_token_issue(contributor=contributor),
+                "validated_replicas": contributor.validated_replicas,
+                "validated_work_units": contributor.validated_work_units,
+            }
+        )
+
+    @extend_schema(request=ClaimInput, responses=ContributorOutput)
+    def post(self, request: Request) -> Response:
+        payload = self.ClaimInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        try:
+            contributor = dispatch.contributor_claim(
+                user=_require_person(request), token=payload.validated_data["token"]
+            )
+        except ValueError as exc:
+            raise serializers.ValidationError({"token": str(exc)}) from exc
+        return Response(
+            {
+                "contributor": contributor.pk,
+                "token": dispatch.worker_token_issue(contributor=contributor),
+            }
+        )
+
+
+def _person(request: Request):  # noqa: ANN202
+    user = request.user
+    return None if getattr(user, "api_key", None) is not None else user
+
+
+def _require_person(request: Request):  # noqa: ANN202
+    user = _person(request)
+    if user is None:
+        from rest_framework.exceptions import PermissionDenied
+
+        raise PermissionDenied("Contributor endpoints are for people, not API keys.")
+    return user

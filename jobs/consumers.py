@@ -1,0 +1,357 @@
+"""WebSocket consumers: workers (browser and edge) and the job director.
+
+Thin by design: authenticate, validate each message against its schema, call a service through
+``database_sync_to_async``, send what it returns. No ORM here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from django.core.exceptions import PermissionDenied, ValidationError
+
+from jobs import dispatch, protocol, realtime, selectors, services
+from jobs.protocol import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """Per-connection message rate limit."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.capacity = burst
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+MAX_RATE_VIOLATIONS = 100
+
+
+class WorkerConsumer(AsyncWebsocketConsumer):
+    """One worker connection. Work is pushed: claims happen on hello, after each result, and
+    whenever the dispatch group is woken because tasks became ready."""
+
+    worker_id: uuid.UUID | None = None
+    contributor_id: uuid.UUID | None = None
+
+    async def connect(self) -> None:
+        self.slots = 0
+        self.in_flight: set[str] = set()
+        self.bucket = TokenBucket(protocol.MESSAGES_PER_SECOND, protocol.MESSAGE_BURST)
+        self.violations = 0
+        self.fill_lock = asyncio.Lock()
+        await self.accept()
+        self.hello_timer = asyncio.get_running_loop().call_later(
+            protocol.HELLO_TIMEOUT_S, self._hello_timeout
+        )
+
+    def _hello_timeout(self) -> None:
+        if self.worker_id is None:
+            asyncio.ensure_future(self.close(code=protocol.CLOSE_HELLO_TIMEOUT))
+
+    async def disconnect(self, code: int) -> None:
+        self.hello_timer.cancel()
+        if self.worker_id is not None:
+            await self.channel_layer.group_discard(realtime.DISPATCH_GROUP, self.channel_name)
+            await database_sync_to_async(dispatch.worker_disconnect)(worker_id=self.worker_id)
+
+    async def send_message(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(message, separators=(",", ":")))
+
+    async def send_error(self, code: str, message: str, ref: str | None = None) -> None:
+        await self.send_message(
+            {"v": 1, "type": "error", "code": code, "message": message, "ref": ref}
+        )
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.bucket.take():
+            self.violations += 1
+            if self.violations > MAX_RATE_VIOLATIONS:
+                await self.close(code=protocol.CLOSE_RATE_LIMITED)
+            else:
+                await self.send_error("rate_limited", "slow down: message dropped")
+            return
+        try:
+            if bytes_data is not None:
+                frame = protocol.parse_result_frame(bytes_data)
+                await self._require_hello()
+                await self.on_result(frame)
+                return
+            message = protocol.parse_text(text_data or "")
+            kind = message["type"]
+            if kind == "hello":
+                await self.on_hello(message)
+                return
+            await self._require_hello()
+            handler = getattr(self, f"on_{kind}")
+            await handler(message)
+        except ProtocolError as exc:
+            if (
+                exc.code == "too_large"
+                and bytes_data is not None
+                and len(bytes_data) > 4 * protocol.MAX_RESULT_BYTES
+            ):
+                await self.close(code=protocol.CLOSE_TOO_LARGE)
+                return
+            if exc.code == "protocol_version" and self.worker_id is None:
+                await self.send_error(exc.code, exc.message)
+                await self.close(code=protocol.CLOSE_PROTOCOL_VERSION)
+                return
+            await self.send_error(exc.code, exc.message, ref=_ref(text_data))
+
+    async def _require_hello(self) -> None:
+        if self.worker_id is None:
+            raise ProtocolError("invalid_message", "send 'hello' first")
+
+    async def on_hello(self, message: dict[str, Any]) -> None:
+        if self.worker_id is not None:
+            raise ProtocolError("invalid_message", "already said hello")
+        contributor = await database_sync_to_async(dispatch.worker_token_verify)(
+            token=message["token"]
+        )
+        if contributor is None:
+            await self.send_error("unauthorized", "invalid, revoked or banned worker token")
+            await self.close(code=protocol.CLOSE_UNAUTHORIZED)
+            return
+        expected_kind = self.scope.get("worker_kind")
+        if expected_kind and message["client"]["kind"] != expected_kind:
+            raise ProtocolError("invalid_message", f"this endpoint serves {expected_kind} workers")
+        session = await database_sync_to_async(dispatch.worker_connect)(
+            contributor=contributor, hello=message, channel_name=self.channel_name
+        )
+        self.hello_timer.cancel()
+        self.worker_id = session.worker_id
+        self.contributor_id = session.contributor_id
+        self.slots = message["slots"]
+        await self.channel_layer.group_add(realtime.DISPATCH_GROUP, self.channel_name)
+        await self.send_message(
+            {
+                "v": 1,
+                "type": "welcome",
+                "worker": str(session.worker_id),
+                "contributor": str(session.contributor_id),
+                "heartbeat_ms": dispatch.HEARTBEAT_MS,
+                "limits": {
+                    "max_json_bytes": protocol.MAX_JSON_BYTES,
+                    "max_result_bytes": protocol.MAX_RESULT_BYTES,
+                    "messages_per_second": protocol.MESSAGES_PER_SECOND,
+                },
+                "outstanding": session.outstanding,
+            }
+        )
+        await self.fill()
+
+    async def on_capacity(self, message: dict[str, Any]) -> None:
+        self.slots = message["slots"]
+        await database_sync_to_async(dispatch.worker_set_slots)(
+            worker_id=self.worker_id, slots=self.slots
+        )
+        await self.fill()
+
+    async def on_ping(self, message: dict[str, Any]) -> None:
+        await self.send_message({"v": 1, "type": "pong"})
+
+    async def on_progress(self, message: dict[str, Any]) -> None:
+        held = await database_sync_to_async(dispatch.assignment_heartbeat)(
+            worker_id=self.worker_id, assignment_id=message["assignment"]
+        )
+        if not held:
+            self.in_flight.discard(message["assignment"])
+            await self.send_message(
+                {
+                    "v": 1,
+                    "type": "cancel",
+                    "assignment": message["assignment"],
+                    "reason": "lease_lost",
+                }
+            )
+
+    async def on_error(self, message: dict[str, Any]) -> None:
+        await database_sync_to_async(dispatch.assignment_error)(
+            worker_id=self.worker_id,
+            assignment_id=message["assignment"],
+            code=message["code"],
+            message=message.get("message", ""),
+        )
+        self.in_flight.discard(message["assignment"])
+        await self.fill()
+
+    async def on_result(self, frame: protocol.ResultFrame) -> None:
+        header = frame.header
+        try:
+            outcome = await database_sync_to_async(dispatch.result_submit)(
+                contributor_id=self.contributor_id,
+                assignment_id=header["assignment"],
+                output=frame.output,
+                sha256=header["sha256"],
+                elapsed_ms=header.get("elapsed_ms"),
+            )
+        except ValueError as exc:
+            raise ProtocolError("invalid_result", str(exc)) from exc
+        self.in_flight.discard(header["assignment"])
+        await self.send_message(
+            {"v": 1, "type": "ack", "assignment": header["assignment"], "status": outcome.status}
+        )
+        await self.fill()
+
+    async def fill(self) -> None:
+        """Claim work for every free slot and push it."""
+        if self.worker_id is None:
+            return
+        async with self.fill_lock:
+            free = self.slots - len(self.in_flight)
+            if free <= 0:
+                return
+            offers = await database_sync_to_async(dispatch.assignment_claim)(
+                worker_id=self.worker_id, count=free
+            )
+            for offer in offers:
+                self.in_flight.add(str(offer.assignment_id))
+                await self.send_message(offer.message())
+
+    # ---- channel-layer events (sent by services after commit)
+
+    async def dispatch_wake(self, event: dict[str, Any]) -> None:
+        await self.fill()
+
+    async def worker_cancel(self, event: dict[str, Any]) -> None:
+        self.in_flight.discard(event["assignment"])
+        await self.send_message(
+            {"v": 1, "type": "cancel", "assignment": event["assignment"], "reason": event["reason"]}
+        )
+        await self.fill()
+
+    async def worker_credit(self, event: dict[str, Any]) -> None:
+        await self.send_message(
+            {
+                "v": 1,
+                "type": "credit",
+                "validated": event["validated"],
+                "work_units": event["work_units"],
+            }
+        )
+
+
+def _ref(text: str | None) -> str | None:
+    if not text:
+        return None
+    try:
+        kind = json.loads(text).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+class BrowserWorkerConsumer(WorkerConsumer):
+    """Browser pages (origin-validated route)."""
+
+    async def connect(self) -> None:
+        self.scope["worker_kind"] = "browser"
+        await super().connect()
+
+
+class EdgeWorkerConsumer(WorkerConsumer):
+    """Edge processes (token-only route)."""
+
+    async def connect(self) -> None:
+        self.scope["worker_kind"] = "edge"
+        await super().connect()
+
+
+CLOSE_NOT_FOUND = 4004
+DIRECTOR_INTERVAL_S = 1.0
+
+
+class JobDirectorConsumer(AsyncJsonWebsocketConsumer):
+    """Live state of one job for members of its tenant; controls subject to role checks."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        job_id = self.scope["url_route"]["kwargs"]["job_id"]
+        access = None
+        if user is not None and user.is_authenticated:
+            access = await database_sync_to_async(selectors.job_access_for_user)(
+                user=user, job_id=job_id
+            )
+        if access is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.access = access
+        self.group = realtime.job_group(access.job_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        self.last_state: dict[str, Any] | None = None
+        self.ticker = asyncio.ensure_future(self._tick())
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if hasattr(self, "ticker"):
+            self.ticker.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await self.push_state()
+            await asyncio.sleep(DIRECTOR_INTERVAL_S)
+
+    async def push_state(self) -> None:
+        state = await database_sync_to_async(selectors.job_state)(
+            tenant=self.access.tenant, job_id=self.access.job_id
+        )
+        if state != self.last_state:
+            self.last_state = state
+            await self.send_json({"v": 1, "type": "state", "state": state})
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict) or content.get("type") != "control":
+            await self.send_json(
+                {
+                    "v": 1,
+                    "type": "error",
+                    "code": "invalid_message",
+                    "message": "expected a control message",
+                }
+            )
+            return
+        try:
+            await database_sync_to_async(services.job_control)(
+                tenant=self.access.tenant,
+                job_id=self.access.job_id,
+                role=self.access.role,
+                action=str(content.get("action")),
+            )
+        except (ValidationError, PermissionDenied) as exc:
+            message = " ".join(getattr(exc, "messages", [str(exc)]))
+            await self.send_json({"v": 1, "type": "error", "code": "refused", "message": message})
+            return
+        await self.push_state()
+
+    async def job_event(self, event: dict[str, Any]) -> None:
+        await self.send_json(
+            {
+                "v": 1,
+                "type": "event",
+                "kind": event["kind"],
+                "message": event["message"],
+                "at": event["at"],
+            }
+        )
+        await self.push_state()

@@ -1,0 +1,49 @@
+"""The only code outside consumers that talks to the channel layer: sends after commit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+DISPATCH_GROUP = "dispatch.workers"
+
+
+def job_group(job_id: uuid.UUID | str) -> str:
+    """The channel group of a job's director viewers."""
+    return f"job.{job_id}"
+
+
+def _send(target: str, message: dict[str, Any], *, group: bool) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        if group:
+            async_to_sync(layer.group_send)(target, message)
+        else:
+            async_to_sync(layer.send)(target, message)
+    except Exception:  # a lost notification is recovered by polling; never fail the write
+        logger.exception("channel layer send to %s failed", target)
+
+
+def broadcast_on_commit(group: str, message: dict[str, Any]) -> None:
+    """Send ``message`` to ``group`` once the current transaction commits."""
+    transaction.on_commit(lambda: _send(group, message, group=True))
+
+
+def send_on_commit(channel_name: str, message: dict[str, Any]) -> None:
+    """Send ``message`` to one consumer once the current transaction commits."""
+    if channel_name:
+        transaction.on_commit(lambda: _send(channel_name, message, group=False))
+
+
+def wake_dispatch_on_commit() -> None:
+    """Tell idle workers that tasks became dispatchable."""
+    broadcast_on_commit(DISPATCH_GROUP, {"type": "dispatch.wake"})

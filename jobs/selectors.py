@@ -1,0 +1,157 @@
+"""Reads of jobs, tasks, kernels and workers. Every tenant read takes the tenant first."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from jobs.models import (
+    Assignment,
+    AssignmentStatus,
+    Contributor,
+    Job,
+    JobEvent,
+    Kernel,
+    Task,
+    TaskStatus,
+)
+from tenants.models import Tenant
+from tenants.selectors import membership_list_for_user
+
+THROUGHPUT_WINDOW = timedelta(seconds=60)
+
+
+def job_list(*, tenant: Tenant) -> QuerySet[Job]:
+    """A tenant's jobs, newest first."""
+    return Job.objects.for_tenant(tenant).select_related("kernel").order_by("-created_at")
+
+
+def job_get(*, tenant: Tenant, job_id: uuid.UUID | str) -> Job:
+    """One job of ``tenant``; Http404 otherwise."""
+    try:
+        return job_list(tenant=tenant).get(pk=job_id)
+    except (Job.DoesNotExist, ValueError, TypeError) as exc:
+        raise Http404("No such job") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class JobAccess:
+    tenant: Tenant
+    job_id: uuid.UUID
+    role: str
+
+
+def job_access_for_user(*, user: Any, job_id: uuid.UUID | str) -> JobAccess | None:
+    """The user's role on a job's tenant, or None when they are not a member of it."""
+    job = Job.objects.unscoped().filter(pk=job_id).values("tenant_id").first()
+    if job is None:
+        return None
+    membership = membership_list_for_user(user=user).filter(tenant_id=job["tenant_id"]).first()
+    if membership is None:
+        return None
+    return JobAccess(tenant=membership.tenant, job_id=uuid.UUID(str(job_id)), role=membership.role)
+
+
+def task_list(*, tenant: Tenant, job: Job) -> QuerySet[Task]:
+    """A job's real tasks (known-answer checks are the platform's, not the tenant's)."""
+    return Task.objects.for_tenant(tenant).filter(job=job, known_answer_sha256="").order_by("index")
+
+
+def kernel_list(*, tenant: Tenant) -> QuerySet[Kernel]:
+    """Built-in kernels and the tenant's own."""
+    return Kernel.objects.filter(Q(tenant__isnull=True) | Q(tenant=tenant)).order_by(
+        "name", "-created_at"
+    )
+
+
+def kernel_get(*, tenant: Tenant, kernel_id: uuid.UUID | str) -> Kernel:
+    """A kernel the tenant may use; Http404 otherwise."""
+    try:
+        return kernel_list(tenant=tenant).get(pk=kernel_id)
+    except (Kernel.DoesNotExist, ValueError, TypeError) as exc:
+        raise Http404("No such kernel") from exc
+
+
+def kernel_get_by_sha256_unscoped(*, sha256: str) -> Kernel | None:
+    """A kernel by module hash, for workers (who run every tenant's kernels)."""
+    return Kernel.objects.filter(sha256=sha256).first()
+
+
+def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:
+    """The director's snapshot: status, counts, throughput, ETA, workers, recent events."""
+    job = job_get(tenant=tenant, job_id=job_id)
+    tasks = Task.objects.for_tenant(tenant).filter(job=job, known_answer_sha256="")
+    counts = tasks.aggregate(
+        open=Count("id", filter=Q(status=TaskStatus.OPEN)),
+        queued=Count("id", filter=Q(status=TaskStatus.OPEN, dispatchable=True)),
+        validated=Count("id", filter=Q(status=TaskStatus.VALIDATED)),
+        failed=Count("id", filter=Q(status=TaskStatus.FAILED)),
+    )
+    replicas = Assignment.objects.for_tenant(tenant).filter(job=job)
+    replica_counts = replicas.aggregate(
+        running=Count("id", filter=Q(status=AssignmentStatus.ASSIGNED)),
+        valid=Count("id", filter=Q(status=AssignmentStatus.VALID)),
+        invalid=Count("id", filter=Q(status=AssignmentStatus.INVALID)),
+        errors=Count("id", filter=Q(status=AssignmentStatus.ERROR)),
+        expired=Count("id", filter=Q(status=AssignmentStatus.EXPIRED)),
+    )
+    since = timezone.now() - THROUGHPUT_WINDOW
+    recent = tasks.filter(validated_at__gte=since).count()
+    throughput = recent / THROUGHPUT_WINDOW.total_seconds()
+    remaining = job.task_count - job.tasks_validated
+    eta_s = round(remaining / throughput) if throughput > 0 and remaining > 0 else None
+    workers = (
+        replicas.filter(Q(status=AssignmentStatus.ASSIGNED) | Q(returned_at__gte=since))
+        .values(
+            "worker_id",
+            "worker__kind",
+            "worker__capabilities",
+            "worker__consecutive_valid",
+            "worker__is_online",
+        )
+        .annotate(replicas=Count("id"))
+        .order_by("-replicas")[:50]
+    )
+    events = JobEvent.objects.for_tenant(tenant).filter(job=job).order_by("-created_at", "-id")[:15]
+    return {
+        "job": str(job.pk),
+        "name": job.name,
+        "status": job.status,
+        "status_reason": job.status_reason,
+        "kernel": job.kernel.name,
+        "task_count": job.task_count,
+        "tasks": counts,
+        "replicas": replica_counts,
+        "progress_percent": job.progress_percent,
+        "throughput_tasks_per_s": round(throughput, 3),
+        "eta_s": eta_s,
+        "result": job.result,
+        "workers": [
+            {
+                "id": str(w["worker_id"])[:8],
+                "kind": w["worker__kind"],
+                "cores": (w["worker__capabilities"] or {}).get("cores"),
+                "simd": (w["worker__capabilities"] or {}).get("simd"),
+                "trust": w["worker__consecutive_valid"],
+                "online": w["worker__is_online"],
+                "replicas": w["replicas"],
+            }
+            for w in workers
+        ],
+        "events": [
+            {"kind": e.kind, "message": e.message, "at": e.created_at.isoformat()} for e in events
+        ],
+    }
+
+
+def contributor_leaderboard(*, limit: int = 20) -> QuerySet[Contributor]:
+    """All-time validated work per contributor."""
+    return Contributor.objects.filter(is_banned=False, validated_replicas__gt=0).order_by(
+        "-validated_work_units"
+    )[:limit]

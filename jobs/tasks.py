@@ -1,0 +1,25 @@
+"""Celery tasks of the dispatch and reduction planes. Each takes ids and is idempotent."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from jobs import dispatch, services
+
+
+@shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
+def job_reduce(job_id: str) -> str:
+    """Reduce a job whose tasks are all validated (a re-run after completion does nothing)."""
+    return services.job_reduce(job_id=job_id).status
+
+
+@shared_task(acks_late=True)
+def lease_sweep() -> int:
+    """Re-queue replicas whose lease expired."""
+    return dispatch.lease_sweep()
+
+
+@shared_task(acks_late=True)
+def job_deadline_sweep() -> int:
+    """Fail jobs past their deadline."""
+    return dispatch.job_deadline_sweep()

@@ -1,0 +1,95 @@
+// The job director: live state over /ws/jobs/<id>/, controls sent over the same socket.
+const root = document.getElementById('director');
+const $ = (id) => document.getElementById(id);
+const liveState = $('live-state');
+let socket = null;
+let retryMs = 500;
+
+function text(id, value) {
+  const el = $(id);
+  if (el) el.textContent = value ?? '—';
+}
+
+function formatEta(seconds) {
+  if (seconds == null) return '—';
+  if (seconds < 90) return `${seconds} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function render(state) {
+  const status = $('job-status');
+  status.textContent = state.status;
+  status.className = `badge badge-${state.status}`;
+  $('progress').setAttribute('aria-valuenow', String(state.progress_percent));
+  $('progress-bar').style.width = `${state.progress_percent}%`;
+  text('progress-text', `${state.progress_percent}%`);
+  text('validated', state.tasks.validated);
+  text('throughput', state.throughput_tasks_per_s);
+  text('eta', formatEta(state.eta_s));
+  for (const key of ['queued', 'open', 'validated', 'failed']) text(`t-${key}`, state.tasks[key]);
+  for (const key of ['running', 'valid', 'invalid', 'errors', 'expired']) text(`r-${key}`, state.replicas[key]);
+  text('result', state.result ? JSON.stringify(state.result) : '—');
+  const workers = $('workers');
+  workers.replaceChildren(...state.workers.map((w) => {
+    const row = document.createElement('tr');
+    for (const value of [w.id, w.kind, w.cores ?? '?', w.trust, w.replicas]) {
+      const cell = document.createElement('td');
+      cell.textContent = String(value);
+      row.append(cell);
+    }
+    if (!w.online) row.classList.add('muted');
+    return row;
+  }));
+  const events = $('events');
+  events.replaceChildren(...state.events.map((e) => {
+    const item = document.createElement('li');
+    const when = new Date(e.at).toLocaleTimeString();
+    item.textContent = `${when} — ${e.message}`;
+    return item;
+  }));
+  for (const button of document.querySelectorAll('#controls [data-action]')) {
+    const action = button.dataset.action;
+    const allowed = {
+      start: state.status === 'draft',
+      pause: state.status === 'running',
+      resume: state.status === 'paused',
+      cancel: ['draft', 'running', 'paused', 'reducing'].includes(state.status),
+    }[action];
+    button.disabled = !allowed;
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  socket = new WebSocket(`${scheme}://${location.host}${root.dataset.wsPath}`);
+  socket.addEventListener('open', () => {
+    retryMs = 500;
+    liveState.textContent = 'live';
+  });
+  socket.addEventListener('message', (event) => {
+    const message = JSON.parse(event.data);
+    if (message.type === 'state') render(message.state);
+    else if (message.type === 'error') liveState.textContent = message.message;
+  });
+  socket.addEventListener('close', (event) => {
+    if (event.code === 4004) {
+      liveState.textContent = 'not available';
+      return;
+    }
+    liveState.textContent = `reconnecting in ${Math.round(retryMs / 1000)} s`;
+    setTimeout(connect, retryMs + Math.random() * 250);
+    retryMs = Math.min(retryMs * 2, 30000);
+  });
+}
+
+document.getElementById('controls').addEventListener('submit', (event) => {
+  if (!socket || socket.readyState !== WebSocket.OPEN) return; // fall back to the form post
+  event.preventDefault();
+  const action = event.submitter?.value;
+  if (action === 'cancel' && !window.confirm('Cancel this job? Work done so far is discarded.')) return;
+  socket.send(JSON.stringify({ v: 1, type: 'control', action }));
+});
+
+render(JSON.parse(document.getElementById('initial-state').textContent));
+connect();

@@ -1,0 +1,71 @@
+"""Test helpers: create contributors/workers and run offers through the real kernels."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+
+from ccgsc_worker import abi
+from ccgsc_worker.kernel import KernelRunner
+
+from jobs import dispatch
+from jobs.kernels import kernel_module_bytes
+from jobs.models import Kernel
+
+HELLO = {
+    "v": 1,
+    "type": "hello",
+    "token": "x" * 20,
+    "client": {"kind": "edge", "version": "test"},
+    "capabilities": {"cores": 2, "simd": True},
+    "slots": 4,
+}
+
+
+def new_worker(slots: int = 4):  # noqa: ANN201
+    """A contributor with one connected worker; returns (session, token)."""
+    contributor, token = dispatch.contributor_create_anonymous()
+    session = dispatch.worker_connect(
+        contributor=contributor, hello={**HELLO, "slots": slots}, channel_name=""
+    )
+    return session, token
+
+
+@cache
+def _runner(sha256: str) -> KernelRunner:
+    kernel = Kernel.objects.get(sha256=sha256)
+    return KernelRunner(kernel_module_bytes(kernel), sha256)
+
+
+def run_offer(offer: dispatch.Offer) -> bytes:
+    """Compute an offer's output with the real kernel."""
+    return _runner(offer.kernel_sha256).run(
+        abi.encode_input(offer.lo, offer.hi, offer.seed, offer.params)
+    )
+
+
+def submit(session, offer, output: bytes | None = None):  # noqa: ANN001, ANN201
+    """Submit an offer's result (computed, or the given bytes)."""
+    data = run_offer(offer) if output is None else output
+    return dispatch.result_submit(
+        contributor_id=session.contributor_id,
+        assignment_id=str(offer.assignment_id),
+        output=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        elapsed_ms=1,
+    )
+
+
+def work_until_done(sessions, *, max_rounds: int = 1000) -> int:  # noqa: ANN001
+    """Let honest workers claim and submit until nothing is left; returns replicas done."""
+    done = 0
+    for _ in range(max_rounds):
+        progressed = False
+        for session in sessions:
+            for offer in dispatch.assignment_claim(worker_id=session.worker_id, count=4):
+                submit(session, offer)
+                done += 1
+                progressed = True
+        if not progressed:
+            return done
+    raise AssertionError("work did not finish")

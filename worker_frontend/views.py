@@ -1,0 +1,44 @@
+"""The contributor's worker page and profile."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+
+from jobs import dispatch, selectors
+
+
+def contribute(request: HttpRequest) -> HttpResponse:
+    """The worker page: join, run kernels in Web Workers, earn credits."""
+    user_token = ""
+    if request.user.is_authenticated:
+        contributor = dispatch.contributor_for_user(user=request.user)
+        user_token = dispatch.worker_token_issue(contributor=contributor)
+    return render(
+        request,
+        "worker_frontend/contribute.html",
+        {
+            "ws_path": "/ws/worker/",
+            "anonymous_token_url": reverse("api_contributor_anonymous"),
+            "user_token": user_token,
+        },
+    )
+
+
+@login_required
+def contributor_profile(request: HttpRequest) -> HttpResponse:
+    """A contributor's totals, the leaderboard, and a token for edge workers."""
+    contributor = dispatch.contributor_for_user(user=request.user)
+    return render(
+        request,
+        "worker_frontend/profile.html",
+        {
+            "contributor": contributor,
+            "workers": contributor.workers.order_by("-last_seen_at")[:20],
+            "edge_token": dispatch.worker_token_issue(contributor=contributor),
+            "leaderboard": selectors.contributor_leaderboard(),
+            "site_url": request.build_absolute_uri("/").rstrip("/"),
+        },
+    )
