@@ -7,7 +7,6 @@ from functools import cache
 
 from ccgsc_worker import abi
 from ccgsc_worker.kernel import KernelRunner
-
 from jobs import dispatch
 from jobs.kernels import kernel_module_bytes
 from jobs.models import Kernel

@@ -1,0 +1,238 @@
+"""The worker and director consumers, driven through Channels' WebsocketCommunicator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from ccgsc_worker.protocol import encode_result_frame
+
+from ccgsc_site.asgi import application
+from jobs import dispatch, services
+from jobs.models import Assignment, AssignmentStatus, JobStatus
+from tenants.roles import Role
+from tests.jobs.helpers import HELLO, _runner
+from ccgsc_worker import abi
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def _connect(path: str = "/ws/edge/") -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        application, path, headers=[(b"origin", b"http://127.0.0.1")]
+    )
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def _hello(communicator, token: str, **overrides) -> dict:  # noqa: ANN001
+    await communicator.send_to(text_data=json.dumps({**HELLO, "token": token, **overrides}))
+    return await communicator.receive_json_from(timeout=5)
+
+
+def _create_job(tenant, owner, kernel, **overrides):  # noqa: ANN001, ANN202
+    spec = {
+        "name": "primes",
+        "kernel": kernel,
+        "range_start": 1,
+        "range_end": 20_001,
+        "chunk_size": 10_000,
+        "params": {},
+        "quorum": 1,
+        "seed": 3,
+    }
+    spec.update(overrides)
+    return services.job_create(
+        tenant=tenant, actor=owner, actor_role=Role.OWNER, spec=services.JobSpec(**spec)
+    )
+
+
+async def test_invalid_messages_get_clear_errors_and_change_nothing():
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    communicator = await _connect()
+    # before hello
+    await communicator.send_to(text_data=json.dumps({"v": 1, "type": "ping"}))
+    assert (await communicator.receive_json_from())["message"] == "send 'hello' first"
+    welcome = await _hello(communicator, token)
+    assert welcome["type"] == "welcome"
+    cases = [
+        ("not json", "not JSON"),
+        (json.dumps([1, 2]), "a message must be a JSON object"),
+        (
+            json.dumps({"v": 1, "type": "capacity", "slots": 99}),
+            "99 is greater than the maximum of 64",
+        ),
+        (
+            json.dumps({"v": 1, "type": "capacity", "slots": 1, "extra": True}),
+            "Additional properties",
+        ),
+        (json.dumps({"v": 1, "type": "teleport"}), "unknown message type"),
+        ('{"v": 1, "type": "progress", "assignment": "x", "fraction": NaN}', "NaN is not allowed"),
+        (json.dumps({"v": 1, "type": "result", "assignment": "x", "sha256": "0"}), "binary frame"),
+        ("x" * 20_000, "limited to"),
+    ]
+    for frame, expected in cases:
+        await communicator.send_to(text_data=frame)
+        reply = await communicator.receive_json_from()
+        assert reply["type"] == "error", frame
+        assert expected in reply["message"], (frame, reply)
+    await communicator.send_to(bytes_data=b"\x00\x00\x00\x05{bad}")
+    assert (await communicator.receive_json_from())["code"] == "invalid_message"
+    await communicator.disconnect()
+
+
+async def test_bad_token_closes_with_4001():
+    communicator = await _connect()
+    reply = await _hello(communicator, "not-a-real-token-at-all")
+    assert reply["code"] == "unauthorized"
+    assert (await communicator.receive_output())["code"] == 4001
+
+
+async def test_wrong_protocol_version_closes_with_4002():
+    communicator = await _connect()
+    await communicator.send_to(text_data=json.dumps({**HELLO, "v": 2}))
+    assert (await communicator.receive_json_from())["code"] == "protocol_version"
+    assert (await communicator.receive_output())["code"] == 4002
+
+
+async def test_rate_limit_answers_then_drops(settings):
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    communicator = await _connect()
+    await _hello(communicator, token, slots=0)
+    replies = []
+    for _ in range(130):
+        await communicator.send_to(text_data=json.dumps({"v": 1, "type": "ping"}))
+    for _ in range(130):
+        replies.append((await communicator.receive_json_from())["type"])
+    assert replies.count("pong") >= 99
+    assert "error" in replies
+    await communicator.disconnect()
+
+
+async def test_worker_gets_pushed_work_and_results_are_acked(tenant, owner, kernels):
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    communicator = await _connect()
+    welcome = await _hello(communicator, token, slots=1)
+    assert welcome["outstanding"] == []
+    # a job created while the worker idles is pushed to it
+    job = await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"])
+    assign = await communicator.receive_json_from(timeout=5)
+    assert assign["type"] == "assign"
+    assert assign["kernel"]["url"] == f"/kernels/{kernels['prime_count'].sha256}.wasm"
+    assert assign["input"] == {"lo": "1", "hi": "10001", "seed": "3", "params": []}
+    # heartbeat
+    await communicator.send_to(
+        text_data=json.dumps(
+            {"v": 1, "type": "progress", "assignment": assign["assignment"], "fraction": 0.5}
+        )
+    )
+    runner = await sync_to_async(_runner)(kernels["prime_count"].sha256)
+    output = runner.run(abi.encode_input(1, 10_001, 3, []))
+    await communicator.send_to(bytes_data=encode_result_frame(assign["assignment"], output, 5))
+    messages = [await communicator.receive_json_from(timeout=5) for _ in range(3)]
+    kinds = sorted(m["type"] for m in messages)
+    assert kinds == ["ack", "assign", "credit"]
+    ack = next(m for m in messages if m["type"] == "ack")
+    assert ack == {"v": 1, "type": "ack", "assignment": assign["assignment"], "status": "accepted"}
+    credit = next(m for m in messages if m["type"] == "credit")
+    assert credit["validated"] == 1
+    # replaying the same result is acknowledged as a duplicate
+    await communicator.send_to(bytes_data=encode_result_frame(assign["assignment"], output, 5))
+    assert (await communicator.receive_json_from(timeout=5))["status"] == "duplicate"
+    second = next(m for m in messages if m["type"] == "assign")
+    output2 = runner.run(
+        abi.encode_input(int(second["input"]["lo"]), int(second["input"]["hi"]), 3, [])
+    )
+    await communicator.send_to(bytes_data=encode_result_frame(second["assignment"], output2, 5))
+    await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect()
+    await sync_to_async(job.refresh_from_db)()
+    assert job.status in (JobStatus.REDUCING, JobStatus.COMPLETED)
+    assert job.tasks_validated == 2
+
+
+async def test_result_with_a_wrong_hash_is_refused(tenant, owner, kernels):
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    communicator = await _connect()
+    await _hello(communicator, token, slots=1)
+    await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"])
+    assign = await communicator.receive_json_from(timeout=5)
+    header = json.dumps(
+        {
+            "v": 1,
+            "type": "result",
+            "assignment": assign["assignment"],
+            "sha256": hashlib.sha256(b"other").hexdigest(),
+        }
+    ).encode()
+    await communicator.send_to(bytes_data=len(header).to_bytes(4, "big") + header + b"12345678")
+    reply = await communicator.receive_json_from(timeout=5)
+    assert reply["code"] == "invalid_result"
+    status = await sync_to_async(
+        lambda: Assignment.objects.unscoped().get(pk=assign["assignment"]).status
+    )()
+    assert status == AssignmentStatus.ASSIGNED
+    await communicator.disconnect()
+
+
+async def test_reconnect_with_resume_lists_outstanding_work(tenant, owner, kernels):
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    first = await _connect()
+    welcome = await _hello(first, token, slots=1)
+    await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"])
+    assign = await first.receive_json_from(timeout=5)
+    await first.disconnect()
+    second = await _connect()
+    again = await _hello(second, token, slots=0, resume=welcome["worker"])
+    assert again["worker"] == welcome["worker"]
+    assert again["outstanding"] == [assign["assignment"]]
+    await second.disconnect()
+
+
+async def test_director_refuses_other_tenants_and_streams_state(
+    tenant, owner, other_owner, kernels
+):
+    job = await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"])
+    from channels.auth import login  # noqa: F401 - documents that the session carries the user
+
+    def session_cookie(user):  # noqa: ANN001, ANN202
+        from django.test import Client
+
+        client = Client()
+        client.force_login(user)
+        return client.cookies["sessionid"].value
+
+    for user, allowed in ((other_owner, False), (owner, True)):
+        cookie = await sync_to_async(session_cookie)(user)
+        communicator = WebsocketCommunicator(
+            application,
+            f"/ws/jobs/{job.pk}/",
+            headers=[(b"origin", b"http://127.0.0.1"), (b"cookie", f"sessionid={cookie}".encode())],
+        )
+        connected, code = await communicator.connect()
+        if not allowed:
+            assert not connected
+            assert code == 4004
+            continue
+        assert connected
+        state = await communicator.receive_json_from(timeout=5)
+        assert state["type"] == "state"
+        assert state["state"]["status"] == "running"
+        await communicator.send_json_to({"v": 1, "type": "control", "action": "pause"})
+        seen = [await communicator.receive_json_from(timeout=5) for _ in range(2)]
+        assert any(m.get("type") == "state" and m["state"]["status"] == "paused" for m in seen), (
+            seen
+        )
+        await communicator.disconnect()
+
+
+async def test_foreign_origin_is_refused_for_browser_routes():
+    communicator = WebsocketCommunicator(
+        application, "/ws/worker/", headers=[(b"origin", b"http://evil.example")]
+    )
+    connected, _ = await communicator.connect()
+    assert not connected
