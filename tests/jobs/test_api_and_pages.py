@@ -183,7 +183,8 @@ def test_kernel_module_download_needs_a_worker_token(client, kernels):
 def test_anonymous_contributor_and_claim(owner):
     token = APIClient().post("/api/v1/contributors/anonymous/").json()["token"]
     device = dispatch.worker_token_verify(token=token)
-    assert device is not None and device.user is None
+    assert device is not None
+    assert device.user is None
     client = APIClient()
     client.force_authenticate(owner)
     claimed = client.post("/api/v1/contributors/me/", {"token": token}, format="json")

@@ -8,14 +8,14 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from ccgsc_worker.protocol import encode_result_frame
 
 from ccgsc_site.asgi import application
+from ccgsc_worker import abi
+from ccgsc_worker.protocol import encode_result_frame
 from jobs import dispatch, services
 from jobs.models import Assignment, AssignmentStatus, JobStatus
 from tenants.roles import Role
 from tests.jobs.helpers import HELLO, _runner
-from ccgsc_worker import abi
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

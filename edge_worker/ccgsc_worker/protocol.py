@@ -1,0 +1,284 @@
+"""Worker protocol v1, client side: message builders, the result frame and server messages.
+
+Pure Python (no I/O); docs/protocol.md is the contract this module follows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ccgsc_worker import abi
+
+PROTOCOL_VERSION = 1
+MAX_JSON_BYTES = 16 * 1024
+MAX_RESULT_BYTES = 1024 * 1024
+MAX_RESULT_HEADER_BYTES = 1024
+MAX_SLOTS = 64
+MAX_ELAPSED_MS = 86_400_000
+MAX_ERROR_MESSAGE = 500
+EDGE_PATH = "/ws/edge/"
+
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_PROTOCOL_VERSION = 4002
+CLOSE_HELLO_TIMEOUT = 4003
+CLOSE_RATE_LIMITED = 4008
+CLOSE_TOO_LARGE = 4009
+# Close codes after which reconnecting cannot help.
+FATAL_CLOSE_CODES = frozenset({CLOSE_UNAUTHORIZED, CLOSE_PROTOCOL_VERSION})
+
+ERROR_CODES = ("kernel_failed", "kernel_rejected", "hash_mismatch", "timeout", "internal")
+ACK_STATUSES = ("accepted", "duplicate", "late", "discarded")
+
+# Fields each server message must carry (beyond "v" and "type").
+SERVER_MESSAGES: dict[str, tuple[str, ...]] = {
+    "welcome": ("worker", "heartbeat_ms"),
+    "assign": ("assignment", "kernel", "input", "lease_ms"),
+    "ack": ("assignment", "status"),
+    "credit": ("validated", "work_units"),
+    "cancel": ("assignment",),
+    "error": ("code",),
+    "pong": (),
+}
+
+_LENGTH_PREFIX = struct.Struct(">I")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_U64_RE = re.compile(r"^(0|[1-9][0-9]{0,19})$")
+
+
+class ProtocolError(ValueError):
+    """A server message is not valid protocol v1."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _message(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "type": kind, **fields}
+
+
+def hello(
+    token: str,
+    *,
+    client_version: str,
+    capabilities: Mapping[str, Any],
+    slots: int,
+    resume: str | None = None,
+    kind: str = "edge",
+    user_agent: str | None = None,
+) -> dict[str, Any]:
+    """Build the first message of a session."""
+    client: dict[str, Any] = {"kind": kind, "version": client_version}
+    if user_agent:
+        client["user_agent"] = user_agent[:300]
+    return _message(
+        "hello",
+        token=token,
+        client=client,
+        capabilities=dict(capabilities),
+        slots=slots,
+        resume=resume,
+    )
+
+
+def capacity(slots: int) -> dict[str, Any]:
+    """Build a ``capacity`` message (0 pauses the worker)."""
+    if not 0 <= slots <= MAX_SLOTS:
+        raise ValueError(f"slots must be in 0..{MAX_SLOTS}, got {slots}")
+    return _message("capacity", slots=slots)
+
+
+def progress(assignment: str, fraction: float | None = None) -> dict[str, Any]:
+    """Build a ``progress`` heartbeat; ``fraction`` is optional and clamped to [0, 1]."""
+    if fraction is None or not math.isfinite(fraction):
+        return _message("progress", assignment=assignment)
+    return _message("progress", assignment=assignment, fraction=min(1.0, max(0.0, fraction)))
+
+
+def error(assignment: str, code: str, message: str = "") -> dict[str, Any]:
+    """Build a task ``error`` report; ``code`` is one of ERROR_CODES."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    return _message("error", assignment=assignment, code=code, message=message[:MAX_ERROR_MESSAGE])
+
+
+def ping() -> dict[str, Any]:
+    """Build an application-level ``ping``."""
+    return _message("ping")
+
+
+def encode_text(message: Mapping[str, Any]) -> str:
+    """Serialise a control message as compact JSON (NaN and Infinity are refused)."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def encode_result_frame(assignment: str, output: bytes, elapsed_ms: int) -> bytes:
+    """Build a binary result frame: u32 big-endian header length, JSON header, output bytes."""
+    header = encode_text(
+        {
+            "v": PROTOCOL_VERSION,
+            "type": "result",
+            "assignment": assignment,
+            "sha256": hashlib.sha256(output).hexdigest(),
+            "elapsed_ms": min(MAX_ELAPSED_MS, max(0, int(elapsed_ms))),
+        }
+    ).encode("utf-8")
+    if len(header) > MAX_RESULT_HEADER_BYTES:
+        raise ValueError("result header exceeds its size limit")
+    return _LENGTH_PREFIX.pack(len(header)) + header + bytes(output)
+
+
+def decode_result_frame(frame: bytes) -> tuple[dict[str, Any], bytes]:
+    """Split a result frame into its header and output, checking the output's sha256."""
+    if len(frame) < _LENGTH_PREFIX.size:
+        raise ProtocolError("invalid_message", "frame shorter than its length prefix")
+    (length,) = _LENGTH_PREFIX.unpack_from(frame)
+    end = _LENGTH_PREFIX.size + length
+    if not 2 <= length <= MAX_RESULT_HEADER_BYTES or end > len(frame):
+        raise ProtocolError("invalid_message", "bad result header length")
+    header = _loads(frame[_LENGTH_PREFIX.size : end].decode("utf-8"))
+    if not isinstance(header, dict) or header.get("type") != "result":
+        raise ProtocolError("invalid_message", "header is not a result message")
+    output = bytes(frame[end:])
+    if header.get("sha256") != hashlib.sha256(output).hexdigest():
+        raise ProtocolError("invalid_message", "output does not match the header's sha256")
+    return header, output
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ProtocolError("invalid_message", f"not JSON: {exc}"[:200]) from exc
+
+
+def parse_server_message(text: str | bytes) -> dict[str, Any]:
+    """Decode a server text frame and check its version, type and required fields."""
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    if len(text) > MAX_JSON_BYTES:
+        raise ProtocolError("too_large", f"text frames are limited to {MAX_JSON_BYTES} bytes")
+    message = _loads(text)
+    if not isinstance(message, dict):
+        raise ProtocolError("invalid_message", "a message must be a JSON object")
+    if message.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("protocol_version", f"expected protocol v{PROTOCOL_VERSION}")
+    kind = message.get("type")
+    if kind not in SERVER_MESSAGES:
+        raise ProtocolError("invalid_message", f"unknown message type {kind!r}")
+    missing = [name for name in SERVER_MESSAGES[kind] if name not in message]
+    if missing:
+        raise ProtocolError("invalid_message", f"{kind}: missing {', '.join(missing)}")
+    return message
+
+
+@dataclass(frozen=True, slots=True)
+class KernelRef:
+    """The kernel an assignment runs, pinned by the sha256 of its module."""
+
+    name: str
+    version: str
+    sha256: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """One replica of one task, as pushed by the server's ``assign`` message."""
+
+    id: str
+    kernel: KernelRef
+    lo: int
+    hi: int
+    seed: int
+    params: tuple[float, ...]
+    lease_ms: int
+    work_units: int
+    job: str | None = None
+    task: int | None = None
+
+    def input_bytes(self) -> bytes:
+        """The kernel ABI input bytes for this task."""
+        return abi.encode_input(self.lo, self.hi, self.seed, self.params)
+
+
+def _u64(value: Any, field: str) -> int:
+    if isinstance(value, str) and _U64_RE.match(value):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ProtocolError("invalid_message", f"assign: {field} must be a u64 decimal string")
+    if not 0 <= number <= abi.U64_MAX:
+        raise ProtocolError("invalid_message", f"assign: {field} is out of the u64 range")
+    return number
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("invalid_message", f"assign: {field} must be a non-empty string")
+    return value
+
+
+def _params(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise ProtocolError("invalid_message", "assign: input.params must be a list")
+    if len(value) > abi.MAX_PARAMS:
+        raise ProtocolError("invalid_message", f"assign: more than {abi.MAX_PARAMS} params")
+    params = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            raise ProtocolError("invalid_message", "assign: params must be numbers")
+        number = float(item)
+        if not math.isfinite(number):
+            raise ProtocolError("invalid_message", "assign: params must be finite")
+        params.append(number)
+    return tuple(params)
+
+
+def decode_assign(message: Mapping[str, Any]) -> Assignment:
+    """Turn an ``assign`` message into an Assignment, checking every field it uses."""
+    kernel = message.get("kernel")
+    data = message.get("input")
+    if not isinstance(kernel, Mapping) or not isinstance(data, Mapping):
+        raise ProtocolError("invalid_message", "assign: kernel and input must be objects")
+    sha256 = _text(kernel.get("sha256"), "kernel.sha256").lower()
+    if not _SHA256_RE.match(sha256):
+        raise ProtocolError("invalid_message", "assign: kernel.sha256 must be 64 hex digits")
+    lo, hi = _u64(data.get("lo"), "input.lo"), _u64(data.get("hi"), "input.hi")
+    if lo > hi:
+        raise ProtocolError("invalid_message", "assign: input.lo is greater than input.hi")
+    lease_ms = message.get("lease_ms")
+    if isinstance(lease_ms, bool) or not isinstance(lease_ms, int) or lease_ms < 0:
+        raise ProtocolError("invalid_message", "assign: lease_ms must be a non-negative integer")
+    task = message.get("task")
+    job = message.get("job")
+    return Assignment(
+        id=_text(message.get("assignment"), "assignment"),
+        kernel=KernelRef(
+            name=_text(kernel.get("name"), "kernel.name"),
+            version=str(kernel.get("version", "")),
+            sha256=sha256,
+            url=_text(kernel.get("url"), "kernel.url"),
+        ),
+        lo=lo,
+        hi=hi,
+        seed=_u64(data.get("seed", "0"), "input.seed"),
+        params=_params(data.get("params", [])),
+        lease_ms=lease_ms,
+        work_units=_u64(message.get("work_units", hi - lo), "work_units"),
+        job=job if isinstance(job, str) else None,
+        task=task if isinstance(task, int) and not isinstance(task, bool) else None,
+    )
