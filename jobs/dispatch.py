@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from jobs import realtime
 from jobs.models import (
+    COUNTED_REPLICA_STATUSES,
     Assignment,
     AssignmentStatus,
     Contributor,
@@ -262,7 +263,9 @@ def assignment_claim(*, worker_id: uuid.UUID, count: int) -> list[Offer]:
     if worker.is_banned or worker.contributor.is_banned:
         return []
     contributor = worker.contributor
-    already = Assignment.objects.unscoped().filter(task=OuterRef("pk"), contributor=contributor)
+    already = Assignment.objects.unscoped().filter(
+        task=OuterRef("pk"), contributor=contributor, status__in=COUNTED_REPLICA_STATUSES
+    )
     candidates = Task.objects.unscoped().filter(dispatchable=True).filter(~Exists(already))
     if contributor.pool_tenant_id is not None:
         candidates = candidates.filter(tenant_id=contributor.pool_tenant_id)
@@ -404,6 +407,15 @@ def result_submit(
         return ResultOutcome(status="discarded")
     task = Task.objects.unscoped().select_for_update().get(pk=assignment.task_id)
     late = assignment.status in (AssignmentStatus.EXPIRED, AssignmentStatus.CANCELLED)
+    if late and (
+        Assignment.objects.unscoped()
+        .filter(task=task, contributor_id=contributor_id, status__in=COUNTED_REPLICA_STATUSES)
+        .exclude(pk=assignment.pk)
+        .exists()
+    ):
+        # The same contributor was given the task again after this lease expired: the newer
+        # replica speaks for it.
+        return ResultOutcome(status="discarded")
     assignment.output = output
     assignment.output_sha256 = sha256
     assignment.elapsed_ms = elapsed_ms

@@ -287,6 +287,17 @@ class AssignmentStatus(models.TextChoices):
     LATE = "late", "Returned after validation"
 
 
+# Replicas that hold or gave an answer. A contributor has at most one of these per task; a replica
+# that expired, errored or was cancelled does not count, so a small pool can retry the task.
+COUNTED_REPLICA_STATUSES = (
+    AssignmentStatus.ASSIGNED,
+    AssignmentStatus.RETURNED,
+    AssignmentStatus.VALID,
+    AssignmentStatus.INVALID,
+    AssignmentStatus.LATE,
+)
+
+
 class Assignment(TenantOwnedModel):
     """One replica of a task on one worker, with its lease and, once returned, its result."""
 
@@ -316,9 +327,11 @@ class Assignment(TenantOwnedModel):
     class Meta:
         ordering = ["-assigned_at"]
         constraints = [
-            # Replicas of a task run on distinct contributors (and so on distinct workers).
+            # Replicas of a task come from distinct contributors (and so distinct workers).
             models.UniqueConstraint(
-                fields=["task", "contributor"], name="assignment_task_contributor_unique"
+                fields=["task", "contributor"],
+                condition=Q(status__in=COUNTED_REPLICA_STATUSES),
+                name="assignment_task_contributor_unique",
             ),
         ]
         indexes = [

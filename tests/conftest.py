@@ -103,7 +103,7 @@ def _eager_celery_unless_a_worker_runs(request):
     """Unit tests run Celery tasks in-process; tests that start a real worker opt out."""
     from ccgsc_site.celery import app
 
-    eager = "celery_worker" not in request.fixturenames
+    eager = not {"celery_worker", "fc_stack"} & set(request.fixturenames)
     previous = (app.conf.task_always_eager, app.conf.task_eager_propagates)
     app.conf.task_always_eager = eager
     app.conf.task_eager_propagates = True

@@ -135,44 +135,57 @@ class DaphneServer(ManagedProcess):
 
 
 class CeleryWorker(ManagedProcess):
-    """A real Celery worker consuming this run's own queue."""
+    """A real Celery worker consuming this run's own queue; with ``beat``, it also runs the
+    periodic schedule (the lease sweeper)."""
 
-    def __init__(self, queue: str, **extra_env: str) -> None:
+    def __init__(self, queue: str, *, beat: bool = False, **extra_env: str) -> None:
         self.queue = queue
-        super().__init__(
-            "celery",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "ccgsc_site",
-                "worker",
-                "-P",
-                "solo",
-                "-Q",
-                queue,
-                "-l",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"test-{queue}@%h",
-            ],
-            server_env(CCGSC_CELERY_QUEUE=queue, **extra_env),
-        )
+        args = [
+            sys.executable, "-m", "celery", "-A", "ccgsc_site", "worker", "-P", "solo",
+            "-Q", queue, "-l", "INFO", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-n", f"test-{queue}-{uuid.uuid4().hex[:6]}@%h",
+        ]  # fmt: skip
+        if beat:
+            LOG_DIR.mkdir(parents=True, exist_ok=True)
+            args += ["-B", "-s", str(LOG_DIR / f"beat-{queue}-{uuid.uuid4().hex[:6]}")]
+        super().__init__("celery", args, server_env(CCGSC_CELERY_QUEUE=queue, **extra_env))
 
     def start(self) -> None:
+        ready_before = (
+            self.log_path.read_text(errors="replace").count("ready.")
+            if self.log_path.exists()
+            else 0
+        )
         super().start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"Celery worker exited:\n{self.log_tail()}")
-            if "ready." in self.log_path.read_text(errors="replace"):
+            if self.log_path.read_text(errors="replace").count("ready.") > ready_before:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"Celery worker not ready:\n{self.log_tail()}")
+
+
+class EdgeWorkerProcess(ManagedProcess):
+    """The real ``ccgsc-worker`` command against a server."""
+
+    def __init__(self, server_url: str, token: str, *, concurrency: int = 1) -> None:
+        super().__init__(
+            "edge-worker",
+            [
+                sys.executable,
+                "-m",
+                "ccgsc_worker.cli",
+                "--server",
+                server_url,
+                "--token",
+                token,
+                "--concurrency",
+                str(concurrency),
+            ],
+            {**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 @contextlib.contextmanager
