@@ -162,10 +162,12 @@ def test_admin_changelists_and_add_forms_render(client, tenant, other_tenant):
         assert changelist.status_code == 200, info
         if model_admin.search_fields:
             assert (
-                client.get(reverse("admin:{}_{}_changelist".format(*info)), {"q": "x"}).status_code == 200
+                client.get(reverse("admin:{}_{}_changelist".format(*info)), {"q": "x"}).status_code
+                == 200
             )
         first = model._base_manager.first()
         if first is not None:
             assert (
-                client.get(reverse("admin:{}_{}_change".format(*info), args=[first.pk])).status_code == 200
+                client.get(reverse("admin:{}_{}_change".format(*info), args=[first.pk])).status_code
+                == 200
             )
