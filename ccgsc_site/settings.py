@@ -170,7 +170,9 @@ if REDIS_URL:
             # redis-py reads time out after 5 s by default, exactly the channel layer's blocking
             # receive; a longer socket timeout keeps idle consumers from crashing.
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}
+                ],
                 "capacity": 1500,
                 "expiry": 30,
             },
