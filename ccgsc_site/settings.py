@@ -206,6 +206,7 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CCGSC_CELERY_QUEUE", "ccgsc")
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "lease-sweep": {"task": "jobs.tasks.lease_sweep", "schedule": 5.0},
     "job-deadline-sweep": {"task": "jobs.tasks.job_deadline_sweep", "schedule": 30.0},
+    "ledger-reconcile": {"task": "billing.tasks.ledger_reconcile", "schedule": 3600.0},
 }
 
 # Files: disk under var/media unless an S3 bucket is configured.
@@ -270,6 +271,13 @@ MAILERS = {
     }
 }
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "CCGSC <no-reply@ccgsc.local>")
+
+# Stripe. Without a secret key, billing runs in a clearly labelled test mode.
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")  # a local fake Stripe in tests
+STRIPE_METER_EVENT_NAME = os.environ.get("STRIPE_METER_EVENT_NAME", "ccgsc_usage_cents")
+STRIPE_ENTERPRISE_PRICE_ID = os.environ.get("STRIPE_ENTERPRISE_PRICE_ID", "")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

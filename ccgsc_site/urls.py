@@ -32,6 +32,7 @@ urlpatterns = [
     path("", include("tenants.urls")),
     path("", include("jobs.urls")),
     path("", include("worker_frontend.urls")),
+    path("", include("billing.urls")),
 ]
 
 admin.site.site_header = "CCGSC administration"

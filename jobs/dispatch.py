@@ -516,6 +516,7 @@ def _task_validate(task: Task, outcome: ResultOutcome) -> None:
             )
         still_running.update(status=AssignmentStatus.CANCELLED)
         if not task.known_answer_sha256:
+            _meter_validated_task(task, job)
             Job.objects.unscoped().filter(pk=job.pk).update(
                 tasks_validated=F("tasks_validated") + 1
             )
@@ -540,6 +541,15 @@ def _task_validate(task: Task, outcome: ResultOutcome) -> None:
     )
     outcome.wake = outcome.wake or task.dispatchable
     task.save(update_fields=["target_replicas", "active_replicas", "dispatchable"])
+
+
+def _meter_validated_task(task: Task, job: Job) -> None:
+    """Usage for the tenant and credits for the contributors, both posted after commit, once."""
+    from billing.services import usage_emit_fc_task
+    from billing.tasks import credits_award_task
+
+    usage_emit_fc_task(task=task, job=job)
+    transaction.on_commit(lambda: credits_award_task.delay(task.pk))
 
 
 def _task_fail(task: Task, job: Job, *, reason: str) -> None:

@@ -11,8 +11,20 @@ from django.http import HttpResponse
 from jobs.models import Job, JobStatus
 
 
+def _unpaid_cents(job: Job) -> int:
+    from billing.models import UsageRecord, UsageStatus
+
+    unpaid = UsageRecord.objects.for_tenant(job.tenant).filter(job=job, status=UsageStatus.UNPAID)
+    return sum(unpaid.values_list("amount_cents", flat=True))
+
+
 def job_result_document(job: Job) -> dict[str, Any]:
-    """Everything needed to use or verify a result: inputs, status and the reduced value."""
+    """Everything needed to use or verify a result: inputs, status and the reduced value.
+
+    A result whose work is not paid for yet is withheld, with what is owed.
+    """
+    unpaid = _unpaid_cents(job)
+    withheld = job.status == JobStatus.COMPLETED and unpaid > 0
     return {
         "job": str(job.pk),
         "name": job.name,
@@ -28,8 +40,9 @@ def job_result_document(job: Job) -> dict[str, Any]:
         "params": job.params,
         "quorum": job.quorum,
         "tasks": job.task_count,
-        "result": job.result if job.status == JobStatus.COMPLETED else None,
-        "result_sha256": job.result_sha256 or None,
+        "result": job.result if job.status == JobStatus.COMPLETED and not withheld else None,
+        "result_sha256": (job.result_sha256 or None) if not withheld else None,
+        "unpaid_cents": unpaid,
         "completed_at": job.completed_at.isoformat() if job.completed_at else None,
     }
 
@@ -61,8 +74,9 @@ def job_result_csv_response(job: Job) -> HttpResponse:
     """A CSV download of the result."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    if job.status != JobStatus.COMPLETED:
+    if job.status != JobStatus.COMPLETED or _unpaid_cents(job):
         writer.writerow(["status", job.status])
+        writer.writerow(["unpaid_cents", _unpaid_cents(job)])
     else:
         writer.writerows(job_result_rows(job))
     response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")

@@ -218,6 +218,7 @@ class Contributor(models.Model):
         related_name="contributor",
     )
     display_name = models.CharField(max_length=80, blank=True)
+    team = models.CharField(max_length=80, blank=True, db_index=True)
     # Enterprise private pools: a contributor registered by a tenant serves only that tenant.
     pool_tenant = models.ForeignKey(
         Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="pool_contributors"

@@ -271,6 +271,18 @@ def _lock(job: Job) -> Job:
     return Job.objects.unscoped().select_for_update().get(pk=job.pk, tenant_id=job.tenant_id)
 
 
+def _ensure_affordable(job: Job) -> None:
+    """Prepaid tenants must be able to pay for the next task before work is handed out."""
+    from billing.services import ensure_can_run, next_task_cents
+
+    units = max(
+        1, round(min(job.chunk_size, job.range_end - job.range_start) * job.kernel.work_unit_scale)
+    )
+    ensure_can_run(
+        tenant=job.tenant, next_cents=next_task_cents(tenant=job.tenant, work_units=units)
+    )
+
+
 def _set_dispatchable(job: Job) -> None:
     """Recompute which of the job's open tasks may be handed out."""
     tasks = Task.objects.unscoped().filter(job=job)
@@ -289,6 +301,7 @@ def job_start(*, job: Job, actor_role: str) -> Job:
     job = _lock(job)
     if job.status != JobStatus.DRAFT:
         raise ValidationError(f"A {job.status} job cannot be started.")
+    _ensure_affordable(job)
     job.status = JobStatus.RUNNING
     job.started_at = timezone.now()
     job.save(update_fields=["status", "started_at"])
@@ -320,6 +333,7 @@ def job_resume(*, job: Job, actor_role: str) -> Job:
     job = _lock(job)
     if job.status != JobStatus.PAUSED:
         raise ValidationError(f"A {job.status} job cannot be resumed.")
+    _ensure_affordable(job)
     job.status = JobStatus.RUNNING
     job.status_reason = ""
     job.save(update_fields=["status", "status_reason"])

@@ -148,3 +148,22 @@ def daphne(transactional_db):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def wasm_built() -> None:
+    """The kernels are built (idempotent; `make test` builds them first)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "wasm" / "build.py"), "--quiet"], check=True)
+
+
+@pytest.fixture
+def kernels(db, wasm_built):
+    """The built-in kernels by name."""
+    from jobs.kernels import kernel_sync_builtins
+
+    return {kernel.name: kernel for kernel in kernel_sync_builtins()}

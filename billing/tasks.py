@@ -1,0 +1,58 @@
+"""Celery tasks of billing: each takes ids, is idempotent, and owns its retries."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.utils import timezone
+
+from billing import ledger, services
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
+def usage_charge(usage_id: int) -> str:
+    """Charge one usage record (a retry after success changes nothing)."""
+    return services.usage_charge(usage_id=usage_id).status
+
+
+@shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
+def credits_award_task(task_id: int) -> int:
+    """Award contributor credits for a validated task's replicas."""
+    return services.credits_award_task(task_id=task_id)
+
+
+@shared_task(acks_late=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=10)
+def usage_report_to_stripe(usage_id: int) -> bool:
+    """Report invoiced usage to Stripe's billing meter, once (Stripe dedupes on the identifier)."""
+    from billing.models import UsageRecord
+    from billing.stripe_gateway import gateway
+
+    client = gateway()
+    usage = UsageRecord.objects.unscoped().select_related("tenant").get(pk=usage_id)
+    if client is None or usage.reported_to_stripe_at is not None:
+        return False
+    profile = services.billing_profile(tenant=usage.tenant)
+    if not profile.stripe_customer_id:
+        return False
+    from django.conf import settings
+
+    client.meter_event_create(
+        event_name=settings.STRIPE_METER_EVENT_NAME,
+        customer_id=profile.stripe_customer_id,
+        value=usage.amount_cents,
+        identifier=f"usage-{usage.pk}",
+    )
+    UsageRecord.objects.unscoped().filter(pk=usage.pk).update(reported_to_stripe_at=timezone.now())
+    return True
+
+
+@shared_task(acks_late=True)
+def ledger_reconcile() -> bool:
+    """Prove the books balance; log loudly when they do not."""
+    report = ledger.reconcile()
+    if not report.ok:
+        logger.error("ledger reconciliation failed: %s", report)
+    return report.ok

@@ -1,0 +1,187 @@
+"""Billing pages: pricing (public), the tenant's billing page, checkout, the Stripe webhook."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from billing import selectors, services
+from billing.pricing import PRICES
+from billing.stripe_gateway import StripeError, gateway
+from jobs.dispatch import contributor_for_user
+from tenants.roles import Action, role_allows
+from tenants.tiers import POLICIES
+
+logger = logging.getLogger(__name__)
+MAX_WEBHOOK_BYTES = 512 * 1024
+
+
+def pricing(request: HttpRequest) -> HttpResponse:
+    """The public pricing page: every tier's limits and prices, from the one table of each."""
+    tiers = [{"policy": POLICIES[tier], "price": PRICES[tier]} for tier in POLICIES]
+    return render(request, "billing/pricing.html", {"tiers": tiers})
+
+
+def _membership(request: HttpRequest):  # noqa: ANN202
+    membership = request.active_membership  # type: ignore[attr-defined]
+    if not membership:
+        raise Http404("You do not belong to any tenant.")
+    return membership
+
+
+@login_required
+def billing_page(request: HttpRequest) -> HttpResponse:
+    """Balance, buy credits, usage per job and round with cost, invoices, tier and limits."""
+    membership = _membership(request)
+    tenant = membership.tenant
+    client = gateway()
+    invoices: list = []
+    profile = services.billing_profile(tenant=tenant)
+    if client is not None and profile.stripe_customer_id:
+        try:
+            invoices = client.invoices_list(customer_id=profile.stripe_customer_id)
+        except StripeError:
+            logger.exception("listing invoices failed")
+            messages.warning(request, "Invoices are unavailable right now.")
+    context = {
+        "tenant": tenant,
+        "membership": membership,
+        "policy": tenant.policy,
+        "price": PRICES[tenant.tier],
+        "balance_cents": services.tenant_balance_cents(tenant=tenant),
+        "usage": selectors.usage_by_job(tenant=tenant),
+        "entries": selectors.tenant_entries(tenant=tenant)[:50],
+        "invoices": invoices,
+        "test_mode": client is None,
+        "can_pay": role_allows(membership.role, Action.MANAGE_BILLING),
+        "profile": profile,
+    }
+    return render(request, "billing/billing.html", context)
+
+
+@login_required
+@require_POST
+def checkout(request: HttpRequest) -> HttpResponse:
+    """Start a top-up and send the browser to Stripe Checkout (or the test-mode checkout)."""
+    membership = _membership(request)
+    try:
+        amount_cents = round(float(request.POST.get("amount", "0")) * 100)
+        start = services.checkout_start(
+            tenant=membership.tenant,
+            actor=request.user,
+            actor_role=membership.role,
+            amount_cents=amount_cents,
+            site_url=request.build_absolute_uri("/").rstrip("/"),
+        )
+    except (ValueError, ValidationError, PermissionDenied) as exc:
+        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+        return redirect("billing")
+    except StripeError:
+        logger.exception("checkout failed")
+        messages.error(
+            request, "Stripe is unavailable; nothing was charged. Try again in a minute."
+        )
+        return redirect("billing")
+    return redirect(start.url)
+
+
+@login_required
+def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Test mode only: a stand-in for Stripe Checkout, clearly labelled."""
+    membership = _membership(request)
+    if gateway() is not None:
+        raise Http404("Stripe is live")
+    amount_cents = int(request.GET.get("amount") or request.POST.get("amount") or 0)
+    if request.method == "POST":
+        try:
+            services.test_mode_checkout_complete(
+                tenant=membership.tenant,
+                actor=request.user,
+                actor_role=membership.role,
+                session_id=session_id,
+                amount_cents=amount_cents,
+            )
+        except (ValidationError, PermissionDenied) as exc:
+            messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+        else:
+            messages.success(request, "Test payment completed: credits added.")
+        return redirect("billing")
+    return render(
+        request,
+        "billing/test_checkout.html",
+        {"session_id": session_id, "amount_cents": amount_cents},
+    )
+
+
+@login_required
+def portal(request: HttpRequest) -> HttpResponse:
+    """Stripe's customer portal (payment methods, invoices)."""
+    membership = _membership(request)
+    client = gateway()
+    profile = services.billing_profile(tenant=membership.tenant)
+    if (
+        client is None
+        or not profile.stripe_customer_id
+        or not role_allows(membership.role, Action.MANAGE_BILLING)
+    ):
+        messages.info(
+            request, "The customer portal is available once you have paid through Stripe."
+        )
+        return redirect("billing")
+    return redirect(
+        client.portal_session_create(
+            customer_id=profile.stripe_customer_id,
+            return_url=request.build_absolute_uri("/billing/"),
+        )
+    )
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> HttpResponse:
+    """Verify → store once → handle. Duplicates and unknown types answer 200."""
+    if not settings.STRIPE_WEBHOOK_SECRET:
+        return JsonResponse(
+            {"error": {"code": "not_configured", "message": "webhooks are not configured"}},
+            status=404,
+        )
+    if len(request.body) > MAX_WEBHOOK_BYTES:
+        return JsonResponse(
+            {"error": {"code": "too_large", "message": "payload too large"}}, status=413
+        )
+    try:
+        outcome = services.stripe_webhook_receive(
+            payload=request.body,
+            signature=request.headers.get("Stripe-Signature", ""),
+            secret=settings.STRIPE_WEBHOOK_SECRET,
+        )
+    except services.WebhookRejected as exc:
+        return JsonResponse(
+            {"error": {"code": "bad_signature", "message": str(exc)[:200]}}, status=400
+        )
+    return JsonResponse({"received": True, "outcome": outcome})
+
+
+@login_required
+@require_POST
+def payout_request(request: HttpRequest) -> HttpResponse:
+    """A contributor asks to be paid their earnings."""
+    try:
+        services.payout_request(contributor=contributor_for_user(user=request.user))
+        messages.success(request, "Payout requested; an administrator will review it.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("contributor_profile")
+
+
+def leaderboard(request: HttpRequest) -> HttpResponse:
+    """Public leaderboard: recent average credit, all-time, teams."""
+    return render(request, "billing/leaderboard.html", {"board": selectors.leaderboard()})
