@@ -471,7 +471,7 @@ def _handle_event(event: dict[str, Any]) -> str:
         return "ignored"
     if kind == "charge.refunded":
         return _refunds_record(obj)
-    if kind == "invoice.paid":
+    if kind in ("invoice.paid", "invoice.payment_succeeded"):
         return _invoice_paid(obj)
     return "ignored"
 

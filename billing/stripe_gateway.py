@@ -114,15 +114,17 @@ class StripeGateway:
         self, *, customer_id: str, price_id: str, tenant_id: str, payment_method: str | None = None
     ) -> str:
         """An Enterprise contract subscription; returns its id."""
-        params: dict[str, Any] = {
-            "customer": customer_id,
-            "items": [{"price": price_id}],
-            "metadata": {"tenant_id": tenant_id},
-        }
         if payment_method:
-            params["default_payment_method"] = payment_method
+            self.client.v1.customers.update(
+                customer_id, params={"invoice_settings": {"default_payment_method": payment_method}}
+            )
         subscription = self.client.v1.subscriptions.create(
-            params=params, options={"idempotency_key": f"subscription:{tenant_id}:{price_id}"}
+            params={
+                "customer": customer_id,
+                "items": [{"plan": price_id}],
+                "metadata": {"tenant_id": tenant_id},
+            },
+            options={"idempotency_key": f"subscription:{tenant_id}:{price_id}"},
         )
         return subscription.id
 
@@ -165,16 +167,10 @@ class StripeGateway:
         )
         return transfer.id
 
-    def payment_method_attach_test_card(
-        self,
-        *,
-        customer_id: str,
-        card_token: str = "tok_visa",  # noqa: S107 - a public test token
-    ) -> str:
-        """Attach a test card (Stripe's test tokens) to a customer; returns the payment method."""
-        method = self.client.v1.payment_methods.create(
-            params={"type": "card", "card": {"token": card_token}}
-        )
+    def payment_method_attach(self, *, customer_id: str, card: dict[str, Any]) -> str:
+        """Create a card payment method (a token from Stripe.js, or test card details in a test
+        environment) and attach it to a customer; returns its id."""
+        method = self.client.v1.payment_methods.create(params={"type": "card", "card": card})
         self.client.v1.payment_methods.attach(method.id, params={"customer": customer_id})
         return method.id
 

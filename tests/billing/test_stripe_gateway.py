@@ -1,0 +1,243 @@
+"""The Stripe gateway against localstripe (a stateful fake Stripe server run here), and, for the
+endpoints localstripe lacks (Checkout Sessions, Billing Meters, the customer portal), at the
+gateway boundary with recorded Stripe-shaped responses: those tests say so."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+import stripe  # noqa: TID251 - tests drive a fake HTTP client that the stripe library calls
+
+from billing import ledger, services
+from billing.models import AccountKind, EntryKind, JournalEntry, StripeEvent, UsageKind
+from billing.stripe_gateway import StripeError, StripeGateway
+from tenants.models import Tenant
+from tenants.tiers import Tier
+from tests.servers import DaphneServer, free_port
+
+CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
+DECLINED = {**CARD, "number": "4000000000000002"}
+WEBHOOK_SECRET = "whsec_localstripe_suite"
+
+
+@pytest.fixture(scope="module")
+def localstripe_url():
+    """A localstripe server on loopback for this module."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(url + "/v1/customers", timeout=1)
+            except urllib.error.HTTPError:
+                break  # it answers (401 without a key): up
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def gateway(localstripe_url):
+    return StripeGateway(api_key="sk_test_suite", api_base=localstripe_url)
+
+
+def test_customer_card_payment_and_partial_refund(gateway):
+    customer = gateway.customer_create(tenant_id="t-1", name="Lab", email="lab@example.org")
+    assert customer.startswith("cus_")
+    method = gateway.payment_method_attach(customer_id=customer, card=CARD)
+    intent, status = gateway.payment_intent_charge(
+        customer_id=customer,
+        payment_method=method,
+        amount_cents=2500,
+        currency="usd",
+        key="auto-t1",
+        tenant_id="t-1",
+    )
+    assert status == "succeeded"
+    refund = gateway.refund_create(payment_intent=intent, amount_cents=1000, refund_key="t1-1")
+    assert refund.startswith("re_")
+
+
+def test_declined_card_raises_a_stripe_error(gateway):
+    customer = gateway.customer_create(tenant_id="t-2", name="Lab", email="lab2@example.org")
+    # localstripe declines this test card as soon as it is attached, as Stripe does on setup
+    with pytest.raises(StripeError, match="declined"):
+        gateway.payment_method_attach(customer_id=customer, card=DECLINED)
+
+
+def _configure_webhook(localstripe_url: str, target: str) -> None:
+    body = urllib.parse.urlencode({"url": target, "secret": WEBHOOK_SECRET}).encode()
+    request = urllib.request.Request(
+        f"{localstripe_url}/_config/webhooks/ccgsc", data=body, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_enterprise_invoice_is_delivered_signed_and_settles_the_receivable(
+    localstripe_url, gateway, tenant
+):
+    # given an Enterprise tenant with invoiced usage, and Daphne receiving localstripe's webhooks
+    Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.ENTERPRISE)
+    tenant.refresh_from_db()
+    usage = services.usage_emit(
+        tenant=tenant, kind=UsageKind.FL_ROUND, quantity=1, key="fl-round:x:1", amount_cents=40
+    )
+    assert services.usage_charge(usage_id=usage.pk).status == "invoiced"
+    receivable = ledger.account_get(AccountKind.TENANT_RECEIVABLE, tenant=tenant)
+    receivable.refresh_from_db()
+    assert receivable.balance_cents == -40
+    daphne = DaphneServer(
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        STRIPE_SECRET_KEY="sk_test_suite",
+        STRIPE_API_BASE=localstripe_url,
+    )
+    daphne.start()
+    try:
+        _configure_webhook(localstripe_url, f"{daphne.url}/billing/webhooks/stripe/")
+        customer = gateway.customer_create(
+            tenant_id=str(tenant.pk), name=tenant.name, email="ent@example.org"
+        )
+        profile = services.billing_profile(tenant=tenant)
+        profile.stripe_customer_id = customer
+        profile.save()
+        method = gateway.payment_method_attach(customer_id=customer, card=CARD)
+        product = gateway.client.v1.products.create(params={"name": "CCGSC Enterprise"})
+        plan = gateway.client.v1.plans.create(
+            params={"amount": 40, "currency": "usd", "interval": "month", "product": product.id}
+        )
+        # when the contract subscription is created, localstripe invoices, charges the card and
+        # delivers signed events to our endpoint
+        gateway.subscription_create(
+            customer_id=customer, price_id=plan.id, tenant_id=str(tenant.pk), payment_method=method
+        )
+        invoices = gateway.invoices_list(customer_id=customer)
+        assert [(i["status"], i["amount_paid"]) for i in invoices] == [("paid", 40)]
+        deadline = time.monotonic() + 20
+        while not JournalEntry.objects.filter(kind=EntryKind.INVOICE_PAYMENT).exists():
+            assert time.monotonic() < deadline, daphne.log_tail()
+            time.sleep(0.2)
+    finally:
+        daphne.stop()
+    # then the receivable is settled once, every delivered event was stored once, books balance
+    receivable.refresh_from_db()
+    assert receivable.balance_cents == 0
+    assert StripeEvent.objects.filter(type="invoice.payment_succeeded").count() == 1
+    assert StripeEvent.objects.filter(processed_at__isnull=True).count() == 0
+    assert ledger.reconcile().ok
+
+
+class RecordedStripe(stripe.HTTPClient):
+    """Answers with recorded Stripe-shaped responses and records every request.
+
+    Used only for endpoints localstripe does not implement: Checkout Sessions, Billing Meter
+    events and customer-portal sessions.
+    """
+
+    name = "recorded"
+
+    def __init__(self, responses: dict[tuple[str, str], dict[str, Any]]) -> None:
+        super().__init__()
+        self.responses = responses
+        self.requests: list[dict[str, Any]] = []
+
+    def request(self, method, url, headers, post_data=None, *, _usage=None):  # noqa: ANN001, ANN201
+        path = urllib.parse.urlparse(url).path
+        self.requests.append(
+            {
+                "method": method.upper(),
+                "path": path,
+                "headers": dict(headers or {}),
+                "params": urllib.parse.parse_qs(post_data or ""),
+            }
+        )
+        body = self.responses[(method.upper(), path)]
+        return json.dumps(body), 200, {"request-id": "req_recorded"}
+
+    def close(self) -> None:
+        return None
+
+
+def test_checkout_session_is_created_with_an_idempotency_key_recorded_boundary():
+    recorded = RecordedStripe(
+        {
+            ("POST", "/v1/checkout/sessions"): {
+                "id": "cs_test_recorded",
+                "object": "checkout.session",
+                "mode": "payment",
+                "url": "https://checkout.stripe.com/c/pay/cs_test_recorded",
+                "payment_status": "unpaid",
+            }
+        }
+    )
+    gateway = StripeGateway(api_key="sk_test_recorded", http_client=recorded)
+    session = gateway.checkout_session_create(
+        topup_id="top1",
+        customer_id="cus_1",
+        tenant_id="t-9",
+        amount_cents=5000,
+        currency="usd",
+        success_url="https://ccgsc.example/billing/?ok",
+        cancel_url="https://ccgsc.example/billing/",
+    )
+    assert session.url.endswith("cs_test_recorded")
+    (request,) = recorded.requests
+    assert request["headers"]["Idempotency-Key"] == "checkout:top1"
+    assert request["headers"]["Stripe-Version"] == "2026-10-28.endive"
+    assert request["params"]["mode"] == ["payment"]
+    assert request["params"]["line_items[0][price_data][unit_amount]"] == ["5000"]
+    assert request["params"]["metadata[tenant_id]"] == ["t-9"]
+
+
+def test_meter_event_and_portal_recorded_boundary():
+    recorded = RecordedStripe(
+        {
+            ("POST", "/v1/billing/meter_events"): {
+                "object": "billing.meter_event",
+                "event_name": "ccgsc_usage_cents",
+                "identifier": "usage-7",
+                "payload": {},
+                "created": 1,
+                "livemode": False,
+            },
+            ("POST", "/v1/billing_portal/sessions"): {
+                "id": "bps_1",
+                "object": "billing_portal.session",
+                "url": "https://billing.stripe.com/p/session/bps_1",
+            },
+        }
+    )
+    gateway = StripeGateway(api_key="sk_test_recorded", http_client=recorded)
+    gateway.meter_event_create(
+        event_name="ccgsc_usage_cents", customer_id="cus_1", value=40, identifier="usage-7"
+    )
+    url = gateway.portal_session_create(
+        customer_id="cus_1", return_url="https://ccgsc.example/billing/"
+    )
+    assert url.startswith("https://billing.stripe.com/")
+    meter, portal = recorded.requests
+    assert meter["headers"]["Idempotency-Key"] == "meter:usage-7"
+    assert meter["params"]["payload[value]"] == ["40"]
+    assert meter["params"]["payload[stripe_customer_id]"] == ["cus_1"]
+    assert portal["params"]["customer"] == ["cus_1"]
