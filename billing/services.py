@@ -35,6 +35,7 @@ from billing.pricing import MIN_PAYOUT_CENTS, credits_for, price_for
 from tenants.models import Tenant, User
 from tenants.roles import Action
 from tenants.services import audit_record, require_role
+from tenants.tiers import Tier
 
 logger = logging.getLogger(__name__)
 
@@ -613,6 +614,37 @@ def balance_adjust(
         reason=reason,
     )
     return entry
+
+
+# ---------------------------------------------------------------- tiers
+
+
+SELF_SERVE_TIERS = (Tier.COMMUNITY, Tier.CORE)
+
+
+@transaction.atomic
+def tenant_tier_change(*, tenant: Tenant, actor: User, actor_role: str, tier: str) -> Tenant:
+    """Owners move between Community and FL Core themselves; Enterprise is a contract (admin)."""
+    require_role(membership_role=actor_role, action=Action.MANAGE_BILLING)
+    if tier not in SELF_SERVE_TIERS:
+        raise ValidationError(
+            "FL Enterprise is a contract: contact us and an administrator sets it up."
+        )
+    locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    if locked.tier == Tier.ENTERPRISE:
+        raise ValidationError("Enterprise contracts are changed by an administrator.")
+    previous = locked.tier
+    locked.tier = tier
+    locked.save(update_fields=["tier"])
+    audit_record(
+        tenant=locked,
+        actor=actor,
+        action="tenant.tier_changed",
+        target=locked.name,
+        previous=previous,
+        tier=tier,
+    )
+    return locked
 
 
 # ---------------------------------------------------------------- payouts

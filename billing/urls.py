@@ -11,6 +11,7 @@ urlpatterns = [
         "billing/test-checkout/<str:session_id>/", views.test_checkout, name="billing_test_checkout"
     ),
     path("billing/portal/", views.portal, name="billing_portal"),
+    path("billing/tier/", views.tier_change, name="billing_tier"),
     path("billing/webhooks/stripe/", views.stripe_webhook, name="stripe_webhook"),
     path("contributor/payout/", views.payout_request, name="payout_request"),
 ]

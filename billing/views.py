@@ -122,6 +122,24 @@ def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def tier_change(request: HttpRequest) -> HttpResponse:
+    """Switch between Community FC and FL Core."""
+    membership = _membership(request)
+    try:
+        tenant = services.tenant_tier_change(
+            tenant=membership.tenant,
+            actor=request.user,
+            actor_role=membership.role,
+            tier=request.POST.get("tier", ""),
+        )
+        messages.success(request, f"You are now on {tenant.policy.label}.")
+    except (ValidationError, PermissionDenied) as exc:
+        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+    return redirect("billing")
+
+
+@login_required
 def portal(request: HttpRequest) -> HttpResponse:
     """Stripe's customer portal (payment methods, invoices)."""
     membership = _membership(request)

@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from billing.selectors import leaderboard
 from jobs.models import Assignment, Job, Worker
 from tenants import services as services_tenants
 from tenants.roles import Role
@@ -98,6 +99,15 @@ def test_three_pages_and_two_edge_workers_count_primes_and_the_director_watches(
     page_credits = sum(_state(page)["creditsValidated"] for _, page in pages)
     assert page_credits == sum(browser_workers.values_list("validated_replicas", flat=True))
     assert not [e for e in errors if "Content Security Policy" in e], errors
+    # contributors earned credits (awarded by the Celery worker) and appear on the leaderboard
+    deadline = time.monotonic() + 30
+    while len(leaderboard()["all_time"]) < 5:
+        assert time.monotonic() < deadline, (leaderboard(), fc_stack.logs())
+        time.sleep(0.2)
+    board_page = pages[0][1]
+    board_page.goto(fc_stack.daphne.url + "/leaderboard/")
+    entries = board_page.get_by_test_id("leaderboard-all-time").locator("li")
+    assert entries.count() == 5
     for context, _ in pages:
         context.close()
     assert all(edge.process.poll() is None for edge in edges)
