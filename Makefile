@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test setup venv wasm migrate chromium lint fmt typecheck bench check clean
+.PHONY: run test setup venv wasm migrate chromium lint fmt bench check clean
 
 run: setup migrate
+	@$(PY) manage.py kernels_sync
 	@$(PY) manage.py bootstrap_demo
 	@scripts/serve.sh
 
@@ -48,8 +49,6 @@ fmt: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-typecheck: venv
-	@echo "mypy is not wired yet; see docs/architecture.md"
 
 bench: setup
 	$(PY) bench/run_all.py

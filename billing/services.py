@@ -701,6 +701,10 @@ def payout_decide(*, payout: Payout, approve: bool, actor: User, note: str = "")
         ],
     )
     payout.entry = entry
+    if payout.contributor.stripe_account_id:
+        from billing.tasks import payout_transfer
+
+        transaction.on_commit(lambda: payout_transfer.delay(str(payout.pk)))
     payout.status = PayoutStatus.APPROVED
     payout.save(update_fields=["status", "decided_by", "decided_at", "note", "entry"])
     audit_record(

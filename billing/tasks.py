@@ -56,3 +56,25 @@ def ledger_reconcile() -> bool:
     if not report.ok:
         logger.error("ledger reconciliation failed: %s", report)
     return report.ok
+
+
+@shared_task(acks_late=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=10)
+def payout_transfer(payout_id: str) -> str:
+    """Send an approved payout through Stripe Connect (the idempotency key makes retries safe)."""
+    from billing.models import Payout
+    from billing.stripe_gateway import gateway
+
+    payout = Payout.objects.select_related("contributor").get(pk=payout_id)
+    client = gateway()
+    if client is None or payout.stripe_transfer_id or not payout.contributor.stripe_account_id:
+        return payout.stripe_transfer_id
+    transfer_id = client.transfer_create(
+        payout_id=str(payout.pk),
+        amount_cents=payout.amount_cents,
+        currency="usd",
+        destination=payout.contributor.stripe_account_id,
+    )
+    Payout.objects.filter(pk=payout.pk, stripe_transfer_id="").update(
+        stripe_transfer_id=transfer_id
+    )
+    return transfer_id

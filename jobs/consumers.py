@@ -43,6 +43,7 @@ class TokenBucket:
 
 
 MAX_RATE_VIOLATIONS = 100
+IDLE_RECHECK_S = 15.0
 
 
 class WorkerConsumer(AsyncWebsocketConsumer):
@@ -59,8 +60,17 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         self.violations = 0
         self.fill_lock = asyncio.Lock()
         await self.accept()
-        self.hello_timer = asyncio.get_running_loop().call_later(
-            protocol.HELLO_TIMEOUT_S, self._hello_timeout
+        loop = asyncio.get_running_loop()
+        self.hello_timer = loop.call_later(protocol.HELLO_TIMEOUT_S, self._hello_timeout)
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    def _arm_idle_check(self) -> None:
+        """Work is pushed on wake-ups; a wake-up lost with a Redis blip is caught by this rare
+        re-check of an idle connection (server-side, so clients never poll)."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.idle_timer = asyncio.get_running_loop().call_later(
+            IDLE_RECHECK_S, lambda: asyncio.ensure_future(self.fill())
         )
 
     def _hello_timeout(self) -> None:
@@ -69,6 +79,8 @@ class WorkerConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.hello_timer.cancel()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
         if self.worker_id is not None:
             await self.channel_layer.group_discard(realtime.DISPATCH_GROUP, self.channel_name)
             await database_sync_to_async(dispatch.worker_disconnect)(worker_id=self.worker_id)
@@ -223,6 +235,8 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             offers = await database_sync_to_async(dispatch.assignment_claim)(
                 worker_id=self.worker_id, count=free
             )
+            if not offers:
+                self._arm_idle_check()
             for offer in offers:
                 self.in_flight.add(str(offer.assignment_id))
                 await self.send_message(offer.message())

@@ -219,6 +219,9 @@ class Contributor(models.Model):
     )
     display_name = models.CharField(max_length=80, blank=True)
     team = models.CharField(max_length=80, blank=True, db_index=True)
+    stripe_account_id = models.CharField(
+        max_length=100, blank=True, help_text="Stripe Connect account that receives payouts."
+    )
     # Enterprise private pools: a contributor registered by a tenant serves only that tenant.
     pool_tenant = models.ForeignKey(
         Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="pool_contributors"

@@ -14,7 +14,6 @@ from django.utils import timezone
 from jobs.models import (
     Assignment,
     AssignmentStatus,
-    Contributor,
     Job,
     JobEvent,
     Kernel,
@@ -148,10 +147,3 @@ def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:
             {"kind": e.kind, "message": e.message, "at": e.created_at.isoformat()} for e in events
         ],
     }
-
-
-def contributor_leaderboard(*, limit: int = 20) -> QuerySet[Contributor]:
-    """All-time validated work per contributor."""
-    return Contributor.objects.filter(is_banned=False, validated_replicas__gt=0).order_by(
-        "-validated_work_units"
-    )[:limit]

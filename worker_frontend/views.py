@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from jobs import dispatch, selectors
+from jobs import dispatch
 
 
 def contribute(request: HttpRequest) -> HttpResponse:
@@ -38,7 +38,6 @@ def contributor_profile(request: HttpRequest) -> HttpResponse:
             "contributor": contributor,
             "workers": contributor.workers.order_by("-last_seen_at")[:20],
             "edge_token": dispatch.worker_token_issue(contributor=contributor),
-            "leaderboard": selectors.contributor_leaderboard(),
             "site_url": request.build_absolute_uri("/").rstrip("/"),
         },
     )

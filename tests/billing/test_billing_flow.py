@@ -355,3 +355,19 @@ def test_members_cannot_buy_credits(client, core_tenant):
 @pytest.fixture
 def admin_user(db):
     return UserFactory(is_staff=True, is_superuser=True)
+
+
+def test_contributor_requests_a_payout_from_the_profile_page(client, owner):
+    contributor = dispatch.contributor_for_user(user=owner)
+    earnings = ledger.account_get(AccountKind.CONTRIBUTOR_EARNINGS, contributor=contributor)
+    revenue = ledger.account_get(AccountKind.PLATFORM_REVENUE)
+    ledger.entry_post(
+        key="seed",
+        kind=EntryKind.CHARGE,
+        lines=[ledger.Line(earnings, 2500), ledger.Line(revenue, -2500)],
+    )
+    client.force_login(owner)
+    page = client.get(reverse("contributor_profile")).content.decode()
+    assert "$25.00" in page
+    client.post(reverse("payout_request"))
+    assert Payout.objects.get().amount_cents == 2500
