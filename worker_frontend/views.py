@@ -29,15 +29,22 @@ def contribute(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def contributor_profile(request: HttpRequest) -> HttpResponse:
-    """A contributor's totals, the leaderboard, and a token for edge workers."""
+    """A contributor's credits, earnings and payouts, devices, and a token for edge workers."""
+    from billing import ledger
+    from billing.models import AccountKind, Payout
+    from billing.pricing import MIN_PAYOUT_CENTS
+
     contributor = dispatch.contributor_for_user(user=request.user)
-    return render(
-        request,
-        "worker_frontend/profile.html",
-        {
-            "contributor": contributor,
-            "workers": contributor.workers.order_by("-last_seen_at")[:20],
-            "edge_token": dispatch.worker_token_issue(contributor=contributor),
-            "site_url": request.build_absolute_uri("/").rstrip("/"),
-        },
-    )
+    credits = ledger.account_get(AccountKind.CONTRIBUTOR_CREDITS, contributor=contributor)
+    earnings = ledger.account_get(AccountKind.CONTRIBUTOR_EARNINGS, contributor=contributor)
+    context = {
+        "contributor": contributor,
+        "credits": credits.balance_cents,
+        "earnings_cents": earnings.balance_cents,
+        "min_payout_cents": MIN_PAYOUT_CENTS,
+        "payouts": Payout.objects.filter(contributor=contributor)[:10],
+        "workers": contributor.workers.order_by("-last_seen_at")[:20],
+        "edge_token": dispatch.worker_token_issue(contributor=contributor),
+        "site_url": request.build_absolute_uri("/").rstrip("/"),
+    }
+    return render(request, "worker_frontend/profile.html", context)
