@@ -298,3 +298,20 @@ def test_job_reduce_is_idempotent(tenant, owner, kernels, django_capture_on_comm
     job.refresh_from_db()
     assert (job.status, job.result, job.completed_at) == first
     assert Job.objects.for_tenant(tenant).get().result["primes"] == 5133
+
+
+def test_run_periodic_once_sweeps_expired_leases(tenant, owner, kernels):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    session = new_worker()[0]
+    (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
+    Assignment.objects.for_tenant(tenant).filter(pk=offer.assignment_id).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    err = StringIO()
+    call_command("run_periodic", "--once", stdout=StringIO(), stderr=err)
+    assert err.getvalue() == ""
+    assert Assignment.objects.for_tenant(tenant).get().status == AssignmentStatus.EXPIRED

@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from celery import current_app
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+from ccgsc_site.celery import app
 
 
 def _interval_s(schedule: object) -> float:
@@ -32,6 +33,7 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="Run every task once and exit.")
 
     def handle(self, *args: object, once: bool = False, **options: object) -> None:
+        app.loader.import_default_modules()  # registers every app's tasks
         entries = [
             (name, entry["task"], _interval_s(entry["schedule"]))
             for name, entry in settings.CELERY_BEAT_SCHEDULE.items()
@@ -45,7 +47,7 @@ class Command(BaseCommand):
             for name, task_name, interval in entries:
                 if now >= next_run[name]:
                     try:
-                        current_app.tasks[task_name].apply()
+                        app.tasks[task_name].apply()
                     except Exception as exc:  # noqa: BLE001 - one failing task must not stop the loop
                         self.stderr.write(f"periodic {name} failed: {exc!r}")
                     next_run[name] = now + interval
