@@ -119,7 +119,11 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.config(
         default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
+        # Persistent connections: the dispatch plane makes several short transactions per result.
+        # (Tests close connections after each use: threads outlive test databases.)
+        conn_max_age=int(
+            os.environ.get("DATABASE_CONN_MAX_AGE", "0" if CCGSC_ENV == "test" else "60")
+        ),
         conn_health_checks=True,
     )
 }
@@ -133,6 +137,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# SQLite has one writer, so dispatch stays on one database thread there.
+DISPATCH_PARALLEL_DATABASE = DATABASES["default"]["ENGINE"].endswith("postgresql")
 
 AUTH_USER_MODEL = "tenants.User"
 AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]

@@ -371,6 +371,15 @@ class ResultOutcome:
     credits: list[tuple[str, int, int]] = field(default_factory=list)
 
 
+def _check_output_shape(job: Job, output: bytes) -> None:
+    """Refuse outputs whose size the kernel's declared layout cannot produce."""
+    kernel = job.kernel
+    if kernel.output_bytes is not None and len(output) != kernel.output_bytes:
+        raise ValueError(f"{kernel.name} outputs {kernel.output_bytes} bytes, got {len(output)}")
+    if kernel.reducer in ("best_k", "min_f64", "max_f64") and len(output) % 16:
+        raise ValueError(f"{kernel.name} outputs 16-byte records, got {len(output)} bytes")
+
+
 def _decrement_active(task: Task) -> None:
     task.active_replicas = max(0, task.active_replicas - 1)
 
@@ -391,7 +400,7 @@ def result_submit(
         assignment = (
             Assignment.objects.unscoped()
             .select_for_update(of=("self",))
-            .select_related("task")
+            .select_related("task", "job__kernel")
             .get(pk=assignment_id, contributor_id=contributor_id)
         )
     except (Assignment.DoesNotExist, ValueError):
@@ -405,6 +414,7 @@ def result_submit(
         return ResultOutcome(status="duplicate")
     if assignment.status == AssignmentStatus.ERROR:
         return ResultOutcome(status="discarded")
+    _check_output_shape(assignment.job, output)
     task = Task.objects.unscoped().select_for_update().get(pk=assignment.task_id)
     late = assignment.status in (AssignmentStatus.EXPIRED, AssignmentStatus.CANCELLED)
     if late and (
@@ -533,6 +543,7 @@ def _task_validate(task: Task, outcome: ResultOutcome) -> None:
         if task.target_replicas < job.max_replicas:
             task.target_replicas += 1
             outcome.wake = True
+            realtime.wake_dispatch_on_commit()
         else:
             _task_fail(task, job, reason=f"no {job.quorum} of {len(returned)} replicas agreed")
             return
@@ -577,20 +588,20 @@ def _task_fail(task: Task, job: Job, *, reason: str) -> None:
 def _replicas_valid(replicas: list[Assignment], task: Task, outcome: ResultOutcome) -> None:
     """Credit agreeing replicas once each (credited_at is set under the task lock)."""
     now = timezone.now()
-    ids = [r.pk for r in replicas]
-    Assignment.objects.unscoped().filter(pk__in=ids, credited_at__isnull=True).update(
-        status=AssignmentStatus.VALID, credited_at=now
+    Assignment.objects.unscoped().filter(
+        pk__in=[r.pk for r in replicas], credited_at__isnull=True
+    ).update(status=AssignmentStatus.VALID, credited_at=now)
+    # Replicas of one task come from distinct contributors and workers: one update each.
+    Worker.objects.filter(pk__in=[r.worker_id for r in replicas]).update(
+        consecutive_valid=F("consecutive_valid") + 1,
+        validated_replicas=F("validated_replicas") + 1,
+        validated_work_units=F("validated_work_units") + task.work_units,
+    )
+    Contributor.objects.filter(pk__in=[r.contributor_id for r in replicas]).update(
+        validated_replicas=F("validated_replicas") + 1,
+        validated_work_units=F("validated_work_units") + task.work_units,
     )
     for replica in replicas:
-        Worker.objects.filter(pk=replica.worker_id).update(
-            consecutive_valid=F("consecutive_valid") + 1,
-            validated_replicas=F("validated_replicas") + 1,
-            validated_work_units=F("validated_work_units") + task.work_units,
-        )
-        Contributor.objects.filter(pk=replica.contributor_id).update(
-            validated_replicas=F("validated_replicas") + 1,
-            validated_work_units=F("validated_work_units") + task.work_units,
-        )
         outcome.credits.append((replica.worker.channel_name, 1, task.work_units))
         realtime.send_on_commit(
             replica.worker.channel_name,

@@ -149,7 +149,9 @@ def job_create(
         errors["name"] = "Give the job a name."
     if not 1 <= spec.quorum <= policy.max_quorum:
         errors["quorum"] = f"Quorum must be between 1 and {policy.max_quorum} on {policy.label}."
-    max_replicas = spec.max_replicas or spec.quorum + 3
+    # With 20 % of workers wrong at random, quorum + 3 let one unlucky task fail a whole job
+    # (bench_validation); five times the quorum keeps that negligible.
+    max_replicas = spec.max_replicas or min(20, spec.quorum * 5)
     if not spec.quorum <= max_replicas <= 20:
         errors["max_replicas"] = "max_replicas must be at least the quorum and at most 20."
     if not 0 <= spec.range_start < spec.range_end <= MAX_INDEX:
@@ -415,7 +417,16 @@ def job_reduce(*, job_id: Any) -> Job:
             f"job {job.pk}: {len(outputs)} canonical results for {job.task_count} tasks"
         )
     k = _reducer_k(job)
-    reduced = abi.reduce_outputs(job.kernel.reducer, [bytes(o) for o in outputs], k=k)
+    try:
+        reduced = abi.reduce_outputs(job.kernel.reducer, [bytes(o) for o in outputs], k=k)
+    except (abi.OutputError, ValueError) as exc:
+        # Canonical results that cannot be combined mean agreeing workers were wrong together.
+        job.status = JobStatus.FAILED
+        job.status_reason = f"results could not be reduced: {exc}"[:300]
+        job.completed_at = timezone.now()
+        job.save(update_fields=["status", "status_reason", "completed_at"])
+        job_event(job=job, kind="failed", message=job.status_reason)
+        return job
     job.result_bytes = reduced
     job.result_sha256 = hashlib.sha256(reduced).hexdigest()
     job.result = result_summary(job=job, reduced=reduced)

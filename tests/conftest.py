@@ -99,6 +99,14 @@ def _close_server_connections_before_teardown(django_db_setup, django_db_blocker
 
 
 @pytest.fixture(autouse=True)
+def _serial_dispatch_in_process(settings):
+    """Consumers driven in this process share its threads with pytest-django, whose test
+    database outlives no connection left open in a pool thread; run them on one thread here.
+    Daphne started by the service-backed tests runs the parallel path."""
+    settings.DISPATCH_PARALLEL_DATABASE = False
+
+
+@pytest.fixture(autouse=True)
 def _eager_celery_unless_a_worker_runs(request):
     """Unit tests run Celery tasks in-process; tests that start a real worker opt out."""
     from ccgsc_site.celery import app

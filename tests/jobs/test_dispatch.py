@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from datetime import timedelta
 
@@ -315,3 +316,68 @@ def test_run_periodic_once_sweeps_expired_leases(tenant, owner, kernels):
     call_command("run_periodic", "--once", stdout=StringIO(), stderr=err)
     assert err.getvalue() == ""
     assert Assignment.objects.for_tenant(tenant).get().status == AssignmentStatus.EXPIRED
+
+
+def test_outputs_of_the_wrong_size_are_refused(tenant, owner, kernels):
+    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    session = new_worker()[0]
+    (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
+    with pytest.raises(ValueError, match="outputs 8 bytes, got 16"):
+        submit(session, offer, output=b"\1" * 16)
+    assert Assignment.objects.for_tenant(tenant).get().status == AssignmentStatus.ASSIGNED
+
+
+def test_colluders_whose_results_cannot_be_reduced_fail_the_job_instead_of_hanging(
+    tenant, owner, kernels
+):
+    # two colluders agree on outputs whose sum overflows a u64
+    job = _job(
+        tenant,
+        owner,
+        kernels["montecarlo_pi"],
+        range_start=0,
+        range_end=2000,
+        chunk_size=1000,
+        quorum=2,
+    )
+    colluders = [new_worker()[0], new_worker()[0]]
+    for session in colluders:
+        for offer in dispatch.assignment_claim(worker_id=session.worker_id, count=4):
+            submit(session, offer, output=b"\xff" * 16)
+    services.job_reduce(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert "could not be reduced" in job.status_reason
+
+
+def test_a_disagreement_wakes_idle_workers(
+    tenant, owner, kernels, django_capture_on_commit_callbacks
+):
+    import asyncio
+
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from jobs import realtime
+
+    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    first, second = new_worker()[0], new_worker()[0]
+    (a,) = dispatch.assignment_claim(worker_id=first.worker_id, count=1)
+    (b,) = dispatch.assignment_claim(worker_id=second.worker_id, count=1)
+    submit(first, a, output=struct.pack("<Q", 1))
+    # an idle worker's channel joins the dispatch group now, after the job's own start-up wake
+    layer = get_channel_layer()
+    idle = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(realtime.DISPATCH_GROUP, idle)
+
+    async def drain() -> list[dict]:
+        messages = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                messages.append(await asyncio.wait_for(layer.receive(idle), timeout=0.5))
+        return messages
+
+    with django_capture_on_commit_callbacks(execute=True):
+        submit(second, b, output=struct.pack("<Q", 2))
+    assert {"type": "dispatch.wake"} in async_to_sync(drain)()
+    async_to_sync(layer.group_discard)(realtime.DISPATCH_GROUP, idle)

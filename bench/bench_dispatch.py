@@ -1,0 +1,717 @@
+#!/usr/bin/env python3
+"""Dispatch throughput and latency: a swarm of simulated edge workers against the real servers.
+
+For each connection count N the benchmark creates a throwaway PostgreSQL database (from a
+migrated template), flushes a Redis database index, starts Daphne and a Celery worker as
+subprocesses on loopback, creates an enterprise tenant with an API key and N anonymous
+contributors, and connects N ``EdgeWorker`` clients (concurrency 1) to ``/ws/edge/`` from one
+asyncio loop. Their inline executor returns the real ``montecarlo_pi`` output of each tiny task
+(computed once per task with the real kernel, then cached), so quorum 2 validates.
+
+A job with quorum 2 is created through the REST API and started; then, after a warm-up, a
+steady window is measured:
+- validated replicas per second (assignments with status ``valid`` counted in the database at
+  both ends of the window, cross-checked with the ``credit`` messages the workers received);
+- push latency: job start request sent -> each worker's first ``assign``;
+- turnaround: result sent -> the same worker's next ``assign``;
+- database work per validated replica: transactions, sessions and rows from
+  ``pg_stat_database``.
+With ``--profile`` one more run uses bench/daphne_profiled.py (stack sampler + SQL counter) over
+the steady window.
+
+Usage: python bench/bench_dispatch.py [--quick] [--connections 100 1000] [--duration 30]
+Writes bench/results/dispatch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "edge_worker"))
+
+import psycopg  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "dispatch.json"
+LOG_DIR = ROOT / "bench" / "results" / "logs"
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DB_NAME = "ccgsc_bench"
+TEMPLATE = "ccgsc_bench_template"
+REDIS_DB = 9
+BOINC_JOBS_PER_S = 8.8e6 / 86400  # one BOINC server, 2005: 8.8 M jobs/day
+TARGET_REPLICAS_PER_S = 1000.0
+TARGET_P99_MS = 100.0
+TARGET_CONNECTIONS = 1000
+CHUNK = 10  # montecarlo samples per task: dispatch cost dominates, not compute
+
+
+# ---------------------------------------------------------------- environment and servers
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_env(queue: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment shared by the servers, the management commands and this process."""
+    env = os.environ.copy()
+    env.update(
+        {
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+            "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+            "CCGSC_ENV": "test",
+            "CCGSC_CELERY_QUEUE": queue,
+            "DJANGO_SETTINGS_MODULE": "ccgsc_site.settings",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def pg_admin(*statements: str) -> None:
+    """Run statements on the maintenance database (autocommit)."""
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        for sql in statements:
+            conn.execute(sql)
+
+
+def disconnect(name: str) -> None:
+    """Terminate every session on database ``name``."""
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+
+
+def drop_database(name: str) -> None:
+    """Drop a database, disconnecting its sessions first."""
+    disconnect(name)
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def build_template(env: dict[str, str]) -> None:
+    """A migrated database with the built-in kernels, cloned for every scenario."""
+    drop_database(TEMPLATE)
+    drop_database(DB_NAME)
+    pg_admin(f'CREATE DATABASE "{DB_NAME}"')
+    manage(env, "migrate", "--noinput")
+    manage(env, "kernels_sync")
+    _close_django()
+    drop_database(TEMPLATE)
+    disconnect(DB_NAME)
+    pg_admin(f'ALTER DATABASE "{DB_NAME}" RENAME TO "{TEMPLATE}"')
+
+
+def fresh_database() -> None:
+    """Recreate the benchmark database from the template."""
+    _close_django()
+    drop_database(DB_NAME)
+    pg_admin(f'CREATE DATABASE "{DB_NAME}" TEMPLATE "{TEMPLATE}"')
+
+
+def _close_django() -> None:
+    if "django" in sys.modules:
+        from django.db import connections
+
+        connections.close_all()
+
+
+def manage(env: dict[str, str], *args: str) -> None:
+    """Run a management command against the benchmark database."""
+    subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+
+
+def flush_redis() -> None:
+    """Empty the benchmark's Redis database index."""
+    import redis
+
+    redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}").flushdb()
+
+
+class Server:
+    """A subprocess with its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{name}-{uuid.uuid4().hex[:8]}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_for(self, check: Any, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{what} exited:\n{self.tail()}")
+            if check():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{what} not ready:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def http_ok(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+        return response.status == 200
+    return False
+
+
+def start_daphne(env: dict[str, str], port: int, profile_out: Path | None) -> Server:
+    args = ["-b", "127.0.0.1", "-p", str(port), "ccgsc_site.asgi:application"]
+    if profile_out is not None:
+        env = {**env, "CCGSC_BENCH_PROFILE_OUT": str(profile_out)}
+        cmd = [sys.executable, str(ROOT / "bench" / "daphne_profiled.py"), *args]
+    else:
+        cmd = [sys.executable, "-m", "daphne", *args]
+    server = Server("daphne", cmd, env)
+    server.wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "Daphne")
+    return server
+
+
+def start_celery(env: dict[str, str], queue: str) -> Server:
+    server = Server(
+        "celery",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "ccgsc_site",
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            queue,
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"{queue}@%h",
+        ],  # fmt: skip
+        env,
+    )
+    server.wait_for(lambda: "ready." in server.log_path.read_text(errors="replace"), "Celery")
+    return server
+
+
+# ---------------------------------------------------------------- fixtures (in this process)
+
+
+def django_setup(env: dict[str, str]) -> None:
+    """Set this process up as a Django client of the benchmark database."""
+    for key in ("DATABASE_URL", "REDIS_URL", "CCGSC_ENV", "CCGSC_CELERY_QUEUE"):
+        os.environ[key] = env[key]
+    os.environ["DJANGO_SETTINGS_MODULE"] = "ccgsc_site.settings"
+    import django
+
+    django.setup()
+
+
+def make_fixtures(n_workers: int) -> tuple[str, list[str]]:
+    """An enterprise tenant's API key and ``n_workers`` anonymous contributor tokens."""
+    from jobs import dispatch
+    from tenants import services as tenant_services
+    from tenants.models import Tenant, User
+    from tenants.roles import Role
+    from tenants.tiers import Tier
+
+    user = User.objects.create_user(email=f"bench-{uuid.uuid4().hex[:8]}@example.com")
+    tenant = tenant_services.tenant_create(name="Bench", owner=user, tier=Tier.ENTERPRISE)
+    Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.ENTERPRISE)
+    tenant.refresh_from_db()
+    key = tenant_services.api_key_create(
+        tenant=tenant, actor=user, actor_role=Role.OWNER, name="bench", role=Role.ADMIN
+    ).raw_key
+    tokens = [dispatch.contributor_create_anonymous()[1] for _ in range(n_workers)]
+    _close_django()
+    return key, tokens
+
+
+def api(base: str, key: str, method: str, path: str, body: dict | None = None) -> dict:
+    """One REST call with the API key."""
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        base + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def pg_stats(conn: psycopg.Connection) -> dict[str, float]:
+    """Counters of the benchmark database and of validated replicas."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT xact_commit, xact_rollback, sessions, tup_returned, tup_fetched, tup_inserted,"
+        " tup_updated, blks_hit FROM pg_stat_database WHERE datname = %s",
+        (DB_NAME,),
+    ).fetchone()
+    valid = conn.execute("SELECT count(*) FROM jobs_assignment WHERE status = 'valid'").fetchone()
+    names = ["xact_commit", "xact_rollback", "sessions", "tup_returned", "tup_fetched"]
+    names += ["tup_inserted", "tup_updated", "blks_hit"]
+    stats = dict(zip(names, (float(v) for v in row), strict=True))
+    stats["valid"] = float(valid[0])
+    stats["t"] = time.perf_counter()
+    return stats
+
+
+# ---------------------------------------------------------------- the swarm
+
+
+@dataclass
+class Swarm:
+    """Per-worker timestamps collected from EdgeWorker events."""
+
+    n: int
+    welcomed: set[int] = field(default_factory=set)
+    first_assign: dict[int, float] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)
+    turnaround: list[tuple[float, float]] = field(default_factory=list)
+    credits: list[float] = field(default_factory=list)
+    events: dict[str, int] = field(default_factory=dict)
+
+    def hook(self, i: int) -> Any:
+        def on_event(name: str, info: dict[str, Any]) -> None:
+            now = time.perf_counter()
+            self.events[name] = self.events.get(name, 0) + 1
+            if name == "welcome":
+                self.welcomed.add(i)
+            elif name == "assign":
+                self.first_assign.setdefault(i, now)
+                sent = self.sent_at.pop(i, None)
+                if sent is not None:
+                    self.turnaround.append((now, now - sent))
+            elif name == "completed":
+                self.sent_at[i] = now
+            elif name == "credit":
+                self.credits.extend([now] * int(info.get("validated", 1)))
+
+        return on_event
+
+
+class Outputs:
+    """Real montecarlo_pi outputs, computed once per distinct task input with the real kernel."""
+
+    def __init__(self) -> None:
+        import hashlib
+
+        from ccgsc_worker.kernel import KernelRunner
+
+        wasm = (ROOT / "wasm" / "build" / "montecarlo_pi.wasm").read_bytes()
+        self.sha256 = hashlib.sha256(wasm).hexdigest()
+        self.runner = KernelRunner(wasm, self.sha256)
+        self.cache: dict[bytes, bytes] = {}
+
+    def __call__(self, assignment: Any) -> bytes:
+        if assignment.kernel.sha256 != self.sha256:
+            raise RuntimeError("the server assigned a different montecarlo_pi module")
+        data = assignment.input_bytes()
+        out = self.cache.get(data)
+        if out is None:
+            out = self.cache[data] = self.runner.run(data)
+        return out
+
+
+def pct(values: list[float], p: float) -> float | None:
+    """The p-th percentile (nearest rank) of ``values`` in milliseconds."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k] * 1000
+
+
+async def run_swarm(
+    *,
+    port: int,
+    key: str,
+    tokens: list[str],
+    tasks: int,
+    warmup: float,
+    duration: float,
+    profiler: Server | None,
+) -> dict[str, Any]:
+    """Connect the workers, start a job, measure a steady window, stop everything."""
+    from ccgsc_worker.client import Backoff, EdgeWorker
+
+    base = f"http://127.0.0.1:{port}"
+    swarm = Swarm(len(tokens))
+    outputs = Outputs()
+    workers = [
+        EdgeWorker(
+            base,
+            token,
+            1,
+            executor=outputs,
+            inline_executor=True,
+            on_event=swarm.hook(i),
+            capabilities={"cores": 1, "simd": True},
+            backoff=Backoff(),
+        )
+        for i, token in enumerate(tokens)
+    ]
+    runs: list[asyncio.Task] = []
+    connect_start = time.perf_counter()
+    batch = 50
+    for start in range(0, len(workers), batch):
+        runs += [asyncio.create_task(w.run()) for w in workers[start : start + batch]]
+        deadline = time.monotonic() + 60
+        while len(swarm.welcomed) < len(runs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    connect_seconds = time.perf_counter() - connect_start
+    if len(swarm.welcomed) < len(workers):
+        print(f"warning: {len(swarm.welcomed)}/{len(workers)} welcomed", file=sys.stderr)
+
+    job = await asyncio.to_thread(
+        api,
+        base,
+        key,
+        "POST",
+        "/api/v1/jobs/",
+        {
+            "name": f"bench {len(tokens)}",
+            "kernel": "montecarlo_pi",
+            "range_start": 0,
+            "range_end": tasks * CHUNK,
+            "chunk_size": CHUNK,
+            "seed": 42,
+            "quorum": 2,
+            "start": False,
+        },
+    )
+    await asyncio.sleep(0.5)
+    t_start = time.perf_counter()
+    await asyncio.to_thread(api, base, key, "POST", f"/api/v1/jobs/{job['id']}/start/")
+    t_started = time.perf_counter()
+
+    conn = await asyncio.to_thread(
+        psycopg.connect, f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}", autocommit=True
+    )
+    # Wait (bounded) until nearly every worker has had its first assignment, then warm up.
+    deadline = time.monotonic() + 180
+    while len(swarm.first_assign) < 0.95 * len(workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    all_busy_seconds = time.perf_counter() - t_start
+    await asyncio.sleep(warmup)
+    if profiler is not None:
+        profiler.process.send_signal(signal.SIGUSR1)
+    before = await asyncio.to_thread(pg_stats, conn)
+    await asyncio.sleep(duration)
+    if profiler is not None:
+        profiler.process.send_signal(signal.SIGUSR2)
+    after = await asyncio.to_thread(pg_stats, conn)
+    remaining = conn.execute(
+        "SELECT count(*) FROM jobs_task WHERE job_id = %s AND status = 'open'", (job["id"],)
+    ).fetchone()[0]
+    conn.close()
+
+    for w in workers:
+        w.stop(abandon=True)
+    _, pending = await asyncio.wait(runs, timeout=20)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
+
+    window = after["t"] - before["t"]
+    validated = after["valid"] - before["valid"]
+    in_window = [lat for t, lat in swarm.turnaround if before["t"] <= t <= after["t"]]
+    credits = sum(1 for t in swarm.credits if before["t"] <= t <= after["t"])
+    push = [t - t_start for t in swarm.first_assign.values()]
+    per = max(validated, 1.0)
+    return {
+        "connections": len(tokens),
+        "welcomed": len(swarm.welcomed),
+        "connect_seconds": round(connect_seconds, 2),
+        "tasks": tasks,
+        "tasks_open_at_end": remaining,
+        "seconds_until_95pct_assigned": round(all_busy_seconds, 2),
+        "window_seconds": round(window, 2),
+        "validated_replicas": int(validated),
+        "replicas_per_second": validated / window,
+        "credits_per_second": credits / window,
+        "push_latency_ms": {
+            "workers": len(push),
+            "p50": pct(push, 50),
+            "p99": pct(push, 99),
+            "max": max(push) * 1000 if push else None,
+            "start_request_ms": (t_started - t_start) * 1000,
+        },
+        "turnaround_ms": {
+            "samples": len(in_window),
+            "p50": pct(in_window, 50),
+            "p99": pct(in_window, 99),
+            "mean": statistics.fmean(in_window) * 1000 if in_window else None,
+        },
+        "per_validated_replica": {
+            k: (after[k] - before[k]) / per
+            for k in ("xact_commit", "xact_rollback", "sessions", "tup_returned", "tup_fetched")
+            + ("tup_inserted", "tup_updated", "blks_hit")
+        },
+        "events": swarm.events,
+    }
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def scenario(
+    n: int,
+    *,
+    duration: float,
+    warmup: float,
+    profile: bool = False,
+    extra_env: dict[str, str] | None = None,
+    label: str = "default",
+) -> dict[str, Any]:
+    """One run: fresh database, fresh servers, N workers."""
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    env = bench_env(queue, extra_env)
+    fresh_database()
+    flush_redis()
+    key, tokens = make_fixtures(n)
+    port = free_port()
+    profile_out = RESULTS.parent / f"dispatch-profile-{n}.json" if profile else None
+    if profile_out is not None:
+        profile_out.unlink(missing_ok=True)
+    daphne = start_daphne(env, port, profile_out)
+    celery = start_celery(env, queue)
+    # Enough tasks that the queue does not run dry during the window (tasks_open_at_end shows it).
+    tasks = 20_000 if duration > 10 else 10_000
+    try:
+        result = asyncio.run(
+            run_swarm(
+                port=port,
+                key=key,
+                tokens=tokens,
+                tasks=tasks,
+                warmup=warmup,
+                duration=duration,
+                profiler=daphne if profile else None,
+            )
+        )
+    finally:
+        daphne.stop()
+        celery.stop()
+    result["label"] = label
+    result["env"] = extra_env or {}
+    if profile_out is not None:
+        deadline = time.monotonic() + 10
+        while not profile_out.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if profile_out.exists():
+            result["profile"] = summarize_profile(
+                json.loads(profile_out.read_text()), result["validated_replicas"]
+            )
+    return result
+
+
+def summarize_profile(report: dict[str, Any], validated: int) -> dict[str, Any]:
+    """The hottest server-side costs per thread and SQL statements per validated replica."""
+    per = max(validated, 1)
+    sql = report["sql"]
+    statements = {
+        k: {
+            "per_replica": round(v["count"] / per, 3),
+            "ms_per_replica": round(v["seconds"] * 1000 / per, 3),
+        }
+        for k, v in sql["statements"].items()
+    }
+    threads = {}
+    for name, t in report["sampler"]["threads"].items():
+        if t["busy"] == 0:
+            continue
+        threads[name] = {
+            "busy_fraction": round(t["busy"] / max(t["samples"], 1), 3),
+            "top_inclusive": [
+                (fn, round(n / t["samples"], 3)) for fn, n in t["top_inclusive"][:25]
+            ],
+            "top_leaf": [(fn, round(n / t["samples"], 3)) for fn, n in t["top_leaf"][:12]],
+        }
+    return {
+        "window_seconds": report["sampler"]["seconds"],
+        "db_connections_per_replica": round(sql["connections_opened"] / per, 3),
+        "statements_per_replica": round(
+            sum(v["count"] for v in sql["statements"].values()) / per, 2
+        ),
+        "statements": statements,
+        "threads": threads,
+    }
+
+
+def fmt(v: float | None, digits: int = 0) -> str:
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of the scenarios with the BOINC and target ratios."""
+    head = [
+        "config", "connections", "validated replicas/s", "credits/s", "push p50 ms",
+        "push p99 ms", "turnaround p50 ms", "turnaround p99 ms", "vs BOINC 102/s",
+        "vs target 1000/s", "p99 ≤ 100 ms", "commits/replica", "PG sessions/replica",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        rate = r["replicas_per_second"]
+        p99 = r["turnaround_ms"]["p99"]
+        per = r["per_validated_replica"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["label"],
+                    f"{r['welcomed']}/{r['connections']}",
+                    fmt(rate, 1),
+                    fmt(r["credits_per_second"], 1),
+                    fmt(r["push_latency_ms"]["p50"]),
+                    fmt(r["push_latency_ms"]["p99"]),
+                    fmt(r["turnaround_ms"]["p50"], 1),
+                    fmt(p99, 1),
+                    f"{rate / BOINC_JOBS_PER_S:.2f}×",
+                    f"{rate / TARGET_REPLICAS_PER_S:.2f}×",
+                    "yes" if p99 is not None and p99 <= TARGET_P99_MS else "no",
+                    fmt(per["xact_commit"], 1),
+                    fmt(per["sessions"], 2),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def profile_table(profile: dict[str, Any]) -> str:
+    """Markdown summary of a profiled run."""
+    lines = [
+        f"DB connections opened per validated replica: {profile['db_connections_per_replica']}; "
+        f"SQL statements per validated replica: {profile['statements_per_replica']}",
+        "",
+        "| statement | per replica | ms per replica |",
+        "|---|---|---|",
+    ]
+    for k, v in list(profile["statements"].items())[:16]:
+        lines.append(f"| `{k}` | {v['per_replica']} | {v['ms_per_replica']} |")
+    for name, t in profile["threads"].items():
+        lines += ["", f"thread `{name}`: busy {t['busy_fraction']:.0%} of samples", ""]
+        lines += ["| function (inclusive) | share of samples |", "|---|---|"]
+        for fn, share in t["top_inclusive"][:15]:
+            lines.append(f"| `{fn}` | {share:.1%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short windows (about 2 minutes)")
+    parser.add_argument("--connections", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--duration", type=float, help="steady window in seconds")
+    parser.add_argument("--warmup", type=float, help="seconds between job start and window")
+    parser.add_argument(
+        "--profile", action="store_true", help="one more profiled run at the largest N"
+    )
+    parser.add_argument(
+        "--conn-max-age",
+        type=int,
+        default=None,
+        help="one more run at the largest N with DATABASE_CONN_MAX_AGE set (persistent DB "
+        "connections, a settings-only change)",
+    )
+    args = parser.parse_args(argv)
+    duration = args.duration or (10.0 if args.quick else 30.0)
+    warmup = args.warmup or (3.0 if args.quick else 5.0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 4 * max(args.connections) + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    env = bench_env("bench-setup")
+    print("building the benchmark database ...", file=sys.stderr)
+    build_template(env)
+    django_setup(env)
+    results = []
+    try:
+        for n in args.connections:
+            print(f"dispatch: {n} connections ...", file=sys.stderr)
+            results.append(scenario(n, duration=duration, warmup=warmup))
+        top = max(args.connections)
+        if args.conn_max_age is not None:
+            print(f"dispatch: {top} connections, CONN_MAX_AGE ...", file=sys.stderr)
+            results.append(
+                scenario(
+                    top,
+                    duration=duration,
+                    warmup=warmup,
+                    extra_env={"DATABASE_CONN_MAX_AGE": str(args.conn_max_age)},
+                    label=f"CONN_MAX_AGE={args.conn_max_age}",
+                )
+            )
+        if args.profile:
+            print(f"dispatch: {top} connections, profiled ...", file=sys.stderr)
+            results.append(
+                scenario(
+                    top, duration=min(duration, 15.0), warmup=warmup, profile=True, label="profiled"
+                )
+            )
+    finally:
+        _close_django()
+        drop_database(DB_NAME)
+        drop_database(TEMPLATE)
+    print(table(results))
+    for r in results:
+        if "profile" in r:
+            print()
+            print(profile_table(r["profile"]))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "quick": args.quick,
+        "boinc_jobs_per_second": BOINC_JOBS_PER_S,
+        "target": {
+            "replicas_per_second": TARGET_REPLICAS_PER_S,
+            "p99_ms": TARGET_P99_MS,
+            "connections": TARGET_CONNECTIONS,
+        },
+        "chunk_samples": CHUNK,
+        "runs": results,
+    }
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), validation
+quality, dispatch throughput and latency.
+
+Each benchmark runs as its own process (each sets Django up with its own database) and prints
+a markdown table; this script prints the machine first, then the tables, and writes
+bench/results/run_all.json with the machine and every benchmark's JSON.
+
+Usage: python bench/run_all.py [--quick] [--only kernels validation dispatch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
+    # name: (script, extra args, extra args with --quick, JSON written)
+    "kernels": ("bench_kernels_chromium.py", [], [], "kernels.json"),
+    "validation": ("bench_validation.py", [], [], "validation.json"),
+    "dispatch": (
+        "bench_dispatch.py",
+        ["--profile", "--conn-max-age", "600"],
+        ["--profile"],
+        "dispatch.json",
+    ),
+}
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (
+        (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else None
+    )
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores, memory and the versions of everything the benchmarks touch."""
+    cpu = None
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = None
+    with open("/proc/meminfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+                break
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as conn:
+            info["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+    except Exception as exc:  # reported, not fatal: the dispatch benchmark will say more
+        info["postgresql"] = f"unavailable ({type(exc).__name__})"
+    try:
+        import redis
+
+        info["redis"] = redis.Redis(host="127.0.0.1", port=6379).info("server")["redis_version"]
+    except Exception as exc:
+        info["redis"] = f"unavailable ({type(exc).__name__})"
+    chromium = (
+        os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
+    info["chromium"] = _run([chromium, "--version"]) if chromium else None
+    info["node"] = _run(["node", "--version"]) if shutil.which("node") else None
+    return info
+
+
+def machine_table(info: dict[str, Any]) -> str:
+    lines = ["| machine | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in info.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs of everything")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    args = parser.parse_args(argv)
+    info = machine()
+    print("## Machine\n")
+    print(machine_table(info))
+    report: dict[str, Any] = {"quick": args.quick, "machine": info, "benchmarks": {}}
+    status = 0
+    for name in args.only:
+        script, extra, quick_extra, json_name = BENCHMARKS[name]
+        cmd = [sys.executable, str(ROOT / "bench" / script)]
+        cmd += ["--quick", *quick_extra] if args.quick else extra
+        print(f"\n## {name}\n", flush=True)
+        start = time.monotonic()
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
+        print(proc.stdout, flush=True)
+        seconds = round(time.monotonic() - start, 1)
+        entry: dict[str, Any] = {"command": cmd[1:], "exit": proc.returncode, "seconds": seconds}
+        path = RESULTS / json_name
+        if path.exists():
+            entry["results"] = json.loads(path.read_text())
+        report["benchmarks"][name] = entry
+        status = status or proc.returncode
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "run_all.json").write_text(json.dumps(report, indent=2) + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
