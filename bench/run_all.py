@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     # name: (script, extra args, extra args with --quick, JSON written)
     "kernels": ("bench_kernels_chromium.py", [], [], "kernels.json"),
     "validation": ("bench_validation.py", [], [], "validation.json"),
+    "ledger": ("bench_ledger.py", [], ["--quick"], "ledger.json"),
     "dispatch": (
         "bench_dispatch.py",
         ["--profile", "--conn-max-age", "600"],

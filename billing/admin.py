@@ -142,6 +142,29 @@ class BillingProfileAdmin(UnscopedAdmin):
     search_fields = ("tenant__name", "stripe_customer_id")
     raw_id_fields = ("tenant",)
 
+    actions = ["start_enterprise"]
+
+    @admin.action(description="Start the FL Enterprise contract in Stripe")
+    def start_enterprise(self, request: HttpRequest, queryset: QuerySet[BillingProfile]) -> None:
+        from django.conf import settings
+
+        for profile in queryset:
+            try:
+                services.enterprise_subscription_start(
+                    tenant=profile.tenant,
+                    actor=request.user,
+                    email=request.user.email,
+                    price_id=settings.STRIPE_ENTERPRISE_PRICE_ID,
+                )
+            except ValidationError as exc:
+                self.message_user(
+                    request, f"{profile.tenant}: {' '.join(exc.messages)}", messages.ERROR
+                )
+            else:
+                self.message_user(
+                    request, f"{profile.tenant} is on FL Enterprise.", messages.SUCCESS
+                )
+
     def get_urls(self):  # noqa: ANN201
         return [
             path(

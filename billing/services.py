@@ -647,6 +647,45 @@ def tenant_tier_change(*, tenant: Tenant, actor: User, actor_role: str, tier: st
     return locked
 
 
+@transaction.atomic
+def enterprise_subscription_start(
+    *, tenant: Tenant, actor: User, email: str, price_id: str, payment_method: str | None = None
+) -> BillingProfile:
+    """Admin: put a tenant on an FL Enterprise contract (Stripe customer + subscription)."""
+    from billing.stripe_gateway import gateway
+
+    client = gateway()
+    if client is None:
+        raise ValidationError("Stripe is not configured: Enterprise contracts need it.")
+    if not price_id:
+        raise ValidationError("Set STRIPE_ENTERPRISE_PRICE_ID to the contract's price.")
+    profile = (
+        BillingProfile.objects.for_tenant(tenant).select_for_update().filter(tenant=tenant).first()
+    )
+    profile = profile or billing_profile(tenant=tenant)
+    if not profile.stripe_customer_id:
+        profile.stripe_customer_id = client.customer_create(
+            tenant_id=str(tenant.pk), name=tenant.name, email=email
+        )
+    if not profile.stripe_subscription_id:
+        profile.stripe_subscription_id = client.subscription_create(
+            customer_id=profile.stripe_customer_id,
+            price_id=price_id,
+            tenant_id=str(tenant.pk),
+            payment_method=payment_method,
+        )
+    profile.save(update_fields=["stripe_customer_id", "stripe_subscription_id"])
+    Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.ENTERPRISE)
+    audit_record(
+        tenant=tenant,
+        actor=actor,
+        action="billing.enterprise_started",
+        target=tenant.name,
+        subscription=profile.stripe_subscription_id,
+    )
+    return profile
+
+
 # ---------------------------------------------------------------- payouts
 
 

@@ -113,18 +113,24 @@ class StripeGateway:
     def subscription_create(
         self, *, customer_id: str, price_id: str, tenant_id: str, payment_method: str | None = None
     ) -> str:
-        """An Enterprise contract subscription; returns its id."""
+        """An Enterprise contract subscription; returns its id.
+
+        With a payment method the card is charged each period; without one Stripe sends an invoice
+        payable within 30 days (the usual contract terms).
+        """
+        params: dict[str, Any] = {
+            "customer": customer_id,
+            "items": [{"plan": price_id}],
+            "metadata": {"tenant_id": tenant_id},
+        }
         if payment_method:
             self.client.v1.customers.update(
                 customer_id, params={"invoice_settings": {"default_payment_method": payment_method}}
             )
+        else:
+            params.update(collection_method="send_invoice", days_until_due=30)
         subscription = self.client.v1.subscriptions.create(
-            params={
-                "customer": customer_id,
-                "items": [{"plan": price_id}],
-                "metadata": {"tenant_id": tenant_id},
-            },
-            options={"idempotency_key": f"subscription:{tenant_id}:{price_id}"},
+            params=params, options={"idempotency_key": f"subscription:{tenant_id}:{price_id}"}
         )
         return subscription.id
 

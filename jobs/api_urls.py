@@ -13,6 +13,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api_job_cancel"),
     path("jobs/<uuid:job_id>/tasks/", apis.JobTaskListApi.as_view(), name="api_job_tasks"),
     path("jobs/<uuid:job_id>/result/", apis.JobResultApi.as_view(), name="api_job_result"),
+    path("pool-workers/", apis.PoolWorkerApi.as_view(), name="api_pool_worker_list"),
     path(
         "contributors/anonymous/",
         apis.ContributorAnonymousApi.as_view(),

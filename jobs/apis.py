@@ -108,6 +108,7 @@ class JobOutput(serializers.Serializer):
     quorum = serializers.IntegerField()
     max_replicas = serializers.IntegerField()
     adaptive_replication = serializers.BooleanField()
+    private_pool = serializers.BooleanField()
     lease_seconds = serializers.IntegerField()
     priority = serializers.IntegerField()
     deadline = serializers.DateTimeField(allow_null=True)
@@ -135,6 +136,9 @@ class JobCreateInput(serializers.Serializer):
     quorum = serializers.IntegerField(required=False, default=2, min_value=1, max_value=20)
     max_replicas = serializers.IntegerField(required=False, min_value=1, max_value=20)
     adaptive_replication = serializers.BooleanField(required=False, default=False)
+    private_pool = serializers.BooleanField(
+        required=False, default=False, help_text="Enterprise: run only on your registered workers."
+    )
     lease_seconds = serializers.IntegerField(
         required=False, default=60, min_value=5, max_value=3600
     )
@@ -255,6 +259,25 @@ class JobResultApi(TenantApi):
         if request.query_params.get("format") == "csv":
             return exports.job_result_csv_response(job)
         return Response(exports.job_result_document(job))
+
+
+class PoolWorkerApi(TenantApi):
+    """Register a worker of your private pool (FL Enterprise); the token is shown once."""
+
+    actions = {"POST": Action.MANAGE_API_KEYS}
+
+    class PoolWorkerInput(serializers.Serializer):
+        name = serializers.CharField(max_length=80)
+
+    @extend_schema(request=PoolWorkerInput, responses={201: OpenApiTypes.OBJECT})
+    def post(self, request: Request) -> Response:
+        payload = self.PoolWorkerInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        contributor, token = dispatch.pool_worker_register(
+            tenant=self.tenant, actor=_person(request), name=payload.validated_data["name"]
+        )
+        body = {"contributor": contributor.pk, "name": contributor.display_name, "token": token}
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class ContributorOutput(serializers.Serializer):

@@ -120,6 +120,26 @@ def contributor_claim(*, user: Any, token: str) -> Contributor:
 
 
 @transaction.atomic
+def pool_worker_register(*, tenant: Any, actor: Any, name: str) -> tuple[Contributor, str]:
+    """Register a worker of the tenant's private pool (Enterprise); returns it and its token."""
+    from django.core.exceptions import PermissionDenied
+
+    from tenants.services import audit_record
+
+    if not tenant.policy.private_worker_pools:
+        raise PermissionDenied(
+            f"Private worker pools are part of FL Enterprise, not {tenant.policy.label}."
+        )
+    contributor = Contributor.objects.create(
+        pool_tenant=tenant, display_name=name[:80] or "pool worker"
+    )
+    audit_record(
+        tenant=tenant, actor=actor, action="pool_worker.registered", target=contributor.display_name
+    )
+    return contributor, worker_token_issue(contributor=contributor)
+
+
+@transaction.atomic
 def contributor_revoke_tokens(*, contributor: Contributor) -> Contributor:
     """Invalidate every token of a contributor (new ones can be issued)."""
     Contributor.objects.filter(pk=contributor.pk).update(token_version=F("token_version") + 1)
@@ -268,7 +288,10 @@ def assignment_claim(*, worker_id: uuid.UUID, count: int) -> list[Offer]:
     )
     candidates = Task.objects.unscoped().filter(dispatchable=True).filter(~Exists(already))
     if contributor.pool_tenant_id is not None:
+        # A tenant's registered (private-pool) worker serves that tenant only.
         candidates = candidates.filter(tenant_id=contributor.pool_tenant_id)
+    else:
+        candidates = candidates.filter(private_pool=False)
     tasks = list(
         candidates.order_by("-priority", "id")
         .select_for_update(skip_locked=True, of=("self",))

@@ -103,6 +103,8 @@ class Job(TenantOwnedModel):
     quorum = models.PositiveSmallIntegerField(default=2)
     max_replicas = models.PositiveSmallIntegerField(default=5)
     adaptive_replication = models.BooleanField(default=False)
+    # Enterprise: only workers the tenant registered (its private pool) receive these tasks.
+    private_pool = models.BooleanField(default=False)
     lease_seconds = models.PositiveIntegerField(default=60)
     priority = models.SmallIntegerField(default=0)
     deadline = models.DateTimeField(null=True, blank=True)
@@ -175,6 +177,7 @@ class Task(TenantOwnedModel):
     target_replicas = models.PositiveSmallIntegerField()
     active_replicas = models.PositiveSmallIntegerField(default=0)
     priority = models.SmallIntegerField(default=0)
+    private_pool = models.BooleanField(default=False)
     dispatchable = models.BooleanField(default=False, db_index=False)
     # Known-answer tasks check workers; they are not part of the job's result.
     known_answer_sha256 = models.CharField(max_length=64, blank=True)

@@ -60,6 +60,7 @@ class JobSpec:
     priority: int = 0
     deadline: datetime | None = None
     adaptive_replication: bool = False
+    private_pool: bool = False
 
 
 def job_event(*, job: Job, kind: str, message: str) -> JobEvent:
@@ -162,6 +163,10 @@ def job_create(
         errors["lease_seconds"] = "lease_seconds must be between 5 and 3600."
     if not -100 <= spec.priority <= 100:
         errors["priority"] = "priority must be between -100 and 100."
+    if spec.private_pool and not policy.private_worker_pools:
+        errors["private_pool"] = (
+            f"Private worker pools are part of FL Enterprise, not {policy.label}."
+        )
     if spec.deadline is not None and spec.deadline <= timezone.now():
         errors["deadline"] = "The deadline is in the past."
     seed = secrets.randbelow(MAX_SEED) if spec.seed is None else spec.seed
@@ -199,6 +204,7 @@ def job_create(
         quorum=spec.quorum,
         max_replicas=max_replicas,
         adaptive_replication=spec.adaptive_replication,
+        private_pool=spec.private_pool,
         lease_seconds=spec.lease_seconds,
         priority=spec.priority,
         deadline=spec.deadline,
@@ -231,6 +237,7 @@ def _tasks_create(job: Job) -> None:
                 work_units=max(1, round((hi - lo) * scale)),
                 target_replicas=job.quorum,
                 priority=job.priority,
+                private_pool=job.private_pool,
             )
         )
     rows = real + _known_answer_tasks(job, real)
@@ -262,6 +269,7 @@ def _known_answer_tasks(job: Job, real: list[Task]) -> list[Task]:
                 work_units=model.work_units,
                 target_replicas=1,
                 priority=job.priority,
+                private_pool=job.private_pool,
                 known_answer_sha256=hashlib.sha256(output).hexdigest(),
             )
         )

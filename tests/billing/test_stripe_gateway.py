@@ -241,3 +241,62 @@ def test_meter_event_and_portal_recorded_boundary():
     assert meter["params"]["payload[value]"] == ["40"]
     assert meter["params"]["payload[stripe_customer_id]"] == ["cus_1"]
     assert portal["params"]["customer"] == ["cus_1"]
+
+
+@pytest.mark.django_db
+def test_admin_starts_an_enterprise_contract_in_stripe(localstripe_url, gateway, tenant, settings):
+    from billing.models import BillingProfile
+    from tests.factories import UserFactory
+
+    settings.STRIPE_SECRET_KEY = "sk_test_suite"
+    settings.STRIPE_API_BASE = localstripe_url
+    product = gateway.client.v1.products.create(params={"name": "CCGSC Enterprise"})
+    plan = gateway.client.v1.plans.create(
+        params={"amount": 250000, "currency": "usd", "interval": "month", "product": product.id}
+    )
+    admin_user = UserFactory(is_staff=True, is_superuser=True)
+    customer = gateway.customer_create(
+        tenant_id=str(tenant.pk), name=tenant.name, email="cfo@example.org"
+    )
+    profile = services.billing_profile(tenant=tenant)
+    profile.stripe_customer_id = customer
+    profile.save()
+    card = gateway.payment_method_attach(customer_id=customer, card=CARD)
+    profile = services.enterprise_subscription_start(
+        tenant=tenant,
+        actor=admin_user,
+        email="cfo@example.org",
+        price_id=plan.id,
+        payment_method=card,
+    )
+    tenant.refresh_from_db()
+    assert tenant.tier == Tier.ENTERPRISE
+    assert profile.stripe_customer_id.startswith("cus_")
+    assert profile.stripe_subscription_id.startswith("sub_")
+    again = services.enterprise_subscription_start(
+        tenant=tenant, actor=admin_user, email="x@example.org", price_id=plan.id
+    )
+    assert again.stripe_subscription_id == profile.stripe_subscription_id
+    assert BillingProfile.objects.for_tenant(tenant).count() == 1
+
+
+def test_invoice_billed_contract_subscription_recorded_boundary():
+    """localstripe has no invoice-collection subscriptions: checked at the boundary."""
+    recorded = RecordedStripe(
+        {
+            ("POST", "/v1/subscriptions"): {
+                "id": "sub_recorded",
+                "object": "subscription",
+                "status": "active",
+            }
+        }
+    )
+    gateway = StripeGateway(api_key="sk_test_recorded", http_client=recorded)
+    assert (
+        gateway.subscription_create(customer_id="cus_1", price_id="price_1", tenant_id="t-5")
+        == "sub_recorded"
+    )
+    (request,) = recorded.requests
+    assert request["params"]["collection_method"] == ["send_invoice"]
+    assert request["params"]["days_until_due"] == ["30"]
+    assert request["headers"]["Idempotency-Key"] == "subscription:t-5:price_1"

@@ -234,3 +234,44 @@ def test_pages_render(owner_client, kernels, tenant):
     assert owner_client.get(reverse("contribute")).status_code == 200
     assert owner_client.get(reverse("contributor_profile")).status_code == 200
     assert owner_client.get(reverse("dashboard")).status_code == 200
+
+
+def test_private_pool_jobs_go_only_to_the_tenants_registered_workers(api_client, tenant, kernels):
+    # community tenants have no private pools
+    assert (
+        api_client.post("/api/v1/pool-workers/", {"name": "rack-1"}, format="json").status_code
+        == 403
+    )
+    Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.ENTERPRISE)
+    registered = api_client.post("/api/v1/pool-workers/", {"name": "rack-1"}, format="json")
+    assert registered.status_code == 201
+    pool_contributor = dispatch.worker_token_verify(token=registered.json()["token"])
+    assert pool_contributor.pool_tenant_id == tenant.pk
+    job = api_client.post(
+        "/api/v1/jobs/",
+        {
+            "name": "private",
+            "kernel": "prime_count",
+            "range_start": 1,
+            "range_end": 1001,
+            "chunk_size": 500,
+            "quorum": 1,
+            "private_pool": True,
+        },
+        format="json",
+    )
+    assert job.status_code == 201, job.json()
+    public_worker = new_worker()[0]
+    assert dispatch.assignment_claim(worker_id=public_worker.worker_id, count=4) == []
+    pool_session = dispatch.worker_connect(
+        contributor=pool_contributor,
+        hello={
+            "client": {"kind": "edge", "version": "t"},
+            "capabilities": {"cores": 1},
+            "slots": 4,
+        },
+        channel_name="",
+    )
+    offers = dispatch.assignment_claim(worker_id=pool_session.worker_id, count=4)
+    assert {str(o.job_id) for o in offers} == {job.json()["id"]}
+    assert len(offers) == 2
