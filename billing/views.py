@@ -17,6 +17,7 @@ from billing import selectors, services
 from billing.pricing import PRICES
 from billing.stripe_gateway import StripeError, gateway
 from jobs.dispatch import contributor_for_user
+from tenants.middleware import active_membership_or_404
 from tenants.roles import Action, role_allows
 from tenants.tiers import POLICIES
 
@@ -30,17 +31,10 @@ def pricing(request: HttpRequest) -> HttpResponse:
     return render(request, "billing/pricing.html", {"tiers": tiers})
 
 
-def _membership(request: HttpRequest):  # noqa: ANN202
-    membership = request.active_membership  # type: ignore[attr-defined]
-    if not membership:
-        raise Http404("You do not belong to any tenant.")
-    return membership
-
-
 @login_required
 def billing_page(request: HttpRequest) -> HttpResponse:
     """Balance, buy credits, usage per job and round with cost, invoices, tier and limits."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     tenant = membership.tenant
     client = gateway()
     invoices: list = []
@@ -71,7 +65,7 @@ def billing_page(request: HttpRequest) -> HttpResponse:
 @require_POST
 def checkout(request: HttpRequest) -> HttpResponse:
     """Start a top-up and send the browser to Stripe Checkout (or the test-mode checkout)."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     try:
         amount_cents = round(float(request.POST.get("amount", "0")) * 100)
         start = services.checkout_start(
@@ -96,7 +90,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
 @login_required
 def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
     """Test mode only: a stand-in for Stripe Checkout, clearly labelled."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     if gateway() is not None:
         raise Http404("Stripe is live")
     amount_cents = int(request.GET.get("amount") or request.POST.get("amount") or 0)
@@ -125,7 +119,7 @@ def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
 @require_POST
 def tier_change(request: HttpRequest) -> HttpResponse:
     """Switch between Community FC and FL Core."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     try:
         tenant = services.tenant_tier_change(
             tenant=membership.tenant,
@@ -142,7 +136,7 @@ def tier_change(request: HttpRequest) -> HttpResponse:
 @login_required
 def portal(request: HttpRequest) -> HttpResponse:
     """Stripe's customer portal (payment methods, invoices)."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     client = gateway()
     profile = services.billing_profile(tenant=membership.tenant)
     if (

@@ -71,3 +71,9 @@ def resolve_tenant(request: Request) -> tuple[Tenant, str]:
         if membership is None:
             raise Http404("You do not belong to any tenant.")
     return membership.tenant, membership.role
+
+
+def request_person(request: Request) -> Any:
+    """The human behind a request, or None when an API key makes it."""
+    user = request.user
+    return None if isinstance(user, ApiKeyUser) else user

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
-from ccgsc_site.api import TenantApi
+from ccgsc_site.api import TenantApi, request_person
 from jobs import dispatch, exports, selectors, services
 from jobs.kernels import kernel_upload
 from jobs.models import Reducer
@@ -69,7 +69,7 @@ class KernelListApi(TenantApi):
         upload = data.pop("module")
         kernel = kernel_upload(
             tenant=self.tenant,
-            actor=_person(request),
+            actor=request_person(request),
             actor_role=self.role,
             module=upload.read(_module_read_limit()),
             **data,
@@ -165,7 +165,7 @@ class JobListApi(TenantApi):
         kernel = _kernel_by_ref(self.tenant, data.pop("kernel"))
         job = services.job_create(
             tenant=self.tenant,
-            actor=_person(request),
+            actor=request_person(request),
             actor_role=self.role,
             spec=services.JobSpec(kernel=kernel, **data),
             start=start,
@@ -274,7 +274,7 @@ class PoolWorkerApi(TenantApi):
         payload = self.PoolWorkerInput(data=request.data)
         payload.is_valid(raise_exception=True)
         contributor, token = dispatch.pool_worker_register(
-            tenant=self.tenant, actor=_person(request), name=payload.validated_data["name"]
+            tenant=self.tenant, actor=request_person(request), name=payload.validated_data["name"]
         )
         body = {"contributor": contributor.pk, "name": contributor.display_name, "token": token}
         return Response(body, status=status.HTTP_201_CREATED)
@@ -343,13 +343,8 @@ class ContributorMeApi(APIView):
         )
 
 
-def _person(request: Request):  # noqa: ANN202
-    user = request.user
-    return None if getattr(user, "api_key", None) is not None else user
-
-
 def _require_person(request: Request):  # noqa: ANN202
-    user = _person(request)
+    user = request_person(request)
     if user is None:
         from rest_framework.exceptions import PermissionDenied
 

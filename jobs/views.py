@@ -11,23 +11,17 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from ccgsc_site.forms import add_validation_errors
 from jobs import dispatch, exports, selectors, services
 from jobs.forms import JobForm
 from jobs.kernels import KernelUnavailable, kernel_module_bytes
-from tenants.models import Membership
-
-
-def _membership(request: HttpRequest) -> Membership:
-    membership = request.active_membership  # type: ignore[attr-defined]
-    if not membership:
-        raise Http404("You do not belong to any tenant.")
-    return membership
+from tenants.middleware import active_membership_or_404
 
 
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
     """The active tenant's jobs."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     jobs = selectors.job_list(tenant=membership.tenant)[:200]
     return render(request, "jobs/job_list.html", {"jobs": jobs, "tenant": membership.tenant})
 
@@ -35,7 +29,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def job_create(request: HttpRequest) -> HttpResponse:
     """Create and start a job."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     tenant = membership.tenant
     form = JobForm(request.POST or None, kernels=selectors.kernel_list(tenant=tenant))
     if request.method == "POST" and form.is_valid():
@@ -48,11 +42,7 @@ def job_create(request: HttpRequest) -> HttpResponse:
                 spec=services.JobSpec(**data),
             )
         except ValidationError as exc:
-            if hasattr(exc, "error_dict"):
-                for field, errors in exc.message_dict.items():
-                    form.add_error(field if field in form.fields else None, errors)
-            else:
-                form.add_error(None, exc.messages)
+            add_validation_errors(form, exc)
         except PermissionDenied as exc:
             form.add_error(None, str(exc))
         else:
@@ -69,7 +59,7 @@ def job_create(request: HttpRequest) -> HttpResponse:
 @login_required
 def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     """The director: live state over WebSocket, with controls."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     job = selectors.job_get(tenant=membership.tenant, job_id=job_id)
     state = selectors.job_state(tenant=membership.tenant, job_id=job.pk)
     return render(
@@ -87,7 +77,7 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 @require_POST
 def job_control(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     """Start, pause, resume or cancel from a form (the director page also does it live)."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     try:
         services.job_control(
             tenant=membership.tenant,
@@ -104,7 +94,7 @@ def job_control(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 @require_GET
 def job_result(request: HttpRequest, job_id: uuid.UUID, fmt: str) -> HttpResponse:
     """Download a job's result as JSON or CSV."""
-    membership = _membership(request)
+    membership = active_membership_or_404(request)
     job = selectors.job_get(tenant=membership.tenant, job_id=job_id)
     if fmt == "csv":
         return exports.job_result_csv_response(job)

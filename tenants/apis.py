@@ -9,7 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ccgsc_site.api import TenantApi
+from ccgsc_site.api import TenantApi, request_person
 from tenants import selectors, services
 from tenants.roles import Action, Role
 
@@ -109,7 +109,7 @@ class MembershipDetailApi(TenantApi):
             actor_role=self.role,
             membership=membership,
             role=payload.validated_data["role"],
-            actor=_person(request),
+            actor=request_person(request),
         )
         return Response(MembershipOutput(membership).data)
 
@@ -117,7 +117,10 @@ class MembershipDetailApi(TenantApi):
     def delete(self, request: Request, membership_id: uuid.UUID) -> Response:
         membership = selectors.membership_get(tenant=self.tenant, membership_id=membership_id)
         services.membership_remove(
-            tenant=self.tenant, actor_role=self.role, membership=membership, actor=_person(request)
+            tenant=self.tenant,
+            actor_role=self.role,
+            membership=membership,
+            actor=request_person(request),
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -151,7 +154,7 @@ class InvitationListApi(TenantApi):
         payload.is_valid(raise_exception=True)
         created = services.invitation_create(
             tenant=self.tenant,
-            actor=_person(request),
+            actor=request_person(request),
             actor_role=self.role,
             **payload.validated_data,
         )
@@ -172,7 +175,10 @@ class InvitationDetailApi(TenantApi):
     def delete(self, request: Request, invitation_id: uuid.UUID) -> Response:
         invitation = selectors.invitation_get(tenant=self.tenant, invitation_id=invitation_id)
         invitation = services.invitation_revoke(
-            tenant=self.tenant, actor=_person(request), actor_role=self.role, invitation=invitation
+            tenant=self.tenant,
+            actor=request_person(request),
+            actor_role=self.role,
+            invitation=invitation,
         )
         return Response(InvitationOutput(invitation).data)
 
@@ -210,7 +216,7 @@ class ApiKeyListApi(TenantApi):
         payload.is_valid(raise_exception=True)
         created = services.api_key_create(
             tenant=self.tenant,
-            actor=_person(request),
+            actor=request_person(request),
             actor_role=self.role,
             **payload.validated_data,
         )
@@ -232,12 +238,6 @@ class ApiKeyDetailApi(TenantApi):
     def delete(self, request: Request, api_key_id: uuid.UUID) -> Response:
         api_key = selectors.api_key_get(tenant=self.tenant, api_key_id=api_key_id)
         api_key = services.api_key_revoke(
-            tenant=self.tenant, actor=_person(request), actor_role=self.role, api_key=api_key
+            tenant=self.tenant, actor=request_person(request), actor_role=self.role, api_key=api_key
         )
         return Response(ApiKeyOutput(api_key).data)
-
-
-def _person(request: Request):  # noqa: ANN202
-    """The human behind a request, or None for an API key."""
-    user = request.user
-    return None if getattr(user, "api_key", None) is not None else user

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject
 
 from tenants.models import Membership
@@ -36,3 +36,11 @@ class ActiveTenantMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.active_membership = SimpleLazyObject(lambda: active_membership(request))  # type: ignore[attr-defined]
         return self.get_response(request)
+
+
+def active_membership_or_404(request: HttpRequest) -> Membership:
+    """The signed-in user's active membership; 404 when they belong to no tenant."""
+    membership = request.active_membership  # type: ignore[attr-defined]
+    if not membership:
+        raise Http404("You do not belong to any tenant.")
+    return membership

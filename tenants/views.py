@@ -8,30 +8,15 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from ccgsc_site.forms import add_validation_errors
 from tenants import selectors, services
 from tenants.forms import ApiKeyForm, InviteForm, JoinForm, RoleForm, SignupForm
-from tenants.middleware import SESSION_KEY
-from tenants.models import Membership
+from tenants.middleware import SESSION_KEY, active_membership_or_404
 from tenants.roles import Action, role_allows
-
-
-def _membership_or_404(request: HttpRequest) -> Membership:
-    membership = request.active_membership  # type: ignore[attr-defined]
-    if not membership:
-        raise Http404("You do not belong to any tenant.")
-    return membership
-
-
-def _add_errors(form, exc: ValidationError) -> None:  # noqa: ANN001
-    if hasattr(exc, "error_dict"):
-        for field, errors in exc.message_dict.items():
-            form.add_error(field if field in form.fields else None, errors)
-    else:
-        form.add_error(None, exc.messages)
 
 
 def signup(request: HttpRequest) -> HttpResponse:
@@ -41,7 +26,7 @@ def signup(request: HttpRequest) -> HttpResponse:
         try:
             tenant, user = services.signup(**form.cleaned_data)
         except ValidationError as exc:
-            _add_errors(form, exc)
+            add_validation_errors(form, exc)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             request.session[SESSION_KEY] = str(tenant.pk)
@@ -89,7 +74,7 @@ def tenant_switch(request: HttpRequest) -> HttpResponse:
 @login_required
 def members(request: HttpRequest) -> HttpResponse:
     """Members and invitations of the active tenant."""
-    membership = _membership_or_404(request)
+    membership = active_membership_or_404(request)
     tenant = membership.tenant
     invite_form = InviteForm(request.POST or None)
     if request.method == "POST" and invite_form.is_valid():
@@ -101,7 +86,7 @@ def members(request: HttpRequest) -> HttpResponse:
                 **invite_form.cleaned_data,
             )
         except ValidationError as exc:
-            _add_errors(invite_form, exc)
+            add_validation_errors(invite_form, exc)
         except PermissionDenied as exc:
             invite_form.add_error(None, str(exc))
         else:
@@ -130,7 +115,7 @@ def members(request: HttpRequest) -> HttpResponse:
 @require_POST
 def member_role(request: HttpRequest, membership_id: uuid.UUID) -> HttpResponse:
     """Change a member's role."""
-    membership = _membership_or_404(request)
+    membership = active_membership_or_404(request)
     target = selectors.membership_get(tenant=membership.tenant, membership_id=membership_id)
     form = RoleForm(request.POST)
     if form.is_valid():
@@ -152,7 +137,7 @@ def member_role(request: HttpRequest, membership_id: uuid.UUID) -> HttpResponse:
 @require_POST
 def member_remove(request: HttpRequest, membership_id: uuid.UUID) -> HttpResponse:
     """Remove a member, or leave the tenant."""
-    membership = _membership_or_404(request)
+    membership = active_membership_or_404(request)
     target = selectors.membership_get(tenant=membership.tenant, membership_id=membership_id)
     try:
         services.membership_remove(
@@ -171,7 +156,7 @@ def member_remove(request: HttpRequest, membership_id: uuid.UUID) -> HttpRespons
 @require_POST
 def invitation_revoke(request: HttpRequest, invitation_id: uuid.UUID) -> HttpResponse:
     """Revoke a pending invitation."""
-    membership = _membership_or_404(request)
+    membership = active_membership_or_404(request)
     invitation = selectors.invitation_get(tenant=membership.tenant, invitation_id=invitation_id)
     try:
         services.invitation_revoke(
@@ -206,7 +191,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
                 joined = None
         except ValidationError as exc:
             if join_form.is_bound and hasattr(join_form, "cleaned_data"):
-                _add_errors(join_form, exc)
+                add_validation_errors(join_form, exc)
             errors.extend(exc.messages)
             joined = None
         if joined is not None:
@@ -221,7 +206,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 @login_required
 def api_keys(request: HttpRequest) -> HttpResponse:
     """List, create (shown once) and revoke API keys."""
-    membership = _membership_or_404(request)
+    membership = active_membership_or_404(request)
     tenant = membership.tenant
     form = ApiKeyForm(request.POST or None)
     created = None
@@ -232,7 +217,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             )
             form = ApiKeyForm()
         except ValidationError as exc:
-            _add_errors(form, exc)
+            add_validation_errors(form, exc)
         except PermissionDenied as exc:
             form.add_error(None, str(exc))
     context = {
@@ -250,7 +235,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 def api_key_revoke(request: HttpRequest, api_key_id: uuid.UUID) -> HttpResponse:
     """Revoke an API key."""
-    membership = _membership_or_404(request)
+    membership = active_membership_or_404(request)
     api_key = selectors.api_key_get(tenant=membership.tenant, api_key_id=api_key_id)
     try:
         services.api_key_revoke(
