@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -391,7 +391,6 @@ def assignment_heartbeat(*, worker_id: uuid.UUID, assignment_id: str) -> bool:
 class ResultOutcome:
     status: str  # accepted | duplicate | late | discarded
     wake: bool = False
-    credits: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def _check_output_shape(job: Job, output: bytes) -> None:
@@ -516,7 +515,7 @@ def _task_validate(task: Task, outcome: ResultOutcome) -> None:
     if canonical is not None:
         winners = by_hash[canonical]
         losers = [r for h, rs in by_hash.items() if h != canonical for r in rs]
-        _replicas_valid(winners, task, outcome)
+        _replicas_valid(winners, task)
         _replicas_invalid(losers)
         task.status = TaskStatus.VALIDATED
         task.canonical_sha256 = canonical
@@ -608,7 +607,7 @@ def _task_fail(task: Task, job: Job, *, reason: str) -> None:
         job_event(job=locked, kind="failed", message=locked.status_reason)
 
 
-def _replicas_valid(replicas: list[Assignment], task: Task, outcome: ResultOutcome) -> None:
+def _replicas_valid(replicas: list[Assignment], task: Task) -> None:
     """Credit agreeing replicas once each (credited_at is set under the task lock)."""
     now = timezone.now()
     Assignment.objects.unscoped().filter(
@@ -625,7 +624,6 @@ def _replicas_valid(replicas: list[Assignment], task: Task, outcome: ResultOutco
         validated_work_units=F("validated_work_units") + task.work_units,
     )
     for replica in replicas:
-        outcome.credits.append((replica.worker.channel_name, 1, task.work_units))
         realtime.send_on_commit(
             replica.worker.channel_name,
             {"type": "worker.credit", "validated": 1, "work_units": task.work_units},
