@@ -300,3 +300,63 @@ def test_invoice_billed_contract_subscription_recorded_boundary():
     assert request["params"]["collection_method"] == ["send_invoice"]
     assert request["params"]["days_until_due"] == ["30"]
     assert request["headers"]["Idempotency-Key"] == "subscription:t-5:price_1"
+
+
+@pytest.mark.django_db
+def test_billing_page_lists_the_tenants_stripe_invoices(
+    localstripe_url, gateway, tenant, owner, client, settings
+):
+    settings.STRIPE_SECRET_KEY = "sk_test_suite"
+    settings.STRIPE_API_BASE = localstripe_url
+    customer = gateway.customer_create(
+        tenant_id=str(tenant.pk), name=tenant.name, email="inv@example.org"
+    )
+    card = gateway.payment_method_attach(customer_id=customer, card=CARD)
+    product = gateway.client.v1.products.create(params={"name": "CCGSC Enterprise"})
+    plan = gateway.client.v1.plans.create(
+        params={"amount": 1234, "currency": "usd", "interval": "month", "product": product.id}
+    )
+    gateway.subscription_create(
+        customer_id=customer, price_id=plan.id, tenant_id=str(tenant.pk), payment_method=card
+    )
+    profile = services.billing_profile(tenant=tenant)
+    profile.stripe_customer_id = customer
+    profile.save()
+    client.force_login(owner)
+    page = client.get("/billing/").content.decode()
+    assert "TEST MODE" not in page
+    assert "$12.34" in page
+    assert "paid" in page
+
+
+@pytest.mark.django_db
+def test_approved_payout_is_transferred_through_connect_recorded_boundary(settings, monkeypatch):
+    """localstripe has no Connect transfers: the gateway call is checked with a recorded response."""
+    from billing import stripe_gateway
+    from billing.models import Payout
+    from billing.tasks import payout_transfer
+    from jobs import dispatch
+
+    recorded = RecordedStripe(
+        {("POST", "/v1/transfers"): {"id": "tr_recorded", "object": "transfer", "amount": 1500}}
+    )
+    settings.STRIPE_SECRET_KEY = "sk_test_recorded"
+    monkeypatch.setattr(
+        stripe_gateway,
+        "gateway",
+        lambda: StripeGateway(api_key="sk_test_recorded", http_client=recorded),
+    )
+    contributor, _ = dispatch.contributor_create_anonymous()
+    contributor.stripe_account_id = "acct_contributor"
+    contributor.save()
+    payout = Payout.objects.create(contributor=contributor, amount_cents=1500, status="approved")
+    assert payout_transfer.apply(args=[str(payout.pk)]).get() == "tr_recorded"
+    assert (
+        payout_transfer.apply(args=[str(payout.pk)]).get() == "tr_recorded"
+    )  # a retry sends nothing new
+    assert len(recorded.requests) == 1
+    (request,) = recorded.requests
+    assert request["headers"]["Idempotency-Key"] == f"payout:{payout.pk}"
+    assert request["params"]["destination"] == ["acct_contributor"]
+    payout.refresh_from_db()
+    assert payout.stripe_transfer_id == "tr_recorded"
