@@ -32,16 +32,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_kernels  # noqa: E402
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+sys.path.insert(0, str(ROOT))
+from tests.e2e.conftest import CHROMIUM_ARGS  # noqa: E402 - the flags the browser tests use
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>kernel bench</title>
 <script type="module">
