@@ -53,7 +53,7 @@ def kernel_sync_builtins() -> list[Kernel]:
             "builtin": True,
         }
         # A rebuilt module with the same name and version replaces the old hash.
-        Kernel.objects.filter(sha256=digest).exclude(name=spec["name"], tenant=None).delete()
+        Kernel.objects.filter(sha256=digest, tenant=None).exclude(name=spec["name"]).delete()
         kernel, _ = Kernel.objects.update_or_create(
             tenant=None, name=spec["name"], version=spec["version"], defaults=defaults
         )
