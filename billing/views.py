@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from billing import selectors, services
 from billing.pricing import PRICES
 from billing.stripe_gateway import StripeError, gateway
+from ccgsc_site.forms import error_text
 from jobs.dispatch import contributor_for_user
 from tenants.middleware import active_membership_or_404
 from tenants.roles import Action, role_allows
@@ -76,7 +77,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
             site_url=request.build_absolute_uri("/").rstrip("/"),
         )
     except (ValueError, ValidationError, PermissionDenied) as exc:
-        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+        messages.error(request, error_text(exc))
         return redirect("billing")
     except StripeError:
         logger.exception("checkout failed")
@@ -104,7 +105,7 @@ def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
                 amount_cents=amount_cents,
             )
         except (ValidationError, PermissionDenied) as exc:
-            messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+            messages.error(request, error_text(exc))
         else:
             messages.success(request, "Test payment completed: credits added.")
         return redirect("billing")
@@ -129,7 +130,7 @@ def tier_change(request: HttpRequest) -> HttpResponse:
         )
         messages.success(request, f"You are now on {tenant.policy.label}.")
     except (ValidationError, PermissionDenied) as exc:
-        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+        messages.error(request, error_text(exc))
     return redirect("billing")
 
 

@@ -13,3 +13,8 @@ def add_validation_errors(form: forms.Form, exc: ValidationError) -> None:
             form.add_error(field if field in form.fields else None, errors)
     else:
         form.add_error(None, exc.messages)
+
+
+def error_text(exc: Exception) -> str:
+    """One line for a user from a ValidationError or PermissionDenied raised by a service."""
+    return " ".join(getattr(exc, "messages", [str(exc)]))

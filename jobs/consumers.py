@@ -18,6 +18,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocke
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 
+from ccgsc_site.forms import error_text
 from jobs import dispatch, protocol, realtime, selectors, services
 from jobs.protocol import ProtocolError
 
@@ -358,7 +359,7 @@ class JobDirectorConsumer(AsyncJsonWebsocketConsumer):
                 action=str(content.get("action")),
             )
         except (ValidationError, PermissionDenied) as exc:
-            message = " ".join(getattr(exc, "messages", [str(exc)]))
+            message = error_text(exc)
             await self.send_json({"v": 1, "type": "error", "code": "refused", "message": message})
             return
         await self.push_state()

@@ -474,11 +474,8 @@ def result_submit(
 
 def _task_validate(task: Task, outcome: ResultOutcome) -> None:
     """Decide a task from its returned replicas. Caller holds the task's row lock."""
-    job = (
-        Job.objects.unscoped()
-        .only("id", "tenant_id", "quorum", "max_replicas", "status")
-        .get(pk=task.job_id)
-    )
+    # The tenant comes along: metering a validated task needs its tier.
+    job = Job.objects.unscoped().select_related("tenant").get(pk=task.job_id)
     returned = list(
         Assignment.objects.unscoped()
         .filter(task=task, status=AssignmentStatus.RETURNED)

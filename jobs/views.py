@@ -11,7 +11,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from ccgsc_site.forms import add_validation_errors
+from ccgsc_site.forms import add_validation_errors, error_text
 from jobs import dispatch, exports, selectors, services
 from jobs.forms import JobForm
 from jobs.kernels import KernelUnavailable, kernel_module_bytes
@@ -86,7 +86,7 @@ def job_control(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
             action=request.POST.get("action", ""),
         )
     except (ValidationError, PermissionDenied) as exc:
-        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+        messages.error(request, error_text(exc))
     return redirect("job_detail", job_id=job_id)
 
 

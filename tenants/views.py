@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from ccgsc_site.forms import add_validation_errors
+from ccgsc_site.forms import add_validation_errors, error_text
 from tenants import selectors, services
 from tenants.forms import ApiKeyForm, InviteForm, JoinForm, RoleForm, SignupForm
 from tenants.middleware import SESSION_KEY, active_membership_or_404
@@ -129,7 +129,7 @@ def member_role(request: HttpRequest, membership_id: uuid.UUID) -> HttpResponse:
             )
             messages.success(request, f"{target.user.email} is now {form.cleaned_data['role']}.")
         except (ValidationError, PermissionDenied) as exc:
-            messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+            messages.error(request, error_text(exc))
     return redirect("members")
 
 
@@ -148,7 +148,7 @@ def member_remove(request: HttpRequest, membership_id: uuid.UUID) -> HttpRespons
         )
         messages.success(request, f"{target.user.email} was removed.")
     except (ValidationError, PermissionDenied) as exc:
-        messages.error(request, " ".join(getattr(exc, "messages", [str(exc)])))
+        messages.error(request, error_text(exc))
     return redirect("members")
 
 
