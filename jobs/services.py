@@ -336,6 +336,23 @@ def job_pause(*, job: Job, actor_role: str, reason: str = "Paused by the tenant"
     return job
 
 
+def job_pause_system(*, job_id: Any, reason: str) -> bool:
+    """Pause a running job on the platform's own behalf (e.g. the money plane when a balance runs
+    out). No role is involved: this is a system action, audited as a job event. Returns whether
+    the job was running and is now paused. Call it after the caller's transaction commits: it
+    takes the job's row lock in a transaction of its own."""
+    with transaction.atomic():
+        job = Job.objects.unscoped().select_for_update().filter(pk=job_id).first()
+        if job is None or job.status != JobStatus.RUNNING:
+            return False
+        job.status = JobStatus.PAUSED
+        job.status_reason = reason[:300]
+        job.save(update_fields=["status", "status_reason"])
+        _set_dispatchable(job)
+        job_event(job=job, kind="paused", message=reason)
+        return True
+
+
 @transaction.atomic
 def job_resume(*, job: Job, actor_role: str) -> Job:
     """Resume a paused job."""
