@@ -76,6 +76,7 @@ class Account(models.Model):
 class EntryKind(models.TextChoices):
     TOPUP = "topup", "Top-up"
     CHARGE = "charge", "Usage charge"
+    CONTRIBUTOR_SHARE = "contributor_share", "Contributor share of a charge"
     REFUND = "refund", "Refund"
     PROMOTION = "promotion", "Promotional credit"
     ADJUSTMENT = "adjustment", "Adjustment"
@@ -166,6 +167,15 @@ class UsageRecord(TenantOwnedModel):
     job = models.ForeignKey(
         "jobs.Job", on_delete=models.PROTECT, null=True, blank=True, related_name="usage"
     )
+    # What the record meters: an FC task, or an FL round (job + round number; a Round model
+    # will replace the pair).
+    task = models.ForeignKey(
+        "jobs.Task",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="usage_records",
+    )
     round_number = models.PositiveIntegerField(null=True, blank=True)
     kind = models.CharField(max_length=20, choices=UsageKind.choices)
     quantity = models.BigIntegerField()
@@ -184,7 +194,15 @@ class UsageRecord(TenantOwnedModel):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["tenant", "status"]), models.Index(fields=["job", "kind"])]
         constraints = [
-            models.CheckConstraint(condition=Q(quantity__gte=0), name="usage_nonnegative")
+            models.CheckConstraint(condition=Q(quantity__gte=0), name="usage_nonnegative"),
+            models.UniqueConstraint(
+                fields=["task"], condition=Q(task__isnull=False), name="usage_one_per_task"
+            ),
+            models.UniqueConstraint(
+                fields=["job", "round_number"],
+                condition=Q(round_number__isnull=False),
+                name="usage_one_per_round",
+            ),
         ]
 
     def __str__(self) -> str:

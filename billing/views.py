@@ -13,9 +13,15 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing import selectors, services
+from billing import selectors
+from billing.contracts import tenant_tier_change
+from billing.metering import tenant_balance_cents
+from billing.payouts import payout_request as contributor_payout_request
 from billing.pricing import PRICES
+from billing.profiles import billing_profile
 from billing.stripe_gateway import StripeError, gateway
+from billing.topups import checkout_start, test_mode_checkout_complete
+from billing.webhooks import WebhookRejected, stripe_webhook_receive
 from ccgsc_site.forms import error_text
 from jobs.dispatch import contributor_for_user
 from tenants.middleware import active_membership_or_404
@@ -39,7 +45,7 @@ def billing_page(request: HttpRequest) -> HttpResponse:
     tenant = membership.tenant
     client = gateway()
     invoices: list = []
-    profile = services.billing_profile(tenant=tenant)
+    profile = billing_profile(tenant=tenant)
     if client is not None and profile.stripe_customer_id:
         try:
             invoices = client.invoices_list(customer_id=profile.stripe_customer_id)
@@ -51,7 +57,7 @@ def billing_page(request: HttpRequest) -> HttpResponse:
         "membership": membership,
         "policy": tenant.policy,
         "price": PRICES[tenant.tier],
-        "balance_cents": services.tenant_balance_cents(tenant=tenant),
+        "balance_cents": tenant_balance_cents(tenant=tenant),
         "usage": selectors.usage_by_job(tenant=tenant),
         "entries": selectors.tenant_entries(tenant=tenant)[:50],
         "invoices": invoices,
@@ -69,7 +75,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
     membership = active_membership_or_404(request)
     try:
         amount_cents = round(float(request.POST.get("amount", "0")) * 100)
-        start = services.checkout_start(
+        start = checkout_start(
             tenant=membership.tenant,
             actor=request.user,
             actor_role=membership.role,
@@ -97,7 +103,7 @@ def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
     amount_cents = int(request.GET.get("amount") or request.POST.get("amount") or 0)
     if request.method == "POST":
         try:
-            services.test_mode_checkout_complete(
+            test_mode_checkout_complete(
                 tenant=membership.tenant,
                 actor=request.user,
                 actor_role=membership.role,
@@ -122,7 +128,7 @@ def tier_change(request: HttpRequest) -> HttpResponse:
     """Switch between Community FC and FL Core."""
     membership = active_membership_or_404(request)
     try:
-        tenant = services.tenant_tier_change(
+        tenant = tenant_tier_change(
             tenant=membership.tenant,
             actor=request.user,
             actor_role=membership.role,
@@ -139,7 +145,7 @@ def portal(request: HttpRequest) -> HttpResponse:
     """Stripe's customer portal (payment methods, invoices)."""
     membership = active_membership_or_404(request)
     client = gateway()
-    profile = services.billing_profile(tenant=membership.tenant)
+    profile = billing_profile(tenant=membership.tenant)
     if (
         client is None
         or not profile.stripe_customer_id
@@ -171,12 +177,12 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
             {"error": {"code": "too_large", "message": "payload too large"}}, status=413
         )
     try:
-        outcome = services.stripe_webhook_receive(
+        outcome = stripe_webhook_receive(
             payload=request.body,
             signature=request.headers.get("Stripe-Signature", ""),
             secret=settings.STRIPE_WEBHOOK_SECRET,
         )
-    except services.WebhookRejected as exc:
+    except WebhookRejected as exc:
         return JsonResponse(
             {"error": {"code": "bad_signature", "message": str(exc)[:200]}}, status=400
         )
@@ -188,7 +194,7 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
 def payout_request(request: HttpRequest) -> HttpResponse:
     """A contributor asks to be paid their earnings."""
     try:
-        services.payout_request(contributor=contributor_for_user(user=request.user))
+        contributor_payout_request(contributor=contributor_for_user(user=request.user))
         messages.success(request, "Payout requested; an administrator will review it.")
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import stripe  # noqa: TID251 - tests drive a fake HTTP client that the stripe library calls
 
-from billing import ledger, services
+from billing import contracts, ledger, metering, profiles
 from billing.models import AccountKind, EntryKind, JournalEntry, StripeEvent, UsageKind
 from billing.stripe_gateway import StripeError, StripeGateway
 from tenants.models import Tenant
@@ -101,10 +101,10 @@ def test_enterprise_invoice_is_delivered_signed_and_settles_the_receivable(
     # given an Enterprise tenant with invoiced usage, and Daphne receiving localstripe's webhooks
     Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.ENTERPRISE)
     tenant.refresh_from_db()
-    usage = services.usage_emit(
+    usage = metering.usage_emit(
         tenant=tenant, kind=UsageKind.FL_ROUND, quantity=1, key="fl-round:x:1", amount_cents=40
     )
-    assert services.usage_charge(usage_id=usage.pk).status == "invoiced"
+    assert metering.usage_charge(usage_id=usage.pk).status == "invoiced"
     receivable = ledger.account_get(AccountKind.TENANT_RECEIVABLE, tenant=tenant)
     receivable.refresh_from_db()
     assert receivable.balance_cents == -40
@@ -119,7 +119,7 @@ def test_enterprise_invoice_is_delivered_signed_and_settles_the_receivable(
         customer = gateway.customer_create(
             tenant_id=str(tenant.pk), name=tenant.name, email="ent@example.org"
         )
-        profile = services.billing_profile(tenant=tenant)
+        profile = profiles.billing_profile(tenant=tenant)
         profile.stripe_customer_id = customer
         profile.save()
         method = gateway.payment_method_attach(customer_id=customer, card=CARD)
@@ -258,11 +258,11 @@ def test_admin_starts_an_enterprise_contract_in_stripe(localstripe_url, gateway,
     customer = gateway.customer_create(
         tenant_id=str(tenant.pk), name=tenant.name, email="cfo@example.org"
     )
-    profile = services.billing_profile(tenant=tenant)
+    profile = profiles.billing_profile(tenant=tenant)
     profile.stripe_customer_id = customer
     profile.save()
     card = gateway.payment_method_attach(customer_id=customer, card=CARD)
-    profile = services.enterprise_subscription_start(
+    profile = contracts.enterprise_subscription_start(
         tenant=tenant,
         actor=admin_user,
         email="cfo@example.org",
@@ -273,7 +273,7 @@ def test_admin_starts_an_enterprise_contract_in_stripe(localstripe_url, gateway,
     assert tenant.tier == Tier.ENTERPRISE
     assert profile.stripe_customer_id.startswith("cus_")
     assert profile.stripe_subscription_id.startswith("sub_")
-    again = services.enterprise_subscription_start(
+    again = contracts.enterprise_subscription_start(
         tenant=tenant, actor=admin_user, email="x@example.org", price_id=plan.id
     )
     assert again.stripe_subscription_id == profile.stripe_subscription_id
@@ -319,7 +319,7 @@ def test_billing_page_lists_the_tenants_stripe_invoices(
     gateway.subscription_create(
         customer_id=customer, price_id=plan.id, tenant_id=str(tenant.pk), payment_method=card
     )
-    profile = services.billing_profile(tenant=tenant)
+    profile = profiles.billing_profile(tenant=tenant)
     profile.stripe_customer_id = customer
     profile.save()
     client.force_login(owner)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from billing import ledger, services
+from billing import ledger, metering
 from billing.models import EntryKind, JournalEntry, UsageRecord, UsageStatus
 from billing.selectors import leaderboard
 from jobs.models import Job, JobStatus
@@ -57,7 +57,7 @@ def test_tenant_billing_journey(client, kernels, settings):
         deliver(client, checkout_completed(tenant_id=str(tenant.pk), amount_cents=2)).status_code
         == 200
     )
-    assert services.tenant_balance_cents(tenant=tenant) == 2
+    assert metering.tenant_balance_cents(tenant=tenant) == 2
     # run a paid job: validated work is charged until the balance runs out, then it pauses
     assert client.post(reverse("job_create"), form).status_code == 302
     job = Job.objects.for_tenant(tenant).get()
@@ -78,7 +78,7 @@ def test_tenant_billing_journey(client, kernels, settings):
     assert job.status == JobStatus.COMPLETED
     assert UsageRecord.objects.for_tenant(tenant).filter(status=UsageStatus.CHARGED).count() == 4
     assert client.get(f"/api/v1/jobs/{job.pk}/result/").json()["result"]["samples"] == 400_000_000
-    assert services.tenant_balance_cents(tenant=tenant) == 502 - 4
+    assert metering.tenant_balance_cents(tenant=tenant) == 502 - 4
     # the contributor who did the work is on the leaderboard
     assert leaderboard()["all_time"][0]["total"] == 4 * 10
     # an admin refunds part of the last top-up; the books still balance
@@ -89,6 +89,6 @@ def test_tenant_billing_journey(client, kernels, settings):
         reverse("admin:billing_journalentry_refund", args=[topup.pk]),
         {"amount_cents": 400, "reason": "unused"},
     )
-    assert services.tenant_balance_cents(tenant=tenant) == 502 - 4 - 400
+    assert metering.tenant_balance_cents(tenant=tenant) == 502 - 4 - 400
     assert ledger.reconcile().ok
     assert User.objects.filter(email="pi@paid.example.org").exists()
