@@ -15,8 +15,10 @@ from django.utils.html import format_html
 from billing.contracts import enterprise_subscription_start
 from billing.metering import tenant_balance_cents
 from billing.models import (
+    STRIPE_EVENT_ATTENTION,
     Account,
     BillingProfile,
+    Checkout,
     EntryKind,
     JournalEntry,
     Payout,
@@ -130,11 +132,39 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     search_fields = ("tenant__name", "idempotency_key")
 
 
+class NeedsAttentionFilter(admin.SimpleListFilter):
+    title = "needs attention"
+    parameter_name = "attention"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [("yes", "Flagged or failed")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(status__in=STRIPE_EVENT_ATTENTION)
+        return queryset
+
+
 @admin.register(StripeEvent)
 class StripeEventAdmin(ReadOnlyAdmin):
-    list_display = ("received_at", "type", "event_id", "processed_at", "error")
-    list_filter = ("type",)
-    search_fields = ("event_id", "type")
+    list_display = ("received_at", "type", "event_id", "status", "outcome", "error")
+    list_filter = (NeedsAttentionFilter, "status", "type")
+    search_fields = ("event_id", "type", "error")
+
+
+@admin.register(Checkout)
+class CheckoutAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "tenant",
+        "session_id",
+        "amount_cents",
+        "currency",
+        "status",
+        "problem",
+    )
+    list_filter = ("status", "test_mode")
+    search_fields = ("session_id", "payment_intent", "tenant__name")
 
 
 @admin.register(BillingProfile)

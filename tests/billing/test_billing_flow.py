@@ -24,7 +24,13 @@ from jobs.models import Contributor, JobStatus
 from tenants.models import AuditEvent, Tenant
 from tenants.roles import Role
 from tenants.tiers import Tier
-from tests.billing.helpers import WEBHOOK_SECRET, checkout_completed, deliver, event
+from tests.billing.helpers import (
+    WEBHOOK_SECRET,
+    checkout_completed,
+    deliver,
+    event,
+    paid_checkout,
+)
 from tests.factories import UserFactory
 from tests.jobs.helpers import new_worker, submit, work_until_done
 
@@ -81,7 +87,7 @@ def test_prepaid_job_refuses_to_start_without_balance(core_tenant, owner, kernel
 
 
 def test_webhook_topup_credits_once_whatever_the_delivery(client, core_tenant, webhook_settings):
-    payload = checkout_completed(tenant_id=str(core_tenant.pk), amount_cents=2500)
+    payload = paid_checkout(core_tenant, 2500)
     # delivered once, then twice more (Stripe retries)
     statuses = [deliver(client, payload).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
@@ -90,14 +96,14 @@ def test_webhook_topup_credits_once_whatever_the_delivery(client, core_tenant, w
     assert JournalEntry.objects.filter(kind=EntryKind.TOPUP).count() == 1
     # the same session in a different event (a replay with a new id) still credits once
     replay = {**payload, "id": "evt_replayed_with_new_id"}
-    assert deliver(client, replay).json()["outcome"] == "topup"
+    assert deliver(client, replay).json()["outcome"] == "duplicate"
     assert metering.tenant_balance_cents(tenant=core_tenant) == 2500
     assert ledger.reconcile().ok
 
 
 def test_webhooks_out_of_order_and_unknown_and_forged(client, core_tenant, webhook_settings):
-    first = checkout_completed(tenant_id=str(core_tenant.pk), amount_cents=1000)
-    second = checkout_completed(tenant_id=str(core_tenant.pk), amount_cents=700)
+    first = paid_checkout(core_tenant, 1000)
+    second = paid_checkout(core_tenant, 700)
     unknown = event("customer.updated", {"id": "cus_1"})
     for payload in (second, unknown, first, second):
         assert deliver(client, payload).status_code == 200
