@@ -288,9 +288,7 @@ STRIPE_METER_EVENT_NAME = os.environ.get("STRIPE_METER_EVENT_NAME", "ccgsc_usage
 STRIPE_ENTERPRISE_PRICE_ID = os.environ.get("STRIPE_ENTERPRISE_PRICE_ID", "")
 # Test mode lets owners credit their own balance: production refuses it unless a demo deployment
 # sets CCGSC_ALLOW_TEST_PAYMENTS=1 on purpose.
-BILLING_TEST_MODE_ALLOWED = (
-    not PRODUCTION or os.environ.get("CCGSC_ALLOW_TEST_PAYMENTS", "") == "1"
-)
+BILLING_TEST_MODE_ALLOWED = not PRODUCTION or os.environ.get("CCGSC_ALLOW_TEST_PAYMENTS", "") == "1"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
