@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from billing import credits, ledger, metering, stripe_gateway
+from billing import credits, ledger, metering, reconciliation, stripe_gateway
 from billing.models import Payout, UsageRecord
 from billing.profiles import billing_profile
 
@@ -72,6 +72,15 @@ def ledger_reconcile() -> bool:
     report = ledger.reconcile()
     if not report.ok:
         logger.error("ledger reconciliation failed: %s", report)
+    return report.ok
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_RETRY, retry_backoff=True, max_retries=3)
+def stripe_reconcile() -> bool:
+    """Reconcile the ledger against Stripe (beat, hourly); log every discrepancy loudly."""
+    report = reconciliation.stripe_reconcile()
+    for discrepancy in report.discrepancies:
+        logger.error("reconciliation: %s", discrepancy)
     return report.ok
 
 
