@@ -168,7 +168,7 @@ class StripeGateway:
                 "id": intent.id,
                 "amount": getattr(intent, "amount_received", None) or intent.amount,
                 "currency": intent.currency,
-                "metadata": dict(getattr(intent, "metadata", None) or {}),
+                "metadata": (intent.to_dict().get("metadata") or {}),
             }
             for intent in self.client.v1.payment_intents.list(params=params).auto_paging_iter()
             if intent.status == "succeeded"
@@ -192,7 +192,7 @@ class StripeGateway:
 
     def invoices_paid_list(self, *, created_after: int | None = None) -> list[dict[str, Any]]:
         """Paid invoices (every page), as plain dicts for reconciliation."""
-        params: dict[str, Any] = {"limit": 100, "status": "paid"}
+        params: dict[str, Any] = {"limit": 100}
         if created_after is not None:
             params["created"] = {"gte": created_after}
         return [

@@ -5,8 +5,6 @@ gateway boundary with recorded Stripe-shaped responses: those tests say so."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -21,38 +19,11 @@ from billing.models import AccountKind, EntryKind, JournalEntry, StripeEvent, Us
 from billing.stripe_gateway import StripeError, StripeGateway
 from tenants.models import Tenant
 from tenants.tiers import Tier
-from tests.servers import DaphneServer, free_port
+from tests.servers import DaphneServer
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
 DECLINED = {**CARD, "number": "4000000000000002"}
 WEBHOOK_SECRET = "whsec_localstripe_suite"
-
-
-@pytest.fixture(scope="module")
-def localstripe_url():
-    """A localstripe server on loopback for this module."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(url + "/v1/customers", timeout=1)
-            except urllib.error.HTTPError:
-                break  # it answers (401 without a key): up
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 class PlanItemsForLocalstripe(stripe.HTTPClient):
