@@ -440,3 +440,16 @@ def test_the_test_checkout_refuses_amounts_other_than_started(owner_client, core
 
 def test_stripe_gateway_is_the_only_stripe_import():
     assert stripe_gateway.API_VERSION == "2026-10-28.endive"
+
+
+def test_another_tenants_test_checkout_is_a_404_and_credits_nothing(
+    owner_client, core_tenant, other_tenant
+):
+    session_id = checkout_recorded(other_tenant, 2500)
+    Checkout.objects.for_tenant(other_tenant).update(test_mode=True)
+    url = reverse("billing_test_checkout", args=[session_id])
+    assert owner_client.get(url).status_code == 404
+    assert owner_client.post(url).status_code == 404
+    assert tenant_balance_cents(tenant=core_tenant) == 0
+    assert tenant_balance_cents(tenant=other_tenant) == 0
+    assert Checkout.objects.for_tenant(other_tenant).get().status == CheckoutStatus.OPEN
