@@ -65,7 +65,7 @@ def main() -> None:
     setup_django(fresh_database())
     from django.db import connection
 
-    from billing import ledger, services
+    from billing import ledger, metering
     from billing.ledger import Line
     from billing.models import AccountKind, EntryKind, UsageKind, UsageRecord
     from tenants.models import Tenant
@@ -96,7 +96,7 @@ def main() -> None:
     started = time.perf_counter()
     for i in range(n):
         # the real path: the record's on-commit hook charges it (Celery runs eagerly here)
-        services.usage_emit(
+        metering.usage_emit(
             tenant=tenant, kind=UsageKind.FL_ROUND, quantity=1, key=f"round:{i}", amount_cents=50
         )
     elapsed = time.perf_counter() - started

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
+from django.utils.html import format_html
 
-from billing import services
+from billing.contracts import enterprise_subscription_start
+from billing.metering import tenant_balance_cents
 from billing.models import (
+    STRIPE_EVENT_ATTENTION,
     Account,
     BillingProfile,
+    Checkout,
     EntryKind,
     JournalEntry,
     Payout,
@@ -22,6 +27,10 @@ from billing.models import (
     StripeEvent,
     UsageRecord,
 )
+from billing.money import format_cents
+from billing.operations import balance_adjust, refund_issue
+from billing.payouts import payout_decide
+from tenants.admin import TenantAdmin
 from tenants.admin_base import ReadOnlyAdmin, UnscopedAdmin
 from tenants.models import Tenant
 
@@ -82,7 +91,7 @@ class JournalEntryAdmin(ReadOnlyAdmin):
         form = RefundForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                services.refund_issue(topup=entry, actor=request.user, **form.cleaned_data)
+                refund_issue(topup=entry, actor=request.user, **form.cleaned_data)
             except ValidationError as exc:
                 form.add_error(None, exc.messages)
             else:
@@ -123,11 +132,39 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     search_fields = ("tenant__name", "idempotency_key")
 
 
+class NeedsAttentionFilter(admin.SimpleListFilter):
+    title = "needs attention"
+    parameter_name = "attention"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return [("yes", "Flagged or failed")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(status__in=STRIPE_EVENT_ATTENTION)
+        return queryset
+
+
 @admin.register(StripeEvent)
 class StripeEventAdmin(ReadOnlyAdmin):
-    list_display = ("received_at", "type", "event_id", "processed_at", "error")
-    list_filter = ("type",)
-    search_fields = ("event_id", "type")
+    list_display = ("received_at", "type", "event_id", "status", "outcome", "error")
+    list_filter = (NeedsAttentionFilter, "status", "type")
+    search_fields = ("event_id", "type", "error")
+
+
+@admin.register(Checkout)
+class CheckoutAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "tenant",
+        "session_id",
+        "amount_cents",
+        "currency",
+        "status",
+        "problem",
+    )
+    list_filter = ("status", "test_mode")
+    search_fields = ("session_id", "payment_intent", "tenant__name")
 
 
 @admin.register(BillingProfile)
@@ -146,11 +183,9 @@ class BillingProfileAdmin(UnscopedAdmin):
 
     @admin.action(description="Start the FL Enterprise contract in Stripe")
     def start_enterprise(self, request: HttpRequest, queryset: QuerySet[BillingProfile]) -> None:
-        from django.conf import settings
-
         for profile in queryset:
             try:
-                services.enterprise_subscription_start(
+                enterprise_subscription_start(
                     tenant=profile.tenant,
                     actor=request.user,
                     email=request.user.email,
@@ -180,7 +215,7 @@ class BillingProfileAdmin(UnscopedAdmin):
         form = AmountReasonForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                services.balance_adjust(tenant=tenant, actor=request.user, **form.cleaned_data)
+                balance_adjust(tenant=tenant, actor=request.user, **form.cleaned_data)
             except ValidationError as exc:
                 form.add_error(None, exc.messages)
             else:
@@ -232,7 +267,7 @@ class PayoutAdmin(admin.ModelAdmin):
         done = 0
         for payout in queryset.filter(status__in=[PayoutStatus.REQUESTED, PayoutStatus.HELD]):
             try:
-                services.payout_decide(payout=payout, approve=approve, actor=request.user)
+                payout_decide(payout=payout, approve=approve, actor=request.user)
                 done += 1
             except ValidationError as exc:
                 self.message_user(request, f"{payout}: {' '.join(exc.messages)}", messages.ERROR)
@@ -247,3 +282,21 @@ class PayoutAdmin(admin.ModelAdmin):
     @admin.action(description="Hold")
     def hold(self, request: HttpRequest, queryset: QuerySet[Payout]) -> None:
         self._decide(request, queryset, False)
+
+
+# Tenants know nothing of money: billing adds the balance to the tenant admin it extends.
+admin.site.unregister(Tenant)
+
+
+@admin.register(Tenant)
+class TenantBillingAdmin(TenantAdmin):
+    readonly_fields = (*TenantAdmin.readonly_fields, "balance")
+
+    @admin.display(description="Balance")
+    def balance(self, tenant: Tenant) -> str:
+        url = reverse("admin:billing_adjust_balance", args=[tenant.pk])
+        return format_html(
+            '{} — <a href="{}">adjust or add promotional credit</a>',
+            format_cents(tenant_balance_cents(tenant=tenant)),
+            url,
+        )

@@ -76,6 +76,7 @@ class Account(models.Model):
 class EntryKind(models.TextChoices):
     TOPUP = "topup", "Top-up"
     CHARGE = "charge", "Usage charge"
+    CONTRIBUTOR_SHARE = "contributor_share", "Contributor share of a charge"
     REFUND = "refund", "Refund"
     PROMOTION = "promotion", "Promotional credit"
     ADJUSTMENT = "adjustment", "Adjustment"
@@ -166,6 +167,15 @@ class UsageRecord(TenantOwnedModel):
     job = models.ForeignKey(
         "jobs.Job", on_delete=models.PROTECT, null=True, blank=True, related_name="usage"
     )
+    # What the record meters: an FC task, or an FL round (job + round number; a Round model
+    # will replace the pair).
+    task = models.ForeignKey(
+        "jobs.Task",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="usage_records",
+    )
     round_number = models.PositiveIntegerField(null=True, blank=True)
     kind = models.CharField(max_length=20, choices=UsageKind.choices)
     quantity = models.BigIntegerField()
@@ -184,11 +194,31 @@ class UsageRecord(TenantOwnedModel):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["tenant", "status"]), models.Index(fields=["job", "kind"])]
         constraints = [
-            models.CheckConstraint(condition=Q(quantity__gte=0), name="usage_nonnegative")
+            models.CheckConstraint(condition=Q(quantity__gte=0), name="usage_nonnegative"),
+            models.UniqueConstraint(
+                fields=["task"], condition=Q(task__isnull=False), name="usage_one_per_task"
+            ),
+            models.UniqueConstraint(
+                fields=["job", "round_number"],
+                condition=Q(round_number__isnull=False),
+                name="usage_one_per_round",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.quantity} ({self.status})"
+
+
+class StripeEventStatus(models.TextChoices):
+    RECEIVED = "received", "Received"
+    PROCESSED = "processed", "Processed"
+    IGNORED = "ignored", "Ignored (not ours to handle)"
+    FLAGGED = "flagged", "Flagged: needs a person"
+    FAILED = "failed", "Failed"
+
+
+# Events in these states were answered 2xx but did not do what they should: admins look at them.
+STRIPE_EVENT_ATTENTION = (StripeEventStatus.FLAGGED, StripeEventStatus.FAILED)
 
 
 class StripeEvent(models.Model):
@@ -198,15 +228,59 @@ class StripeEvent(models.Model):
     event_id = models.CharField(max_length=100, unique=True)
     type = models.CharField(max_length=100)
     payload = models.JSONField()
+    status = models.CharField(
+        max_length=20, choices=StripeEventStatus.choices, default=StripeEventStatus.RECEIVED
+    )
+    outcome = models.CharField(max_length=30, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     error = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["-received_at"]
+        indexes = [models.Index(fields=["status"])]
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class CheckoutStatus(models.TextChoices):
+    OPEN = "open", "Waiting for payment"
+    PENDING = "pending", "Payment processing"
+    PAID = "paid", "Paid and credited"
+    FAILED = "failed", "Payment failed"
+    FLAGGED = "flagged", "Did not match what we priced"
+
+
+class Checkout(TenantOwnedModel):
+    """A top-up checkout we created: only these are ever credited, and only as priced."""
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="checkouts")
+    session_id = models.CharField(max_length=200, unique=True)
+    amount_cents = models.BigIntegerField()
+    currency = models.CharField(max_length=10, default=CURRENCY)
+    status = models.CharField(
+        max_length=20, choices=CheckoutStatus.choices, default=CheckoutStatus.OPEN
+    )
+    test_mode = models.BooleanField(default=False)
+    payment_intent = models.CharField(max_length=200, blank=True)
+    problem = models.CharField(max_length=300, blank=True)
+    entry = models.OneToOneField(
+        JournalEntry, on_delete=models.PROTECT, null=True, blank=True, related_name="checkout"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "status"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_cents__gt=0), name="checkout_positive")
+        ]
+
+    def __str__(self) -> str:
+        return f"checkout {self.session_id} ({self.status})"
 
 
 class BillingProfile(TenantOwnedModel):

@@ -32,11 +32,15 @@ class Price:
             quantity=work_units, price_cents=self.fc_cents_per_block, per=WORK_UNIT_BLOCK
         )
 
-    def fl_round_total_cents(self, *, bytes_transferred: int) -> int:
-        """The charge for one completed FL round and its traffic."""
-        return self.fl_round_cents + cents_for(
+    def transfer_cents(self, *, bytes_transferred: int) -> int:
+        """The charge for FL traffic."""
+        return cents_for(
             quantity=bytes_transferred, price_cents=self.transfer_cents_per_gb, per=GIGABYTE
         )
+
+    def fl_round_total_cents(self, *, bytes_transferred: int) -> int:
+        """The charge for one completed FL round and its traffic."""
+        return self.fl_round_cents + self.transfer_cents(bytes_transferred=bytes_transferred)
 
 
 PRICES: dict[str, Price] = {
@@ -77,6 +81,8 @@ PRICES: dict[str, Price] = {
 
 # Contributor credits per validated replica are capped, whatever a tenant declares.
 MAX_CREDITS_PER_REPLICA = 1_000
+# Contributor credits for an FL update included in an aggregated round.
+CREDITS_PER_ROUND_UPDATE = 10
 MIN_PAYOUT_CENTS = 1_000
 
 

@@ -7,10 +7,20 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from billing.models import AccountKind, JournalEntry, Posting, UsageRecord
+from billing.models import (
+    STRIPE_EVENT_ATTENTION,
+    AccountKind,
+    Checkout,
+    CheckoutStatus,
+    JournalEntry,
+    Posting,
+    StripeEvent,
+    UsageKind,
+    UsageRecord,
+)
 from tenants.models import Tenant
 
 RAC_HALF_LIFE = timedelta(days=7)
@@ -32,12 +42,39 @@ def usage_by_job(*, tenant: Tenant) -> list[dict[str, Any]]:
         .annotate(quantity=Sum("quantity"), amount_cents=Sum("amount_cents"))
         .order_by("job__name", "round_number", "kind", "status")
     )
-    return list(rows)
+    return [{**row, "kind_label": UsageKind(row["kind"]).label} for row in rows]
+
+
+# The tenant's own accounts: an entry matters to the tenant when it moves one of them.
+TENANT_ACCOUNTS = (AccountKind.TENANT_BALANCE, AccountKind.TENANT_RECEIVABLE)
 
 
 def tenant_entries(*, tenant: Tenant) -> QuerySet[JournalEntry]:
-    """Ledger entries touching a tenant's accounts."""
-    return JournalEntry.objects.filter(tenant=tenant).order_by("-created_at", "-id")
+    """Ledger entries moving the tenant's own accounts, each with ``amount_cents``: what it did
+    to them (contributor shares move platform revenue, and are not the tenant's)."""
+    mine = Q(
+        postings__account__tenant=tenant,
+        postings__account__kind__in=TENANT_ACCOUNTS,
+    )
+    return (
+        JournalEntry.objects.filter(mine)
+        .annotate(amount_cents=Sum("postings__amount_cents", filter=mine))
+        .order_by("-created_at", "-id")
+    )
+
+
+def checkouts_needing_attention(*, tenant: Tenant) -> QuerySet[Checkout]:
+    """The tenant's top-ups still processing, failed or flagged, newest first."""
+    return (
+        Checkout.objects.for_tenant(tenant)
+        .filter(status__in=[CheckoutStatus.PENDING, CheckoutStatus.FAILED, CheckoutStatus.FLAGGED])
+        .order_by("-created_at", "-id")
+    )
+
+
+def stripe_events_attention_count_unscoped() -> int:
+    """How many Stripe events were flagged or failed (for staff, across tenants)."""
+    return StripeEvent.objects.filter(status__in=STRIPE_EVENT_ATTENTION).count()
 
 
 def leaderboard(*, limit: int = 20) -> dict[str, list[dict[str, Any]]]:

@@ -7,6 +7,8 @@ With no secret key configured, ``gateway()`` returns None and billing runs in te
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +44,15 @@ class StripeGateway:
         )
 
     def customer_create(self, *, tenant_id: str, name: str, email: str) -> str:
-        """A Stripe customer for a tenant."""
+        """A Stripe customer for a tenant.
+
+        Stripe refuses an idempotency key reused with different parameters, so the key carries a
+        digest of them: a retry of the same call reuses it, a renamed tenant gets a new one.
+        """
+        params = {"name": name, "email": email, "metadata": {"tenant_id": tenant_id}}
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
         customer = self.client.v1.customers.create(
-            params={"name": name, "email": email, "metadata": {"tenant_id": tenant_id}},
-            options={"idempotency_key": f"customer:{tenant_id}"},
+            params=params, options={"idempotency_key": f"customer:{tenant_id}:{digest}"}
         )
         return customer.id
 
@@ -120,7 +127,7 @@ class StripeGateway:
         """
         params: dict[str, Any] = {
             "customer": customer_id,
-            "items": [{"plan": price_id}],
+            "items": [{"price": price_id}],
             "metadata": {"tenant_id": tenant_id},
         }
         if payment_method:
@@ -149,6 +156,54 @@ class StripeGateway:
                 "hosted_invoice_url": getattr(inv, "hosted_invoice_url", None),
             }
             for inv in invoices.data
+        ]
+
+    def payments_list(self, *, created_after: int | None = None) -> list[dict[str, Any]]:
+        """Succeeded payment intents (every page), as plain dicts for reconciliation."""
+        params: dict[str, Any] = {"limit": 100}
+        if created_after is not None:
+            params["created"] = {"gte": created_after}
+        return [
+            {
+                "id": intent.id,
+                "amount": getattr(intent, "amount_received", None) or intent.amount,
+                "currency": intent.currency,
+                "metadata": (intent.to_dict().get("metadata") or {}),
+            }
+            for intent in self.client.v1.payment_intents.list(params=params).auto_paging_iter()
+            if intent.status == "succeeded"
+        ]
+
+    def refunds_list(self, *, created_after: int | None = None) -> list[dict[str, Any]]:
+        """Refunds (every page), as plain dicts for reconciliation."""
+        params: dict[str, Any] = {"limit": 100}
+        if created_after is not None:
+            params["created"] = {"gte": created_after}
+        return [
+            {
+                "id": refund.id,
+                "amount": refund.amount,
+                "currency": refund.currency,
+                "payment_intent": getattr(refund, "payment_intent", None),
+                "status": refund.status,
+            }
+            for refund in self.client.v1.refunds.list(params=params).auto_paging_iter()
+        ]
+
+    def invoices_paid_list(self, *, created_after: int | None = None) -> list[dict[str, Any]]:
+        """Paid invoices (every page), as plain dicts for reconciliation."""
+        params: dict[str, Any] = {"limit": 100}
+        if created_after is not None:
+            params["created"] = {"gte": created_after}
+        return [
+            {
+                "id": invoice.id,
+                "amount_paid": invoice.amount_paid,
+                "currency": invoice.currency,
+                "customer": invoice.customer,
+            }
+            for invoice in self.client.v1.invoices.list(params=params).auto_paging_iter()
+            if invoice.status == "paid"
         ]
 
     def portal_session_create(self, *, customer_id: str, return_url: str) -> str:

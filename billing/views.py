@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -13,9 +14,21 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing import selectors, services
+from billing import selectors
+from billing.contracts import tenant_tier_change
+from billing.metering import tenant_balance_cents
+from billing.payouts import payout_request as contributor_payout_request
 from billing.pricing import PRICES
+from billing.profiles import billing_profile
 from billing.stripe_gateway import StripeError, gateway
+from billing.topups import (
+    checkout_start,
+    test_checkout_get,
+    test_mode_allowed,
+    test_mode_checkout_complete,
+    topup_amount_cents,
+)
+from billing.webhooks import WebhookRejected, stripe_webhook_receive
 from ccgsc_site.forms import error_text
 from jobs.dispatch import contributor_for_user
 from tenants.middleware import active_membership_or_404
@@ -32,34 +45,41 @@ def pricing(request: HttpRequest) -> HttpResponse:
     return render(request, "billing/pricing.html", {"tiers": tiers})
 
 
-@login_required
-def billing_page(request: HttpRequest) -> HttpResponse:
-    """Balance, buy credits, usage per job and round with cost, invoices, tier and limits."""
-    membership = active_membership_or_404(request)
+def _billing_context(request: HttpRequest, membership: Any) -> dict[str, Any]:
     tenant = membership.tenant
     client = gateway()
     invoices: list = []
-    profile = services.billing_profile(tenant=tenant)
+    profile = billing_profile(tenant=tenant)
     if client is not None and profile.stripe_customer_id:
         try:
             invoices = client.invoices_list(customer_id=profile.stripe_customer_id)
         except StripeError:
             logger.exception("listing invoices failed")
             messages.warning(request, "Invoices are unavailable right now.")
-    context = {
+    return {
         "tenant": tenant,
         "membership": membership,
         "policy": tenant.policy,
         "price": PRICES[tenant.tier],
-        "balance_cents": services.tenant_balance_cents(tenant=tenant),
+        "balance_cents": tenant_balance_cents(tenant=tenant),
         "usage": selectors.usage_by_job(tenant=tenant),
         "entries": selectors.tenant_entries(tenant=tenant)[:50],
+        "checkouts": selectors.checkouts_needing_attention(tenant=tenant)[:10],
         "invoices": invoices,
         "test_mode": client is None,
         "can_pay": role_allows(membership.role, Action.MANAGE_BILLING),
         "profile": profile,
+        "stripe_events_attention": (
+            selectors.stripe_events_attention_count_unscoped() if request.user.is_staff else 0
+        ),
     }
-    return render(request, "billing/billing.html", context)
+
+
+@login_required
+def billing_page(request: HttpRequest) -> HttpResponse:
+    """Balance, buy credits, usage per job and round with cost, invoices, tier and limits."""
+    membership = active_membership_or_404(request)
+    return render(request, "billing/billing.html", _billing_context(request, membership))
 
 
 @login_required
@@ -68,17 +88,20 @@ def checkout(request: HttpRequest) -> HttpResponse:
     """Start a top-up and send the browser to Stripe Checkout (or the test-mode checkout)."""
     membership = active_membership_or_404(request)
     try:
-        amount_cents = round(float(request.POST.get("amount", "0")) * 100)
-        start = services.checkout_start(
+        start = checkout_start(
             tenant=membership.tenant,
             actor=request.user,
             actor_role=membership.role,
-            amount_cents=amount_cents,
+            amount_cents=topup_amount_cents(request.POST.get("amount", "")),
             site_url=request.build_absolute_uri("/").rstrip("/"),
         )
-    except (ValueError, ValidationError, PermissionDenied) as exc:
+    except PermissionDenied as exc:
         messages.error(request, error_text(exc))
         return redirect("billing")
+    except ValidationError as exc:
+        messages.error(request, error_text(exc))
+        context = _billing_context(request, membership)
+        return render(request, "billing/billing.html", context, status=400)
     except StripeError:
         logger.exception("checkout failed")
         messages.error(
@@ -88,21 +111,31 @@ def checkout(request: HttpRequest) -> HttpResponse:
     return redirect(start.url)
 
 
+def _bad_request(request: HttpRequest, message: str) -> HttpResponse:
+    return render(request, "billing/error.html", {"message": message}, status=400)
+
+
 @login_required
 def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
-    """Test mode only: a stand-in for Stripe Checkout, clearly labelled."""
+    """Test mode only: a stand-in for Stripe Checkout, clearly labelled, for the amount recorded
+    when the checkout started (an ``amount`` in the address must agree with it)."""
     membership = active_membership_or_404(request)
-    if gateway() is not None:
-        raise Http404("Stripe is live")
-    amount_cents = int(request.GET.get("amount") or request.POST.get("amount") or 0)
+    if not test_mode_allowed():
+        raise Http404("Test payments are not available here")
+    try:
+        started = test_checkout_get(tenant=membership.tenant, session_id=session_id)
+    except ValidationError:
+        raise Http404("No such test checkout") from None
+    claimed = request.GET.get("amount") or request.POST.get("amount")
+    if claimed is not None and (not claimed.isdigit() or int(claimed) != started.amount_cents):
+        return _bad_request(request, "The amount does not match the checkout that was started.")
     if request.method == "POST":
         try:
-            services.test_mode_checkout_complete(
+            test_mode_checkout_complete(
                 tenant=membership.tenant,
                 actor=request.user,
                 actor_role=membership.role,
                 session_id=session_id,
-                amount_cents=amount_cents,
             )
         except (ValidationError, PermissionDenied) as exc:
             messages.error(request, error_text(exc))
@@ -112,7 +145,7 @@ def test_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
     return render(
         request,
         "billing/test_checkout.html",
-        {"session_id": session_id, "amount_cents": amount_cents},
+        {"session_id": session_id, "amount_cents": started.amount_cents},
     )
 
 
@@ -122,7 +155,7 @@ def tier_change(request: HttpRequest) -> HttpResponse:
     """Switch between Community FC and FL Core."""
     membership = active_membership_or_404(request)
     try:
-        tenant = services.tenant_tier_change(
+        tenant = tenant_tier_change(
             tenant=membership.tenant,
             actor=request.user,
             actor_role=membership.role,
@@ -139,7 +172,7 @@ def portal(request: HttpRequest) -> HttpResponse:
     """Stripe's customer portal (payment methods, invoices)."""
     membership = active_membership_or_404(request)
     client = gateway()
-    profile = services.billing_profile(tenant=membership.tenant)
+    profile = billing_profile(tenant=membership.tenant)
     if (
         client is None
         or not profile.stripe_customer_id
@@ -149,12 +182,20 @@ def portal(request: HttpRequest) -> HttpResponse:
             request, "The customer portal is available once you have paid through Stripe."
         )
         return redirect("billing")
-    return redirect(
-        client.portal_session_create(
+    try:
+        url = client.portal_session_create(
             customer_id=profile.stripe_customer_id,
             return_url=request.build_absolute_uri("/billing/"),
         )
-    )
+    except StripeError:
+        logger.exception("opening the customer portal failed")
+        messages.error(
+            request,
+            "Stripe's customer portal is unavailable right now; nothing changed. "
+            "Try again in a few minutes.",
+        )
+        return redirect("billing")
+    return redirect(url)
 
 
 @csrf_exempt
@@ -171,12 +212,12 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
             {"error": {"code": "too_large", "message": "payload too large"}}, status=413
         )
     try:
-        outcome = services.stripe_webhook_receive(
+        outcome = stripe_webhook_receive(
             payload=request.body,
             signature=request.headers.get("Stripe-Signature", ""),
             secret=settings.STRIPE_WEBHOOK_SECRET,
         )
-    except services.WebhookRejected as exc:
+    except WebhookRejected as exc:
         return JsonResponse(
             {"error": {"code": "bad_signature", "message": str(exc)[:200]}}, status=400
         )
@@ -188,7 +229,7 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
 def payout_request(request: HttpRequest) -> HttpResponse:
     """A contributor asks to be paid their earnings."""
     try:
-        services.payout_request(contributor=contributor_for_user(user=request.user))
+        contributor_payout_request(contributor=contributor_for_user(user=request.user))
         messages.success(request, "Payout requested; an administrator will review it.")
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))

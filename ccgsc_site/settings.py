@@ -213,6 +213,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "lease-sweep": {"task": "jobs.tasks.lease_sweep", "schedule": 5.0},
     "job-deadline-sweep": {"task": "jobs.tasks.job_deadline_sweep", "schedule": 30.0},
     "ledger-reconcile": {"task": "billing.tasks.ledger_reconcile", "schedule": 3600.0},
+    "usage-sweep-stale": {"task": "billing.tasks.usage_sweep_stale", "schedule": 60.0},
+    "stripe-reconcile": {"task": "billing.tasks.stripe_reconcile", "schedule": 3600.0},
 }
 
 # Files: disk under var/media unless an S3 bucket is configured.
@@ -284,6 +286,9 @@ STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "")  # a local fake Stripe in tests
 STRIPE_METER_EVENT_NAME = os.environ.get("STRIPE_METER_EVENT_NAME", "ccgsc_usage_cents")
 STRIPE_ENTERPRISE_PRICE_ID = os.environ.get("STRIPE_ENTERPRISE_PRICE_ID", "")
+# Test mode lets owners credit their own balance: production refuses it unless a demo deployment
+# sets CCGSC_ALLOW_TEST_PAYMENTS=1 on purpose.
+BILLING_TEST_MODE_ALLOWED = not PRODUCTION or os.environ.get("CCGSC_ALLOW_TEST_PAYMENTS", "") == "1"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

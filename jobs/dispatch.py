@@ -23,6 +23,7 @@ from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from jobs import realtime
+from jobs.metering import metering
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
     Assignment,
@@ -575,11 +576,7 @@ def _task_validate(task: Task, outcome: ResultOutcome) -> None:
 
 def _meter_validated_task(task: Task, job: Job) -> None:
     """Usage for the tenant and credits for the contributors, both posted after commit, once."""
-    from billing.services import usage_emit_fc_task
-    from billing.tasks import credits_award_task
-
-    usage_emit_fc_task(task=task, job=job)
-    transaction.on_commit(lambda: credits_award_task.delay(task.pk))
+    metering().task_validated(task=task, job=job)
 
 
 def _task_fail(task: Task, job: Job, *, reason: str) -> None:

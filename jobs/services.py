@@ -19,6 +19,7 @@ from ccgsc_worker import abi
 from ccgsc_worker.kernel import KernelRunner
 from jobs import realtime
 from jobs.kernels import kernel_module_bytes
+from jobs.metering import WorkQuote, WorkRefused, metering
 from jobs.models import (
     ACTIVE_JOB_STATUSES,
     Assignment,
@@ -283,14 +284,13 @@ def _lock(job: Job) -> Job:
 
 def _ensure_affordable(job: Job) -> None:
     """Prepaid tenants must be able to pay for the next task before work is handed out."""
-    from billing.services import ensure_can_run, next_task_cents
-
     units = max(
         1, round(min(job.chunk_size, job.range_end - job.range_start) * job.kernel.work_unit_scale)
     )
-    ensure_can_run(
-        tenant=job.tenant, next_cents=next_task_cents(tenant=job.tenant, work_units=units)
-    )
+    try:
+        metering().admit(tenant=job.tenant, quote=WorkQuote(work_units=units))
+    except WorkRefused as exc:
+        raise ValidationError(str(exc)) from exc
 
 
 def _set_dispatchable(job: Job) -> None:

@@ -28,23 +28,8 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "tier", "status", "created_at")
     list_filter = ("tier", "status")
     search_fields = ("name", "slug", "memberships__user__email")
-    readonly_fields = ("id", "created_at", "balance")
+    readonly_fields = ("id", "created_at")
     inlines = [MembershipInline]
-
-    @admin.display(description="Balance")
-    def balance(self, tenant: Tenant) -> str:
-        from django.urls import reverse
-        from django.utils.html import format_html
-
-        from billing.money import format_cents
-        from billing.services import tenant_balance_cents
-
-        url = reverse("admin:billing_adjust_balance", args=[tenant.pk])
-        return format_html(
-            '{} — <a href="{}">adjust or add promotional credit</a>',
-            format_cents(tenant_balance_cents(tenant=tenant)),
-            url,
-        )
 
     actions = ["suspend", "reactivate"]
 

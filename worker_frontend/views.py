@@ -7,6 +7,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
+from billing import ledger
+from billing.models import AccountKind, Payout
+from billing.pricing import MIN_PAYOUT_CENTS
 from jobs import dispatch
 
 
@@ -30,10 +33,6 @@ def contribute(request: HttpRequest) -> HttpResponse:
 @login_required
 def contributor_profile(request: HttpRequest) -> HttpResponse:
     """A contributor's credits, earnings and payouts, devices, and a token for edge workers."""
-    from billing import ledger
-    from billing.models import AccountKind, Payout
-    from billing.pricing import MIN_PAYOUT_CENTS
-
     contributor = dispatch.contributor_for_user(user=request.user)
     credits = ledger.account_get(AccountKind.CONTRIBUTOR_CREDITS, contributor=contributor)
     earnings = ledger.account_get(AccountKind.CONTRIBUTOR_EARNINGS, contributor=contributor)

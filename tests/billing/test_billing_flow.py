@@ -6,7 +6,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from billing import ledger, services
+from billing import credits, ledger, metering, payouts, topups
 from billing.models import (
     AccountKind,
     EntryKind,
@@ -24,7 +24,13 @@ from jobs.models import Contributor, JobStatus
 from tenants.models import AuditEvent, Tenant
 from tenants.roles import Role
 from tenants.tiers import Tier
-from tests.billing.helpers import WEBHOOK_SECRET, checkout_completed, deliver, event
+from tests.billing.helpers import (
+    WEBHOOK_SECRET,
+    checkout_completed,
+    deliver,
+    event,
+    paid_checkout,
+)
 from tests.factories import UserFactory
 from tests.jobs.helpers import new_worker, submit, work_until_done
 
@@ -67,7 +73,7 @@ def _paid_job(tenant, owner, kernels, tasks: int = 4, **extra):  # noqa: ANN001,
 
 
 def _topup(tenant, cents):  # noqa: ANN001, ANN202
-    return services.topup_fulfil(
+    return topups.topup_fulfil(
         session_id=f"cs_{tenant.pk}_{cents}_{JournalEntry.objects.count()}",
         tenant_id=str(tenant.pk),
         amount_cents=cents,
@@ -81,27 +87,27 @@ def test_prepaid_job_refuses_to_start_without_balance(core_tenant, owner, kernel
 
 
 def test_webhook_topup_credits_once_whatever_the_delivery(client, core_tenant, webhook_settings):
-    payload = checkout_completed(tenant_id=str(core_tenant.pk), amount_cents=2500)
+    payload = paid_checkout(core_tenant, 2500)
     # delivered once, then twice more (Stripe retries)
     statuses = [deliver(client, payload).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
-    assert services.tenant_balance_cents(tenant=core_tenant) == 2500
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 2500
     assert StripeEvent.objects.count() == 1
     assert JournalEntry.objects.filter(kind=EntryKind.TOPUP).count() == 1
     # the same session in a different event (a replay with a new id) still credits once
     replay = {**payload, "id": "evt_replayed_with_new_id"}
-    assert deliver(client, replay).json()["outcome"] == "topup"
-    assert services.tenant_balance_cents(tenant=core_tenant) == 2500
+    assert deliver(client, replay).json()["outcome"] == "duplicate"
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 2500
     assert ledger.reconcile().ok
 
 
 def test_webhooks_out_of_order_and_unknown_and_forged(client, core_tenant, webhook_settings):
-    first = checkout_completed(tenant_id=str(core_tenant.pk), amount_cents=1000)
-    second = checkout_completed(tenant_id=str(core_tenant.pk), amount_cents=700)
+    first = paid_checkout(core_tenant, 1000)
+    second = paid_checkout(core_tenant, 700)
     unknown = event("customer.updated", {"id": "cus_1"})
     for payload in (second, unknown, first, second):
         assert deliver(client, payload).status_code == 200
-    assert services.tenant_balance_cents(tenant=core_tenant) == 1700
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 1700
     forged = deliver(
         client,
         checkout_completed(tenant_id=str(core_tenant.pk), amount_cents=10**6),
@@ -115,7 +121,7 @@ def test_webhooks_out_of_order_and_unknown_and_forged(client, core_tenant, webho
         secret="whsec_other",
     )
     assert wrong_secret.status_code == 400
-    assert services.tenant_balance_cents(tenant=core_tenant) == 1700
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 1700
 
 
 def _work_one_at_a_time(session, limit: int = 100) -> int:  # noqa: ANN001
@@ -146,7 +152,7 @@ def test_paid_fc_work_is_charged_then_the_job_pauses_cleanly_when_money_runs_out
     usage = UsageRecord.objects.for_tenant(core_tenant)
     assert usage.filter(status=UsageStatus.CHARGED).count() == 2
     assert usage.filter(status=UsageStatus.UNPAID).count() == 1
-    assert services.tenant_balance_cents(tenant=core_tenant) == 0
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 0
     with pytest.raises(ValidationError, match="cannot cover"):
         job_services.job_resume(job=job, actor_role=Role.OWNER)
     # when the tenant tops up, the unpaid usage is charged and the job resumes and finishes
@@ -157,7 +163,7 @@ def test_paid_fc_work_is_charged_then_the_job_pauses_cleanly_when_money_runs_out
     job.refresh_from_db()
     assert job.status == JobStatus.COMPLETED
     assert usage.filter(status=UsageStatus.CHARGED).count() == 4
-    assert services.tenant_balance_cents(tenant=core_tenant) == 102 - 4
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 102 - 4
     assert ledger.reconcile().ok
 
 
@@ -182,7 +188,7 @@ def test_a_retried_charge_charges_once(
         ).count()
         == 1
     )
-    assert services.tenant_balance_cents(tenant=core_tenant) == 99
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 99
 
 
 def test_contributors_earn_credits_and_a_share_once_and_appear_on_the_leaderboard(
@@ -211,13 +217,13 @@ def test_contributors_earn_credits_and_a_share_once_and_appear_on_the_leaderboar
     assert job.status == JobStatus.COMPLETED
     for session in workers:
         contributor = Contributor.objects.get(pk=session.contributor_id)
-        credits = ledger.account_get(AccountKind.CONTRIBUTOR_CREDITS, contributor=contributor)
-        assert credits.balance_cents == 2 * 100 // 10  # 2 tasks × credits_for(10^8) = 10 each
+        account = ledger.account_get(AccountKind.CONTRIBUTOR_CREDITS, contributor=contributor)
+        assert account.balance_cents == 2 * 100 // 10  # 2 tasks × credits_for(10^8) = 10 each
         assert (
-            services.contributor_earnings_cents(contributor=contributor) == 0
+            payouts.contributor_earnings_cents(contributor=contributor) == 0
         )  # half of 1 cent rounds to 0
     # replays of the credit award change nothing
-    assert services.credits_award_task(task_id=job.tasks.first().pk) == 0
+    assert credits.credits_award_task(task_id=job.tasks.first().pk) == 0
     board = leaderboard()
     assert len(board["all_time"]) == 2
     assert board["all_time"][0]["total"] == 20
@@ -250,7 +256,7 @@ def test_revoking_a_cheaters_credits_reverses_them(
     account = ledger.account_get(AccountKind.CONTRIBUTOR_CREDITS, contributor=contributor)
     assert account.balance_cents == 10
     assert (
-        services.credits_revoke_contributor(
+        credits.credits_revoke_contributor(
             contributor=contributor, actor=admin_user, reason="failed known answers"
         )
         == 1
@@ -269,18 +275,18 @@ def test_payout_request_approve_and_books(admin_user):
         kind=EntryKind.CHARGE,
         lines=[ledger.Line(earnings, 1500), ledger.Line(revenue, -1500)],
     )
-    payout = services.payout_request(contributor=contributor)
+    payout = payouts.payout_request(contributor=contributor)
     with pytest.raises(ValidationError, match="already"):
-        services.payout_request(contributor=contributor)
-    held = services.payout_decide(
+        payouts.payout_request(contributor=contributor)
+    held = payouts.payout_decide(
         payout=payout, approve=False, actor=admin_user, note="check identity"
     )
     assert held.status == PayoutStatus.HELD
-    approved = services.payout_decide(payout=payout, approve=True, actor=admin_user)
+    approved = payouts.payout_decide(payout=payout, approve=True, actor=admin_user)
     assert approved.status == PayoutStatus.APPROVED
     with pytest.raises(ValidationError):
-        services.payout_decide(payout=payout, approve=True, actor=admin_user)
-    assert services.contributor_earnings_cents(contributor=contributor) == 0
+        payouts.payout_decide(payout=payout, approve=True, actor=admin_user)
+    assert payouts.contributor_earnings_cents(contributor=contributor) == 0
     assert Payout.objects.get().entry.kind == EntryKind.PAYOUT
     assert ledger.reconcile().ok
 
@@ -288,7 +294,7 @@ def test_payout_request_approve_and_books(admin_user):
 def test_small_earnings_cannot_be_paid_out():
     contributor, _ = dispatch.contributor_create_anonymous()
     with pytest.raises(ValidationError, match="Payouts start at"):
-        services.payout_request(contributor=contributor)
+        payouts.payout_request(contributor=contributor)
 
 
 def test_admin_refund_adjustment_and_promotion_post_entries_and_balance(
@@ -309,7 +315,7 @@ def test_admin_refund_adjustment_and_promotion_post_entries_and_balance(
         == 302
     )
     assert client.post(adjust, {"amount_cents": -100, "reason": "correction"}).status_code == 302
-    assert services.tenant_balance_cents(tenant=core_tenant) == 5000 - 2000 + 300 - 100
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 5000 - 2000 + 300 - 100
     actions = set(AuditEvent.objects.filter(tenant=core_tenant).values_list("action", flat=True))
     assert {"billing.refund", "billing.promotion", "billing.adjustment"} <= actions
     report = ledger.reconcile()
@@ -340,7 +346,7 @@ def test_test_mode_checkout_credits_the_balance(owner_client, core_tenant):
     assert "TEST MODE" in page.content.decode()
     owner_client.post(response.url.split("?")[0], {"amount": "2500"})
     owner_client.post(response.url.split("?")[0], {"amount": "2500"})  # double submit
-    assert services.tenant_balance_cents(tenant=core_tenant) == 2500
+    assert metering.tenant_balance_cents(tenant=core_tenant) == 2500
 
 
 def test_members_cannot_buy_credits(client, core_tenant):

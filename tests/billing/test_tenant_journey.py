@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from billing import ledger, services
+from billing import ledger, metering
 from billing.models import EntryKind, JournalEntry, UsageRecord, UsageStatus
 from billing.selectors import leaderboard
 from jobs.models import Job, JobStatus
 from tenants.models import Tenant, User
-from tests.billing.helpers import WEBHOOK_SECRET, checkout_completed, deliver
+from tests.billing.helpers import WEBHOOK_SECRET, deliver, paid_checkout
 from tests.billing.test_billing_flow import _work_one_at_a_time
 from tests.factories import UserFactory
 from tests.jobs.helpers import new_worker
@@ -53,11 +53,8 @@ def test_tenant_billing_journey(client, kernels, settings):
     assert refused.status_code == 400
     assert "cannot cover the next task" in refused.content.decode()
     # buy credits: checkout, then Stripe's signed webhook credits the balance
-    assert (
-        deliver(client, checkout_completed(tenant_id=str(tenant.pk), amount_cents=2)).status_code
-        == 200
-    )
-    assert services.tenant_balance_cents(tenant=tenant) == 2
+    assert deliver(client, paid_checkout(tenant, 2)).status_code == 200
+    assert metering.tenant_balance_cents(tenant=tenant) == 2
     # run a paid job: validated work is charged until the balance runs out, then it pauses
     assert client.post(reverse("job_create"), form).status_code == 302
     job = Job.objects.for_tenant(tenant).get()
@@ -71,14 +68,14 @@ def test_tenant_billing_journey(client, kernels, settings):
     result = client.get(f"/api/v1/jobs/{job.pk}/result/").json()
     assert result["unpaid_cents"] == 1
     # top up again; the unpaid task is charged, the job resumes and completes
-    deliver(client, checkout_completed(tenant_id=str(tenant.pk), amount_cents=500))
+    deliver(client, paid_checkout(tenant, 500))
     client.post(reverse("job_control", args=[job.pk]), {"action": "resume"})
     _work_one_at_a_time(session)
     job.refresh_from_db()
     assert job.status == JobStatus.COMPLETED
     assert UsageRecord.objects.for_tenant(tenant).filter(status=UsageStatus.CHARGED).count() == 4
     assert client.get(f"/api/v1/jobs/{job.pk}/result/").json()["result"]["samples"] == 400_000_000
-    assert services.tenant_balance_cents(tenant=tenant) == 502 - 4
+    assert metering.tenant_balance_cents(tenant=tenant) == 502 - 4
     # the contributor who did the work is on the leaderboard
     assert leaderboard()["all_time"][0]["total"] == 4 * 10
     # an admin refunds part of the last top-up; the books still balance
@@ -89,6 +86,6 @@ def test_tenant_billing_journey(client, kernels, settings):
         reverse("admin:billing_journalentry_refund", args=[topup.pk]),
         {"amount_cents": 400, "reason": "unused"},
     )
-    assert services.tenant_balance_cents(tenant=tenant) == 502 - 4 - 400
+    assert metering.tenant_balance_cents(tenant=tenant) == 502 - 4 - 400
     assert ledger.reconcile().ok
     assert User.objects.filter(email="pi@paid.example.org").exists()
