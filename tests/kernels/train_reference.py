@@ -143,3 +143,91 @@ def run_reference(
     if op != "train":
         return ReferenceResult(n, loss_sum, correct, None, None)
     return ReferenceResult(n, loss_sum, correct, w - w0, vel)
+
+
+CNN_SIZES = (784, 10)
+CNN_PARAMS = 1_663_370
+CNN_DENSE = (3136, 512, 10)
+_CNN_SHAPES = [(25, 32), (32,), (800, 64), (64,)]
+
+
+def init_cnn(seed: int = 0) -> np.ndarray:
+    """He-uniform CNN weights (zero biases) as one float32 vector in the kernel's layout."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.uniform(-np.sqrt(6 / 25), np.sqrt(6 / 25), 800)
+    w2 = rng.uniform(-np.sqrt(6 / 800), np.sqrt(6 / 800), 51200)
+    conv = np.concatenate([w1, np.zeros(32), w2, np.zeros(64)]).astype(np.float32)
+    return np.concatenate([conv, init_dense(CNN_DENSE, seed + 1)])
+
+
+def _im2col(a: np.ndarray) -> np.ndarray:
+    """[bs, side, side, ch] -> [bs, side*side, 25*ch], column (ky*5+kx)*ch + c, 'same' zeros."""
+    bs, side, _, ch = a.shape
+    padded = np.zeros((bs, side + 4, side + 4, ch), dtype=a.dtype)
+    padded[:, 2:-2, 2:-2] = a
+    cols = [padded[:, ky : ky + side, kx : kx + side, :] for ky in range(5) for kx in range(5)]
+    return np.stack(cols, axis=3).reshape(bs, side * side, 25 * ch)
+
+
+def _col2im(col: np.ndarray, side: int, ch: int) -> np.ndarray:
+    bs = col.shape[0]
+    col = col.reshape(bs, side, side, 25, ch)
+    padded = np.zeros((bs, side + 4, side + 4, ch), dtype=col.dtype)
+    for ky in range(5):
+        for kx in range(5):
+            padded[:, ky : ky + side, kx : kx + side, :] += col[:, :, :, ky * 5 + kx, :]
+    return padded[:, 2:-2, 2:-2]
+
+
+def _pool(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2x2 max pool of [bs, side, side, ch]; the winner is the first maximum (row-major)."""
+    bs, side, _, ch = a.shape
+    windows = a.reshape(bs, side // 2, 2, side // 2, 2, ch).transpose(0, 1, 3, 5, 2, 4)
+    windows = windows.reshape(bs, side // 2, side // 2, ch, 4)
+    arg = windows.argmax(axis=-1)
+    return np.take_along_axis(windows, arg[..., None], -1)[..., 0], arg
+
+
+def _unpool(d: np.ndarray, arg: np.ndarray) -> np.ndarray:
+    bs, half, _, ch = d.shape
+    out = np.zeros((bs, half, half, ch, 4), dtype=d.dtype)
+    np.put_along_axis(out, arg[..., None], d[..., None], -1)
+    out = out.reshape(bs, half, half, ch, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    return out.reshape(bs, 2 * half, 2 * half, ch)
+
+
+def cnn_batch(
+    w: np.ndarray, x: np.ndarray, y: np.ndarray, want_grad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The CNN kernel's minibatch: losses, hits and the mean gradient (flat, float32)."""
+    bs = len(y)
+    offs = np.cumsum([0] + [int(np.prod(s)) for s in _CNN_SHAPES])
+    w1, b1, w2, b2 = (w[offs[i] : offs[i + 1]].reshape(s) for i, s in enumerate(_CNN_SHAPES))
+    dense = w[offs[-1] :]
+    img = x.reshape(bs, 28, 28, 1)
+    col1 = _im2col(img)
+    out1 = np.maximum(col1 @ w1 + b1, np.float32(0)).reshape(bs, 28, 28, 32)
+    pool1, arg1 = _pool(out1)
+    col2 = _im2col(pool1)
+    out2 = np.maximum(col2 @ w2 + b2, np.float32(0)).reshape(bs, 14, 14, 64)
+    pool2, arg2 = _pool(out2)
+    flat = pool2.reshape(bs, 3136)
+    layers = split_dense(dense, CNN_DENSE)
+    h = np.maximum(flat @ layers[0][0] + layers[0][1], np.float32(0))
+    logits = h @ layers[1][0] + layers[1][1]
+    loss, hits, dz = softmax_xent(logits, y)
+    if not want_grad:
+        return loss, hits, None
+    g4, gb4 = h.T @ dz, dz.sum(axis=0)
+    dh = (dz @ layers[1][0].T) * (h > 0)
+    g3, gb3 = flat.T @ dh, dh.sum(axis=0)
+    dflat = dh @ layers[0][0].T
+    dout2 = _unpool(dflat.reshape(bs, 7, 7, 64), arg2) * (out2 > 0)
+    d2 = dout2.reshape(bs, 196, 64)
+    g2 = np.einsum("bpk,bpc->kc", col2, d2)
+    dpool1 = _col2im(d2 @ w2.T, 14, 32)
+    dout1 = (_unpool(dpool1, arg1) * (out1 > 0)).reshape(bs, 784, 32)
+    g1 = np.einsum("bpk,bpc->kc", col1, dout1)
+    parts = [g1, dout1.sum(axis=(0, 1)), g2, d2.sum(axis=(0, 1))]
+    parts += [g3, gb3, g4, gb4]
+    return loss, hits, np.concatenate([p.ravel() for p in parts]).astype(np.float32)

@@ -24,15 +24,18 @@ typedef struct {
 } dense_stack;
 
 /* Parameter count of a dense stack; 0 if it does not fit in 32 bits. */
-static uint64_t dense_param_count(const uint32_t *sizes, uint32_t n_sizes) {
+__attribute__((unused)) static uint64_t dense_param_count(const uint32_t *sizes, uint32_t n_sizes) {
     uint64_t d = 0;
     for (uint32_t l = 1; l < n_sizes; l++) d += (uint64_t)sizes[l - 1] * sizes[l] + sizes[l];
     return d > 0xFFFFFFFFu ? 0 : d;
 }
 
-/* Lays out the stack over sizes[0 .. n_sizes-1] and allocates activations for bmax rows. */
+/*
+ * Lays out the stack over sizes[0 .. n_sizes-1] and allocates activations for bmax rows;
+ * with_dx when dense_backward must also produce the input's gradient.
+ */
 static int32_t dense_setup(dense_stack *s, const uint32_t *sizes, uint32_t n_sizes,
-                           uint32_t bmax) {
+                           uint32_t bmax, int with_dx) {
     s->n_layers = n_sizes - 1u;
     size_t off = 0, widest = 0, widest_wt = 0;
     for (uint32_t l = 0; l < n_sizes; l++) {
@@ -43,7 +46,7 @@ static int32_t dense_setup(dense_stack *s, const uint32_t *sizes, uint32_t n_siz
         off += (size_t)sizes[l - 1] * sizes[l];
         s->b_off[l] = off;
         off += sizes[l];
-        if (l > 1 && (size_t)sizes[l - 1] * sizes[l] > widest_wt) {
+        if ((l > 1 || with_dx) && (size_t)sizes[l - 1] * sizes[l] > widest_wt) {
             widest_wt = (size_t)sizes[l - 1] * sizes[l];
         }
     }

@@ -23,7 +23,7 @@ static int32_t model_setup(const train_task *t) {
     if (t->n_sizes != 2u) return CCGSC_ERR_BAD_INPUT;
 #endif
     if (dense_param_count(t->sizes, t->n_sizes) != t->n_params) return CCGSC_ERR_BAD_INPUT;
-    return dense_setup(&net, t->sizes, t->n_sizes, batch_cap(t));
+    return dense_setup(&net, t->sizes, t->n_sizes, batch_cap(t), 0);
 }
 
 static void model_batch(const float *w, const float *x, const uint32_t *y, uint32_t bs,
