@@ -64,3 +64,18 @@ def run_kernel(kernels: BuiltKernels) -> Callable[..., bytes]:
         return runners[name].run(abi.encode_input(lo, hi, seed, params))
 
     return run
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Debian's) through Playwright, for the cross-host tests."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.conftest import CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
