@@ -192,55 +192,62 @@ static void shuffle(uint32_t *perm, uint32_t n, uint64_t seed) {
  * C[M x N] = (accumulate ? C : 0) + sum_p A(m, p) * B[p, n], with A(m, p) = A[m * lda + p], or
  * A[p * lda + m] when trans_a. Every element of C adds its P products in order p = 0 .. P-1,
  * whatever the blocking, so the result is the naive loop's.
+ *
+ * The micro-kernel keeps a GEMM_MR x (4 * GEMM_NV) block of C in registers.
  */
+#ifndef GEMM_MR
+#define GEMM_MR 4
+#endif
+#ifndef GEMM_NV
+#define GEMM_NV 2
+#endif
+
+static inline void gemm_block(uint32_t rows, uint32_t nv, uint32_t P, const float *a0, size_t sa_m,
+                              size_t sa_p, const float *B, uint32_t ldb, float *C, uint32_t ldc,
+                              int accumulate) {
+    v128_t c[GEMM_MR][GEMM_NV];
+    for (uint32_t r = 0; r < GEMM_MR; r++)
+        for (uint32_t v = 0; v < GEMM_NV; v++)
+            c[r][v] = (accumulate && r < rows && v < nv) ? wasm_v128_load(C + (size_t)r * ldc + 4 * v)
+                                                          : wasm_f32x4_splat(0.0f);
+    for (uint32_t p = 0; p < P; p++) {
+        const float *bp = B + (size_t)p * ldb;
+        const float *ap = a0 + (size_t)p * sa_p;
+        v128_t b[GEMM_NV];
+        for (uint32_t v = 0; v < GEMM_NV; v++) b[v] = wasm_v128_load(bp + 4 * v);
+        for (uint32_t r = 0; r < GEMM_MR; r++) {
+            v128_t x = wasm_f32x4_splat(ap[r * sa_m]);
+            for (uint32_t v = 0; v < GEMM_NV; v++) c[r][v] = wasm_f32x4_add(c[r][v], wasm_f32x4_mul(x, b[v]));
+        }
+    }
+    for (uint32_t r = 0; r < GEMM_MR; r++)
+        for (uint32_t v = 0; v < GEMM_NV; v++) wasm_v128_store(C + (size_t)r * ldc + 4 * v, c[r][v]);
+}
+
 static void gemm(uint32_t M, uint32_t N, uint32_t P, const float *A, uint32_t lda, int trans_a,
                  const float *B, uint32_t ldb, float *C, uint32_t ldc, int accumulate) {
     const size_t sa_m = trans_a ? 1u : lda, sa_p = trans_a ? lda : 1u;
+    const uint32_t NB = 4u * GEMM_NV;
     uint32_t j = 0;
-    for (; j + 8u <= N; j += 8u) {
+    for (; j + NB <= N; j += NB) {
         uint32_t i = 0;
-        for (; i + 4u <= M; i += 4u) {
-            v128_t c[4][2];
-            for (int r = 0; r < 4; r++) {
-                float *cr = C + (size_t)(i + r) * ldc + j;
-                c[r][0] = accumulate ? wasm_v128_load(cr) : wasm_f32x4_splat(0.0f);
-                c[r][1] = accumulate ? wasm_v128_load(cr + 4) : wasm_f32x4_splat(0.0f);
-            }
-            const float *a0 = A + (size_t)i * sa_m;
-            for (uint32_t p = 0; p < P; p++) {
-                const float *bp = B + (size_t)p * ldb + j;
-                v128_t b0 = wasm_v128_load(bp), b1 = wasm_v128_load(bp + 4);
-                const float *ap = a0 + (size_t)p * sa_p;
-                v128_t x0 = wasm_f32x4_splat(ap[0]), x1 = wasm_f32x4_splat(ap[sa_m]);
-                v128_t x2 = wasm_f32x4_splat(ap[2 * sa_m]), x3 = wasm_f32x4_splat(ap[3 * sa_m]);
-                c[0][0] = wasm_f32x4_add(c[0][0], wasm_f32x4_mul(x0, b0));
-                c[0][1] = wasm_f32x4_add(c[0][1], wasm_f32x4_mul(x0, b1));
-                c[1][0] = wasm_f32x4_add(c[1][0], wasm_f32x4_mul(x1, b0));
-                c[1][1] = wasm_f32x4_add(c[1][1], wasm_f32x4_mul(x1, b1));
-                c[2][0] = wasm_f32x4_add(c[2][0], wasm_f32x4_mul(x2, b0));
-                c[2][1] = wasm_f32x4_add(c[2][1], wasm_f32x4_mul(x2, b1));
-                c[3][0] = wasm_f32x4_add(c[3][0], wasm_f32x4_mul(x3, b0));
-                c[3][1] = wasm_f32x4_add(c[3][1], wasm_f32x4_mul(x3, b1));
-            }
-            for (int r = 0; r < 4; r++) {
-                float *cr = C + (size_t)(i + r) * ldc + j;
-                wasm_v128_store(cr, c[r][0]);
-                wasm_v128_store(cr + 4, c[r][1]);
-            }
+        for (; i + GEMM_MR <= M; i += GEMM_MR) {
+            gemm_block(GEMM_MR, GEMM_NV, P, A + (size_t)i * sa_m, sa_m, sa_p, B + j, ldb,
+                       C + (size_t)i * ldc + j, ldc, accumulate);
         }
         for (; i < M; i++) {
             float *cr = C + (size_t)i * ldc + j;
-            v128_t c0 = accumulate ? wasm_v128_load(cr) : wasm_f32x4_splat(0.0f);
-            v128_t c1 = accumulate ? wasm_v128_load(cr + 4) : wasm_f32x4_splat(0.0f);
+            v128_t c[GEMM_NV];
+            for (uint32_t v = 0; v < GEMM_NV; v++)
+                c[v] = accumulate ? wasm_v128_load(cr + 4 * v) : wasm_f32x4_splat(0.0f);
             const float *a0 = A + (size_t)i * sa_m;
             for (uint32_t p = 0; p < P; p++) {
                 const float *bp = B + (size_t)p * ldb + j;
                 v128_t x = wasm_f32x4_splat(a0[(size_t)p * sa_p]);
-                c0 = wasm_f32x4_add(c0, wasm_f32x4_mul(x, wasm_v128_load(bp)));
-                c1 = wasm_f32x4_add(c1, wasm_f32x4_mul(x, wasm_v128_load(bp + 4)));
+                for (uint32_t v = 0; v < GEMM_NV; v++)
+                    c[v] = wasm_f32x4_add(c[v], wasm_f32x4_mul(x, wasm_v128_load(bp + 4 * v)));
             }
-            wasm_v128_store(cr, c0);
-            wasm_v128_store(cr + 4, c1);
+            for (uint32_t v = 0; v < GEMM_NV; v++) wasm_v128_store(cr + 4 * v, c[v]);
         }
     }
     for (; j + 4u <= N; j += 4u) {
@@ -388,6 +395,40 @@ static void write_metrics(uint8_t *out, uint32_t status, uint32_t samples, doubl
     memcpy(out + 24, &norm, 8);
 }
 
+/*
+ * One SGD step over d parameters:
+ *   g = grad [+ mu (w - w0)] [+ control];  [v = momentum v + g; g = v];  w = w - lr g
+ * (bracketed terms only when mu != 0, control is given, momentum != 0). SIMD lanes do the same
+ * IEEE operations in the same order as the scalar tail, so the result does not depend on d % 4.
+ */
+static void sgd_step(float *w, const float *grad, float *vel, const float *w0,
+                     const float *control, float lr, float mom, float mu, uint32_t d) {
+    const int prox = mu != 0.0f, heavy = mom != 0.0f, scaffold = control != NULL;
+    const v128_t vlr = wasm_f32x4_splat(lr), vmom = wasm_f32x4_splat(mom);
+    const v128_t vmu = wasm_f32x4_splat(mu);
+    uint32_t p = 0;
+    for (; p + 4u <= d; p += 4u) {
+        v128_t wp = wasm_v128_load(w + p), g = wasm_v128_load(grad + p);
+        if (prox) g = wasm_f32x4_add(g, wasm_f32x4_mul(vmu, wasm_f32x4_sub(wp, wasm_v128_load(w0 + p))));
+        if (scaffold) g = wasm_f32x4_add(g, wasm_v128_load(control + p));
+        if (heavy) {
+            g = wasm_f32x4_add(wasm_f32x4_mul(vmom, wasm_v128_load(vel + p)), g);
+            wasm_v128_store(vel + p, g);
+        }
+        wasm_v128_store(w + p, wasm_f32x4_sub(wp, wasm_f32x4_mul(vlr, g)));
+    }
+    for (; p < d; p++) {
+        float g = grad[p];
+        if (prox) g = g + mu * (w[p] - w0[p]);
+        if (scaffold) g = g + control[p];
+        if (heavy) {
+            vel[p] = mom * vel[p] + g;
+            g = vel[p];
+        }
+        w[p] = w[p] - lr * g;
+    }
+}
+
 static int32_t run_task(const train_task *t, uint32_t len) {
     (void)len;
     const uint32_t d = t->n_params, n = t->n_samples, in = t->sizes[0];
@@ -446,18 +487,7 @@ static int32_t run_task(const train_task *t, uint32_t len) {
         }
         model_batch(w, xb, yb, bs, grad, &loss_sum, &correct);
         if (!train) continue;
-        /* g = grad + mu (w - w0) + control; v = momentum v + g; w -= lr v (or lr g). */
-        const float mu = t->prox_mu, mom = t->momentum, lr = t->lr;
-        for (uint32_t p = 0; p < d; p++) {
-            float g = grad[p];
-            if (mu != 0.0f) g = g + mu * (w[p] - t->weights[p]);
-            if (t->control) g = g + t->control[p];
-            if (mom != 0.0f) {
-                vel[p] = mom * vel[p] + g;
-                g = vel[p];
-            }
-            w[p] = w[p] - lr * g;
-        }
+        sgd_step(w, grad, vel, t->weights, t->control, t->lr, t->momentum, t->prox_mu, d);
     }
 
     if (!train) {
