@@ -66,12 +66,16 @@ const results = [];
 for (const batchSize of request.batch_sizes) {
   await epoch(batchSize, Math.min(n, 20 * batchSize)); // warm-up: kernels compiled, memory grown
   const seconds = [];
+  const cpuSeconds = [];
   for (let r = 0; r < repeats; r++) {
+    const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     await epoch(batchSize, n);
     seconds.push((performance.now() - t0) / 1000);
+    const cpu = process.cpuUsage(cpu0);
+    cpuSeconds.push((cpu.user + cpu.system) / 1e6);
   }
-  results.push({ batch_size: batchSize, samples: n, seconds });
+  results.push({ batch_size: batchSize, samples: n, seconds, cpu_seconds: cpuSeconds });
 }
 const threads = await tf.env().getAsync("WASM_HAS_MULTITHREAD_SUPPORT");
 const simd = await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT");
