@@ -412,6 +412,23 @@ def test_memory_limit_is_enforced(kernels) -> None:
     assert kernels.runner("mlp").train(data).ok  # the manifest's limit is enough
 
 
+def test_scratch_sizes_cannot_wrap_around(kernels) -> None:
+    """A batch x width product past 4 GiB is out of memory, not a wrapped-around small buffer."""
+    sizes = [4, 65536, 2]
+    n = 70_000  # one batch of 70,000 rows x 65,536 hidden units: 18 GB of activations
+    x = np.zeros((n, 4), dtype=np.uint8)
+    data = abi.encode_train_input(
+        op="train",
+        sizes=sizes,
+        weights=np.zeros(abi.dense_param_count(sizes), np.float32),
+        x=x,
+        y=np.zeros(n, dtype=np.int64),
+        batch_size=n,
+    )
+    with pytest.raises(KernelFailed, match="out of memory"):
+        kernels.runner("mlp").run(data)
+
+
 def test_input_and_output_limits_are_enforced(kernels) -> None:
     """The host refuses inputs and outputs over the kernel's limits."""
     data = encoded()

@@ -105,15 +105,18 @@ static int heap_reserve(uintptr_t end) {
     return __builtin_wasm_memory_grow(0, pages) != (size_t)-1;
 }
 
-/* Zeroed, 16-byte aligned scratch; NULL (and heap_failed) when memory cannot grow. */
-static void *heap_alloc(size_t bytes) {
+/*
+ * Zeroed, 16-byte aligned scratch; NULL (and heap_failed) when memory cannot grow. Sizes are
+ * 64-bit so that a product such as batch x width cannot wrap around wasm32's size_t.
+ */
+static void *heap_alloc(uint64_t bytes) {
     uintptr_t start = align16(heap_top);
-    if (bytes > 0xFFFFFFF0u - start || !heap_reserve(start + bytes)) {
+    if (bytes > 0xFFFFFFF0u - (uint64_t)start || !heap_reserve(start + (uintptr_t)bytes)) {
         heap_failed = 1;
         return NULL;
     }
-    heap_top = start + bytes;
-    memset((void *)start, 0, bytes);
+    heap_top = start + (uintptr_t)bytes;
+    memset((void *)start, 0, (size_t)bytes);
     return (void *)start;
 }
 
@@ -438,7 +441,7 @@ static int32_t run_task(const train_task *t, uint32_t len) {
     const uint64_t out_len = CCGSC_METRICS_BYTES + (train ? 4ull * d : 0) +
                              (train && momentum_out ? 4ull * d : 0);
     if (out_len > MODEL_OUTPUT_CAPACITY) return CCGSC_ERR_OUTPUT_TOO_LARGE;
-    output_buf = heap_alloc((size_t)out_len);
+    output_buf = heap_alloc(out_len);
     if (!output_buf) return CCGSC_ERR_OUT_OF_MEMORY;
 
     for (uint32_t i = 0; i < n; i++)
@@ -455,12 +458,12 @@ static int32_t run_task(const train_task *t, uint32_t len) {
     }
 
     const uint32_t bmax = batch_cap(t);
-    float *w = heap_alloc(4u * (size_t)d);
-    float *grad = train ? heap_alloc(4u * (size_t)d) : NULL;
-    float *vel = train ? heap_alloc(4u * (size_t)d) : NULL;
-    float *xb = heap_alloc(4u * (size_t)bmax * in);
-    uint32_t *yb = heap_alloc(4u * (size_t)bmax);
-    uint32_t *perm = heap_alloc(4u * (size_t)(n ? n : 1u));
+    float *w = heap_alloc(4ull * d);
+    float *grad = train ? heap_alloc(4ull * d) : NULL;
+    float *vel = train ? heap_alloc(4ull * d) : NULL;
+    float *xb = heap_alloc(4ull * bmax * in);
+    uint32_t *yb = heap_alloc(4ull * bmax);
+    uint32_t *perm = heap_alloc(4ull * (n ? n : 1u));
     if (heap_failed) return CCGSC_ERR_OUT_OF_MEMORY;
     memcpy(w, t->weights, 4u * (size_t)d);
     if (vel && t->momentum_in) memcpy(vel, t->momentum_in, 4u * (size_t)d);

@@ -45,27 +45,27 @@ static int32_t model_setup(const train_task *t) {
         return CCGSC_ERR_BAD_INPUT;
     }
     if (t->n_params != N_PARAMS) return CCGSC_ERR_BAD_INPUT;
-    const size_t b = batch_cap(t);
+    const uint64_t b = batch_cap(t);
     static const uint32_t dense_sizes[3] = {FLAT, HIDDEN, CLASSES};
     int32_t rc = dense_setup(&net, dense_sizes, 3u, (uint32_t)b, 1);
     if (rc < 0) return rc;
-    out1 = heap_alloc(4u * b * IMG * IMG * C1);
-    pool1 = heap_alloc(4u * b * P1 * P1 * C1);
+    out1 = heap_alloc(4ull * b * IMG * IMG * C1);
+    pool1 = heap_alloc(4ull * b * P1 * P1 * C1);
     idx1 = heap_alloc(b * P1 * P1 * C1);
-    out2 = heap_alloc(4u * b * P1 * P1 * C2);
-    pool2 = heap_alloc(4u * b * FLAT);
+    out2 = heap_alloc(4ull * b * P1 * P1 * C2);
+    pool2 = heap_alloc(4ull * b * FLAT);
     idx2 = heap_alloc(b * FLAT);
-    col1 = heap_alloc(4u * IMG * IMG * K * K);
+    col1 = heap_alloc(4ull * IMG * IMG * K * K);
     if (t->op == OP_TRAIN) {
-        dpool2 = heap_alloc(4u * b * FLAT);
-        col2 = heap_alloc(4u * P1 * P1 * K * K * C1);
-        dcol2 = heap_alloc(4u * P1 * P1 * K * K * C1);
-        dout1 = heap_alloc(4u * IMG * IMG * C1);
-        dout2 = heap_alloc(4u * P1 * P1 * C2);
-        dpool1 = heap_alloc(4u * P1 * P1 * C1);
-        w2t = heap_alloc(4u * K * K * C1 * C2);
+        dpool2 = heap_alloc(4ull * b * FLAT);
+        col2 = heap_alloc(4ull * P1 * P1 * K * K * C1);
+        dcol2 = heap_alloc(4ull * P1 * P1 * K * K * C1);
+        dout1 = heap_alloc(4ull * IMG * IMG * C1);
+        dout2 = heap_alloc(4ull * P1 * P1 * C2);
+        dpool1 = heap_alloc(4ull * P1 * P1 * C1);
+        w2t = heap_alloc(4ull * K * K * C1 * C2);
     } else {
-        col2 = heap_alloc(4u * P1 * P1 * K * K * C1);
+        col2 = heap_alloc(4ull * P1 * P1 * K * K * C1);
     }
     return heap_failed ? CCGSC_ERR_OUT_OF_MEMORY : 0;
 }

@@ -37,7 +37,8 @@ __attribute__((unused)) static uint64_t dense_param_count(const uint32_t *sizes,
 static int32_t dense_setup(dense_stack *s, const uint32_t *sizes, uint32_t n_sizes,
                            uint32_t bmax, int with_dx) {
     s->n_layers = n_sizes - 1u;
-    size_t off = 0, widest = 0, widest_wt = 0;
+    size_t off = 0;
+    uint64_t widest = 0, widest_wt = 0;
     for (uint32_t l = 0; l < n_sizes; l++) {
         s->sizes[l] = sizes[l];
         if (sizes[l] > widest) widest = sizes[l];
@@ -46,14 +47,14 @@ static int32_t dense_setup(dense_stack *s, const uint32_t *sizes, uint32_t n_siz
         off += (size_t)sizes[l - 1] * sizes[l];
         s->b_off[l] = off;
         off += sizes[l];
-        if ((l > 1 || with_dx) && (size_t)sizes[l - 1] * sizes[l] > widest_wt) {
-            widest_wt = (size_t)sizes[l - 1] * sizes[l];
+        if ((l > 1 || with_dx) && (uint64_t)sizes[l - 1] * sizes[l] > widest_wt) {
+            widest_wt = (uint64_t)sizes[l - 1] * sizes[l];
         }
     }
-    for (uint32_t l = 1; l < n_sizes; l++) s->act[l] = heap_alloc(4u * (size_t)bmax * sizes[l]);
-    s->dz = heap_alloc(4u * (size_t)bmax * widest);
-    s->dz_prev = heap_alloc(4u * (size_t)bmax * widest);
-    s->wt = heap_alloc(4u * (widest_wt ? widest_wt : 1u));
+    for (uint32_t l = 1; l < n_sizes; l++) s->act[l] = heap_alloc(4ull * bmax * sizes[l]);
+    s->dz = heap_alloc(4ull * bmax * widest);
+    s->dz_prev = heap_alloc(4ull * bmax * widest);
+    s->wt = heap_alloc(4ull * (widest_wt ? widest_wt : 1u));
     return heap_failed ? CCGSC_ERR_OUT_OF_MEMORY : 0;
 }
 
