@@ -141,6 +141,26 @@ window.runDigests = async (kernelUrl, sha256, limits, inputUrls) => {
   }
   return digests;
 };
+window.workerTrain = (kernel, call) => new Promise((resolve, reject) => {
+  // The contribute page's own Web Worker, asked for one training call.
+  const worker = new Worker("/rt/kernel-worker.js", { type: "module" });
+  worker.onmessage = async ({ data }) => {
+    if (data.type === "trained") {
+      const u = data.result.update;
+      const bytes = new Uint8Array(u.buffer, u.byteOffset, u.byteLength);
+      resolve({ ok: data.result.ok, samples: data.result.samples, correct: data.result.correct,
+                lossSum: data.result.lossSum, updateSha256: await sha256Hex(bytes) });
+      worker.terminate();
+    } else if (data.type === "failed") {
+      reject(new Error(`${data.code}: ${data.message}`));
+      worker.terminate();
+    }
+  };
+  worker.postMessage({ type: "init", token: "test" });
+  worker.postMessage({ type: "train", id: 1, kernel, call: {
+    ...call, weights: Float32Array.from(call.weights), x: Float32Array.from(call.x),
+    seed: BigInt(call.seed) } });
+});
 window.ready = true;
 </script>"""
 
@@ -219,3 +239,42 @@ def test_wasmtime_and_chromium_agree(kernels, expected, browser) -> None:
         with contextlib.suppress(Exception):
             server.shutdown()
         server.server_close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")
+def test_browser_worker_trains_like_wasmtime(kernels, expected, browser) -> None:
+    """The page's kernel-worker.js fetches, verifies and runs a v2 call: same update bytes."""
+    sizes = [20, 16, 8, 3]
+    x, y = _data(40, 20, 3, 6, u8=False)
+    w = ref.init_dense(sizes, 6)
+    result = kernels.runner("mlp").train(
+        abi.encode_train_input(
+            op="train", sizes=sizes, weights=w, x=x, y=y, batch_size=8, seed=11,
+            learning_rate=0.1, momentum=0.9,
+        )
+    )  # fmt: skip
+    entry = kernels.entries["mlp"]
+    call = {"op": "train", "sizes": sizes, "weights": w.tolist(), "x": x.ravel().tolist(),
+            "y": y.tolist(), "batchSize": 8, "seed": "11", "learningRate": 0.1, "momentum": 0.9}  # fmt: skip
+    kernel = {"sha256": entry["sha256"], "url": f"/k/{entry['file']}", "name": "mlp"}
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Handler, inputs=expected[0][2].parent)
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_function("window.ready === true")
+        got = page.evaluate("([k, c]) => window.workerTrain(k, c)", [kernel, call])
+    finally:
+        with contextlib.suppress(Exception):
+            server.shutdown()
+        server.server_close()
+    assert got == {
+        "ok": True,
+        "samples": 40,
+        "correct": result.correct,
+        "lossSum": result.loss_sum,
+        "updateSha256": hashlib.sha256(result.update).hexdigest(),
+    }
