@@ -256,7 +256,7 @@ def _f32_section(values: Any, count: int, name: str) -> bytes:
     """Little-endian f32 bytes of ``values`` (a float32 buffer or raw bytes), padded to 16."""
     view = memoryview(values)
     if view.format in ("f", "<f", "=f"):
-        raw = view.cast("B").tobytes() if view.c_contiguous else bytes(view.tobytes())
+        raw = view.tobytes()  # C order, whatever the shape (also empty ones)
     elif view.format in ("B", "b", "c") and view.nbytes == 4 * count:
         raw = view.tobytes()
     else:
@@ -312,7 +312,7 @@ def encode_train_input(
         flags |= FLAG_X_U8
         if xview.nbytes != n * sizes[0]:
             raise ValueError(f"x has {xview.nbytes} u8 values, expected {n * sizes[0]}")
-        x_raw = xview.cast("B").tobytes() if xview.c_contiguous else xview.tobytes()
+        x_raw = xview.tobytes()
         x_section = x_raw + b"\0" * (_align16(len(x_raw)) - len(x_raw))
     else:
         x_section = _f32_section(x, n * sizes[0], "x")
