@@ -266,6 +266,11 @@ def _f32_section(values: Any, count: int, name: str) -> bytes:
     return raw + b"\0" * (_align16(len(raw)) - len(raw))
 
 
+# The cnn kernel's fixed architecture (docs/kernel-abi.md): pass n_params=CNN_PARAM_COUNT.
+CNN_SIZES = (784, 10)
+CNN_PARAM_COUNT = 1_663_370
+
+
 def dense_param_count(sizes: Sequence[int]) -> int:
     """Parameters of a dense stack over ``sizes``: sum of in*out + out per layer."""
     return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))

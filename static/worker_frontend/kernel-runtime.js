@@ -188,6 +188,9 @@ const V2_HEADER_BYTES = 96;
 const V2_METRICS_BYTES = 32;
 const align16 = (n) => (n + 15) & ~15;
 
+/** The cnn kernel's fixed architecture: sizes [784, 10], pass `nParams: CNN_PARAM_COUNT`. */
+export const CNN_PARAM_COUNT = 1663370;
+
 /** Parameters of a dense stack over `sizes` (sum of in*out + out). */
 export function denseParamCount(sizes) {
   let d = 0;

@@ -444,7 +444,7 @@ def test_manifest_declares_the_training_kernels(kernels) -> None:
     """Each training kernel: kind train, ABI 2, its parameter count and limits within the kind's."""
     assert set(kernels.training) == {"logreg", "mlp", "cnn"}
     assert kernels.training["mlp"]["parameters"] == abi.dense_param_count([784, 200, 200, 10])
-    assert kernels.training["cnn"]["parameters"] == ref.CNN_PARAMS
+    assert kernels.training["cnn"]["parameters"] == ref.CNN_PARAMS == abi.CNN_PARAM_COUNT
     for entry in kernels.training.values():
         assert (entry["kind"], entry["abi_version"]) == ("train", 2)
         limits = abi.limits_for("train", entry["limits"])
