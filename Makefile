@@ -51,6 +51,7 @@ fmt: venv
 
 
 bench: setup
+	npm ci --no-audit --no-fund
 	$(PY) bench/run_all.py
 
 check: lint test

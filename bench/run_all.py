@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), validation
-quality, dispatch throughput and latency.
+"""Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), training speed
+(2NN: our kernel vs numpy and TensorFlow.js-wasm), validation quality, dispatch throughput and
+latency.
 
 Each benchmark runs as its own process (each sets Django up with its own database) and prints
 a markdown table; this script prints the machine first, then the tables, and writes
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
-Usage: python bench/run_all.py [--quick] [--only kernels validation dispatch]
+Usage: python bench/run_all.py [--quick] [--only kernels training validation dispatch]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ RESULTS = ROOT / "bench" / "results"
 BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     # name: (script, extra args, extra args with --quick, JSON written)
     "kernels": ("bench_kernels_chromium.py", [], [], "kernels.json"),
+    "training": ("bench_training.py", [], [], "training.json"),
     "validation": ("bench_validation.py", [], [], "validation.json"),
     "ledger": ("bench_ledger.py", [], ["--quick"], "ledger.json"),
     "dispatch": (

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the built-in WASM kernels into wasm/build/ and write wasm/build/manifest.json.
 
-Each kernel listed in wasm/kernels.json is compiled from C with the Zig toolchain that is
+Each kernel listed in wasm/kernels.json (the ABI v1 ``kernels`` and the ABI v2
+``training_kernels``) is compiled from C with the Zig toolchain that is
 installed from PyPI (the ``ziglang`` package), so no system compiler is needed. Outputs are
 skipped when a stamp over the compiler version, the flags and every source byte is unchanged.
 The manifest merges the hand-written kernel descriptions with each module's sha256.
@@ -64,12 +65,24 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_stamp(source: Path, compiler: str) -> str:
+def entry_flags(entry: dict[str, Any]) -> list[str]:
+    """Compiler flags of one kernel: the common ones, then its own memory limit if it has one.
+
+    The linker takes the last ``--max-memory``, so a training kernel's larger limit replaces
+    the 16 MiB default while the ABI v1 kernels keep exactly the flags they always had.
+    """
+    memory = entry.get("limits", {}).get("memory_bytes")
+    return [*CFLAGS, f"-Wl,--max-memory={memory}"] if memory else list(CFLAGS)
+
+
+def build_stamp(
+    source: Path, compiler: str, flags: list[str] | None = None, extra: tuple[Path, ...] = ()
+) -> str:
     """Hash everything that determines a kernel's bytes: compiler, flags and sources."""
     h = hashlib.sha256()
     h.update(compiler.encode())
-    h.update("\0".join(CFLAGS).encode())
-    for path in [source, *sorted(SRC_DIR.glob("*.h"))]:
+    h.update("\0".join(CFLAGS if flags is None else flags).encode())
+    for path in [source, *extra, *sorted(SRC_DIR.glob("*.h"))]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -81,10 +94,11 @@ def load_previous_manifest() -> dict[str, dict[str, Any]]:
         data = json.loads(BUILD_MANIFEST.read_text())
     except (OSError, ValueError):
         return {}
-    return {k["name"]: k for k in data.get("kernels", []) if isinstance(k, dict) and "name" in k}
+    entries = [*data.get("kernels", []), *data.get("training_kernels", [])]
+    return {k["name"]: k for k in entries if isinstance(k, dict) and "name" in k}
 
 
-def compile_kernel(source: Path, output: Path) -> None:
+def compile_kernel(source: Path, output: Path, flags: list[str] | None = None) -> None:
     """Compile one C kernel to a .wasm file, replacing the output atomically."""
     env = dict(os.environ)
     env.setdefault("ZIG_GLOBAL_CACHE_DIR", str(BUILD_DIR / ".zig-cache"))
@@ -93,7 +107,8 @@ def compile_kernel(source: Path, output: Path) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        cmd = [*zig_command(), "cc", *CFLAGS, f"-I{SRC_DIR}", "-o", str(tmp), str(source)]
+        cflags = CFLAGS if flags is None else flags
+        cmd = [*zig_command(), "cc", *cflags, f"-I{SRC_DIR}", "-o", str(tmp), str(source)]
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             raise SystemExit(f"compiling {source.name} failed:\n{result.stderr}")
@@ -120,12 +135,14 @@ def build(force: bool = False, quiet: bool = False) -> dict[str, Any]:
     BUILD_DIR.mkdir(exist_ok=True)
     compiler = f"zig {zig_version()}"
     previous = load_previous_manifest()
-    kernels = []
-    for entry in spec["kernels"]:
+    built: dict[str, list[dict[str, Any]]] = {"kernels": [], "training_kernels": []}
+    for section, entry in [(s, e) for s in built for e in spec.get(s, [])]:
         name = entry["name"]
         source = WASM_DIR / entry["source"]
         output = BUILD_DIR / f"{name}.wasm"
-        stamp = build_stamp(source, compiler)
+        flags = entry_flags(entry)
+        extra = tuple(WASM_DIR / p for p in entry.get("includes", []))
+        stamp = build_stamp(source, compiler, flags, extra)
         old = previous.get(name, {})
         fresh = (
             not force
@@ -137,19 +154,19 @@ def build(force: bool = False, quiet: bool = False) -> dict[str, Any]:
             if not quiet:
                 print(f"{name}: up to date")
         else:
-            compile_kernel(source, output)
+            compile_kernel(source, output, flags)
             check_module(output)
             if not quiet:
                 print(f"{name}: built {output.stat().st_size} bytes")
-        record = {k: v for k, v in entry.items() if k != "source"}
+        record = {k: v for k, v in entry.items() if k not in ("source", "includes")}
         record.update(
             file=output.name,
             sha256=sha256_file(output),
             size=output.stat().st_size,
             build_stamp=stamp,
         )
-        kernels.append(record)
-    manifest = {"abi_version": spec["abi_version"], "compiler": compiler, "kernels": kernels}
+        built[section].append(record)
+    manifest = {"abi_version": spec["abi_version"], "compiler": compiler, **built}
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
     if not BUILD_MANIFEST.exists() or BUILD_MANIFEST.read_text() != text:
         fd, tmp_name = tempfile.mkstemp(dir=BUILD_DIR, suffix=".json.tmp")

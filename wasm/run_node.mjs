@@ -1,22 +1,28 @@
-// Runs an ABI v1 kernel in Node: `node run_node.mjs KERNEL.wasm HEX_INPUT [HEX_INPUT ...]`.
-// Prints one line per input: the output bytes as hex, or `error <code>` for a negative return.
+// Runs an ABI v1 or v2 kernel in Node:
+//   node run_node.mjs [--digest] KERNEL.wasm INPUT [INPUT ...]
+// where an INPUT is hex bytes, or @FILE for the bytes of a file (v2 inputs are large). Prints
+// one line per input: the output bytes as hex (their sha256 with --digest), or `error <code>`
+// for a negative return. One instance runs every input, as the Python host's runner does.
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 
-const [path, ...inputs] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const digest = args[0] === "--digest";
+const [path, ...inputs] = digest ? args.slice(1) : args;
 if (!path || inputs.length === 0) {
-  console.error("usage: node run_node.mjs KERNEL.wasm HEX_INPUT [HEX_INPUT ...]");
+  console.error("usage: node run_node.mjs [--digest] KERNEL.wasm INPUT [INPUT ...]");
   process.exit(2);
 }
 
 const { instance } = await WebAssembly.instantiate(readFileSync(path), {});
 const k = instance.exports;
-if (k.ccgsc_abi_version() !== 1) {
+if (![1, 2].includes(k.ccgsc_abi_version())) {
   console.error(`unsupported ABI version ${k.ccgsc_abi_version()}`);
   process.exit(1);
 }
 
-for (const hex of inputs) {
-  const input = Buffer.from(hex, "hex");
+for (const arg of inputs) {
+  const input = arg.startsWith("@") ? readFileSync(arg.slice(1)) : Buffer.from(arg, "hex");
   const ptr = k.ccgsc_input(input.length);
   if (ptr === 0) {
     console.log("error input");
@@ -29,5 +35,5 @@ for (const hex of inputs) {
     continue;
   }
   const out = rc === 0 ? new Uint8Array(0) : new Uint8Array(k.memory.buffer, k.ccgsc_output(), rc);
-  console.log(Buffer.from(out).toString("hex"));
+  console.log(digest ? createHash("sha256").update(out).digest("hex") : Buffer.from(out).toString("hex"));
 }

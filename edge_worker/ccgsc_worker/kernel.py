@@ -1,4 +1,8 @@
-"""Wasmtime host for ABI v1 kernels: validation, hash-pinned loading and bounded execution.
+"""Wasmtime host for ABI v1 and v2 kernels: validation, hash-pinned loading, bounded execution.
+
+A v1 kernel (federated computing) runs under the v1 limits. A v2 kernel (training) runs under
+its kind's limits, or the lower ones its manifest entry declares (``abi.limits_for``): input,
+output and linear-memory bytes, the last enforced by the store so memory.grow fails past it.
 
 The engine uses signal-based traps (explicit bounds checks would cost the sieve kernels about
 60 %). It is created on first use, and wasmtime's signal handlers must be the newest ones in the
@@ -65,6 +69,7 @@ class ModuleInfo:
     initial_pages: int
     maximum_pages: int
     exports: tuple[str, ...]
+    abi_version: int = abi.ABI_VERSION
 
 
 class _EpochTicker:
@@ -171,18 +176,26 @@ def _check_exports(module: wasmtime.Module) -> tuple[int, int, tuple[str, ...]]:
         )
     if maximum is None:
         raise KernelRejected("memory must declare a maximum size")
-    if maximum > abi.MAX_MAXIMUM_PAGES:
+    if maximum > abi.MAX_MAXIMUM_PAGES_V2:
         raise KernelRejected(
-            f"maximum memory is {maximum} pages, limit is {abi.MAX_MAXIMUM_PAGES} pages (64 MiB)"
+            f"maximum memory is {maximum} pages, limit is {abi.MAX_MAXIMUM_PAGES_V2} pages (512 MiB)"
         )
     return initial, maximum, tuple(sorted(exports))
 
 
-def _new_store() -> wasmtime.Store:
+def _check_version_limits(version: int, maximum: int) -> None:
+    if version not in abi.ABI_VERSIONS:
+        versions = " and ".join(str(v) for v in abi.ABI_VERSIONS)
+        raise KernelRejected(f"ABI version is {version}, this host speaks {versions}")
+    if version == abi.ABI_VERSION and maximum > abi.MAX_MAXIMUM_PAGES:
+        raise KernelRejected(
+            f"maximum memory is {maximum} pages, limit is {abi.MAX_MAXIMUM_PAGES} pages (64 MiB)"
+        )
+
+
+def _new_store(memory_bytes: int = abi.MAX_MAXIMUM_PAGES * abi.WASM_PAGE_BYTES) -> wasmtime.Store:
     store = wasmtime.Store(_engine()[0])
-    store.set_limits(
-        memory_size=abi.MAX_MAXIMUM_PAGES * abi.WASM_PAGE_BYTES, instances=1, memories=1
-    )
+    store.set_limits(memory_size=memory_bytes, instances=1, memories=1)
     return store
 
 
@@ -210,16 +223,24 @@ def _compile_and_check(wasm_bytes: bytes, digest: str) -> tuple[wasmtime.Module,
             version = instance.exports(store)[abi.EXPORT_ABI_VERSION](store)
     except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
         raise KernelRejected(f"could not query the ABI version: {exc}") from exc
-    if version != abi.ABI_VERSION:
-        raise KernelRejected(f"ABI version is {version}, this host speaks {abi.ABI_VERSION}")
-    info = ModuleInfo(digest, size, initial, maximum, exports)
+    _check_version_limits(version, maximum)
+    info = ModuleInfo(digest, size, initial, maximum, exports, version)
     return module, info
 
 
-def validate_module(wasm_bytes: bytes) -> ModuleInfo:
-    """Check a module against ABI v1 and the host limits; raise KernelRejected if it fails."""
+def validate_module(wasm_bytes: bytes, *, kind: str | None = None) -> ModuleInfo:
+    """Check a module against the ABI and the host limits; raise KernelRejected if it fails.
+
+    With ``kind`` ("fc" or "train") the module must also speak that kind's ABI version.
+    """
     digest = hashlib.sha256(wasm_bytes).hexdigest()
-    return _compile_and_check(wasm_bytes, digest)[1]
+    info = _compile_and_check(wasm_bytes, digest)[1]
+    if kind is not None and info.abi_version != abi.KIND_ABI_VERSION[kind]:
+        raise KernelRejected(
+            f"a {kind} kernel must speak ABI version {abi.KIND_ABI_VERSION[kind]}, "
+            f"this module speaks {info.abi_version}"
+        )
+    return info
 
 
 def load_module(wasm_bytes: bytes, expected_sha256: str) -> tuple[wasmtime.Module, ModuleInfo]:
@@ -240,7 +261,11 @@ def load_module(wasm_bytes: bytes, expected_sha256: str) -> tuple[wasmtime.Modul
     return compiled
 
 
-_ERROR_TEXT = {abi.ERR_BAD_INPUT: "bad input", abi.ERR_OUTPUT_TOO_LARGE: "output too large"}
+_ERROR_TEXT = {
+    abi.ERR_BAD_INPUT: "bad input",
+    abi.ERR_OUTPUT_TOO_LARGE: "output too large",
+    abi.ERR_OUT_OF_MEMORY: "out of memory",
+}
 
 
 class KernelRunner:
@@ -253,9 +278,21 @@ class KernelRunner:
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         reuse_instance: bool = True,
+        limits: abi.KernelLimits | None = None,
     ) -> None:
-        """Verify and compile the module; raise KernelRejected if it is not acceptable."""
+        """Verify and compile the module; raise KernelRejected if it is not acceptable.
+
+        ``limits`` default to the v1 limits for a v1 module and to the "train" kind's ceiling
+        for a v2 one; pass ``abi.limits_for("train", manifest_entry["limits"])`` to apply a
+        kernel's own.
+        """
         self.module, self.info = load_module(wasm_bytes, expected_sha256)
+        kind = "fc" if self.info.abi_version == abi.ABI_VERSION else "train"
+        self.limits = limits or abi.KIND_LIMITS[kind]
+        if self.limits.memory_bytes > abi.KIND_LIMITS[kind].memory_bytes:
+            raise KernelRejected(
+                f"memory limit {self.limits.memory_bytes} exceeds the {kind} kind's"
+            )
         self.timeout = timeout
         self.reuse_instance = reuse_instance
         self._store: wasmtime.Store | None = None
@@ -268,7 +305,7 @@ class KernelRunner:
 
     def _instance(self) -> tuple[wasmtime.Store, wasmtime.InstanceExports]:
         if self._store is None or self._exports is None or not self.reuse_instance:
-            store = _new_store()
+            store = _new_store(self.limits.memory_bytes)
             store.set_epoch_deadline(_deadline_ticks(VALIDATE_TIMEOUT_SECONDS))
             with _engine()[1]:
                 instance = wasmtime.Instance(store, self.module, [])
@@ -277,8 +314,10 @@ class KernelRunner:
 
     def run(self, input_bytes: bytes, *, timeout: float | None = None) -> bytes:
         """Run the kernel on one task's input bytes and return its output bytes."""
-        if len(input_bytes) > abi.MAX_INPUT_BYTES:
-            raise KernelFailed(f"input of {len(input_bytes)} bytes exceeds {abi.MAX_INPUT_BYTES}")
+        if len(input_bytes) > self.limits.input_bytes:
+            raise KernelFailed(
+                f"input of {len(input_bytes)} bytes exceeds {self.limits.input_bytes}"
+            )
         limit = self.timeout if timeout is None else timeout
         try:
             return self._run(input_bytes, limit)
@@ -308,8 +347,8 @@ class KernelRunner:
                 if rc < 0:
                     text = _ERROR_TEXT.get(rc, "kernel-defined error")
                     raise KernelFailed(f"kernel returned error {rc} ({text})", code=rc)
-                if rc > abi.MAX_OUTPUT_BYTES:
-                    raise KernelFailed(f"output of {rc} bytes exceeds {abi.MAX_OUTPUT_BYTES}")
+                if rc > self.limits.output_bytes:
+                    raise KernelFailed(f"output of {rc} bytes exceeds {self.limits.output_bytes}")
                 out = exports[abi.EXPORT_OUTPUT](store) if rc else 0
         except wasmtime.Trap as exc:
             if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
@@ -322,3 +361,20 @@ class KernelRunner:
         if out <= 0 or out + rc > memory.data_len(store):
             raise KernelFailed("output buffer lies outside memory")
         return bytes(memory.read(store, out, out + rc))
+
+    def train(self, input_bytes: bytes, *, timeout: float | None = None) -> abi.TrainResult:
+        """Run one v2 call (one epoch or one evaluation pass) and decode its output.
+
+        A non-finite result is a decoded status (``result.ok`` is False), not an exception:
+        the caller decides whether a diverged client is an error or a dropout.
+        """
+        if self.info.abi_version != abi.ABI_VERSION_V2:
+            raise KernelFailed("train() needs an ABI v2 kernel, this one speaks v1")
+        flags = int.from_bytes(input_bytes[8:12], "little") if len(input_bytes) >= 12 else 0
+        output = self.run(input_bytes, timeout=timeout)
+        try:
+            return abi.decode_train_output(
+                output, expect_momentum=bool(flags & abi.FLAG_MOMENTUM_OUT)
+            )
+        except abi.OutputError as exc:
+            raise KernelFailed(f"malformed v2 output: {exc}") from exc

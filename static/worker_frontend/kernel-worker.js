@@ -2,19 +2,25 @@
 //
 // Page → worker:
 //   {type: "init", token}                       worker token for kernel downloads
-//   {type: "run", id, assignment, kernel: {sha256, url, name}, input: ArrayBuffer}
+//   {type: "run", id, assignment, kernel: {sha256, url, name, limits?}, input: ArrayBuffer}
+//                                               an ABI v1 task or an encoded ABI v2 call
+//   {type: "train", id, kernel: {...}, call}    an ABI v2 call as fields (encodeTrainInput)
 //   {type: "clock", intervalMs}                 (clock role only) post "tick" every intervalMs
 // Worker → page:
 //   {type: "stage", id, stage: "fetching" | "compiling" | "running"}
 //   {type: "done", id, output: ArrayBuffer, sha256, elapsedMs}
+//   {type: "trained", id, result: {status, ok, samples, lossSum, correct, updateL2, update,
+//                                  momentum}, elapsedMs}   (update/momentum: Float32Array)
 //   {type: "failed", id, code, message}
 //   {type: "tick"}
 //
 // Kernels are fetched with `Authorization: Worker <token>`, their SHA-256 is checked before
 // compiling, and compiled modules are cached per sha256 (module bytes also in Cache Storage,
-// where available, so other workers and later visits skip the download).
+// where available, so other workers and later visits skip the download). `limits`
+// ({inputBytes, outputBytes, memoryBytes}) are the kernel's manifest limits; the runtime
+// caps them at the kind's ceilings.
 import { sha256Hex } from "./protocol.js";
-import { KernelError, compileVerified, runKernel } from "./kernel-runtime.js";
+import { KernelError, compileVerified, runKernel, runTraining } from "./kernel-runtime.js";
 
 const CACHE_NAME = "ccgsc-kernels-v1";
 const modules = new Map(); // sha256 -> Promise<WebAssembly.Module>
@@ -113,10 +119,26 @@ async function run({ id, kernel, input }) {
     const module = await getModule(kernel, report);
     report("running");
     const started = performance.now();
-    const output = runKernel(module, new Uint8Array(input));
+    const output = runKernel(module, new Uint8Array(input), kernel.limits);
     const elapsedMs = Math.round(performance.now() - started);
     const sha256 = await sha256Hex(output);
     self.postMessage({ type: "done", id, output: output.buffer, sha256, elapsedMs }, [output.buffer]);
+  } catch (err) {
+    const code = err instanceof KernelError ? err.code : "internal";
+    self.postMessage({ type: "failed", id, code, message: String(err?.message ?? err).slice(0, 480) });
+  }
+}
+
+async function train({ id, kernel, call }) {
+  const report = (stage) => self.postMessage({ type: "stage", id, stage });
+  try {
+    const module = await getModule(kernel, report);
+    report("running");
+    const started = performance.now();
+    const result = runTraining(module, call, kernel.limits);
+    const elapsedMs = Math.round(performance.now() - started);
+    const transfer = [result.update, result.momentum].filter(Boolean).map((a) => a.buffer);
+    self.postMessage({ type: "trained", id, result, elapsedMs }, [...new Set(transfer)]);
   } catch (err) {
     const code = err instanceof KernelError ? err.code : "internal";
     self.postMessage({ type: "failed", id, code, message: String(err?.message ?? err).slice(0, 480) });
@@ -131,6 +153,9 @@ self.onmessage = (event) => {
       break;
     case "run":
       run(msg);
+      break;
+    case "train":
+      train(msg);
       break;
     case "clock":
       // Timers in a worker are not throttled like a hidden tab's, so heartbeats keep leases alive.

@@ -28,14 +28,22 @@ class BuiltKernels:
     def __init__(self, manifest: dict) -> None:
         self.manifest = manifest
         self.entries = {k["name"]: k for k in manifest["kernels"]}
+        self.training = {k["name"]: k for k in manifest.get("training_kernels", [])}
+        self.entries.update(self.training)
 
     def path(self, name: str) -> Path:
         """Path of a built kernel module."""
         return BUILD_DIR / self.entries[name]["file"]
 
     def runner(self, name: str, **kwargs: object) -> KernelRunner:
-        """A wasmtime runner for a built kernel, pinned to its manifest digest."""
-        return KernelRunner(self.path(name).read_bytes(), self.entries[name]["sha256"], **kwargs)
+        """A wasmtime runner for a built kernel, pinned to its manifest digest.
+
+        Training kernels get their manifest limits unless ``limits`` is given.
+        """
+        entry = self.entries[name]
+        if name in self.training and "limits" not in kwargs:
+            kwargs["limits"] = abi.limits_for("train", entry["limits"])
+        return KernelRunner(self.path(name).read_bytes(), entry["sha256"], **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +64,18 @@ def run_kernel(kernels: BuiltKernels) -> Callable[..., bytes]:
         return runners[name].run(abi.encode_input(lo, hi, seed, params))
 
     return run
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Debian's) through Playwright, for the cross-host tests."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.conftest import CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()

@@ -61,7 +61,9 @@ def test_built_kernels_validate(kernels) -> None:
         data = kernels.path(name).read_bytes()
         info = validate_module(data)
         assert info.sha256 == entry["sha256"]
-        assert info.maximum_pages <= abi.MAX_MAXIMUM_PAGES
+        ceiling = abi.MAX_MAXIMUM_PAGES if info.abi_version == 1 else abi.MAX_MAXIMUM_PAGES_V2
+        assert info.maximum_pages <= ceiling
+        assert info.abi_version == entry.get("abi_version", 1)
 
 
 @pytest.mark.parametrize(
@@ -112,9 +114,35 @@ def test_rejects_wrong_signature() -> None:
 
 
 def test_rejects_other_abi_version() -> None:
-    """ccgsc_abi_version must return 1."""
-    with pytest.raises(KernelRejected, match="ABI version is 2"):
-        validate_module(module(version=2))
+    """ccgsc_abi_version must return 1 or 2."""
+    with pytest.raises(KernelRejected, match="ABI version is 3, this host speaks 1 and 2"):
+        validate_module(module(version=3))
+
+
+def test_abi_versions_and_kinds() -> None:
+    """v2 modules are accepted, may declare up to 512 MiB, and a kind pins the version."""
+    assert validate_module(module(version=2, memory="1 8192")).abi_version == 2
+    with pytest.raises(KernelRejected, match="maximum memory is 8193 pages"):
+        validate_module(module(version=2, memory="1 8193"))
+    with pytest.raises(KernelRejected, match="maximum memory is 1025 pages"):
+        validate_module(module(version=1, memory="1 1025"))
+    with pytest.raises(KernelRejected, match="a fc kernel must speak ABI version 1"):
+        validate_module(module(version=2), kind="fc")
+    with pytest.raises(KernelRejected, match="a train kernel must speak ABI version 2"):
+        validate_module(module(version=1), kind="train")
+    assert validate_module(module(version=1), kind="fc").abi_version == 1
+
+
+def test_v2_runner_memory_is_capped_by_its_limits() -> None:
+    """A runner's store refuses memory.grow past its memory limit, whatever the module declares."""
+    grow = "i32.const 100 memory.grow"  # returns -1 when the store refuses
+    runner = pinned(
+        module(version=2, memory="1 8192", run=grow),
+        limits=abi.limits_for("train", {"memory_bytes": 4 << 20}),
+    )
+    with pytest.raises(KernelFailed, match="error -1"):
+        runner.run(b"x")
+    assert pinned(module(version=2, memory="1 8192", run=grow)).run(b"") == b"\0"  # old size 1
 
 
 @pytest.mark.parametrize(
