@@ -24,6 +24,7 @@ from jobs.aggregation.validation import (
     RejectionCode,
     UpdateRejected,
     check_chunk,
+    sum_of_squares,
     validate_update,
     validate_weight,
 )
@@ -97,8 +98,7 @@ class StreamingFold:
         squares = 0.0
         for chunk in open_chunks():
             values = check_chunk(chunk, offset=offset, dimension=self.dimension)
-            block = values.astype(np.float64)
-            squares += float(np.dot(block, block))
+            squares += sum_of_squares(values)
             offset += values.shape[0]
         if offset != self.dimension:
             raise UpdateRejected(
@@ -149,7 +149,10 @@ class StreamingFold:
         """The weighted mean as a new f32[d]; the fold stays usable (async rounds read it often)."""
         if self.count == 0:
             raise ValueError("no update has been folded")
-        return (self._sum / self.total_weight).astype(np.float32)
+        # Divide in float64 straight into the float32 result: no d-sized float64 temporary.
+        mean = np.empty(self.dimension, dtype=np.float32)
+        np.divide(self._sum, self.total_weight, out=mean, casting="same_kind")
+        return mean
 
     def weighted_sum(self) -> np.ndarray:
         """A read-only view of the float64 sum of ``weight * update`` (f64[d])."""
