@@ -145,14 +145,21 @@ class StreamingFold:
         self._record(update_id, weight)
         return True
 
-    def finish(self) -> np.ndarray:
-        """The weighted mean as a new f32[d]; the fold stays usable (async rounds read it often)."""
+    def finish(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The weighted mean as f32[d], written into ``out`` (f32[d]) when given, else new.
+
+        The fold stays usable: buffered-async rounds read the mean many times, and ``out``
+        lets them do so without a new array each time.
+        """
         if self.count == 0:
             raise ValueError("no update has been folded")
+        if out is None:
+            out = np.empty(self.dimension, dtype=np.float32)
+        elif out.shape != (self.dimension,) or out.dtype != np.float32:
+            raise ValueError("out must be a float32 vector of the fold's dimension")
         # Divide in float64 straight into the float32 result: no d-sized float64 temporary.
-        mean = np.empty(self.dimension, dtype=np.float32)
-        np.divide(self._sum, self.total_weight, out=mean, casting="same_kind")
-        return mean
+        np.divide(self._sum, self.total_weight, out=out, casting="same_kind")
+        return out
 
     def weighted_sum(self) -> np.ndarray:
         """A read-only view of the float64 sum of ``weight * update`` (f64[d])."""

@@ -218,3 +218,13 @@ def test_mean_stays_within_the_updates_range(case):
     mean = fold_all(updates, weights, range(len(weights))).finish()
     assert np.all(mean >= updates.min(axis=0))
     assert np.all(mean <= updates.max(axis=0))
+
+
+def test_finish_into_a_buffer():
+    fold = StreamingFold(3)
+    fold.fold("a", np.array([1, 2, 3], dtype=f32), 2.0)
+    out = np.zeros(3, dtype=f32)
+    assert fold.finish(out=out) is out
+    np.testing.assert_array_equal(out, np.array([1, 2, 3], dtype=f32))
+    with pytest.raises(ValueError, match="out"):
+        fold.finish(out=np.zeros(3, dtype=np.float64))
