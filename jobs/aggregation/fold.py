@@ -53,6 +53,7 @@ class StreamingFold:
         self.total_weight = 0.0
         self.count = 0
         self._folded_ids: set[str] = set()
+        self._damaged: str | None = None  # set when a one-pass stream failed half-added
 
     def has_folded(self, update_id: str) -> bool:
         """Whether this update id is already part of the sum."""
@@ -69,6 +70,7 @@ class StreamingFold:
 
         Validation runs before anything is added: a rejected update leaves the sum untouched.
         """
+        self._check_usable()
         if update_id in self._folded_ids:
             return False
         weight = validate_weight(weight)
@@ -91,6 +93,7 @@ class StreamingFold:
         (an object in content-addressed storage): the first pass validates length, finiteness
         and norm, the second adds. Memory is one chunk; a rejected update adds nothing.
         """
+        self._check_usable()
         if update_id in self._folded_ids:
             return False
         weight = validate_weight(weight)
@@ -121,10 +124,60 @@ class StreamingFold:
         self._record(update_id, weight)
         return True
 
+    def fold_stream(
+        self,
+        update_id: str,
+        chunks: Iterable[bytes],
+        weight: float,
+        *,
+        max_norm: float | None = None,
+    ) -> bool:
+        """Fold an update straight from a one-pass stream of little-endian float32 chunks.
+
+        Each chunk is checked (whole floats, finite, running norm within ``max_norm``, not past
+        d) before it is added, so memory is one chunk and nothing is stored. But a chunk that
+        fails after earlier ones were added cannot be taken back exactly (``a + x - x`` is not
+        ``a`` in floating point): the fold is then marked damaged, raises ``UpdateRejected``,
+        and refuses all use until replaced by ``StreamingFold.restore`` of the last checkpoint
+        (then refold the updates since from storage). Prefer ``fold_chunks`` when the update
+        is stored anyway.
+        """
+        self._check_usable()
+        if update_id in self._folded_ids:
+            return False
+        weight = validate_weight(weight)
+        bound_squared = None if max_norm is None else max_norm * max_norm
+        offset = 0
+        squares = 0.0
+        try:
+            for chunk in chunks:
+                values = check_chunk(chunk, offset=offset, dimension=self.dimension)
+                squares += sum_of_squares(values)
+                if not math.isfinite(squares):
+                    raise UpdateRejected(RejectionCode.NON_FINITE, "update contains NaN or Inf")
+                if bound_squared is not None and squares > bound_squared:
+                    raise UpdateRejected(
+                        RejectionCode.NORM_EXCEEDED,
+                        f"L2 norm exceeds the policy bound {max_norm:g} by value {offset}",
+                    )
+                self._add_block(offset, values, weight)
+                offset += values.shape[0]
+            if offset != self.dimension:
+                raise UpdateRejected(
+                    RejectionCode.WRONG_LENGTH, f"expected {self.dimension} values, got {offset}"
+                )
+        except BaseException as error:
+            if offset:  # something was added: the sum is no longer any set of whole updates
+                self._damaged = f"stream of {update_id!r} failed after {offset} values: {error}"
+            raise
+        self._record(update_id, weight)
+        return True
+
     def fold_sparse(
         self, update_id: str, indices: np.ndarray, values: np.ndarray, weight: float
     ) -> bool:
         """Fold a sparse update (indices: u32[k] strictly increasing, values: f32[k]) once."""
+        self._check_usable()
         if update_id in self._folded_ids:
             return False
         weight = validate_weight(weight)
@@ -151,6 +204,7 @@ class StreamingFold:
         The fold stays usable: buffered-async rounds read the mean many times, and ``out``
         lets them do so without a new array each time.
         """
+        self._check_usable()
         if self.count == 0:
             raise ValueError("no update has been folded")
         if out is None:
@@ -172,6 +226,7 @@ class StreamingFold:
 
         Writes to ``file`` and returns None, or returns the bytes when no file is given.
         """
+        self._check_usable()
         ids = json.dumps(sorted(self._folded_ids), separators=(",", ":")).encode()
         header = _HEADER.pack(_MAGIC, self.dimension, self.count, self.total_weight, len(ids))
         digest = hashlib.sha256()
@@ -215,6 +270,10 @@ class StreamingFold:
             np.multiply(part, weight, out=scratch, dtype=np.float64)
             target = self._sum[start + offset : start + offset + part.shape[0]]
             np.add(target, scratch, out=target)
+
+    def _check_usable(self) -> None:
+        if self._damaged is not None:
+            raise RuntimeError(f"fold is damaged, restore the last checkpoint: {self._damaged}")
 
     def _record(self, update_id: str, weight: float) -> None:
         self._folded_ids.add(update_id)

@@ -228,3 +228,49 @@ def test_finish_into_a_buffer():
     np.testing.assert_array_equal(out, np.array([1, 2, 3], dtype=f32))
     with pytest.raises(ValueError, match="out"):
         fold.finish(out=np.zeros(3, dtype=np.float64))
+
+
+def test_fold_stream_equals_fold():
+    rng = np.random.default_rng(2)
+    updates = rng.normal(size=(4, 500)).astype(f32)
+    whole, streamed = StreamingFold(500), StreamingFold(500)
+    for index, update in enumerate(updates):
+        whole.fold(str(index), update, 2.0 + index)
+        assert streamed.fold_stream(str(index), chunks_of(update, 64)(), 2.0 + index)
+    assert not streamed.fold_stream("0", chunks_of(updates[0], 64)(), 1.0)
+    assert streamed.checkpoint() == whole.checkpoint()
+
+
+def test_fold_stream_rejected_on_its_first_chunk_leaves_the_fold_usable():
+    fold = StreamingFold(4)
+    bad = np.array([np.nan, 1, 1, 1], dtype=f32).tobytes()
+    with pytest.raises(UpdateRejected) as raised:
+        fold.fold_stream("bad", [bad[:8], bad[8:]], 1.0)
+    assert raised.value.code == RejectionCode.NON_FINITE
+    assert fold.fold("good", np.ones(4, dtype=f32), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("update", "max_norm", "code"),
+    [
+        (np.array([1, 1, 1, np.inf], dtype=f32), None, RejectionCode.NON_FINITE),
+        (np.array([1, 1, 30, 40], dtype=f32), 10.0, RejectionCode.NORM_EXCEEDED),
+        (np.array([1, 1, 1], dtype=f32), None, RejectionCode.WRONG_LENGTH),
+    ],
+)
+def test_fold_stream_failing_midway_damages_the_fold_until_restored(update, max_norm, code):
+    # given a fold checkpointed after one good update
+    fold = StreamingFold(4)
+    fold.fold("good", np.ones(4, dtype=f32), 1.0)
+    saved = fold.checkpoint()
+    raw = update.tobytes()
+    # when a streamed update fails after its first chunk was added
+    with pytest.raises(UpdateRejected) as raised:
+        fold.fold_stream("bad", [raw[:8], raw[8:]], 1.0, max_norm=max_norm)
+    assert raised.value.code == code
+    # then the fold refuses every use, and the last checkpoint brings it back
+    for use in (fold.finish, fold.checkpoint, lambda: fold.fold("x", np.ones(4, dtype=f32), 1.0)):
+        with pytest.raises(RuntimeError, match="damaged"):
+            use()
+    restored = StreamingFold.restore(saved)
+    np.testing.assert_array_equal(restored.finish(), np.ones(4, dtype=f32))
