@@ -158,6 +158,12 @@ def _blockwise(
     return result
 
 
+def _coordinates_by_row(block: np.ndarray) -> np.ndarray:
+    # (n, B) → contiguous (B, n): partitioning n values per coordinate along the contiguous
+    # axis is about twice as fast as along the strided one.
+    return np.ascontiguousarray(block.T)
+
+
 def coordinate_median(
     updates: np.ndarray, *, block_coordinates: int = BLOCK_COORDINATES
 ) -> np.ndarray:
@@ -165,9 +171,14 @@ def coordinate_median(
 
     An even n takes the mean of the two middle values, computed in float64.
     """
-    return _blockwise(
-        updates, block_coordinates, lambda block: np.median(block.astype(np.float64), axis=0)
-    )
+    n = updates.shape[0]
+    low, high = (n - 1) // 2, n // 2
+
+    def reduce(block: np.ndarray) -> np.ndarray:
+        ordered = np.partition(_coordinates_by_row(block), (low, high), axis=1)
+        return (ordered[:, low].astype(np.float64) + ordered[:, high]) / 2.0
+
+    return _blockwise(updates, block_coordinates, reduce)
 
 
 def trimmed_mean(
@@ -184,8 +195,8 @@ def trimmed_mean(
     high = n - low
 
     def reduce(block: np.ndarray) -> np.ndarray:
-        kept = np.partition(block, (low, high - 1), axis=0)[low:high]
-        return kept.mean(axis=0, dtype=np.float64)
+        kept = np.partition(_coordinates_by_row(block), (low, high - 1), axis=1)[:, low:high]
+        return kept.mean(axis=1, dtype=np.float64)
 
     return _blockwise(updates, block_coordinates, reduce)
 
