@@ -22,7 +22,11 @@ The 1,000-client round sends each update as 64 KiB little-endian chunks through
 ``StreamingFold.fold_chunks`` (the path stored updates take), checkpointing every 100 updates,
 and reports the server's CPU per update and its memory.
 
-Usage: python bench/bench_aggregation.py [--quick] [--only ours flower round]
+A robust rule is measured too: the coordinate median at the smaller n, ours over a memmapped
+spill read in blocks against Flower's FedMedian over replies in memory (heap peak from
+tracemalloc, since the spill's mapped file pages count in RSS but are page cache).
+
+Usage: python bench/bench_aggregation.py [--quick] [--only ours flower round median_ours ...]
 """
 
 from __future__ import annotations
@@ -206,7 +210,98 @@ def case_round(n: int, dimension: int, seed: int) -> dict[str, Any]:
     }
 
 
-CASES = {"ours": case_ours, "flower": case_flower, "round": case_round}
+def case_median_ours(n: int, dimension: int, seed: int) -> dict[str, Any]:
+    """Coordinate median: updates spilled to a memmapped file as they arrive, median blockwise."""
+    import tempfile
+    import tracemalloc
+
+    sys.path.insert(0, str(ROOT))
+    from jobs.aggregation import UpdateSpill, coordinate_median
+
+    spill_dir = ROOT / "var"
+    spill_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spill_dir) as directory:
+        baseline = _rss_kib()
+        reset = _reset_peak()
+        tracemalloc.start()
+        spill = UpdateSpill(Path(directory) / "round.npy", dimension=dimension, capacity=n)
+        for index, update, count in _arrivals(n, dimension, seed):
+            spill.append(f"client-{index}", update, count)
+        spill.flush()
+        start = time.perf_counter()
+        result = coordinate_median(spill.updates)
+        after_last_ms = (time.perf_counter() - start) * 1e3
+        heap_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        peak = _peak_kib()
+    return {
+        "impl": "ours (memmap spill, 8 MiB blocks)",
+        "rule": "median",
+        "n": n,
+        "d": dimension,
+        "after_last_ms": after_last_ms,
+        "heap_peak_mib": heap_peak / 2**20,
+        "peak_mib": (peak - baseline) / 1024,  # includes the spill's mapped file pages
+        "peak_reset": reset,
+        "checksum": float(result.astype(np.float64).sum()),
+    }
+
+
+def case_median_flower(n: int, dimension: int, seed: int) -> dict[str, Any]:
+    """Flower's FedMedian.aggregate_train over the replies held in memory."""
+    import logging
+    import tracemalloc
+
+    import flwr
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import FedMedian
+    from flwr.supercore.task_identity import TaskIdentity
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    # Messages stamp the run and node they are created in; outside a ServerApp, set them.
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 1
+    baseline = _rss_kib()
+    reset = _reset_peak()
+    tracemalloc.start()
+    replies = [
+        Message(
+            content=RecordDict(
+                {
+                    "arrays": ArrayRecord([update]),
+                    "metrics": MetricRecord({"num-examples": count}),
+                }
+            ),
+            dst_node_id=index + 1,
+            message_type="train",
+        )
+        for index, update, count in _arrivals(n, dimension, seed)
+    ]
+    start = time.perf_counter()
+    aggregated, _ = FedMedian().aggregate_train(1, replies)
+    after_last_ms = (time.perf_counter() - start) * 1e3
+    heap_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    result = aggregated.to_numpy_ndarrays()[0]
+    return {
+        "impl": f"flower {flwr.__version__} FedMedian",
+        "rule": "median",
+        "n": n,
+        "d": dimension,
+        "after_last_ms": after_last_ms,
+        "heap_peak_mib": heap_peak / 2**20,
+        "peak_mib": (_peak_kib() - baseline) / 1024,
+        "peak_reset": reset,
+        "checksum": float(np.asarray(result, dtype=np.float64).sum()),
+    }
+
+
+CASES = {
+    "ours": case_ours,
+    "flower": case_flower,
+    "round": case_round,
+    "median_ours": case_median_ours,
+    "median_flower": case_median_flower,
+}
 
 
 def ensure_flower_venv() -> None:
@@ -229,11 +324,12 @@ def ensure_flower_venv() -> None:
 
 
 def run_case(case: str, n: int, dimension: int, seed: int) -> dict[str, Any]:
-    python = str(FLOWER_PYTHON) if case == "flower" else sys.executable
+    flower = case.endswith("flower")
+    python = str(FLOWER_PYTHON) if flower else sys.executable
     command = [python, __file__, "--case", case, "--n", str(n), "--d", str(dimension)]
     command += ["--seed", str(seed)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)} if case != "flower" else dict(os.environ)
-    if case == "flower":
+    env = dict(os.environ) if flower else {**os.environ, "PYTHONPATH": str(ROOT)}
+    if flower:
         env.pop("PYTHONPATH", None)  # Flower's interpreter must not see the project's packages
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -263,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     dimension = 100_000 if args.quick else 1_000_000
     sizes = [20, 50] if args.quick else [100, 500]
     round_clients = 100 if args.quick else 1000
-    if "flower" in args.only:
+    if any(case.endswith("flower") for case in args.only):
         ensure_flower_venv()
     results: list[dict[str, Any]] = []
     for n in sizes:
@@ -272,15 +368,22 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_case(case, n, dimension, args.seed))
     if "round" in args.only:
         results.append(run_case("round", round_clients, dimension, args.seed))
+    median_clients = sizes[0]
+    for case in ("median_ours", "median_flower"):
+        if case in args.only:
+            results.append(run_case(case, median_clients, dimension, args.seed))
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end (other work shares the cores)\n"
+    )
     print(
         "| n | d | implementation | after last arrival (measured / typical) "
         "| per update (median / p99) | peak memory |"
     )
     print("|---|---|---|---|---|---|")
     for r in results:
-        if r["impl"].startswith("ours (chunks)"):
+        if r["impl"].startswith("ours (chunks)") or "rule" in r:
             continue
         print(
             f"| {r['n']} | {r['d']:,} | {r['impl']} | {r['after_last_ms']:.2f} / "
@@ -289,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     ratios = []
     for n in sizes:
-        pair = {r["impl"].split()[0]: r for r in results if r["n"] == n and "after_last_ms" in r}
+        pair = {
+            r["impl"].split()[0]: r
+            for r in results
+            if r["n"] == n and "after_last_ms" in r and "rule" not in r
+        }
         if {"ours", "flower"} <= pair.keys():
             ours, flower = pair["ours"], pair["flower"]
             ratios.append(
@@ -314,8 +421,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['checkpoint_ms_median']:.1f} ms (median), finish {r['finish_ms']:.2f} ms, "
                 f"peak memory {r['peak_mib']:.1f} MiB"
             )
+    medians = [r for r in results if r.get("rule") == "median"]
+    if medians:
+        print(
+            "\n| coordinate median, n | d | implementation | after last arrival | heap peak "
+            "| RSS peak (with mapped spill pages) |"
+        )
+        print("|---|---|---|---|---|---|")
+        for r in medians:
+            print(
+                f"| {r['n']} | {r['d']:,} | {r['impl']} | {r['after_last_ms'] / 1e3:.2f} s "
+                f"| {r['heap_peak_mib']:.1f} MiB | {r['peak_mib']:.1f} MiB |"
+            )
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"quick": args.quick, "cpu": cpu_model(), "cores": os.cpu_count()}
+    report["load_average_after"] = os.getloadavg()
     report |= {"results": results, "ratios": ratios}
     (RESULTS / "aggregation.json").write_text(json.dumps(report, indent=2) + "\n")
     return 0

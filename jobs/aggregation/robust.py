@@ -2,8 +2,9 @@
 
 These rules need every update at once, so updates are spilled to one file (``UpdateSpill``, an
 (n, d) float32 memmap) and every function here reads an (n, d) array — in memory or memmapped —
-a block of coordinates at a time: memory is O(n · block), never O(n · d). Krum's pairwise
-distances are summed block by block in float64.
+a block of coordinates at a time: memory is O(n · block), never O(n · d), with the block sized
+so one (n, block) float32 slice is at most 8 MiB (``block_for``). Krum's pairwise distances are
+summed block by block in float64.
 """
 
 from __future__ import annotations
@@ -141,17 +142,28 @@ class UpdateSpill:
         self.weights.append(weight)
 
 
+BLOCK_BYTES = 8 << 20  # one (n, block) float32 slice of the updates: 8 MiB
+
+
+def block_for(n: int) -> int:
+    """Coordinates per block so that one (n, block) float32 slice stays within BLOCK_BYTES."""
+    return max(1024, min(BLOCK_COORDINATES, BLOCK_BYTES // (4 * max(n, 1))))
+
+
 def _blocks(dimension: int, block_coordinates: int) -> Iterable[slice]:
     for start in range(0, dimension, block_coordinates):
         yield slice(start, min(start + block_coordinates, dimension))
 
 
 def _blockwise(
-    updates: np.ndarray, block_coordinates: int, reduce: Callable[[np.ndarray], np.ndarray]
+    updates: np.ndarray,
+    block_coordinates: int | None,
+    reduce: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
     n, dimension = updates.shape
     if n == 0:
         raise ValueError("no updates")
+    block_coordinates = block_coordinates or block_for(n)
     result = np.empty(dimension, dtype=np.float32)
     for block in _blocks(dimension, block_coordinates):
         result[block] = reduce(np.asarray(updates[:, block]))
@@ -164,9 +176,7 @@ def _coordinates_by_row(block: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(block.T)
 
 
-def coordinate_median(
-    updates: np.ndarray, *, block_coordinates: int = BLOCK_COORDINATES
-) -> np.ndarray:
+def coordinate_median(updates: np.ndarray, *, block_coordinates: int | None = None) -> np.ndarray:
     """Coordinate-wise median of (n, d) float32 updates → f32[d] (Yin et al. 2018).
 
     An even n takes the mean of the two middle values, computed in float64.
@@ -175,14 +185,15 @@ def coordinate_median(
     low, high = (n - 1) // 2, n // 2
 
     def reduce(block: np.ndarray) -> np.ndarray:
-        ordered = np.partition(_coordinates_by_row(block), (low, high), axis=1)
+        ordered = _coordinates_by_row(block)
+        ordered.partition((low, high), axis=1)  # in place on our own copy
         return (ordered[:, low].astype(np.float64) + ordered[:, high]) / 2.0
 
     return _blockwise(updates, block_coordinates, reduce)
 
 
 def trimmed_mean(
-    updates: np.ndarray, *, beta: float, block_coordinates: int = BLOCK_COORDINATES
+    updates: np.ndarray, *, beta: float, block_coordinates: int | None = None
 ) -> np.ndarray:
     """Coordinate-wise beta-trimmed mean of (n, d) float32 updates → f32[d] (Yin et al. 2018).
 
@@ -195,14 +206,15 @@ def trimmed_mean(
     high = n - low
 
     def reduce(block: np.ndarray) -> np.ndarray:
-        kept = np.partition(_coordinates_by_row(block), (low, high - 1), axis=1)[:, low:high]
-        return kept.mean(axis=1, dtype=np.float64)
+        ordered = _coordinates_by_row(block)
+        ordered.partition((low, high - 1), axis=1)  # in place on our own copy
+        return ordered[:, low:high].mean(axis=1, dtype=np.float64)
 
     return _blockwise(updates, block_coordinates, reduce)
 
 
 def pairwise_squared_distances(
-    updates: np.ndarray, *, block_coordinates: int = BLOCK_COORDINATES
+    updates: np.ndarray, *, block_coordinates: int | None = None
 ) -> np.ndarray:
     """Squared L2 distances between the rows of (n, d) updates → f64[n, n], blockwise.
 
@@ -211,7 +223,7 @@ def pairwise_squared_distances(
     """
     n, dimension = updates.shape
     distances = np.zeros((n, n), dtype=np.float64)
-    for block in _blocks(dimension, block_coordinates):
+    for block in _blocks(dimension, block_coordinates or block_for(n)):
         rows = np.asarray(updates[:, block], dtype=np.float64)
         squares = np.einsum("ij,ij->i", rows, rows)
         distances += squares[:, None] + squares[None, :] - 2.0 * (rows @ rows.T)
@@ -234,7 +246,7 @@ def multi_krum_select(
     *,
     byzantine: int,
     selected: int = 1,
-    block_coordinates: int = BLOCK_COORDINATES,
+    block_coordinates: int | None = None,
 ) -> np.ndarray:
     """Indices (int64[m]) of the ``selected`` updates with the lowest Krum scores, best first."""
     n = updates.shape[0]
@@ -255,7 +267,7 @@ def multi_krum(
     byzantine: int,
     selected: int = 1,
     weights: np.ndarray | None = None,
-    block_coordinates: int = BLOCK_COORDINATES,
+    block_coordinates: int | None = None,
 ) -> np.ndarray:
     """Krum (``selected=1``: the best update itself) or Multi-Krum (weighted mean of the
     ``selected`` best, weights f64[n] defaulting to equal): (n, d) float32 → f32[d]."""
@@ -276,7 +288,7 @@ def norm_bounded_mean(
     *,
     bound: float,
     weights: np.ndarray | None = None,
-    block_coordinates: int = BLOCK_COORDINATES,
+    block_coordinates: int | None = None,
 ) -> np.ndarray:
     """Clip each update to L2 norm ``bound`` (u · min(1, bound/|u|)), then take the weighted
     mean (weights f64[n], default equal): (n, d) float32 → f32[d] (Sun et al. 2019)."""
