@@ -39,9 +39,10 @@ _DIGEST_BYTES = 32
 class StreamingFold:
     """Weighted mean of f32[d] updates, accumulated in float64.
 
-    ``fold`` takes a whole update; ``fold_chunks`` takes a re-readable stream of little-endian
-    float32 chunks (an update in storage) and never holds the update whole; ``fold_sparse``
-    takes the indices and values of a top-k update. ``finish`` returns the mean as f32[d].
+    ``fold`` takes a whole update; ``fold_chunks`` a re-readable source of little-endian
+    float32 chunks (an update in storage), never holding the update whole; ``fold_stream`` a
+    one-pass stream of such chunks; ``fold_sparse`` the indices and values of a top-k update.
+    ``finish`` returns the mean as f32[d].
     """
 
     def __init__(self, dimension: int) -> None:
@@ -64,18 +65,26 @@ class StreamingFold:
         return frozenset(self._folded_ids)
 
     def fold(
-        self, update_id: str, update: np.ndarray, weight: float, *, max_norm: float | None = None
+        self,
+        update_id: str,
+        update: np.ndarray,
+        weight: float,
+        *,
+        max_norm: float | None = None,
+        clip_norm: float | None = None,
     ) -> bool:
         """Add ``weight * update`` (update: f32[d]) once; return False if the id was folded.
 
         Validation runs before anything is added: a rejected update leaves the sum untouched.
+        ``max_norm`` rejects a longer update; ``clip_norm`` scales it down to that norm instead
+        (norm bounding, DP clipping) while its weight still counts in full.
         """
         self._check_usable()
         if update_id in self._folded_ids:
             return False
         weight = validate_weight(weight)
-        validate_update(update, dimension=self.dimension, max_norm=max_norm)
-        self._add_block(0, update, weight)
+        norm = validate_update(update, dimension=self.dimension, max_norm=max_norm)
+        self._add_block(0, update, weight * _clip_scale(norm, clip_norm))
         self._record(update_id, weight)
         return True
 
@@ -86,12 +95,14 @@ class StreamingFold:
         weight: float,
         *,
         max_norm: float | None = None,
+        clip_norm: float | None = None,
     ) -> bool:
         """Fold an update read as little-endian float32 chunks; return False if already folded.
 
         ``open_chunks()`` must return a fresh iterator over the same immutable bytes each time
         (an object in content-addressed storage): the first pass validates length, finiteness
         and norm, the second adds. Memory is one chunk; a rejected update adds nothing.
+        ``max_norm`` and ``clip_norm`` as for ``fold``.
         """
         self._check_usable()
         if update_id in self._folded_ids:
@@ -114,10 +125,11 @@ class StreamingFold:
                 RejectionCode.NORM_EXCEEDED,
                 f"L2 norm {math.sqrt(squares):.6g} exceeds the policy bound {max_norm:g}",
             )
+        scaled_weight = weight * _clip_scale(math.sqrt(squares), clip_norm)
         offset = 0
         for chunk in open_chunks():
             values = check_chunk(chunk, offset=offset, dimension=self.dimension)
-            self._add_block(offset, values, weight)
+            self._add_block(offset, values, scaled_weight)
             offset += values.shape[0]
         if offset != self.dimension:  # the source changed between passes: a storage bug
             raise RuntimeError("update source returned different bytes on the second read")
@@ -279,6 +291,14 @@ class StreamingFold:
         self._folded_ids.add(update_id)
         self.count += 1
         self.total_weight += weight
+
+
+def _clip_scale(norm: float, clip_norm: float | None) -> float:
+    if clip_norm is None:
+        return 1.0
+    if not clip_norm > 0.0:
+        raise ValueError("clip_norm must be positive")
+    return 1.0 if norm <= clip_norm else clip_norm / norm
 
 
 def weighted_mean(updates: Iterable[tuple[np.ndarray, float]]) -> np.ndarray:

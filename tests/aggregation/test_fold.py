@@ -274,3 +274,19 @@ def test_fold_stream_failing_midway_damages_the_fold_until_restored(update, max_
             use()
     restored = StreamingFold.restore(saved)
     np.testing.assert_array_equal(restored.finish(), np.ones(4, dtype=f32))
+
+
+def test_clipped_fold_equals_norm_bounded_mean():
+    from jobs.aggregation import norm_bounded_mean
+
+    rng = np.random.default_rng(4)
+    updates = (rng.normal(size=(6, 300)) * np.arange(1, 7)[:, None]).astype(f32)
+    weights = np.arange(1.0, 7.0)
+    whole, chunked = StreamingFold(300), StreamingFold(300)
+    for index, update in enumerate(updates):
+        whole.fold(str(index), update, weights[index], clip_norm=20.0)
+        chunked.fold_chunks(str(index), chunks_of(update, 50), weights[index], clip_norm=20.0)
+    expected = norm_bounded_mean(updates, bound=20.0, weights=weights)
+    np.testing.assert_allclose(whole.finish(), expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(chunked.finish(), whole.finish())
+    assert whole.total_weight == weights.sum()  # clipping shrinks updates, not their weight
