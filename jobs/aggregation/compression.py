@@ -8,6 +8,7 @@ dimension, so a payload is self-describing and a truncated one is rejected.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field
 
@@ -195,3 +196,18 @@ class SignVote:
     def finish(self) -> np.ndarray:
         """The majority sign per coordinate, f32[d]."""
         return np.sign(self.votes).astype(np.float32)
+
+    def checkpoint(self) -> bytes:
+        """The exact state (votes, folded ids) as an ``.npz``."""
+        buffer = io.BytesIO()
+        np.savez(buffer, votes=self.votes, ids=np.array(sorted(self._folded_ids), dtype=np.str_))
+        return buffer.getvalue()
+
+    @classmethod
+    def restore(cls, data: bytes) -> SignVote:
+        """Rebuild a vote from ``checkpoint()``."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            vote = cls(int(archive["votes"].shape[0]))
+            vote.votes[:] = archive["votes"]
+            vote._folded_ids = {str(update_id) for update_id in archive["ids"]}
+        return vote

@@ -274,6 +274,32 @@ class QFedAvgFold:
             raise ValueError("no update has been folded")
         return (self.weights.astype(np.float64) - self._sum_delta / self.sum_h).astype(np.float32)
 
+    def checkpoint(self) -> bytes:
+        """The exact state (weights, sums, q, L, folded ids) as an ``.npz``."""
+        return _save(
+            {
+                "weights": self.weights,
+                "sum_delta": self._sum_delta,
+                "ids": np.array(sorted(self._folded_ids), dtype=np.str_),
+            },
+            {"q": self.q, "lipschitz": self.lipschitz, "sum_h": self.sum_h},
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> QFedAvgFold:
+        """Rebuild a fold from ``checkpoint()``; refolding the same ids is then a no-op."""
+        state = _load(data)
+        fold = cls(
+            state["weights"],
+            q=float(state["scalar_q"]),
+            client_learning_rate=1.0 / float(state["scalar_lipschitz"]),
+        )
+        fold.lipschitz = float(state["scalar_lipschitz"])  # exact, not 1 / (1 / L)
+        fold._sum_delta[:] = state["sum_delta"]
+        fold.sum_h = float(state["scalar_sum_h"])
+        fold._folded_ids = {str(update_id) for update_id in state["ids"]}
+        return fold
+
 
 def fold_weight(examples: int, *, staleness: int = 0, staleness_exponent: float = 0.5) -> float:
     """Fold weight for buffered-async FL: examples · (1 + staleness)^-a (FedBuff's polynomial)."""

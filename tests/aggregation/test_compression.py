@@ -144,3 +144,12 @@ def test_sign_payload_is_one_bit_per_coordinate_and_checked():
     with pytest.raises(UpdateRejected) as raised:
         SignVote(1000).fold("a", payload)
     assert raised.value.code == RejectionCode.WRONG_LENGTH
+
+
+def test_sign_vote_checkpoint_restore():
+    vote = SignVote(3)
+    vote.fold("a", sign_encode(np.array([1, -1, 1], dtype=f32)))
+    restored = SignVote.restore(vote.checkpoint())
+    assert not restored.fold("a", sign_encode(np.array([-1, -1, -1], dtype=f32)))
+    restored.fold("b", sign_encode(np.array([1, 1, -1], dtype=f32)))
+    np.testing.assert_array_equal(restored.finish(), np.array([1, 0, 0], dtype=f32))

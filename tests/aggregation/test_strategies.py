@@ -161,3 +161,20 @@ def test_fold_weight_discounts_staleness():
     assert fold_weight(100) == 100.0
     assert fold_weight(100, staleness=3) == 50.0
     assert fold_weight(100, staleness=1, staleness_exponent=1.0) == 50.0
+
+
+def test_qfedavg_checkpoint_restore_equals_uninterrupted():
+    rng = np.random.default_rng(8)
+    weights = rng.normal(size=20).astype(f32)
+    deltas = rng.normal(0, 0.1, (5, 20)).astype(f32)
+    losses = rng.uniform(0.1, 2.0, 5)
+    straight = QFedAvgFold(weights, q=0.5, client_learning_rate=0.05)
+    for index in range(5):
+        straight.fold(str(index), deltas[index], losses[index])
+    interrupted = QFedAvgFold(weights, q=0.5, client_learning_rate=0.05)
+    for index in range(3):
+        interrupted.fold(str(index), deltas[index], losses[index])
+    resumed = QFedAvgFold.restore(interrupted.checkpoint())
+    for index in range(5):  # the retried task refolds everything; the first three are skipped
+        resumed.fold(str(index), deltas[index], losses[index])
+    np.testing.assert_array_equal(resumed.finish(), straight.finish())
