@@ -171,9 +171,11 @@ def _blockwise(
 
 
 def _coordinates_by_row(block: np.ndarray) -> np.ndarray:
-    # (n, B) → contiguous (B, n): partitioning n values per coordinate along the contiguous
-    # axis is about twice as fast as along the strided one.
-    return np.ascontiguousarray(block.T)
+    # (n, B) → a new contiguous (B, n): partitioning n values per coordinate along the
+    # contiguous axis is about twice as fast as along the strided one. Always a copy, because
+    # callers partition it in place (``ascontiguousarray`` would return a one-column block's
+    # transpose as a view of the caller's updates).
+    return np.array(block.T, order="C", copy=True)
 
 
 def coordinate_median(updates: np.ndarray, *, block_coordinates: int | None = None) -> np.ndarray:

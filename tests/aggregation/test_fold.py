@@ -290,3 +290,16 @@ def test_clipped_fold_equals_norm_bounded_mean():
     np.testing.assert_allclose(whole.finish(), expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(chunked.finish(), whole.finish())
     assert whole.total_weight == weights.sum()  # clipping shrinks updates, not their weight
+
+
+@PROPERTY
+@given(rounds, st.data())
+def test_refolding_any_subset_changes_nothing(case, data):
+    dimension, weights, seed = case
+    updates = make_updates(dimension, len(weights), seed)
+    fold = fold_all(updates, weights, range(len(weights)))
+    before = fold.checkpoint()
+    again = data.draw(st.lists(st.integers(0, len(weights) - 1), max_size=2 * len(weights)))
+    for index in again:
+        assert not fold.fold(f"u{index}", updates[index], weights[index])
+    assert fold.checkpoint() == before

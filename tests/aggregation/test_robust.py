@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobs.aggregation import (
     RejectionCode,
@@ -162,11 +164,46 @@ def test_spill_rejected_chunks_leave_no_row(tmp_path):
         spill.append("c", np.ones(4, dtype=f32), 1.0)
 
 
-def test_robust_rules_never_mutate_inputs():
-    updates = random_updates(n=6, dimension=40)
+@pytest.mark.parametrize("dimension", [1, 40])  # one column: its transpose is contiguous
+def test_robust_rules_never_mutate_inputs(dimension):
+    updates = random_updates(n=6, dimension=dimension)
     kept = updates.copy()
     coordinate_median(updates, block_coordinates=8)
     trimmed_mean(updates, beta=0.2, block_coordinates=8)
     multi_krum(updates, byzantine=1, selected=2, block_coordinates=8)
     norm_bounded_mean(updates, bound=1.0, block_coordinates=8)
     np.testing.assert_array_equal(updates, kept)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(3, 12),
+    st.integers(1, 50),
+    st.integers(0, 2**32 - 1),
+    st.randoms(use_true_random=False),
+)
+def test_robust_rules_ignore_the_order_of_updates(n, dimension, seed, random):
+    updates = np.random.default_rng(seed).normal(size=(n, dimension)).astype(f32)
+    order = list(range(n))
+    random.shuffle(order)
+    shuffled = updates[order]
+    np.testing.assert_array_equal(coordinate_median(shuffled), coordinate_median(updates))
+    # the kept values are the same, but their summation order may differ
+    np.testing.assert_allclose(
+        trimmed_mean(shuffled, beta=0.2), trimmed_mean(updates, beta=0.2), rtol=1e-6, atol=1e-7
+    )
+    # Krum's scores follow their updates; the pick may differ only between tied scores
+    # (mutual nearest neighbours tie whenever n - f - 2 = 1)
+    byzantine = max(0, (n - 3) // 2)
+    scores = krum_scores(pairwise_squared_distances(updates), byzantine=byzantine)
+    shuffled_scores = krum_scores(pairwise_squared_distances(shuffled), byzantine=byzantine)
+    np.testing.assert_allclose(shuffled_scores, scores[order], rtol=1e-9)
+    picked = multi_krum(shuffled, byzantine=byzantine)
+    best = np.flatnonzero(np.isclose(scores, scores.min(), rtol=1e-9))
+    assert any(np.array_equal(picked, updates[index]) for index in best)
+    np.testing.assert_allclose(
+        norm_bounded_mean(shuffled, bound=2.0),
+        norm_bounded_mean(updates, bound=2.0),
+        rtol=1e-6,
+        atol=1e-7,
+    )
