@@ -199,11 +199,13 @@ class StreamingFold:
             )
         if values.dtype != FLOAT32:
             raise UpdateRejected(RejectionCode.WRONG_DTYPE, f"expected float32, got {values.dtype}")
+        if not np.issubdtype(indices.dtype, np.integer):
+            raise UpdateRejected(RejectionCode.WRONG_DTYPE, f"indices are {indices.dtype}")
         if indices.shape[0]:
             if np.any(np.diff(indices.astype(np.int64)) <= 0):
                 raise UpdateRejected(RejectionCode.MALFORMED, "indices must be strictly increasing")
-            if int(indices[-1]) >= self.dimension:
-                raise UpdateRejected(RejectionCode.WRONG_LENGTH, "index beyond the dimension")
+            if int(indices[0]) < 0 or int(indices[-1]) >= self.dimension:
+                raise UpdateRejected(RejectionCode.WRONG_LENGTH, "index outside the dimension")
             if not np.isfinite(values).all():
                 raise UpdateRejected(RejectionCode.NON_FINITE, "update contains NaN or Inf")
         self._sum[indices] += values.astype(np.float64) * weight

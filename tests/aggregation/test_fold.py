@@ -108,8 +108,10 @@ def test_fold_sparse_equals_dense():
     sparse.fold_sparse("a", indices, values, 2.0)
     dense.fold("a", np.array([2, 0, 0, 0, -1, 0], dtype=f32), 2.0)
     np.testing.assert_array_equal(sparse.finish(), dense.finish())
-    with pytest.raises(UpdateRejected):
-        sparse.fold_sparse("b", np.array([4, 0], dtype=np.uint32), values, 1.0)
+    for bad_indices in (np.array([4, 0], dtype=np.uint32), np.array([-1, 2]), np.array([1, 6])):
+        with pytest.raises(UpdateRejected):
+            sparse.fold_sparse("b", bad_indices, values, 1.0)
+    assert sparse.count == 1
 
 
 def test_checkpoint_rejects_torn_or_altered_bytes():
