@@ -20,7 +20,8 @@ from jobs.aggregation import (
 )
 
 f32 = np.float32
-PROPERTY = settings(max_examples=30, deadline=None)
+# derandomize: the same examples on every run, so a failure reproduces and CI never flakes
+PROPERTY = settings(max_examples=30, deadline=None, derandomize=True)
 
 
 def test_int8_literal_exact_on_the_grid():

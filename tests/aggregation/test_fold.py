@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from jobs.aggregation import RejectionCode, StreamingFold, UpdateRejected, weighted_mean
 
 f32 = np.float32
-PROPERTY = settings(max_examples=40, deadline=None)
+# derandomize: the same examples on every run, so a failure reproduces and CI never flakes
+PROPERTY = settings(max_examples=40, deadline=None, derandomize=True)
 
 
 def chunks_of(update: np.ndarray, values_per_chunk: int):
