@@ -159,14 +159,84 @@ def server_optimisers(rng: np.random.Generator, rounds: int = 3, n: int = 6) -> 
         )
 
 
-def qfedavg(rng: np.random.Generator, n: int = 6) -> None:
-    """q-FedAvg, flwr.serverapp.strategy.QFedAvg.aggregate_train (per-client train loss)."""
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-    from flwr.serverapp.strategy import QFedAvg
+def _set_task_identity() -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
     # Messages stamp the run and node they are created in; outside a ServerApp, set them.
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 1
+
+
+def serverapp_optimisers(rng: np.random.Generator, rounds: int = 3, n: int = 6) -> None:
+    """The same four optimisers in Flower's current API (flwr.serverapp.strategy), their own
+    defaults except the momentum, driven as a ServerApp would: each round's output becomes the
+    next round's current arrays (what ``configure_train`` does)."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvgM, FedYogi
+
+    _set_task_identity()
+    keys = ["layer0", "layer1"]
+
+    def record(flat: np.ndarray) -> ArrayRecord:
+        return ArrayRecord({k: Array(v) for k, v in zip(keys, to_layers(flat), strict=True)})
+
+    cases = {
+        "serverapp_fedavgm": (FedAvgM, {"server_learning_rate": 0.7, "server_momentum": 0.9}),
+        "serverapp_fedadam": (FedAdam, {}),
+        "serverapp_fedyogi": (FedYogi, {}),
+        "serverapp_fedadagrad": (FedAdagrad, {}),
+    }
+    for name, (strategy_class, parameters) in cases.items():
+        strategy = strategy_class(**parameters)
+        initial = rng.normal(0.0, 0.5, DIMENSION).astype(np.float32)
+        current = initial
+        all_clients, all_counts, expected = [], [], []
+        for server_round in range(1, rounds + 1):
+            if isinstance(strategy, FedAvgM):
+                if strategy.current_arrays is None:
+                    strategy.current_arrays = record(current)
+            else:
+                strategy.current_arrays = dict(zip(keys, to_layers(current), strict=True))
+            round_clients, counts = clients(rng, n, current), examples(rng, n)
+            messages = [
+                Message(
+                    content=RecordDict(
+                        {
+                            "arrays": record(u),
+                            "metrics": MetricRecord({"num-examples": int(c)}),
+                        }
+                    ),
+                    dst_node_id=k + 1,
+                    message_type="train",
+                )
+                for k, (u, c) in enumerate(zip(round_clients, counts, strict=True))
+            ]
+            aggregated, _ = strategy.aggregate_train(server_round, messages)
+            current = to_flat(aggregated.to_numpy_ndarrays()).astype(np.float32)
+            all_clients.append(round_clients)
+            all_counts.append(counts)
+            expected.append(current)
+        hyperparameters = {
+            attribute: getattr(strategy, attribute)
+            for attribute in ("eta", "beta_1", "beta_2", "tau")
+            if hasattr(strategy, attribute)
+        }
+        save(
+            name,
+            initial=initial,
+            clients=np.stack(all_clients),
+            num_examples=np.stack(all_counts),
+            expected=np.stack(expected),
+            **parameters,
+            **hyperparameters,
+        )
+
+
+def qfedavg(rng: np.random.Generator, n: int = 6) -> None:
+    """q-FedAvg, flwr.serverapp.strategy.QFedAvg.aggregate_train (per-client train loss)."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import QFedAvg
+
+    _set_task_identity()
     weights = rng.normal(0.0, 0.5, DIMENSION).astype(np.float32)
     updates = clients(rng, n, weights)
     losses = rng.uniform(0.2, 2.5, n)
@@ -214,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     aggregate_arrayrecords_golden(rng)
     server_optimisers(rng)
     qfedavg(rng)
+    serverapp_optimisers(rng)
     (GOLDEN / "VERSION").write_text(f"flwr {flwr.__version__}\nseed {args.seed}\n")
     return 0
 

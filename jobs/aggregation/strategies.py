@@ -8,8 +8,8 @@ and is what norm bounding, compression and differential privacy need.
 
 State (moments, momentum, control variate, step) is explicit on the object and round-trips
 through ``state_bytes()`` / ``load_state()`` (an ``.npz`` without pickles). Hyperparameter names
-and defaults follow Flower (``eta``, ``eta_l``, ``beta_1``, ``beta_2``, ``tau``) so a job
-configured for Flower behaves the same here.
+and defaults follow Flower's current ``flwr.serverapp`` strategies (``eta``, ``eta_l``,
+``beta_1``, ``beta_2``, ``tau`` = 1e-3) so a job configured for Flower behaves the same here.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class _FedOpt:
     eta_l: float = 1e-1
     beta_1: float = 0.9
     beta_2: float = 0.99
-    tau: float = 1e-9
+    tau: float = 1e-3
     m: np.ndarray | None = field(default=None, repr=False)
     v: np.ndarray | None = field(default=None, repr=False)
     steps: int = 0
@@ -165,7 +165,6 @@ class FedYogi(_FedOpt):
 
     eta: float = 1e-2
     eta_l: float = 0.0316
-    tau: float = 1e-3
 
     def _second_moment(self, v: np.ndarray, delta_squared: np.ndarray) -> np.ndarray:
         return v - (1.0 - self.beta_2) * delta_squared * np.sign(v - delta_squared)
