@@ -34,6 +34,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _protocol_checks() -> None:
+    """Every outbound message the server builds is validated against its schema, and the
+    browser's generated protocol module exists (the JS tests and pages import it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jobs import protocol
+
+    protocol.set_outbound_checks(True)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "generate_protocol_defs.py"
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
+
+
 @pytest.fixture
 def owner(db):
     return UserFactory()

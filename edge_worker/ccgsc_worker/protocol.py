@@ -55,6 +55,7 @@ SERVER_MESSAGES: dict[str, tuple[str, ...]] = {
 }
 
 _LENGTH_PREFIX = struct.Struct(">I")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _U64_RE = re.compile(r"^(0|[1-9][0-9]{0,19})$")
 
@@ -84,8 +85,9 @@ def hello(
 ) -> dict[str, Any]:
     """Build the first message of a session."""
     client: dict[str, Any] = {"kind": kind, "version": client_version}
-    if user_agent:
-        client["user_agent"] = user_agent[:300]
+    agent = _CONTROL_CHARACTERS.sub("", user_agent or "")
+    if agent:
+        client["user_agent"] = agent[:300]
     return _message(
         "hello",
         token=token,
@@ -114,7 +116,8 @@ def error(assignment: str, code: str, message: str = "") -> dict[str, Any]:
     """Build a task ``error`` report; ``code`` is one of ERROR_CODES."""
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}")
-    return _message("error", assignment=assignment, code=code, message=message[:MAX_ERROR_MESSAGE])
+    text = message.replace("\x00", "")[:MAX_ERROR_MESSAGE]
+    return _message("error", assignment=assignment, code=code, message=text)
 
 
 def ping() -> dict[str, Any]:
