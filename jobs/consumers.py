@@ -77,9 +77,17 @@ class GuardedConsumer(AsyncWebsocketConsumer):
                 raise StopConsumer from None
             with contextlib.suppress(Exception):
                 await self.send_message(self.build_error("internal_error", "server error"))
-            with contextlib.suppress(Exception):
+            try:
                 await self.close(code=protocol.CLOSE_INTERNAL_ERROR)
+            except Exception:
+                logger.exception("%s could not release after a failure", type(self).__name__)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Release first, so a client that sees the close finds its worker already offline."""
+        try:
             await self.release()
+        finally:
+            await super().close(code=code, reason=reason)
 
     async def send_message(self, message: dict[str, Any]) -> None:
         await self.send(text_data=protocol.encode(message))
