@@ -1,10 +1,14 @@
 // Drives the browser's protocol module for tests/protocol/test_cross_clients.py.
 //   node js_clients.mjs build        → JSON list of {name, text | frame_hex} built by the JS builders
 //   node js_clients.mjs parse < list → JSON list of {ok, error?} for each server text frame
+//   node js_clients.mjs check < list → JSON list of booleans: does {route, direction, kind, value}
+//                                      fit its schema according to the browser's checker
 import { readFileSync } from "node:fs";
 
 import {
+  DEFINITION,
   bytesToHex,
+  checkSchema,
   capacityMessage,
   decodeAssign,
   encodeResultFrame,
@@ -72,7 +76,12 @@ function parsed(texts) {
   });
 }
 
+function checked(cases) {
+  return cases.map(({ route, direction, kind, value }) => checkSchema(DEFINITION.routes[route][direction][kind], value) === null);
+}
+
 const mode = process.argv[2];
 if (mode === "build") process.stdout.write(JSON.stringify(built()));
 else if (mode === "parse") process.stdout.write(JSON.stringify(parsed(JSON.parse(readFileSync(0, "utf8")))));
+else if (mode === "check") process.stdout.write(JSON.stringify(checked(JSON.parse(readFileSync(0, "utf8")))));
 else throw new Error(`unknown mode ${mode}`);
