@@ -3,6 +3,7 @@ checkers understand, and read the same way by the server, the edge worker and th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ from jobs import protocol as server
 from tests.protocol.samples import SAMPLES, every_mutation, mutated
 from tests.protocol.test_cross_clients import _node
 
+ROOT = Path(__file__).resolve().parents[2]
 DEFINITION = load_definition(1)
 ROUTES = DEFINITION["routes"]
 MESSAGE_SCHEMAS = [
@@ -214,3 +216,20 @@ def test_edge_checker_agrees_with_the_server_validator_on_random_mutations(data)
     value = data.draw(mutated(message))
     schema = ROUTES[route][direction][message["type"]]
     assert (check(schema, value) is None) == _ecma_ok(schema, value), value
+
+
+def test_the_reference_tables_in_the_docs_are_generated_from_the_definition():
+    spec = importlib.util.spec_from_file_location(
+        "generate_protocol_defs", ROOT / "scripts" / "generate_protocol_defs.py"
+    )
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    start, end = doc.index(generator.DOC_BEGIN), doc.index(generator.DOC_END)
+    expected = generator.render_doc_tables()
+    assert doc[start : end + len(generator.DOC_END)] == expected, (
+        "docs/protocol.md is stale: run scripts/generate_protocol_defs.py --docs"
+    )
+    assert (ROOT / "static" / "worker_frontend" / "protocol-defs.js").read_text() == (
+        generator.render()
+    )
