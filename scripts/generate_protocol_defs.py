@@ -93,7 +93,7 @@ def generate_doc(doc: Path = DOC) -> bool:
 def render() -> str:
     """The module's source text."""
     definition = _definition()
-    body = json.dumps(definition, indent=1, sort_keys=True, ensure_ascii=True)
+    body = json.dumps(definition, indent=1, ensure_ascii=True)
     return (
         "// Generated from edge_worker/ccgsc_worker/protocol_v1.json by\n"
         "// scripts/generate_protocol_defs.py. Do not edit: edit the definition and rebuild.\n"
