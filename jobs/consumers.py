@@ -64,7 +64,8 @@ class GuardedConsumer(AsyncWebsocketConsumer):
     Bad input is answered with a documented error, never an exception; this is the net under
     that rule. An exception escaping a handler would end the consumer without running
     ``disconnect`` (Daphne closes with 1011), so a worker would stay marked online: here it is
-    logged, answered with ``internal_error`` and close 1011, and the cleanup still runs."""
+    logged, answered with ``internal_error`` and close 4011 (a server may not send 1011 itself),
+    and the cleanup still runs."""
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         try:

@@ -216,12 +216,12 @@ def type_of(text: str | None) -> str | None:
 # ---------------------------------------------------------------- outbound
 
 
-def _build(route: str, kind: str, **fields: Any) -> dict[str, Any]:
-    message = {"v": PROTOCOL_VERSION, "type": kind, **fields}
+def _build(route: str, message_type: str, /, **fields: Any) -> dict[str, Any]:
+    message = {"v": PROTOCOL_VERSION, "type": message_type, **fields}
     if _check_outbound:
-        errors = list(_OUTBOUND[route][kind].iter_errors(message))
+        errors = list(_OUTBOUND[route][message_type].iter_errors(message))
         if errors:
-            raise OutboundMessageError(f"{route}/{kind}: {errors[0].message}: {message!r}")
+            raise OutboundMessageError(f"{route}/{message_type}: {errors[0].message}: {message!r}")
     return message
 
 

@@ -99,6 +99,35 @@ def server_messages() -> list[dict]:
     ]
 
 
+def director_messages() -> list[dict]:
+    """One of every message the server builds for the director."""
+    state = {
+        "job": A,
+        "status": "running",
+        "progress_percent": 12.5,
+        "tasks": {"open": 1},
+        "replicas": {"running": 0},
+        "workers": [],
+        "events": [],
+    }
+    return [
+        server.director_state(state=state),
+        server.director_event(kind="started", message="Job started", at="2026-12-01T10:00:00"),
+        server.director_error(code="refused", message="no" * 1000),
+    ]
+
+
+def test_every_outbound_message_has_a_builder_that_passes_its_schema():
+    """Outbound checks are on in tests, so building is validating."""
+    assert server._check_outbound  # noqa: SLF001
+    built = {("worker", m["type"]) for m in server_messages()}
+    built |= {("director", m["type"]) for m in director_messages()}
+    expected = {(route, kind) for route, spec in server.ROUTES.items() for kind in spec["outbound"]}
+    assert built == expected
+    with pytest.raises(server.OutboundMessageError):
+        server.ack(assignment="not-a-uuid", status="accepted")
+
+
 def test_server_messages_are_accepted_by_both_clients():
     texts = [server.encode(message) for message in server_messages()]
     for text in texts:

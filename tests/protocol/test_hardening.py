@@ -63,7 +63,7 @@ async def test_worker_routes_answer_every_bad_frame_and_stay_up(path, kind):
     assert await _online_workers() == 0
 
 
-async def test_an_unexpected_failure_closes_1011_and_marks_the_worker_offline(monkeypatch):
+async def test_an_unexpected_failure_closes_4011_and_marks_the_worker_offline(monkeypatch):
     """The safety net: a handler that raises still ends the socket cleanly."""
 
     def broken(**kwargs):  # noqa: ANN003, ANN202
