@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 from rest_framework.test import APIClient
@@ -35,9 +36,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _protocol_checks() -> None:
-    """Every outbound message the server builds is validated against its schema, and the
-    browser's generated protocol module exists (the JS tests and pages import it)."""
+def _protocol_checks() -> Iterator[None]:
+    """Every outbound message the server builds is validated against its schema (here and in
+    the servers the tests start), and the browser's generated protocol module exists (the JS
+    tests and pages import it)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -45,8 +47,11 @@ def _protocol_checks() -> None:
     from jobs import protocol
 
     protocol.set_outbound_checks(True)
+    os.environ["CCGSC_PROTOCOL_CHECK_OUTBOUND"] = "1"
     script = Path(__file__).resolve().parents[1] / "scripts" / "generate_protocol_defs.py"
     subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
+    yield
+    os.environ.pop("CCGSC_PROTOCOL_CHECK_OUTBOUND", None)
 
 
 @pytest.fixture
