@@ -145,8 +145,11 @@ class WorkerConsumer(GuardedConsumer):
             if timer is not None:
                 timer.cancel()
         if self.worker_id is not None:
-            await self.channel_layer.group_discard(realtime.DISPATCH_GROUP, self.channel_name)
-            await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+            # The database row first: a channel-layer outage must not leave the worker online.
+            try:
+                await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+            finally:
+                await self.channel_layer.group_discard(realtime.DISPATCH_GROUP, self.channel_name)
 
     async def send_error(self, code: str, message: str, ref: str | None = None) -> None:
         await self.send_message(protocol.error(code=code, message=message, ref=ref))
