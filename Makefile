@@ -16,6 +16,7 @@ test: setup chromium
 	CCGSC_ENV=test $(PY) -m pytest $(PYTEST_ARGS)
 
 setup: venv wasm
+	$(PY) scripts/generate_protocol_defs.py
 
 venv: $(STAMP)
 

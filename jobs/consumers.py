@@ -7,14 +7,15 @@ Thin by design: authenticate, validate each message against its schema, call a s
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import time
 import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 
@@ -54,16 +55,60 @@ def db(function):  # noqa: ANN001, ANN201
     )
 
 
-MAX_RATE_VIOLATIONS = 100
 IDLE_RECHECK_S = 15.0
 
 
-class WorkerConsumer(AsyncWebsocketConsumer):
+class GuardedConsumer(AsyncWebsocketConsumer):
+    """A consumer whose unexpected failures still end the socket cleanly.
+
+    Bad input is answered with a documented error, never an exception; this is the net under
+    that rule. An exception escaping a handler would end the consumer without running
+    ``disconnect`` (Daphne closes with 1011), so a worker would stay marked online: here it is
+    logged, answered with ``internal_error`` and close 4011 (a server may not send 1011 itself),
+    and the cleanup still runs."""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        try:
+            await super().dispatch(message)
+        except StopConsumer:
+            raise
+        except Exception:
+            logger.exception("%s failed on %s", type(self).__name__, message.get("type"))
+            if message.get("type") == "websocket.disconnect":
+                raise StopConsumer from None
+            with contextlib.suppress(Exception):
+                await self.send_message(self.build_error("internal_error", "server error"))
+            try:
+                await self.close(code=protocol.CLOSE_INTERNAL_ERROR)
+            except Exception:
+                logger.exception("%s could not release after a failure", type(self).__name__)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Release first, so a client that sees the close finds its worker already offline."""
+        try:
+            await self.release()
+        finally:
+            await super().close(code=code, reason=reason)
+
+    async def send_message(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=protocol.encode(message))
+
+    def build_error(self, code: str, message: str, ref: str | None = None) -> dict[str, Any]:
+        return protocol.error(code=code, message=message, ref=ref)
+
+    async def release(self) -> None:
+        """Undo what the connection holds (idempotent: runs on every way out)."""
+
+
+class WorkerConsumer(GuardedConsumer):
     """One worker connection. Work is pushed: claims happen on hello, after each result, and
     whenever the dispatch group is woken because tasks became ready."""
 
     worker_id: uuid.UUID | None = None
     contributor_id: uuid.UUID | None = None
+    hello_timer: asyncio.TimerHandle | None = None
+    idle_timer: asyncio.TimerHandle | None = None
+    released = False
 
     async def connect(self) -> None:
         self.slots = 0
@@ -74,7 +119,6 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         await self.accept()
         loop = asyncio.get_running_loop()
         self.hello_timer = loop.call_later(protocol.HELLO_TIMEOUT_S, self._hello_timeout)
-        self.idle_timer: asyncio.TimerHandle | None = None
 
     def _arm_idle_check(self) -> None:
         """Work is pushed on wake-ups; a wake-up lost with a Redis blip is caught by this rare
@@ -90,25 +134,32 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             asyncio.ensure_future(self.close(code=protocol.CLOSE_HELLO_TIMEOUT))
 
     async def disconnect(self, code: int) -> None:
-        self.hello_timer.cancel()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        if self.worker_id is not None:
-            await self.channel_layer.group_discard(realtime.DISPATCH_GROUP, self.channel_name)
-            await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+        await self.release()
 
-    async def send_message(self, message: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(message, separators=(",", ":")))
+    async def release(self) -> None:
+        """Stop the timers and mark the worker offline, once."""
+        if self.released:
+            return
+        self.released = True
+        for timer in (self.hello_timer, self.idle_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.worker_id is not None:
+            # The database row first: a channel-layer outage must not leave the worker online.
+            try:
+                await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+            finally:
+                await self.channel_layer.group_discard(realtime.DISPATCH_GROUP, self.channel_name)
 
     async def send_error(self, code: str, message: str, ref: str | None = None) -> None:
-        await self.send_message(
-            {"v": 1, "type": "error", "code": code, "message": message, "ref": ref}
-        )
+        await self.send_message(protocol.error(code=code, message=message, ref=ref))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.released:
+            return
         if not self.bucket.take():
             self.violations += 1
-            if self.violations > MAX_RATE_VIOLATIONS:
+            if self.violations > protocol.MAX_RATE_VIOLATIONS:
                 await self.close(code=protocol.CLOSE_RATE_LIMITED)
             else:
                 await self.send_error("rate_limited", "slow down: message dropped")
@@ -128,18 +179,12 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             handler = getattr(self, f"on_{kind}")
             await handler(message)
         except ProtocolError as exc:
-            if (
-                exc.code == "too_large"
-                and bytes_data is not None
-                and len(bytes_data) > 4 * protocol.MAX_RESULT_BYTES
-            ):
+            ref = exc.ref if exc.ref is not None else protocol.type_of(text_data)
+            await self.send_error(exc.code, exc.message, ref=ref)
+            if exc.code == "too_large":
                 await self.close(code=protocol.CLOSE_TOO_LARGE)
-                return
-            if exc.code == "protocol_version" and self.worker_id is None:
-                await self.send_error(exc.code, exc.message)
+            elif exc.code == "protocol_version" and self.worker_id is None:
                 await self.close(code=protocol.CLOSE_PROTOCOL_VERSION)
-                return
-            await self.send_error(exc.code, exc.message, ref=_ref(text_data))
 
     async def _require_hello(self) -> None:
         if self.worker_id is None:
@@ -147,7 +192,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
 
     async def on_hello(self, message: dict[str, Any]) -> None:
         if self.worker_id is not None:
-            raise ProtocolError("invalid_message", "already said hello")
+            raise ProtocolError("invalid_message", "already said hello", ref="hello")
         contributor = await db(dispatch.worker_token_verify)(token=message["token"])
         if contributor is None:
             await self.send_error("unauthorized", "invalid, revoked or banned worker token")
@@ -155,29 +200,29 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             return
         expected_kind = self.scope.get("worker_kind")
         if expected_kind and message["client"]["kind"] != expected_kind:
-            raise ProtocolError("invalid_message", f"this endpoint serves {expected_kind} workers")
+            raise ProtocolError(
+                "invalid_message", f"this endpoint serves {expected_kind} workers", ref="hello"
+            )
         session = await db(dispatch.worker_connect)(
             contributor=contributor, hello=message, channel_name=self.channel_name
         )
-        self.hello_timer.cancel()
         self.worker_id = session.worker_id
         self.contributor_id = session.contributor_id
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        if self.released:
+            # The socket closed while the worker was being registered: undo it.
+            await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+            return
         self.slots = message["slots"]
         await self.channel_layer.group_add(realtime.DISPATCH_GROUP, self.channel_name)
         await self.send_message(
-            {
-                "v": 1,
-                "type": "welcome",
-                "worker": str(session.worker_id),
-                "contributor": str(session.contributor_id),
-                "heartbeat_ms": dispatch.HEARTBEAT_MS,
-                "limits": {
-                    "max_json_bytes": protocol.MAX_JSON_BYTES,
-                    "max_result_bytes": protocol.MAX_RESULT_BYTES,
-                    "messages_per_second": protocol.MESSAGES_PER_SECOND,
-                },
-                "outstanding": session.outstanding,
-            }
+            protocol.welcome(
+                worker=session.worker_id,
+                contributor=session.contributor_id,
+                heartbeat_ms=dispatch.HEARTBEAT_MS,
+                outstanding=session.outstanding,
+            )
         )
         await self.fill()
 
@@ -187,7 +232,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         await self.fill()
 
     async def on_ping(self, message: dict[str, Any]) -> None:
-        await self.send_message({"v": 1, "type": "pong"})
+        await self.send_message(protocol.pong())
 
     async def on_progress(self, message: dict[str, Any]) -> None:
         held = await db(dispatch.assignment_heartbeat)(
@@ -196,12 +241,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         if not held:
             self.in_flight.discard(message["assignment"])
             await self.send_message(
-                {
-                    "v": 1,
-                    "type": "cancel",
-                    "assignment": message["assignment"],
-                    "reason": "lease_lost",
-                }
+                protocol.cancel(assignment=message["assignment"], reason="lease_lost")
             )
 
     async def on_error(self, message: dict[str, Any]) -> None:
@@ -225,16 +265,16 @@ class WorkerConsumer(AsyncWebsocketConsumer):
                 elapsed_ms=header.get("elapsed_ms"),
             )
         except ValueError as exc:
-            raise ProtocolError("invalid_result", str(exc)) from exc
+            raise ProtocolError("invalid_result", str(exc), ref="result") from exc
         self.in_flight.discard(header["assignment"])
         await self.send_message(
-            {"v": 1, "type": "ack", "assignment": header["assignment"], "status": outcome.status}
+            protocol.ack(assignment=header["assignment"], status=outcome.status)
         )
         await self.fill()
 
     async def fill(self) -> None:
         """Claim work for every free slot and push it."""
-        if self.worker_id is None:
+        if self.worker_id is None or self.released:
             return
         async with self.fill_lock:
             free = self.slots - len(self.in_flight)
@@ -245,7 +285,22 @@ class WorkerConsumer(AsyncWebsocketConsumer):
                 self._arm_idle_check()
             for offer in offers:
                 self.in_flight.add(str(offer.assignment_id))
-                await self.send_message(offer.message())
+                await self.send_message(
+                    protocol.assign(
+                        assignment=offer.assignment_id,
+                        job=offer.job_id,
+                        task=offer.task_index,
+                        kernel_name=offer.kernel_name,
+                        kernel_version=offer.kernel_version,
+                        kernel_sha256=offer.kernel_sha256,
+                        lo=offer.lo,
+                        hi=offer.hi,
+                        seed=offer.seed,
+                        params=offer.params,
+                        lease_ms=offer.lease_ms,
+                        work_units=offer.work_units,
+                    )
+                )
 
     # ---- channel-layer events (sent by services after commit)
 
@@ -255,29 +310,14 @@ class WorkerConsumer(AsyncWebsocketConsumer):
     async def worker_cancel(self, event: dict[str, Any]) -> None:
         self.in_flight.discard(event["assignment"])
         await self.send_message(
-            {"v": 1, "type": "cancel", "assignment": event["assignment"], "reason": event["reason"]}
+            protocol.cancel(assignment=event["assignment"], reason=event["reason"])
         )
         await self.fill()
 
     async def worker_credit(self, event: dict[str, Any]) -> None:
         await self.send_message(
-            {
-                "v": 1,
-                "type": "credit",
-                "validated": event["validated"],
-                "work_units": event["work_units"],
-            }
+            protocol.credit(validated=event["validated"], work_units=event["work_units"])
         )
-
-
-def _ref(text: str | None) -> str | None:
-    if not text:
-        return None
-    try:
-        kind = json.loads(text).get("type")
-    except (ValueError, AttributeError):
-        return None
-    return kind if isinstance(kind, str) else None
 
 
 class BrowserWorkerConsumer(WorkerConsumer):
@@ -296,12 +336,15 @@ class EdgeWorkerConsumer(WorkerConsumer):
         await super().connect()
 
 
-CLOSE_NOT_FOUND = 4004
 DIRECTOR_INTERVAL_S = 1.0
 
 
-class JobDirectorConsumer(AsyncJsonWebsocketConsumer):
-    """Live state of one job for members of its tenant; controls subject to role checks."""
+class JobDirectorConsumer(GuardedConsumer):
+    """Live state of one job for members of its tenant; controls subject to role checks.
+
+    A viewer who may not see the job is accepted and then closed with 4004: refusing the
+    handshake would reach a browser as an HTTP 403 with no close code, and the page could not
+    tell "not yours" from "server restarting"."""
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -311,21 +354,31 @@ class JobDirectorConsumer(AsyncJsonWebsocketConsumer):
             access = await database_sync_to_async(selectors.job_access_for_user)(
                 user=user, job_id=job_id
             )
+        await self.accept()
         if access is None:
-            await self.close(code=CLOSE_NOT_FOUND)
+            await self.close(code=protocol.CLOSE_NOT_FOUND)
             return
         self.access = access
+        self.bucket = TokenBucket(
+            protocol.DIRECTOR_CONTROLS_PER_SECOND, protocol.DIRECTOR_CONTROL_BURST
+        )
+        self.violations = 0
         self.group = realtime.job_group(access.job_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
         self.last_state: dict[str, Any] | None = None
         self.ticker = asyncio.ensure_future(self._tick())
 
     async def disconnect(self, code: int) -> None:
+        await self.release()
+
+    async def release(self) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
         if hasattr(self, "ticker"):
             self.ticker.cancel()
+
+    def build_error(self, code: str, message: str, ref: str | None = None) -> dict[str, Any]:
+        return protocol.director_error(code=code, message=message)
 
     async def _tick(self) -> None:
         while True:
@@ -338,40 +391,45 @@ class JobDirectorConsumer(AsyncJsonWebsocketConsumer):
         )
         if state != self.last_state:
             self.last_state = state
-            await self.send_json({"v": 1, "type": "state", "state": state})
+            await self.send_message(protocol.director_state(state=state))
 
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        if not isinstance(content, dict) or content.get("type") != "control":
-            await self.send_json(
-                {
-                    "v": 1,
-                    "type": "error",
-                    "code": "invalid_message",
-                    "message": "expected a control message",
-                }
-            )
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not hasattr(self, "access"):
+            return
+        if not self.bucket.take():
+            self.violations += 1
+            if self.violations > protocol.DIRECTOR_MAX_RATE_VIOLATIONS:
+                await self.close(code=protocol.CLOSE_RATE_LIMITED)
+            else:
+                await self.send_message(
+                    self.build_error("rate_limited", "slow down: control dropped")
+                )
+            return
+        try:
+            if bytes_data is not None:
+                if len(bytes_data) > protocol.MAX_JSON_BYTES:
+                    raise ProtocolError("too_large", "frame over its size limit")
+                raise ProtocolError("invalid_message", "the director accepts text frames only")
+            message = protocol.parse_text(text_data or "", route="director")
+        except ProtocolError as exc:
+            await self.send_message(self.build_error(exc.code, exc.message))
+            if exc.code == "too_large":
+                await self.close(code=protocol.CLOSE_TOO_LARGE)
             return
         try:
             await database_sync_to_async(services.job_control)(
                 tenant=self.access.tenant,
                 job_id=self.access.job_id,
                 role=self.access.role,
-                action=str(content.get("action")),
+                action=message["action"],
             )
         except (ValidationError, PermissionDenied) as exc:
-            message = error_text(exc)
-            await self.send_json({"v": 1, "type": "error", "code": "refused", "message": message})
+            await self.send_message(self.build_error("refused", error_text(exc)))
             return
         await self.push_state()
 
     async def job_event(self, event: dict[str, Any]) -> None:
-        await self.send_json(
-            {
-                "v": 1,
-                "type": "event",
-                "kind": event["kind"],
-                "message": event["message"],
-                "at": event["at"],
-            }
+        await self.send_message(
+            protocol.director_event(kind=event["kind"], message=event["message"], at=event["at"])
         )
         await self.push_state()

@@ -16,6 +16,10 @@ else
   "$PY" manage.py run_periodic &
   pids+=($!)
 fi
-"$PY" -m daphne -b "$HOST" -p "$PORT" ccgsc_site.asgi:application &
+# The WebSocket per-message cap comes from the protocol definition (see docs/protocol.md).
+WS_MAX=$(PYTHONPATH=edge_worker "$PY" -c 'from ccgsc_worker.protocol_schema import load_definition as d; print(d(1)["limits"]["websocket_max_message_bytes"])')
+"$PY" -m daphne -b "$HOST" -p "$PORT" \
+  --websocket-max-message-size "$WS_MAX" --websocket-max-frame-size "$WS_MAX" \
+  ccgsc_site.asgi:application &
 pids+=($!)
 wait -n "${pids[@]}"

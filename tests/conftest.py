@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 from rest_framework.test import APIClient
@@ -32,6 +33,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if REQUIRE_SERVICES:
             raise pytest.UsageError(f"CCGSC_REQUIRE_SERVICES=1 but {item.nodeid} {reason}")
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _protocol_checks() -> Iterator[None]:
+    """Every outbound message the server builds is validated against its schema (here and in
+    the servers the tests start), and the browser's generated protocol module exists (the JS
+    tests and pages import it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jobs import protocol
+
+    protocol.set_outbound_checks(True)
+    os.environ["CCGSC_PROTOCOL_CHECK_OUTBOUND"] = "1"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "generate_protocol_defs.py"
+    subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
+    yield
+    os.environ.pop("CCGSC_PROTOCOL_CHECK_OUTBOUND", None)
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from django.db import connection
 
+from jobs.protocol import WEBSOCKET_MAX_MESSAGE_BYTES
+
 ROOT = Path(__file__).resolve().parents[1]
 LOG_DIR = ROOT / "var" / "test-logs"
 
@@ -113,6 +115,11 @@ class DaphneServer(ManagedProcess):
                 "127.0.0.1",
                 "-p",
                 str(self.port),
+                # the protocol's cap, so oversized frames get close 4009, not a dropped socket
+                "--websocket-max-message-size",
+                str(WEBSOCKET_MAX_MESSAGE_BYTES),
+                "--websocket-max-frame-size",
+                str(WEBSOCKET_MAX_MESSAGE_BYTES),
                 "ccgsc_site.asgi:application",
             ],
             server_env(**extra_env),

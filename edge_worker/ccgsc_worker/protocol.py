@@ -15,39 +15,47 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccgsc_worker import abi
+from ccgsc_worker.protocol_schema import check, load_definition
 
-PROTOCOL_VERSION = 1
-MAX_JSON_BYTES = 16 * 1024
-MAX_RESULT_BYTES = 1024 * 1024
-MAX_RESULT_HEADER_BYTES = 1024
-MAX_SLOTS = 64
-MAX_ELAPSED_MS = 86_400_000
-MAX_ERROR_MESSAGE = 500
-EDGE_PATH = "/ws/edge/"
+DEFINITION = load_definition(1)
+_LIMITS = DEFINITION["limits"]
+_WORKER = DEFINITION["routes"]["worker"]
+_CLOSE = {info["name"]: int(code) for code, info in DEFINITION["close_codes"].items()}
 
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_PROTOCOL_VERSION = 4002
-CLOSE_HELLO_TIMEOUT = 4003
-CLOSE_RATE_LIMITED = 4008
-CLOSE_TOO_LARGE = 4009
+PROTOCOL_VERSION: int = DEFINITION["version"]
+MAX_JSON_BYTES: int = _LIMITS["max_json_bytes"]
+MAX_JSON_DEPTH: int = _LIMITS["max_json_depth"]
+MAX_RESULT_BYTES: int = _LIMITS["max_result_bytes"]
+MAX_RESULT_HEADER_BYTES: int = _LIMITS["max_result_header_bytes"]
+MAX_SLOTS: int = _LIMITS["max_slots"]
+MAX_ELAPSED_MS: int = _LIMITS["max_elapsed_ms"]
+MAX_ERROR_MESSAGE: int = _LIMITS["max_error_message_chars"]
+EDGE_PATH = next(path for path in _WORKER["paths"] if "edge" in path)
+
+CLOSE_UNAUTHORIZED = _CLOSE["unauthorized"]
+CLOSE_PROTOCOL_VERSION = _CLOSE["protocol_version"]
+CLOSE_HELLO_TIMEOUT = _CLOSE["hello_timeout"]
+CLOSE_RATE_LIMITED = _CLOSE["rate_limited"]
+CLOSE_TOO_LARGE = _CLOSE["too_large"]
 # Close codes after which reconnecting cannot help.
-FATAL_CLOSE_CODES = frozenset({CLOSE_UNAUTHORIZED, CLOSE_PROTOCOL_VERSION})
+FATAL_CLOSE_CODES = frozenset(
+    int(code)
+    for code, info in DEFINITION["close_codes"].items()
+    if not info["reconnect"] and "worker" in info["routes"]
+)
 
-ERROR_CODES = ("kernel_failed", "kernel_rejected", "hash_mismatch", "timeout", "internal")
-ACK_STATUSES = ("accepted", "duplicate", "late", "discarded")
+ERROR_CODES = tuple(DEFINITION["error_codes"]["task"])
+ACK_STATUSES = tuple(DEFINITION["ack_statuses"])
 
-# Fields each server message must carry (beyond "v" and "type").
+# Server → worker message schemas, and the fields each must carry (beyond "v" and "type").
+SERVER_SCHEMAS: dict[str, dict[str, Any]] = _WORKER["outbound"]
 SERVER_MESSAGES: dict[str, tuple[str, ...]] = {
-    "welcome": ("worker", "heartbeat_ms"),
-    "assign": ("assignment", "kernel", "input", "lease_ms"),
-    "ack": ("assignment", "status"),
-    "credit": ("validated", "work_units"),
-    "cancel": ("assignment",),
-    "error": ("code",),
-    "pong": (),
+    kind: tuple(name for name in schema["required"] if name not in ("v", "type"))
+    for kind, schema in SERVER_SCHEMAS.items()
 }
 
 _LENGTH_PREFIX = struct.Struct(">I")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _U64_RE = re.compile(r"^(0|[1-9][0-9]{0,19})$")
 
@@ -77,8 +85,9 @@ def hello(
 ) -> dict[str, Any]:
     """Build the first message of a session."""
     client: dict[str, Any] = {"kind": kind, "version": client_version}
-    if user_agent:
-        client["user_agent"] = user_agent[:300]
+    agent = _CONTROL_CHARACTERS.sub("", user_agent or "")
+    if agent:
+        client["user_agent"] = agent[:300]
     return _message(
         "hello",
         token=token,
@@ -107,7 +116,8 @@ def error(assignment: str, code: str, message: str = "") -> dict[str, Any]:
     """Build a task ``error`` report; ``code`` is one of ERROR_CODES."""
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}")
-    return _message("error", assignment=assignment, code=code, message=message[:MAX_ERROR_MESSAGE])
+    text = message.replace("\x00", "")[:MAX_ERROR_MESSAGE]
+    return _message("error", assignment=assignment, code=code, message=text)
 
 
 def ping() -> dict[str, Any]:
@@ -160,12 +170,14 @@ def _reject_constant(name: str) -> None:
 def _loads(text: str) -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError("invalid_message", f"not JSON: {exc}"[:200]) from exc
 
 
 def parse_server_message(text: str | bytes) -> dict[str, Any]:
-    """Decode a server text frame and check its version, type and required fields."""
+    """Decode a server text frame and check it against its schema in the protocol definition.
+
+    Unknown fields are allowed (a server may add optional fields within a version)."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8", errors="replace")
     if len(text) > MAX_JSON_BYTES:
@@ -176,11 +188,11 @@ def parse_server_message(text: str | bytes) -> dict[str, Any]:
     if message.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("protocol_version", f"expected protocol v{PROTOCOL_VERSION}")
     kind = message.get("type")
-    if kind not in SERVER_MESSAGES:
+    if not isinstance(kind, str) or kind not in SERVER_SCHEMAS:
         raise ProtocolError("invalid_message", f"unknown message type {kind!r}")
-    missing = [name for name in SERVER_MESSAGES[kind] if name not in message]
-    if missing:
-        raise ProtocolError("invalid_message", f"{kind}: missing {', '.join(missing)}")
+    problem = check(SERVER_SCHEMAS[kind], message)
+    if problem:
+        raise ProtocolError("invalid_message", f"{kind}: {problem}"[:300])
     return message
 
 

@@ -1,4 +1,20 @@
 // The job director: live state over /ws/jobs/<id>/, controls sent over the same socket.
+// Close codes and their meaning come from the protocol definition (docs/protocol.md).
+import { DEFINITION } from '../worker_frontend/protocol-defs.js';
+
+const CLOSE_CODES = DEFINITION.close_codes;
+const NOT_FOUND = Number(Object.keys(CLOSE_CODES).find((code) => CLOSE_CODES[code].name === 'not_found'));
+const STOP_MESSAGES = {
+  [NOT_FOUND]: "You are not a member of this job's tenant (or your session has ended). Live updates stopped.",
+};
+
+/** Why the page stops reconnecting after close `code`, or null when it should reconnect. */
+function stopReason(code) {
+  const info = CLOSE_CODES[String(code)];
+  if (!info || info.reconnect) return null;
+  return STOP_MESSAGES[code] ?? `Live updates stopped: ${info.meaning}.`;
+}
+
 const root = document.getElementById('director');
 const $ = (id) => document.getElementById(id);
 const liveState = $('live-state');
@@ -68,13 +84,21 @@ function connect() {
     liveState.textContent = 'live';
   });
   socket.addEventListener('message', (event) => {
-    const message = JSON.parse(event.data);
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
     if (message.type === 'state') render(message.state);
     else if (message.type === 'error') liveState.textContent = message.message;
   });
   socket.addEventListener('close', (event) => {
-    if (event.code === 4004) {
-      liveState.textContent = 'not available';
+    const reason = stopReason(event.code);
+    if (reason) {
+      liveState.textContent = reason;
+      liveState.dataset.stopped = String(event.code);
+      for (const button of document.querySelectorAll('#controls [data-action]')) button.disabled = true;
       return;
     }
     liveState.textContent = `reconnecting in ${Math.round(retryMs / 1000)} s`;

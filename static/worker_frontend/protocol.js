@@ -2,33 +2,41 @@
 // Everything here is importable from the page, from a Web Worker and from Node (unit tests).
 // The contract is docs/protocol.md (messages, binary result frame) and docs/kernel-abi.md (input).
 
-export const PROTOCOL_VERSION = 1;
+import { DEFINITION } from "./protocol-defs.js";
+import { checkSchema } from "./protocol-schema.js";
+
+export { DEFINITION, checkSchema };
+
+const LIMITS = DEFINITION.limits;
+const closeCode = (name) => Number(Object.keys(DEFINITION.close_codes).find((code) => DEFINITION.close_codes[code].name === name));
+
+export const PROTOCOL_VERSION = DEFINITION.version;
 export const CLIENT_KIND = "browser";
 export const CLIENT_VERSION = "1.0.0";
 
-export const MAX_JSON_BYTES = 16 * 1024;
-export const MAX_RESULT_BYTES = 1024 * 1024;
-export const MAX_RESULT_HEADER_BYTES = 1024;
-export const MAX_SLOTS = 64;
-export const MAX_PARAMS = 4096;
+export const MAX_JSON_BYTES = LIMITS.max_json_bytes;
+export const MAX_RESULT_BYTES = LIMITS.max_result_bytes;
+export const MAX_RESULT_HEADER_BYTES = LIMITS.max_result_header_bytes;
+export const MAX_SLOTS = LIMITS.max_slots;
+export const MAX_PARAMS = LIMITS.max_params;
+const MAX_ELAPSED_MS = LIMITS.max_elapsed_ms;
+const MAX_ERROR_MESSAGE = LIMITS.max_error_message_chars;
 export const ABI_HEADER_BYTES = 32;
 export const U64_MAX = (1n << 64n) - 1n;
 
 export const CLOSE = Object.freeze({
-  UNAUTHORIZED: 4001,
-  PROTOCOL_VERSION: 4002,
-  HELLO_TIMEOUT: 4003,
-  RATE_LIMITED: 4008,
-  TOO_LARGE: 4009,
+  UNAUTHORIZED: closeCode("unauthorized"),
+  PROTOCOL_VERSION: closeCode("protocol_version"),
+  HELLO_TIMEOUT: closeCode("hello_timeout"),
+  NOT_FOUND: closeCode("not_found"),
+  RATE_LIMITED: closeCode("rate_limited"),
+  TOO_LARGE: closeCode("too_large"),
 });
 
-export const ERROR_CODES = Object.freeze([
-  "kernel_failed",
-  "kernel_rejected",
-  "hash_mismatch",
-  "timeout",
-  "internal",
-]);
+export const ERROR_CODES = Object.freeze(Object.keys(DEFINITION.error_codes.task));
+
+/** Server → worker message schemas, by type. */
+export const SERVER_SCHEMAS = DEFINITION.routes.worker.outbound;
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const SHA256_RE = /^[0-9a-f]{64}$/;
@@ -76,7 +84,8 @@ export function helloMessage({ token, userAgent = "", capabilities = {}, slots, 
     if (typeof capabilities[key] === "boolean") caps[key] = capabilities[key];
   }
   const client = { kind: CLIENT_KIND, version: CLIENT_VERSION };
-  if (userAgent) client.user_agent = truncate(userAgent, 300);
+  const agent = String(userAgent ?? "").replace(/[\u0000-\u001f\u007f]/g, "");
+  if (agent) client.user_agent = truncate(agent, 300);
   return {
     v: PROTOCOL_VERSION,
     type: "hello",
@@ -110,7 +119,7 @@ export function errorMessage(assignment, code, message = "") {
     assignment,
     code: ERROR_CODES.includes(code) ? code : "internal",
   };
-  if (message) msg.message = truncate(message, 500);
+  if (message) msg.message = truncate(String(message).replaceAll("\u0000", ""), MAX_ERROR_MESSAGE);
   return msg;
 }
 
@@ -128,7 +137,7 @@ const decoder = new TextDecoder("utf-8", { fatal: true });
 export function resultHeader({ assignment, sha256, elapsedMs }) {
   const header = { v: PROTOCOL_VERSION, type: "result", assignment, sha256 };
   if (elapsedMs !== undefined && elapsedMs !== null) {
-    header.elapsed_ms = clampInt(Math.round(Number(elapsedMs) || 0), 0, 86_400_000);
+    header.elapsed_ms = clampInt(Math.round(Number(elapsedMs) || 0), 0, MAX_ELAPSED_MS);
   }
   return header;
 }
@@ -163,8 +172,12 @@ export function decodeResultFrame(frame) {
 // ---------------------------------------------------------------------------------------------
 // Server → client messages.
 
-/** Parse a text frame from the server into an object with `v === 1` and a `type`. */
+/**
+ * Parse a text frame from the server and check it against its schema in the protocol definition
+ * (unknown fields are allowed: a server may add optional fields within a version).
+ */
 export function parseServerMessage(text) {
+  if (typeof text !== "string" || text.length > MAX_JSON_BYTES) throw new ProtocolError("server message is not a text frame within the size limit");
   let message;
   try {
     message = JSON.parse(text);
@@ -176,6 +189,9 @@ export function parseServerMessage(text) {
   }
   if (typeof message.type !== "string") throw new ProtocolError("server message has no type");
   if (message.v !== PROTOCOL_VERSION) throw new ProtocolError(`unsupported protocol version ${message.v}`);
+  if (!Object.hasOwn(SERVER_SCHEMAS, message.type)) throw new ProtocolError(`unknown message type ${message.type}`);
+  const problem = checkSchema(SERVER_SCHEMAS[message.type], message);
+  if (problem) throw new ProtocolError(`${message.type}: ${problem}`);
   return message;
 }
 

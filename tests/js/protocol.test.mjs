@@ -6,7 +6,14 @@ import {
   Backoff,
   BACKOFF_MAX_MS,
   CLOSE,
+  DEFINITION,
+  ERROR_CODES,
+  MAX_JSON_BYTES,
+  MAX_PARAMS,
   MAX_RESULT_BYTES,
+  MAX_SLOTS,
+  PROTOCOL_VERSION,
+  SERVER_SCHEMAS,
   Outbox,
   ProtocolError,
   TokenBucket,
@@ -265,10 +272,43 @@ describe("server messages", () => {
     }
   });
 
+  it("checks each server message against its schema in the definition", () => {
+    const ack = { v: 1, type: "ack", assignment: A1, status: "accepted" };
+    assert.deepEqual(parseServerMessage(JSON.stringify(ack)), ack);
+    assert.equal(parseServerMessage(JSON.stringify({ ...ack, extra: "ignored" })).extra, "ignored");
+    const broken = [
+      { ...ack, status: "maybe" },
+      { ...ack, assignment: `${A1}\n` },
+      { v: 1, type: "teleport" },
+      { v: 1, type: "credit", validated: -1, work_units: 0 },
+      { v: 1, type: "welcome", worker: A1 },
+    ];
+    for (const message of broken) {
+      assert.throws(() => parseServerMessage(JSON.stringify(message)), ProtocolError, JSON.stringify(message));
+    }
+    assert.throws(() => parseServerMessage(" ".repeat(MAX_JSON_BYTES + 1)), ProtocolError);
+  });
+
   it("close codes 4001 and 4002 stop the worker, others reconnect", () => {
     assert.match(fatalCloseReason(CLOSE.UNAUTHORIZED), /revoked/);
     assert.match(fatalCloseReason(CLOSE.PROTOCOL_VERSION), /reload/i);
     for (const code of [1000, 1006, 1011, 4003, 4008, 4009]) assert.equal(fatalCloseReason(code), null);
+  });
+});
+
+describe("constants come from the generated definition", () => {
+  it("matches protocol_v1.json", () => {
+    assert.equal(PROTOCOL_VERSION, DEFINITION.version);
+    assert.equal(MAX_SLOTS, DEFINITION.limits.max_slots);
+    assert.equal(MAX_PARAMS, DEFINITION.limits.max_params);
+    assert.equal(MAX_RESULT_BYTES, DEFINITION.limits.max_result_bytes);
+    assert.deepEqual(ERROR_CODES, Object.keys(DEFINITION.error_codes.task));
+    assert.deepEqual(
+      { ...CLOSE },
+      { UNAUTHORIZED: 4001, PROTOCOL_VERSION: 4002, HELLO_TIMEOUT: 4003, NOT_FOUND: 4004, RATE_LIMITED: 4008, TOO_LARGE: 4009 },
+    );
+    assert.deepEqual(Object.keys(SERVER_SCHEMAS), ["welcome", "assign", "ack", "credit", "cancel", "error", "pong"]);
+    assert.ok(Object.isFrozen(DEFINITION.limits));
   });
 });
 
