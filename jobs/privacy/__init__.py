@@ -1,0 +1,1 @@
+"""Differential privacy for federated learning: clipping, noise and accounting. Never Django."""
