@@ -8,7 +8,6 @@ server derive the same graph from the seed, so the server cannot choose a client
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 from collections.abc import Iterable
 
@@ -17,7 +16,7 @@ def neighbour_count(n_clients: int) -> int:
     """k = 2·⌈log2 n⌉ (even, O(log n)); n − 1, the full graph, when that is not smaller."""
     if n_clients <= 1:
         return 0
-    k = 2 * math.ceil(math.log2(n_clients))
+    k = 2 * (n_clients - 1).bit_length()  # 2·⌈log2 n⌉ in exact integer arithmetic
     return min(k, n_clients - 1)
 
 
