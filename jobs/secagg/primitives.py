@@ -92,6 +92,43 @@ def expand_mask(key: bytes, length: int, *, start: int = 0) -> np.ndarray:
     return np.frombuffer(stream, dtype="<u4")[skip : skip + length].astype(np.uint32, copy=False)
 
 
+# Coordinates per chunk when applying many masks: 64 KiB of keystream stays in cache while it is
+# added, and the buffers are reused, so no mask is ever materialised whole.
+_CHUNK = 16384
+
+
+def add_masks_inplace(
+    target: np.ndarray, keys: Sequence[bytes], signs: Sequence[int], *, start: int = 0
+) -> None:
+    """target += Σ sign · mask(key)[start : start + len(target)] in Z_2^32, chunk by chunk.
+
+    target: (length,) uint32, modified in place. Equivalent to adding expand_mask(key,
+    length, start=start) for each key, without allocating a mask per key.
+    """
+    if target.dtype != np.uint32 or target.ndim != 1:
+        raise ValueError("target must be a 1-D uint32 array")
+    first_block, skip = divmod(start, 4)
+    counter = first_block.to_bytes(16, "big")
+    encryptors = []
+    for key in keys:
+        encryptor = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
+        encryptor.update(bytes(4 * skip))  # CTR is a stream: drop the words before start
+        encryptors.append(encryptor)
+    zeros = bytes(4 * _CHUNK)
+    buffer = bytearray(4 * _CHUNK + 15)  # update_into wants block-size − 1 spare bytes
+    for offset in range(0, target.size, _CHUNK):
+        length = min(_CHUNK, target.size - offset)
+        words = np.frombuffer(buffer, dtype="<u4", count=length)
+        piece = target[offset : offset + length]
+        source = zeros if length == _CHUNK else zeros[: 4 * length]
+        for encryptor, sign in zip(encryptors, signs, strict=True):
+            encryptor.update_into(source, buffer)
+            if sign > 0:
+                np.add(piece, words, out=piece)
+            else:
+                np.subtract(piece, words, out=piece)
+
+
 def share_nonce(*, sender: int, receiver: int) -> bytes:
     """12-byte GCM nonce u32 sender ‖ u32 receiver ‖ 4 zero bytes.
 

@@ -95,15 +95,6 @@ def pair_mask_sign(me: int, peer: int) -> int:
     return 1 if me < peer else -1
 
 
-def apply_mask_inplace(target: np.ndarray, key: bytes, sign: int, *, start: int = 0) -> None:
-    """target (uint32) += sign · PRG(key)[start:start+len] in Z_2^32."""
-    mask = p.expand_mask(key, target.size, start=start)
-    if sign > 0:
-        np.add(target, mask, out=target)
-    else:
-        np.subtract(target, mask, out=target)
-
-
 @dataclass
 class SecAggClient:
     """One client's side of a round; call the four phase methods in order."""
@@ -213,17 +204,20 @@ class SecAggClient:
                 p.share_from_bytes(plaintext[half:]),
             )
         self._masking_peers = frozenset(senders)
-        masked = encoded.copy()
-        apply_mask_inplace(masked, self._self_seed, 1)
+        keys, signs = [self._self_seed], [1]
         for peer in senders:
-            key = pair_mask_key(
-                self.config,
-                self._mask_private,
-                self.client_id,
-                self._peer_keys[peer]["mask_public"],
-                peer,
+            keys.append(
+                pair_mask_key(
+                    self.config,
+                    self._mask_private,
+                    self.client_id,
+                    self._peer_keys[peer]["mask_public"],
+                    peer,
+                )
             )
-            apply_mask_inplace(masked, key, pair_mask_sign(self.client_id, peer))
+            signs.append(pair_mask_sign(self.client_id, peer))
+        masked = encoded.copy()
+        p.add_masks_inplace(masked, keys, signs)
         self.phase = "unmask"
         return {"client_id": self.client_id, "masked": masked}
 
@@ -279,10 +273,9 @@ def unmask_range(
     if masked_sum.shape != (length,):
         raise ValueError("masked_sum must be the full sum or the requested range")
     result = np.array(masked_sum, dtype=np.uint32, copy=True)
-    for key in plan.self_mask_keys:
-        apply_mask_inplace(result, key, -1, start=start)
-    for key, sign in plan.pair_masks:
-        apply_mask_inplace(result, key, sign, start=start)
+    keys = [*plan.self_mask_keys, *(key for key, _ in plan.pair_masks)]
+    signs = [-1] * len(plan.self_mask_keys) + [sign for _, sign in plan.pair_masks]
+    p.add_masks_inplace(result, keys, signs, start=start)
     return result
 
 

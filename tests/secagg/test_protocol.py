@@ -22,7 +22,7 @@ from jobs.secagg import (
     scale_for,
     unmask_range,
 )
-from jobs.secagg.primitives import expand_mask
+from jobs.secagg.primitives import add_masks_inplace, expand_mask
 from jobs.secagg.simulate import PHASES, run_round
 
 N_CLIENTS = 50
@@ -203,3 +203,16 @@ def test_packages_import_without_django() -> None:
         "assert not any(m.startswith('django') for m in sys.modules), 'django imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("start", "length"), [(0, 5), (3, 40_000), (16_383, 16_390), (7, 0)])
+def test_adding_many_masks_by_chunks_equals_adding_each_mask(start: int, length: int) -> None:
+    keys = [bytes([i]) * 32 for i in range(5)]
+    signs = [1, -1, -1, 1, 1]
+    target = np.arange(length, dtype=np.uint32)
+    expected = target.copy()
+    for key, sign in zip(keys, signs, strict=True):
+        mask = expand_mask(key, length, start=start)
+        expected = expected + mask if sign > 0 else expected - mask
+    add_masks_inplace(target, keys, signs, start=start)
+    np.testing.assert_array_equal(target, expected)
