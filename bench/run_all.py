@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), validation
-quality, dispatch throughput and latency.
+quality, dispatch throughput and latency, secure aggregation against Flower.
 
 Each benchmark runs as its own process (each sets Django up with its own database) and prints
 a markdown table; this script prints the machine first, then the tables, and writes
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
-Usage: python bench/run_all.py [--quick] [--only kernels validation dispatch]
+Usage: python bench/run_all.py [--quick] [--only kernels validation dispatch secagg]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--profile"],
         "dispatch.json",
     ),
+    "secagg": ("bench_secagg.py", [], [], "secagg.json"),
 }
 
 
