@@ -19,7 +19,7 @@ Accountant = Literal["rdp", "pld"]
 VOLUNTEER_SAMPLING_PROBABILITY = 1.0
 
 
-def _event(noise_multiplier: float, sampling_probability: float):
+def _event(noise_multiplier: float, sampling_probability: float) -> object:
     import dp_accounting
 
     gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
@@ -74,7 +74,9 @@ class PrivacyBudget:
         """Whether round rounds_done + 1 keeps ε within the budget; ask before it starts."""
         return self.spent(rounds_done + 1, compute=compute) <= self.epsilon
 
-    def max_rounds(self, *, limit: int = 100_000, compute: Callable[..., float] = epsilon_spent):
+    def max_rounds(
+        self, *, limit: int = 100_000, compute: Callable[..., float] = epsilon_spent
+    ) -> int:
         """The most rounds the budget allows (ε grows with rounds: a binary search)."""
         low, high = 0, limit
         while low < high:

@@ -57,7 +57,9 @@ class AdaptiveClip:
     learning_rate: float = 0.2
     count_noise_std: float = 0.0
 
-    def noisy_fraction(self, within_count: float, n_clients: int, rng: np.random.Generator):
+    def noisy_fraction(
+        self, within_count: float, n_clients: int, rng: np.random.Generator
+    ) -> float:
         """b̃: the noised fraction of clients whose norm was within C."""
         noise = rng.normal(0.0, self.count_noise_std) if self.count_noise_std else 0.0
         return (within_count + noise) / n_clients

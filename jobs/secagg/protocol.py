@@ -79,7 +79,9 @@ class RoundConfig:
         return p.derive_key(shared=shared, session_id=self.session_id, info=info)
 
 
-def pair_mask_key(config: RoundConfig, private: bytes, me: int, peer_public: bytes, peer: int):
+def pair_mask_key(
+    config: RoundConfig, private: bytes, me: int, peer_public: bytes, peer: int
+) -> bytes:
     """The pairwise mask key of me and peer, from my masking private key."""
     return config.pair_key(
         shared=p.agree(private, peer_public),

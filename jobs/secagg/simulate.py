@@ -7,7 +7,7 @@ without the wire.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def run_round(
         for i in config.client_ids
     }
 
-    def answering(phase: str, among) -> list[int]:
+    def answering(phase: str, among: Iterable[int]) -> list[int]:
         cutoff = PHASES.index(phase)
         return [
             i
