@@ -1,12 +1,15 @@
-"""The browser client (static/worker_frontend/secagg.js under Node) against the Python one:
-byte-identical primitives and client messages, and a round mixing both kinds of client."""
+"""The browser client (static/worker_frontend/secagg.js, in Node and in Chromium) against the
+Python one: byte-identical primitives and client messages, and a round mixing both kinds."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +21,10 @@ from jobs.secagg.encoding import encode
 from jobs.secagg.graph import neighbour_count, neighbours
 from jobs.secagg.simulate import run_round
 
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("js_client.mjs")
 NODE = shutil.which("node")
-
-pytestmark = pytest.mark.skipif(NODE is None, reason="needs Node 20")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage"]
 
 
 class NodeBridge:
@@ -49,9 +52,75 @@ class NodeBridge:
         self.process.stdout.close()
 
 
-@pytest.fixture
-def node():
-    bridge = NodeBridge()
+class _StaticFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves secagg.js and the test handlers (nothing else) to the page, on loopback."""
+
+    extensions_map = {".js": "text/javascript", ".mjs": "text/javascript", "": "text/html"}
+    allowed = ("/static/worker_frontend/", "/tests/secagg/js_handlers.mjs")
+
+    def do_GET(self) -> None:
+        if self.path == "/":
+            body = b"<!doctype html><title>secagg</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif self.path.startswith(self.allowed) and ".." not in self.path:
+            super().do_GET()
+        else:
+            self.send_error(404)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
+        pass
+
+
+class ChromiumBridge:
+    """The same requests as NodeBridge, answered by secagg.js in a headless Chromium page
+    (a secure context on 127.0.0.1, so WebCrypto is available)."""
+
+    def __init__(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        handler = functools.partial(_StaticFiles, directory=str(ROOT))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.playwright = sync_playwright().start()
+        self.browser = self.playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        self.page = self.browser.new_page()
+        self.page.goto(f"http://127.0.0.1:{self.server.server_address[1]}/")
+
+    def call(self, op: str, **fields) -> dict:
+        answer = self.page.evaluate(
+            """async ([op, request]) => {
+                const { handlers } = await import("/tests/secagg/js_handlers.mjs");
+                try {
+                    return { ok: true, ...(await handlers[op](request)) };
+                } catch (error) {
+                    return { ok: false, error: `${error.name}: ${error.message}` };
+                }
+            }""",
+            [op, fields],
+        )
+        if not answer.pop("ok"):
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def close(self) -> None:
+        self.browser.close()
+        self.playwright.stop()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(params=["node", pytest.param("chromium", marks=pytest.mark.browser)])
+def js(request):
+    """A JS runtime running secagg.js: Node 20, and Debian's Chromium."""
+    if request.param == "node" and NODE is None:
+        pytest.skip("needs Node 20")
+    bridge = NodeBridge() if request.param == "node" else ChromiumBridge()
     yield bridge
     bridge.close()
 
@@ -71,7 +140,7 @@ def _config_json(config: RoundConfig) -> dict:
 class JsClient:
     """A SecAggClient look-alike whose work is done by secagg.js in the Node process."""
 
-    def __init__(self, bridge: NodeBridge, config: RoundConfig, client_id: int, random=b""):
+    def __init__(self, bridge, config: RoundConfig, client_id: int, random=b""):
         self.bridge, self.client_id, self.dimension = bridge, client_id, config.dimension
         bridge.call("client", client_id=client_id, config=_config_json(config), random=random.hex())
 
@@ -120,7 +189,7 @@ def _reader(data: bytes):
     return read
 
 
-def test_primitives_are_byte_identical(node: NodeBridge) -> None:
+def test_primitives_are_byte_identical(js) -> None:
     # given fixed keys, ids, secrets, values and random bytes
     rng = np.random.default_rng(2026)
     fixed = {k: rng.bytes(32) for k in ("seed_a", "seed_b", "secret_a", "secret_b")}
@@ -148,7 +217,7 @@ def test_primitives_are_byte_identical(node: NodeBridge) -> None:
         "graph_ns": [1, 2, 3, 7, 8, 100, 128, 129, 500, 1000, 1024, 1025],
     }
     # when Node computes everything through secagg.js
-    js = node.call("primitives", **request)
+    js = js.call("primitives", **request)
     # then Python computes the very same bytes
     private_a, public_a = p.keypair_from_seed(fixed["seed_a"])
     _, public_b = p.keypair_from_seed(fixed["seed_b"])
@@ -195,41 +264,41 @@ def _round_config(n: int, dimension: int) -> RoundConfig:
     )
 
 
-def test_js_and_python_clients_send_identical_messages(node: NodeBridge) -> None:
+def test_js_and_python_clients_send_identical_messages(js) -> None:
     # given client 3 of a round, once in Python and once in JS, with the same random bytes
     config = _round_config(6, 50)
     random = os.urandom(8192)
     py = SecAggClient(config, 3, _reader(random))
-    js = JsClient(node, config, 3, random)
+    twin = JsClient(js, config, 3, random)
     others = {i: SecAggClient(config, i) for i in config.client_ids if i != 3}
     adverts = {i: c.advertise_keys() for i, c in others.items()}
     # when both walk through the four phases with the same server messages
     mine = py.advertise_keys()
-    assert js.advertise_keys() == mine
+    assert twin.advertise_keys() == mine
     adverts[3] = mine
     public = {i: {k: adverts[i][k] for k in ("cipher_public", "mask_public")} for i in adverts}
     keys = {i: public[i] for i in config.client_ids if i != 3}
     shared = py.share_keys(keys)
-    assert js.share_keys(keys) == shared
+    assert twin.share_keys(keys) == shared
     incoming = {
         i: c.share_keys({j: public[j] for j in public if j != i}) for i, c in others.items()
     }
     to_me = {i: m["ciphertexts"][3] for i, m in incoming.items()}
     encoded = np.arange(50, dtype=np.uint32) * 7919
     masked = py.masked_input(to_me, encoded)
-    js_masked = js.masked_input(to_me, encoded)
+    js_masked = twin.masked_input(to_me, encoded)
     np.testing.assert_array_equal(js_masked["masked"], masked["masked"])
     alive, dropped = [1, 2, 3, 4, 5], [6]
     # then every message is byte for byte the same
-    assert js.unmask(alive, dropped) == py.unmask(alive, dropped)
+    assert twin.unmask(alive, dropped) == py.unmask(alive, dropped)
 
 
-def test_a_round_mixing_js_and_python_clients(node: NodeBridge) -> None:
+def test_a_round_mixing_js_and_python_clients(js) -> None:
     # given 24 clients, a third of them browsers (secagg.js), the rest Python
     config = _round_config(24, 300)
     rng = np.random.default_rng(3)
     inputs = {i: rng.integers(0, 2**32, 300, dtype=np.uint32) for i in config.client_ids}
-    js_clients = {i: JsClient(node, config, i) for i in config.client_ids if i % 3 == 0}
+    js_clients = {i: JsClient(js, config, i) for i in config.client_ids if i % 3 == 0}
     # when one JS and one Python client drop after sharing and one of each at unmask
     drop = {3: "masked_input", 4: "masked_input", 6: "unmask", 7: "unmask"}
     total, server = run_round(config, inputs, drop_before=drop, clients=js_clients)
