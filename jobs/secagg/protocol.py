@@ -105,13 +105,14 @@ class SecAggClient:
     client_id: int
     random_bytes: p.RandomBytes = os.urandom
     phase: str = "advertise"
-    _cipher_private: bytes = b""
-    _mask_private: bytes = b""
-    _self_seed: bytes = b""
-    _neighbours: frozenset[int] = frozenset()
-    _peer_keys: dict[int, dict[str, bytes]] = field(default_factory=dict)
-    _peer_shares: dict[int, tuple[int, int]] = field(default_factory=dict)
-    _masking_peers: frozenset[int] = frozenset()
+    # Secrets never appear in repr (and so not in logs or tracebacks).
+    _cipher_private: bytes = field(default=b"", init=False, repr=False)
+    _mask_private: bytes = field(default=b"", init=False, repr=False)
+    _self_seed: bytes = field(default=b"", init=False, repr=False)
+    _neighbours: frozenset[int] = field(default=frozenset(), init=False, repr=False)
+    _peer_keys: dict[int, dict[str, bytes]] = field(default_factory=dict, init=False, repr=False)
+    _peer_shares: dict[int, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
+    _masking_peers: frozenset[int] = field(default=frozenset(), init=False, repr=False)
 
     def _expect(self, phase: str) -> None:
         if self.phase != phase:
@@ -256,8 +257,8 @@ class UnmaskPlan:
     """
 
     dimension: int
-    self_mask_keys: tuple[bytes, ...]
-    pair_masks: tuple[tuple[bytes, int], ...]
+    self_mask_keys: tuple[bytes, ...] = field(repr=False)
+    pair_masks: tuple[tuple[bytes, int], ...] = field(repr=False)
 
 
 def unmask_range(

@@ -216,3 +216,13 @@ def test_adding_many_masks_by_chunks_equals_adding_each_mask(start: int, length:
         expected = expected + mask if sign > 0 else expected - mask
     add_masks_inplace(target, keys, signs, start=start)
     np.testing.assert_array_equal(target, expected)
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    config = _config(n=6, dimension=8)
+    client, _ = _client_at_unmask(config)
+    text = repr(client)
+    assert client._mask_private.hex() not in text
+    assert "_self_seed" not in text
+    _, server = run_round(config, _inputs(config))
+    assert "self_mask_keys" not in repr(server.plan)
