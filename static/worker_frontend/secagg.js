@@ -280,6 +280,27 @@ export function scaleFor(nClients, bound) {
   return scale;
 }
 
+/** L2 clipping (jobs/privacy/clipping.py): {clipped, withinBound}; the input is not modified. */
+export function clipL2(values, clipNorm) {
+  if (!(clipNorm > 0)) throw new Error("clipNorm must be positive");
+  let squares = 0;
+  for (let i = 0; i < values.length; i++) squares += values[i] * values[i];
+  const norm = Math.sqrt(squares);
+  const clipped = Float64Array.from(values);
+  if (norm <= clipNorm) return { clipped, withinBound: true };
+  const factor = clipNorm / norm;
+  for (let i = 0; i < clipped.length; i++) clipped[i] *= factor;
+  return { clipped, withinBound: false };
+}
+
+/** The clipped update with the adaptive-clipping bit (1 when within the bound) appended. */
+export function withClipBit(clipped, withinBound) {
+  const out = new Float64Array(clipped.length + 1);
+  out.set(clipped);
+  out[clipped.length] = withinBound ? 1 : 0;
+  return out;
+}
+
 /** Clip to [−bound, bound], scale, round stochastically (offsets from randomBytes(4·d)). */
 export function encode(values, { scale, bound, randomBytes = systemRandomBytes }) {
   const offsets = new Uint32Array(randomBytes(4 * values.length).slice().buffer);

@@ -7,6 +7,7 @@ import {
   SecAggClient,
   addInPlace,
   bytesReader,
+  clipL2,
   decodeSum,
   decryptShares,
   encode,
@@ -19,6 +20,7 @@ import {
   shamirReconstruct,
   shamirShare,
   systemRandomBytes,
+  withClipBit,
 } from "../../static/worker_frontend/secagg.js";
 
 function config(n, dimension) {
@@ -113,6 +115,15 @@ describe("primitives", () => {
     const random = bytesReader(new Uint8Array(16));
     const decoded = decodeSum(encode(values, { scale, bound: 1, randomBytes: random }), scale);
     [0.5, -0.25, 1, -1].forEach((v, i) => assert.ok(Math.abs(decoded[i] - v) <= 1 / scale));
+  });
+
+  it("clips to the L2 bound and appends the clip bit", () => {
+    const input = Float64Array.from([3, 4]);
+    const { clipped, withinBound } = clipL2(input, 1);
+    assert.ok(Math.abs(clipped[0] - 0.6) < 1e-12 && Math.abs(clipped[1] - 0.8) < 1e-12);
+    assert.equal(withinBound, false);
+    assert.deepEqual([...input], [3, 4]);
+    assert.deepEqual([...withClipBit(clipL2(input, 5).clipped, true)], [3, 4, 1]);
   });
 
   it("builds a k-regular graph with k = 2⌈log2 n⌉", async () => {
