@@ -38,7 +38,8 @@ class RoundConfig:
     """Public parameters every participant of one secure-aggregation round agrees on.
 
     client_ids are the selected cohort (distinct integers in 1..2^32 − 1, which double as the
-    Shamir x-coordinates); dimension counts uint32 coordinates.
+    Shamir x-coordinates); dimension counts uint32 coordinates. k defaults (−1) to
+    2·⌈log2 n⌉ or the full graph, threshold (0) to ⌊k/2⌋ + 1; see docs/security.md.
     """
 
     job: str
