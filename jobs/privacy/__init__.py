@@ -1,7 +1,8 @@
 """Differential privacy for federated learning, never Django.
 
 clipping: L2 clipping, fixed and adaptive; noise: central Gaussian and distributed integer
-shares for secure aggregation; accounting: ε from dp-accounting and the budget check.
+shares for secure aggregation; accounting: ε from dp-accounting and the budget check;
+dp_fedavg: one round's client and server steps around secure aggregation.
 """
 
 from jobs.privacy.accounting import (
@@ -10,6 +11,7 @@ from jobs.privacy.accounting import (
     epsilon_spent,
 )
 from jobs.privacy.clipping import AdaptiveClip, adaptive_noise_multiplier, clip_l2, with_clip_bit
+from jobs.privacy.dp_fedavg import DpRound, DpRoundResult, client_encode, server_finish
 from jobs.privacy.noise import (
     add_central_gaussian,
     add_noise_to_encoded,
@@ -21,14 +23,18 @@ from jobs.privacy.noise import (
 __all__ = [
     "VOLUNTEER_SAMPLING_PROBABILITY",
     "AdaptiveClip",
+    "DpRound",
+    "DpRoundResult",
     "PrivacyBudget",
     "adaptive_noise_multiplier",
     "add_central_gaussian",
     "add_noise_to_encoded",
+    "client_encode",
     "clip_l2",
     "discrete_gaussian_share",
     "epsilon_spent",
     "per_client_variance",
+    "server_finish",
     "skellam_share",
     "with_clip_bit",
 ]
