@@ -2,7 +2,8 @@
 
 clipping: L2 clipping, fixed and adaptive; noise: central Gaussian and distributed integer
 shares for secure aggregation; accounting: ε from dp-accounting and the budget check;
-dp_fedavg: one round's client and server steps around secure aggregation.
+dp_fedavg: one round's client and server steps around secure aggregation (import it from
+its module: it needs jobs.secagg and so `cryptography`, which the accounting environment lacks).
 """
 
 from jobs.privacy.accounting import (
@@ -11,7 +12,6 @@ from jobs.privacy.accounting import (
     epsilon_spent,
 )
 from jobs.privacy.clipping import AdaptiveClip, adaptive_noise_multiplier, clip_l2, with_clip_bit
-from jobs.privacy.dp_fedavg import DpRound, DpRoundResult, client_encode, server_finish
 from jobs.privacy.noise import (
     add_central_gaussian,
     add_noise_to_encoded,
@@ -23,18 +23,14 @@ from jobs.privacy.noise import (
 __all__ = [
     "VOLUNTEER_SAMPLING_PROBABILITY",
     "AdaptiveClip",
-    "DpRound",
-    "DpRoundResult",
     "PrivacyBudget",
     "adaptive_noise_multiplier",
     "add_central_gaussian",
     "add_noise_to_encoded",
-    "client_encode",
     "clip_l2",
     "discrete_gaussian_share",
     "epsilon_spent",
     "per_client_variance",
-    "server_finish",
     "skellam_share",
     "with_clip_bit",
 ]

@@ -199,7 +199,7 @@ def test_mask_expansion_starts_at_any_coordinate() -> None:
 
 def test_packages_import_without_django() -> None:
     code = (
-        "import sys, jobs.secagg, jobs.secagg.simulate, jobs.privacy; "
+        "import sys, jobs.secagg, jobs.secagg.simulate, jobs.privacy, jobs.privacy.dp_fedavg; "
         "assert not any(m.startswith('django') for m in sys.modules), 'django imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
