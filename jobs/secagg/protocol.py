@@ -16,6 +16,7 @@ removal by coordinate range (unmask_range), so several workers can share the exp
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -64,7 +65,11 @@ class RoundConfig:
             raise ValueError(f"threshold {self.threshold} outside 1..k={self.k}")
 
     def graph(self) -> dict[int, frozenset[int]]:
-        """Each client's neighbours, derived from the public seed."""
+        """Each client's neighbours, derived from the public seed (computed once per config)."""
+        return self._graph
+
+    @functools.cached_property
+    def _graph(self) -> dict[int, frozenset[int]]:
         return neighbours(self.client_ids, self.graph_seed, self.k)
 
     def pair_key(self, *, shared: bytes, id_a: int, id_b: int, label: bytes, phase: int) -> bytes:
