@@ -187,32 +187,42 @@ def shamir_share(
         raise ValueError(f"threshold {threshold} needs 1..{len(xs)} holders")
     if len(set(xs)) != len(xs) or any(x % PRIME == 0 for x in xs):
         raise ValueError("holder x-coordinates must be distinct and non-zero")
+    if any(len(secret) != KEY_BYTES for secret in secrets):
+        raise ValueError("secrets are 32 bytes")
+    drawn = random_bytes(_COEFFICIENT_BYTES * (threshold - 1) * len(secrets))
+    randoms = [
+        int.from_bytes(drawn[i : i + _COEFFICIENT_BYTES], "big") % PRIME
+        for i in range(0, len(drawn), _COEFFICIENT_BYTES)
+    ]
     coefficients = np.empty((threshold, len(secrets)), dtype=object)
-    for column, secret in enumerate(secrets):
-        if len(secret) != KEY_BYTES:
-            raise ValueError("secrets are 32 bytes")
-        coefficients[0, column] = int.from_bytes(secret, "big")
-        for row in range(1, threshold):
-            coefficients[row, column] = (
-                int.from_bytes(random_bytes(_COEFFICIENT_BYTES), "big") % PRIME
-            )
+    coefficients[0] = [int.from_bytes(secret, "big") for secret in secrets]
+    if threshold > 1:
+        coefficients[1:] = np.array(randoms, dtype=object).reshape(len(secrets), threshold - 1).T
+    # Vandermonde rows [1, x, x², …] built one degree at a time for all holders at once.
+    holders = np.array(list(xs), dtype=object)
     powers = np.empty((len(xs), threshold), dtype=object)
-    for row, x in enumerate(xs):
-        powers[row] = [pow(x, e, PRIME) for e in range(threshold)]
+    powers[:, 0] = 1
+    for degree in range(1, threshold):
+        powers[:, degree] = powers[:, degree - 1] * holders % PRIME
     return (powers @ coefficients) % PRIME
 
 
 def lagrange_at_zero(xs: Sequence[int]) -> np.ndarray:
-    """Lagrange basis values at 0 for distinct xs, mod PRIME: shape (t,), dtype object."""
-    values = np.empty(len(xs), dtype=object)
-    for i, xi in enumerate(xs):
-        numerator, denominator = 1, 1
-        for j, xj in enumerate(xs):
-            if i != j:
-                numerator = numerator * xj % PRIME
-                denominator = denominator * (xj - xi) % PRIME
-        values[i] = numerator * pow(denominator, -1, PRIME) % PRIME
-    return values
+    """Lagrange basis values at 0 for distinct xs, mod PRIME: shape (t,), dtype object.
+
+    λ_i = Π_{j≠i} x_j / (x_j − x_i), as one (t × t) table of factors with ones on the diagonal.
+    """
+    points = np.array(list(xs), dtype=object)
+    numerators = np.tile(points, (len(points), 1))
+    denominators = numerators - points[:, None]
+    np.fill_diagonal(numerators, 1)
+    np.fill_diagonal(denominators, 1)
+    numerator = np.prod(numerators, axis=1) % PRIME
+    denominator = np.prod(denominators, axis=1) % PRIME
+    return np.array(
+        [n * pow(int(d), -1, PRIME) % PRIME for n, d in zip(numerator, denominator, strict=True)],
+        dtype=object,
+    )
 
 
 def shamir_reconstruct(xs: Sequence[int], shares: Sequence[int]) -> int:
