@@ -226,3 +226,61 @@ def test_secrets_stay_out_of_reprs() -> None:
     assert "_self_seed" not in text
     _, server = run_round(config, _inputs(config))
     assert "self_mask_keys" not in repr(server.plan)
+
+
+def test_server_rejects_malformed_and_repeated_messages_without_side_effects() -> None:
+    config = _config(n=6, dimension=8)
+    clients = {i: SecAggClient(config, i) for i in config.client_ids}
+    server = SecAggServer(config)
+    adverts = {i: c.advertise_keys() for i, c in clients.items()}
+    with pytest.raises(ValueError, match="not in the cohort"):
+        server.receive_advertisement({**adverts[1], "client_id": 99})
+    with pytest.raises(ValueError, match="32 bytes"):
+        server.receive_advertisement({**adverts[1], "mask_public": b"short"})
+    assert server.advertised == {}
+    for advert in adverts.values():
+        server.receive_advertisement(advert)
+    keys = server.close_advertise()
+    shares = {i: c.share_keys(keys[i]) for i, c in clients.items()}
+    partial = dict(shares[1]["ciphertexts"])
+    partial.pop(2)
+    with pytest.raises(ValueError, match="one ciphertext per advertised neighbour"):
+        server.receive_shares({"client_id": 1, "ciphertexts": partial})
+    assert server.shared == {}
+    for message in shares.values():
+        server.receive_shares(message)
+    cts = server.close_share()
+    masked = clients[1].masked_input(cts[1], np.ones(8, np.uint32))
+    server.receive_masked_input(masked)
+    with pytest.raises(ValueError, match="already sent"):
+        server.receive_masked_input(masked)
+    with pytest.raises(ValueError, match="uint32 of the round's dimension"):
+        server.receive_masked_input({"client_id": 2, "masked": np.ones(7, np.uint32)})
+    assert server.masked_from == {1}
+    np.testing.assert_array_equal(server.masked_sum, masked["masked"])
+
+
+def test_a_wrong_key_share_aborts_the_round_instead_of_unmasking_wrongly() -> None:
+    # given client 6 dropped after sharing and a neighbour that lies about its key share
+    config = _config(n=6, dimension=8)  # full graph, t = 3
+    clients = {i: SecAggClient(config, i) for i in config.client_ids}
+    server = SecAggServer(config)
+    for c in clients.values():
+        server.receive_advertisement(c.advertise_keys())
+    keys = server.close_advertise()
+    for i, c in clients.items():
+        server.receive_shares(c.share_keys(keys[i]))
+    cts = server.close_share()
+    for i in range(1, 6):
+        server.receive_masked_input(clients[i].masked_input(cts[i], np.zeros(8, np.uint32)))
+    request = server.close_masked_input()
+    assert request == {"alive": [1, 2, 3, 4, 5], "dropped": [6]}
+    for i in range(1, 6):
+        answer = clients[i].unmask(request["alive"], request["dropped"])
+        if i == 1:
+            answer["shares"][6] = (12345).to_bytes(33, "big")
+        server.receive_unmask(answer)
+    # when the server reconstructs, then it aborts rather than remove a wrong mask
+    with pytest.raises(RoundAborted, match="client 6"):
+        server.close_unmask()
+    assert server.plan is None
