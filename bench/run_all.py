@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), training speed
 (2NN: our kernel vs numpy and TensorFlow.js-wasm), validation quality, dispatch throughput and
-latency, FL aggregation against Flower.
+latency, FL aggregation and secure aggregation against Flower.
 
 Each benchmark runs as its own process (each sets Django up with its own database) and prints
 a markdown table; this script prints the machine first, then the tables, and writes
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
-Usage: python bench/run_all.py [--quick] [--only kernels training validation ledger dispatch aggregation]
+Usage: python bench/run_all.py [--quick]
+       [--only kernels training validation ledger dispatch aggregation secagg]
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--profile"],
         "dispatch.json",
     ),
-    # Creates var/flower-venv from bench/requirements-flower.txt when missing.
+    # Both create var/flower-venv from their pinned requirements when missing.
     "aggregation": ("bench_aggregation.py", [], ["--quick"], "aggregation.json"),
+    "secagg": ("bench_secagg.py", [], [], "secagg.json"),
 }
 
 

@@ -1,0 +1,89 @@
+"""Gaussian noise for DP-FedAvg: central (the server noises the sum) or distributed (each client
+adds an integer share under secure aggregation, sized so that the survivors' shares add up to
+at least the target noise).
+
+Noise comes from a numpy Generator; seed it from os.urandom (the default here). Floating-point
+Gaussian sampling has known precision side channels (Mironov 2012); the distributed integer
+mechanisms avoid them on the client side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _generator(rng: np.random.Generator | None) -> np.random.Generator:
+    return rng if rng is not None else np.random.default_rng()
+
+
+def add_central_gaussian(
+    total: np.ndarray,
+    *,
+    noise_multiplier: float,
+    clip_norm: float,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """total + N(0, (z·C)²) per coordinate. total: (d,) float. Returns a new float64 array."""
+    std = noise_multiplier * clip_norm
+    values = np.asarray(total, dtype=np.float64)
+    return values + _generator(rng).normal(0.0, std, values.shape)
+
+
+def per_client_variance(
+    *, noise_multiplier: float, clip_norm: float, scale: float, min_survivors: int
+) -> float:
+    """Variance (in encoded integer units) of one client's share: (z·C·scale)² / m_min.
+
+    With m_min survivors the shares sum to exactly the central mechanism's variance; every
+    extra survivor adds noise, never removes it.
+    """
+    if min_survivors < 1:
+        raise ValueError("min_survivors must be at least 1")
+    return (noise_multiplier * clip_norm * scale) ** 2 / min_survivors
+
+
+def skellam_share(
+    dimension: int, *, variance: float, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Symmetric Skellam noise, Poisson(μ) − Poisson(μ) with 2μ = variance: (d,) int64.
+
+    Sums of Skellam shares are Skellam, so the aggregate noise has a known closed form
+    (Agarwal, Kairouz, Liu 2021).
+    """
+    generator = _generator(rng)
+    mu = variance / 2
+    return generator.poisson(mu, dimension) - generator.poisson(mu, dimension)
+
+
+def discrete_gaussian_share(
+    dimension: int, *, variance: float, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Discrete Gaussian N_Z(0, σ²) with σ² = variance: (d,) int64.
+
+    Canonne, Kamath and Steinke (2020), Algorithm 3, vectorised: propose from a discrete
+    Laplace with t = ⌊σ⌋ + 1 and accept with probability exp(−(|y| − σ²/t)² / (2σ²)),
+    redrawing only the rejected coordinates.
+    """
+    generator = _generator(rng)
+    sigma2 = float(variance)
+    t = math.floor(math.sqrt(sigma2)) + 1
+    out = np.empty(dimension, dtype=np.int64)
+    pending = np.arange(dimension)
+    while pending.size:
+        m = pending.size
+        # A discrete Laplace with scale t is the difference of two geometric variables.
+        p = 1 - math.exp(-1 / t)
+        y = generator.geometric(p, m) - generator.geometric(p, m)
+        accept = generator.random(m) < np.exp(-((np.abs(y) - sigma2 / t) ** 2) / (2 * sigma2))
+        out[pending[accept]] = y[accept]
+        pending = pending[~accept]
+    return out
+
+
+def add_noise_to_encoded(encoded: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """encoded (uint32, Z_2^32) + integer noise, wrapping: a new (d,) uint32 array."""
+    return (np.asarray(encoded, dtype=np.uint32) + (noise & 0xFFFFFFFF).astype(np.uint32)).astype(
+        np.uint32
+    )

@@ -1,0 +1,33 @@
+"""Secure aggregation (SecAgg+): pure numerics and cryptography, never Django.
+
+primitives: X25519, HKDF, AES-CTR masks, AES-GCM, Shamir; encoding: fixed point in Z_2^32;
+graph: the public neighbour graph; protocol: client and server state machines.
+"""
+
+from jobs.secagg.encoding import decode_sum, encode, scale_for
+from jobs.secagg.graph import default_threshold, neighbour_count, neighbours
+from jobs.secagg.protocol import (
+    RequestRefused,
+    RoundAborted,
+    RoundConfig,
+    SecAggClient,
+    SecAggServer,
+    UnmaskPlan,
+    unmask_range,
+)
+
+__all__ = [
+    "RequestRefused",
+    "RoundAborted",
+    "RoundConfig",
+    "SecAggClient",
+    "SecAggServer",
+    "UnmaskPlan",
+    "decode_sum",
+    "default_threshold",
+    "encode",
+    "neighbour_count",
+    "neighbours",
+    "scale_for",
+    "unmask_range",
+]

@@ -1,0 +1,115 @@
+// The requests tests/secagg/test_js_parity.py sends to static/worker_frontend/secagg.js, in
+// Node (js_client.mjs) and in Chromium alike. Bytes travel as hex, uint32 vectors as hex of LE
+// bytes; answers are plain JSON.
+import * as s from "../../static/worker_frontend/secagg.js";
+
+const hex = s.bytesToHex;
+const unhex = s.hexToBytes;
+const clients = new Map();
+
+function u32FromHex(text) {
+  return new Uint32Array(unhex(text).buffer);
+}
+
+function u32ToHex(array) {
+  return hex(new Uint8Array(array.buffer, array.byteOffset, array.byteLength));
+}
+
+function mapOut(map, encode = hex) {
+  return Object.fromEntries([...map].map(([id, value]) => [String(id), encode(value)]));
+}
+
+function configFrom(c) {
+  return s.roundConfig({
+    job: c.job,
+    roundNumber: c.round_number,
+    sessionId: unhex(c.session_id),
+    graphSeed: unhex(c.graph_seed),
+    clientIds: c.client_ids,
+    dimension: c.dimension,
+    threshold: c.threshold,
+  });
+}
+
+export const handlers = {
+  async primitives(r) {
+    const random = s.bytesReader(unhex(r.random));
+    const a = await s.keypairFromSeed(unhex(r.seed_a));
+    const b = await s.keypairFromSeed(unhex(r.seed_b));
+    const shared = await s.agree(a.privateBytes, b.publicBytes);
+    const info = s.derivationInfo({
+      label: s.LABEL_PAIR_MASK,
+      idA: r.id_a,
+      idB: r.id_b,
+      job: r.job,
+      roundNumber: r.round_number,
+      phase: s.PHASE_MASKED_INPUT,
+    });
+    const key = await s.deriveKey({ shared, sessionId: unhex(r.session_id), info });
+    const mask = await s.expandMask(key, r.length, r.start);
+    const shares = s.shamirShare([unhex(r.secret_a), unhex(r.secret_b)], r.xs, r.t, random);
+    const ciphertext = await s.encryptShares({
+      key,
+      sender: r.id_a,
+      receiver: r.id_b,
+      job: r.job,
+      roundNumber: r.round_number,
+      plaintext: unhex(r.plaintext),
+    });
+    const encoded = s.encode(Float64Array.from(r.values), {
+      scale: s.scaleFor(r.n_clients, r.bound),
+      bound: r.bound,
+      randomBytes: random,
+    });
+    const graph = await s.neighbours(r.graph_ids, unhex(r.graph_seed), r.k);
+    return {
+      public_a: hex(a.publicBytes),
+      shared: hex(shared),
+      info: hex(info),
+      key: hex(key),
+      mask: u32ToHex(mask),
+      shares: shares.map((row) => row.map((v) => v.toString(16))),
+      ciphertext: hex(ciphertext),
+      scale: s.scaleFor(r.n_clients, r.bound),
+      encoded: u32ToHex(encoded),
+      graph: Object.fromEntries(
+        [...graph].map(([id, set]) => [id, [...set].sort((x, y) => x - y)]),
+      ),
+      neighbour_counts: r.graph_ns.map(s.neighbourCount),
+      reconstructed: s
+        .shamirReconstruct(
+          r.xs.slice(0, r.t),
+          shares.slice(0, r.t).map((row) => row[0]),
+        )
+        .toString(16),
+    };
+  },
+  async client(r) {
+    const random = r.random ? s.bytesReader(unhex(r.random)) : s.systemRandomBytes;
+    clients.set(r.client_id, new s.SecAggClient(configFrom(r.config), r.client_id, random));
+    return {};
+  },
+  async advertise(r) {
+    const m = await clients.get(r.client_id).advertiseKeys();
+    return { cipher_public: hex(m.cipher_public), mask_public: hex(m.mask_public) };
+  },
+  async share(r) {
+    const keys = Object.fromEntries(
+      Object.entries(r.public_keys).map(([id, k]) => [
+        id,
+        { cipher_public: unhex(k.cipher_public), mask_public: unhex(k.mask_public) },
+      ]),
+    );
+    const m = await clients.get(r.client_id).shareKeys(keys);
+    return { ciphertexts: mapOut(m.ciphertexts) };
+  },
+  async masked(r) {
+    const cts = Object.fromEntries(Object.entries(r.ciphertexts).map(([id, c]) => [id, unhex(c)]));
+    const m = await clients.get(r.client_id).maskedInput(cts, u32FromHex(r.encoded));
+    return { masked: u32ToHex(m.masked) };
+  },
+  async unmask(r) {
+    const m = clients.get(r.client_id).unmask(r.alive, r.dropped);
+    return { shares: mapOut(m.shares) };
+  },
+};
