@@ -23,7 +23,7 @@ client, each round a Poisson sample with q = 0.1 of that enrolled population, on
 L2 clip C, Gaussian noise z·C on the sum (central), or Skellam shares sized for 90 % of the
 cohort added to the fixed-point encodings and summed in Z_2^32 (distributed; the pairwise and
 self masks are left out because they cancel exactly, as tests/secagg prove). ε comes from
-jobs.privacy.accounting in its dp-accounting environment (var/privacy-venv) when present.
+jobs.privacy.accounting (dp-accounting).
 
 Usage: python bench/bench_secagg.py [--quick] [--part secagg|dp|all]
 """
@@ -310,25 +310,20 @@ def dp_digits_accuracy(mode: str, noise_multiplier: float, seed: int) -> float:
     return float(((test_x @ weights).argmax(axis=1) == test_y).mean())
 
 
-def dp_epsilon(noise_multiplier: float) -> dict | None:
-    """ε (RDP and PLD) for the digits runs, computed in the dp-accounting environment."""
-    python = ROOT / "var" / "privacy-venv" / "bin" / "python"
-    if not python.exists():
-        return None
-    code = (
-        "import json; from jobs.privacy import epsilon_spent; print(json.dumps({a: "
-        f"epsilon_spent(noise_multiplier={noise_multiplier}, sampling_probability={DP_Q}, "
-        f"rounds={DP_ROUNDS}, delta={DP_DELTA}, accountant=a) for a in ('rdp', 'pld')}}))"
-    )
-    out = subprocess.run(
-        [str(python), "-c", code],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    return json.loads(out.stdout) if out.returncode == 0 else None
+def dp_epsilon(noise_multiplier: float) -> dict:
+    """ε (RDP and PLD) for the digits runs."""
+    from jobs.privacy import epsilon_spent
+
+    return {
+        accountant: epsilon_spent(
+            noise_multiplier=noise_multiplier,
+            sampling_probability=DP_Q,
+            rounds=DP_ROUNDS,
+            delta=DP_DELTA,
+            accountant=accountant,
+        )
+        for accountant in ("rdp", "pld")
+    }
 
 
 def dp_part(seeds: int) -> list[dict]:

@@ -5,8 +5,7 @@ Poisson sample of the population with probability q. Volunteer cohorts are not a
 of a known population, so unless the job samples an enrolled population by a stated rule, use
 q = 1 (no amplification by subsampling): VOLUNTEER_SAMPLING_PROBABILITY.
 
-dp-accounting is imported on first use: it pins attrs<24, which the project's environment
-cannot take yet, so it lives in its own environment (jobs/privacy/requirements-accounting.txt).
+dp-accounting is imported on first use, so the rest of the package stays light to import.
 """
 
 from __future__ import annotations
