@@ -8,14 +8,12 @@ from typing import Any
 
 from django.http import HttpResponse
 
+from jobs.metering import metering
 from jobs.models import Job, JobStatus
 
 
 def _unpaid_cents(job: Job) -> int:
-    from billing.models import UsageRecord, UsageStatus
-
-    unpaid = UsageRecord.objects.for_tenant(job.tenant).filter(job=job, status=UsageStatus.UNPAID)
-    return sum(unpaid.values_list("amount_cents", flat=True))
+    return metering().withheld_cents(job=job)
 
 
 def job_result_document(job: Job) -> dict[str, Any]:
