@@ -1,0 +1,71 @@
+"""Kernel behaviour from the manifest: summary declarations interpreted generically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.kernels import BUILD_MANIFEST
+from jobs.summary import SummaryError, summary_derive
+
+GRID = {"grid": [["x", "x0", "x1", "nx"], ["y", "y0", "y1", "ny"]]}
+GRID_PARAMS = {"x0": -2.0, "x1": 2.0, "nx": 5, "y0": 0.0, "y1": 1.0, "ny": 3, "k": 2}
+
+
+@pytest.mark.parametrize(
+    ("declaration", "value", "params", "expected"),
+    [
+        ({}, [7], {}, {}),
+        ({"primes": "value[0]"}, [9592], {}, {"primes": 9592}),
+        (
+            {"inside": "value[0]", "samples": "value[1]"},
+            [785, 1000],
+            {},
+            {"inside": 785, "samples": 1000},
+        ),
+        ({"pi_estimate": {"ratio": ["value[0]", "value[1]"], "scale": 4}}, [3, 4], {}, {"pi_estimate": 3.0}),
+        ({"pi_estimate": {"ratio": ["value[0]", "value[1]"], "scale": 4}}, [0, 0], {}, {"pi_estimate": None}),
+        ({"half": {"ratio": ["value[0]", "value[1]"]}}, [1, 2], {}, {"half": 0.5}),
+        (
+            {"best": GRID},
+            [{"index": 0, "value": 1.5}, {"index": 7, "value": 2.5}, {"index": 14, "value": 0.0}],
+            GRID_PARAMS,
+            {
+                "best": [
+                    {"index": 0, "x": -2.0, "y": 0.0, "value": 1.5},
+                    {"index": 7, "x": 0.0, "y": 0.5, "value": 2.5},
+                    {"index": 14, "x": 2.0, "y": 1.0, "value": 0.0},
+                ]
+            },
+        ),
+    ],
+)  # fmt: skip
+def test_summary_derive_table(declaration, value, params, expected):
+    assert summary_derive(declaration, value, params) == expected
+
+
+@pytest.mark.parametrize(
+    "declaration", [{"x": "value[a]"}, {"x": "inside"}, {"x": {"median": []}}, {"x": 3}]
+)
+def test_unknown_declarations_are_refused(declaration):
+    with pytest.raises(SummaryError):
+        summary_derive(declaration, [1, 2], {})
+
+
+def test_every_builtin_summary_is_understood(wasm_built):
+    # given the manifest the build wrote, when each summary is interpreted on a dummy value
+    manifest = json.loads(BUILD_MANIFEST.read_text())
+    for spec in manifest["kernels"]:
+        declaration = spec.get("summary", {})
+        names = [p["name"] for p in spec.get("params", [])]
+        params = dict.fromkeys(names, 2.0)
+        value = [{"index": 1, "value": 0.5}] if spec["reducer"] == "best_k" else [1, 2]
+        # then nothing is left uninterpreted
+        assert set(summary_derive(declaration, value, params)) == set(declaration)
+
+
+def test_kernel_sync_stores_the_summary(kernels):
+    assert kernels["prime_count"].summary == {"primes": "value[0]"}
+    assert set(kernels["montecarlo_pi"].summary) == {"inside", "samples", "pi_estimate"}
+    assert set(kernels["param_sweep"].summary) == {"best"}
