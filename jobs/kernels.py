@@ -51,6 +51,8 @@ def kernel_sync_builtins() -> list[Kernel]:
             "max_range_per_task": int(spec.get("max_range", 1_000_000_000)),
             "work_unit_scale": float(spec.get("work_unit_scale", 1.0)),
             "summary": spec.get("summary", {}),
+            "output_layout": output,
+            "index_range": spec.get("range", {}),
             "builtin": True,
         }
         # A rebuilt module with the same name and version replaces the old hash.

@@ -50,8 +50,11 @@ class Kernel(models.Model):
     description = models.TextField(blank=True)
     params_schema = models.JSONField(default=list, blank=True)
     max_range_per_task = models.BigIntegerField(default=1_000_000_000)
-    # What the reduced output means, declared in wasm/kernels.json (interpreted by jobs.summary).
+    # What the reduced output means, declared in wasm/kernels.json (interpreted by jobs.manifest).
     summary = models.JSONField(default=dict, blank=True)
+    # The manifest's "output" and "range" declarations, as written there.
+    output_layout = models.JSONField(default=dict, blank=True)
+    index_range = models.JSONField(default=dict, blank=True)
     work_unit_scale = models.FloatField(
         default=1.0, help_text="Work units credited per index of a task's range."
     )
@@ -87,6 +90,11 @@ class Kernel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} {self.version}"
+
+    def params_by_name(self, values: list[float]) -> dict[str, float]:
+        """A job's parameter vector keyed by this kernel's declared parameter names."""
+        names = [p["name"] for p in self.params_schema or []]
+        return dict(zip(names, values, strict=False))
 
 
 class JobStatus(models.TextChoices):

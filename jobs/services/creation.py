@@ -18,6 +18,7 @@ from django.utils import timezone
 from ccgsc_worker import abi
 from ccgsc_worker.kernel import KernelRunner
 from jobs.kernels import kernel_module_bytes
+from jobs.manifest import index_limit
 from jobs.models import ACTIVE_JOB_STATUSES, Job, Kernel, Task
 from jobs.services.lifecycle import job_event, job_start
 from tenants.models import Tenant, User
@@ -88,11 +89,8 @@ def _params_vector(kernel: Kernel, params: dict[str, Any] | list[Any]) -> list[f
 
 
 def _index_limit(kernel: Kernel, params: list[float]) -> int:
-    """The largest range_end a kernel accepts with these parameters."""
-    names = [p["name"] for p in kernel.params_schema or []]
-    if "nx" in names and "ny" in names:
-        return int(params[names.index("nx")]) * int(params[names.index("ny")])
-    return MAX_INDEX
+    """The largest range_end a kernel accepts with these parameters (its manifest's range)."""
+    return index_limit(kernel.index_range or {}, kernel.params_by_name(params), MAX_INDEX)
 
 
 @transaction.atomic

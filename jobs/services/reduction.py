@@ -10,16 +10,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from ccgsc_worker import abi
+from jobs.manifest import records_limit, summary_derive
 from jobs.models import Job, JobStatus, Reducer, Task, TaskStatus
 from jobs.services.lifecycle import job_event, replicas_cancel_running
-from jobs.summary import summary_derive
 
 
 def _reducer_k(job: Job) -> int | None:
-    names = [p["name"] for p in job.kernel.params_schema or []]
-    if job.kernel.reducer == Reducer.BEST_K and "k" in names:
-        return int(job.params[names.index("k")])
-    return None
+    """How many records a best-k job keeps, from the parameter its manifest names."""
+    if job.kernel.reducer != Reducer.BEST_K:
+        return None
+    return records_limit(job.kernel.output_layout or {}, job.kernel.params_by_name(job.params))
 
 
 def job_finish_if_done(job_id: Any) -> bool:
@@ -85,12 +85,10 @@ def job_reduce(*, job_id: Any) -> Job:
 
 def result_summary(*, job: Job, reduced: bytes) -> dict[str, Any]:
     """The JSON result of a job: the reduced output decoded, plus what the kernel's manifest
-    declares it means (``Kernel.summary``, interpreted by ``jobs.summary``)."""
+    declares it means (``Kernel.summary``, interpreted by ``jobs.manifest``)."""
     value = abi.output_to_json(job.kernel.reducer, reduced, k=_reducer_k(job))
-    names = [p["name"] for p in job.kernel.params_schema or []]
-    params = dict(zip(names, job.params, strict=False)) if names else {}
     return {
         "reducer": job.kernel.reducer,
         "value": value,
-        **summary_derive(job.kernel.summary or {}, value, params),
+        **summary_derive(job.kernel.summary or {}, value, job.kernel.params_by_name(job.params)),
     }

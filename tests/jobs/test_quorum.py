@@ -109,7 +109,7 @@ def test_decision_is_frozen_and_inputs_untouched():
 
 
 def test_quorum_module_does_not_load_django():
-    code = "import sys, jobs.quorum, jobs.summary; print('django' in sys.modules)"
+    code = "import sys, jobs.quorum, jobs.manifest; print('django' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

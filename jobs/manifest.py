@@ -1,6 +1,15 @@
-"""What a job's reduced output means, from the kernel manifest's ``summary`` declaration.
+"""What the kernel manifest (wasm/kernels.json) declares about a kernel, interpreted.
 
-Pure and Django-free. A declaration maps result names to derivations, evaluated in order:
+Pure and Django-free. Three declarations are understood:
+
+``range.max_hi`` — the largest index a job may reach: a number, or a product of parameter names
+and numbers (``"nx * ny"``); see :func:`index_limit`.
+
+``output.max_records_param`` — the parameter that bounds how many records a best-k result keeps;
+see :func:`records_limit`.
+
+``summary`` — what the reduced output means. It maps result names to derivations, evaluated in
+order:
 
 - ``"value[i]"`` — the i-th number of the reduced vector (sum reducers);
 - ``{"ratio": ["value[0]", "value[1]"], "scale": 4}`` — ``scale * a / b`` (None when b is 0);
@@ -65,3 +74,27 @@ def summary_derive(
         else:
             raise SummaryError(f"unknown summary rule for {name!r}: {rule!r}")
     return derived
+
+
+def index_limit(declared_range: Mapping[str, Any], params: Mapping[str, float], cap: int) -> int:
+    """The largest ``range_end`` a job may use, at most ``cap``."""
+    max_hi = declared_range.get("max_hi")
+    if isinstance(max_hi, int):
+        return min(max_hi, cap)
+    if not isinstance(max_hi, str):
+        return cap
+    limit = 1
+    for factor in (part.strip() for part in max_hi.split("*")):
+        if factor in params:
+            limit *= int(params[factor])
+        elif factor.isdigit():
+            limit *= int(factor)
+        else:
+            raise SummaryError(f"cannot evaluate range max_hi {max_hi!r}")
+    return min(limit, cap)
+
+
+def records_limit(output_layout: Mapping[str, Any], params: Mapping[str, float]) -> int | None:
+    """How many records a result keeps (the value of ``max_records_param``), if declared."""
+    name = output_layout.get("max_records_param")
+    return int(params[name]) if name in params else None

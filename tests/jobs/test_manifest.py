@@ -1,4 +1,5 @@
-"""Kernel behaviour from the manifest: summary declarations interpreted generically."""
+"""Kernel behaviour from the manifest: summaries, index ranges and record counts, interpreted
+generically (no code switches on kernel names)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from jobs.kernels import BUILD_MANIFEST
-from jobs.summary import SummaryError, summary_derive
+from jobs.manifest import SummaryError, index_limit, records_limit, summary_derive
 
 GRID = {"grid": [["x", "x0", "x1", "nx"], ["y", "y0", "y1", "ny"]]}
 GRID_PARAMS = {"x0": -2.0, "x1": 2.0, "nx": 5, "y0": 0.0, "y1": 1.0, "ny": 3, "k": 2}
@@ -65,7 +66,44 @@ def test_every_builtin_summary_is_understood(wasm_built):
         assert set(summary_derive(declaration, value, params)) == set(declaration)
 
 
-def test_kernel_sync_stores_the_summary(kernels):
+def test_kernel_sync_stores_the_declarations(kernels):
     assert kernels["prime_count"].summary == {"primes": "value[0]"}
     assert set(kernels["montecarlo_pi"].summary) == {"inside", "samples", "pi_estimate"}
     assert set(kernels["param_sweep"].summary) == {"best"}
+    assert kernels["param_sweep"].index_range["max_hi"] == "nx * ny"
+    assert kernels["param_sweep"].output_layout["max_records_param"] == "k"
+
+
+CAP = (1 << 63) - 1
+
+
+@pytest.mark.parametrize(
+    ("declared", "params", "expected"),
+    [
+        ({}, {}, CAP),
+        ({"min_lo": 0, "max_hi": 18446744073709551615}, {}, CAP),
+        ({"max_hi": 1000}, {}, 1000),
+        ({"max_hi": "nx * ny"}, {"nx": 401.0, "ny": 5.0}, 2005),
+        ({"max_hi": "n*2"}, {"n": 7.0}, 14),
+        ({"max_hi": "nx * ny"}, {"nx": 2.0**40, "ny": 2.0**40}, CAP),
+    ],
+)
+def test_index_limit_table(declared, params, expected):
+    assert index_limit(declared, params, CAP) == expected
+
+
+def test_an_index_range_naming_an_unknown_parameter_is_refused():
+    with pytest.raises(SummaryError):
+        index_limit({"max_hi": "nx * depth"}, {"nx": 3.0}, CAP)
+
+
+@pytest.mark.parametrize(
+    ("layout", "params", "expected"),
+    [
+        ({}, {"k": 5.0}, None),
+        ({"kind": "records", "max_records_param": "k"}, {"k": 5.0}, 5),
+        ({"kind": "records", "max_records_param": "k"}, {}, None),
+    ],
+)
+def test_records_limit_table(layout, params, expected):
+    assert records_limit(layout, params) == expected
