@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.core.exceptions import ValidationError
 
+from jobs import services
 from jobs.kernels import BUILD_MANIFEST
 from jobs.manifest import SummaryError, index_limit, records_limit, summary_derive
+from jobs.models import Job
+from tenants.roles import Role
 
 GRID = {"grid": [["x", "x0", "x1", "nx"], ["y", "y0", "y1", "ny"]]}
 GRID_PARAMS = {"x0": -2.0, "x1": 2.0, "nx": 5, "y0": 0.0, "y1": 1.0, "ny": 3, "k": 2}
@@ -107,3 +111,18 @@ def test_an_index_range_naming_an_unknown_parameter_is_refused():
 )
 def test_records_limit_table(layout, params, expected):
     assert records_limit(layout, params) == expected
+
+
+def test_a_job_past_the_declared_grid_is_refused(tenant, owner, kernels):
+    spec = services.JobSpec(
+        name="sweep",
+        kernel=kernels["param_sweep"],
+        range_start=0,
+        range_end=10 * 10 + 1,
+        chunk_size=50,
+        params={"function_id": 0, "x0": -1, "x1": 1, "nx": 10, "y0": -1, "y1": 1, "ny": 10, "k": 3},
+    )
+    with pytest.raises(ValidationError) as refused:
+        services.job_create(tenant=tenant, actor=owner, actor_role=Role.OWNER, spec=spec)
+    assert refused.value.message_dict == {"range_end": ["range_end exceeds the grid size 100."]}
+    assert not Job.objects.for_tenant(tenant).exists()
