@@ -63,15 +63,20 @@ class FcStack:
 @pytest.fixture(scope="module")
 def fc_servers(django_db_setup, celery_queue, wasm_built):
     """Daphne and a Celery worker with beat on the test database, started once per module: they
-    hold no state a test depends on (every row lives in PostgreSQL, reset between tests)."""
+    hold no state a test depends on (every row lives in PostgreSQL, reset between tests). Their
+    cache keys (throttle budgets, e.g. 20 anonymous contributors an hour per address) get a prefix
+    of their own, so earlier runs against the same Redis cannot exhaust them."""
+    import uuid
+
     from ccgsc_site.celery import app
     from tests.servers import CeleryWorker, DaphneServer
 
     previous_queue = app.conf.task_default_queue
     app.conf.task_default_queue = celery_queue
-    celery = CeleryWorker(celery_queue, beat=True)
+    cache_prefix = f"e2e-{uuid.uuid4().hex[:12]}"
+    celery = CeleryWorker(celery_queue, beat=True, CCGSC_CACHE_PREFIX=cache_prefix)
     celery.start()
-    daphne = DaphneServer(CCGSC_CELERY_QUEUE=celery_queue)
+    daphne = DaphneServer(CCGSC_CELERY_QUEUE=celery_queue, CCGSC_CACHE_PREFIX=cache_prefix)
     daphne.start()
     yield daphne, celery
     daphne.stop()
