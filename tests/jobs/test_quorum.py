@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jobs.quorum import ReturnedReplica, Verdict, quorum_decide
 
@@ -114,3 +116,43 @@ def test_quorum_module_does_not_load_django():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+@given(
+    hashes=st.lists(st.sampled_from([A, B, C]), max_size=8),
+    quorum=st.integers(1, 4),
+    extra_target=st.integers(0, 4),
+    extra_active=st.integers(0, 3),
+    extra_cap=st.integers(0, 6),
+    known=st.sampled_from(["", A, K]),
+)
+def test_quorum_decide_invariants(hashes, quorum, extra_target, extra_active, extra_cap, known):
+    # given any returned replicas and a consistent replication state
+    target = quorum + extra_target
+    cap = target + extra_cap
+    returned = replicas(*hashes)
+    decision = quorum_decide(
+        returned=returned,
+        target_replicas=target,
+        quorum=quorum,
+        known_answer_sha256=known,
+        active_replicas=len(returned) + extra_active,
+        max_replicas=cap,
+    )
+    # then winners and losers are distinct returned replicas, winners agree on the canonical hash
+    named = [r.id for r in decision.winners + decision.losers]
+    assert len(named) == len(set(named))
+    assert set(named) <= {r.id for r in returned}
+    assert all(r.sha256 == decision.canonical_sha256 for r in decision.winners)
+    assert all(r.sha256 != decision.canonical_sha256 for r in decision.losers)
+    # a canonical result needs a quorum (or the known answer); the target never passes the cap
+    if decision.verdict == Verdict.CANONICAL:
+        assert len(decision.winners) >= (1 if known else quorum)
+        assert not known or decision.canonical_sha256 == known
+        assert len(decision.winners) + len(decision.losers) == len(returned)
+    assert decision.target_replicas <= max(cap, target)
+    if decision.verdict == Verdict.NEED_REPLICA:
+        assert decision.target_replicas == target + 1 <= cap
+    # and a replica still running always means waiting rather than giving up
+    if extra_active and decision.verdict != Verdict.CANONICAL:
+        assert decision.verdict in (Verdict.WAIT, Verdict.KNOWN_ANSWER_FAILED)
