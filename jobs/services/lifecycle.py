@@ -82,7 +82,16 @@ def replicas_cancel_running(
     live = Assignment.objects.unscoped().filter(job=job, status=AssignmentStatus.ASSIGNED)
     if task is not None:
         live = live.filter(task=task)
-    rows = list(live.values_list("id", "task_id", "worker__channel_name"))
+    # Lock the live replicas first so the ones released from their tasks are exactly the ones
+    # cancelled. A replica whose result is being stored right now holds its row lock: skip it
+    # (its result is already here; waiting for it while holding the task's lock would deadlock).
+    # A heartbeat holds the lock for one statement; a replica skipped for that runs on until its
+    # result (stored as late if the task closed) or its lease expiry.
+    rows = list(
+        live.select_for_update(skip_locked=True, of=("self",)).values_list(
+            "id", "task_id", "worker__channel_name"
+        )
+    )
     for assignment_id, _, channel in rows:
         realtime.send_on_commit(
             channel, {"type": "worker.cancel", "assignment": str(assignment_id), "reason": reason}
