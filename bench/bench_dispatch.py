@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,12 +47,15 @@ sys.path.insert(0, str(ROOT / "edge_worker"))
 
 import psycopg  # noqa: E402
 
+from tests.servers import CeleryWorker, DaphneServer  # noqa: E402 - after the path setup
+
 RESULTS = ROOT / "bench" / "results" / "dispatch.json"
 LOG_DIR = ROOT / "bench" / "results" / "logs"
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-DB_NAME = "ccgsc_bench"
-TEMPLATE = "ccgsc_bench_template"
-REDIS_DB = 9
+# Overridable so that two checkouts on one machine do not benchmark in each other's database.
+DB_NAME = os.environ.get("CCGSC_BENCH_DATABASE", "ccgsc_bench")
+TEMPLATE = f"{DB_NAME}_template"
+REDIS_DB = int(os.environ.get("CCGSC_BENCH_REDIS_DB", "9"))
 BOINC_JOBS_PER_S = 8.8e6 / 86400  # one BOINC server, 2005: 8.8 M jobs/day
 TARGET_REPLICAS_PER_S = 1000.0
 TARGET_P99_MS = 100.0
@@ -63,13 +64,6 @@ CHUNK = 10  # montecarlo samples per task: dispatch cost dominates, not compute
 
 
 # ---------------------------------------------------------------- environment and servers
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bench_env(queue: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -133,7 +127,9 @@ def fresh_database() -> None:
 
 
 def _close_django() -> None:
-    if "django" in sys.modules:
+    from django.conf import settings
+
+    if settings.configured:
         from django.db import connections
 
         connections.close_all()
@@ -153,83 +149,20 @@ def flush_redis() -> None:
     redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}").flushdb()
 
 
-class Server:
-    """A subprocess with its output in a log file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"{name}-{uuid.uuid4().hex[:8]}.log"
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_for(self, check: Any, what: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{what} exited:\n{self.tail()}")
-            if check():
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{what} not ready:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def http_ok(url: str) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-        return response.status == 200
-    return False
-
-
-def start_daphne(env: dict[str, str], port: int, profile_out: Path | None) -> Server:
-    args = ["-b", "127.0.0.1", "-p", str(port), "ccgsc_site.asgi:application"]
+def start_daphne(env: dict[str, str], profile_out: Path | None) -> DaphneServer:
+    """Daphne from the shared server harness, optionally under the profiling wrapper."""
+    program = None
     if profile_out is not None:
         env = {**env, "CCGSC_BENCH_PROFILE_OUT": str(profile_out)}
-        cmd = [sys.executable, str(ROOT / "bench" / "daphne_profiled.py"), *args]
-    else:
-        cmd = [sys.executable, "-m", "daphne", *args]
-    server = Server("daphne", cmd, env)
-    server.wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "Daphne")
+        program = [sys.executable, str(ROOT / "bench" / "daphne_profiled.py")]
+    server = DaphneServer(env=env, program=program, log_dir=LOG_DIR, start_timeout_s=60)
+    server.start()
     return server
 
 
-def start_celery(env: dict[str, str], queue: str) -> Server:
-    server = Server(
-        "celery",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "ccgsc_site",
-            "worker",
-            "-P",
-            "solo",
-            "-Q",
-            queue,
-            "-l",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"{queue}@%h",
-        ],  # fmt: skip
-        env,
-    )
-    server.wait_for(lambda: "ready." in server.log_path.read_text(errors="replace"), "Celery")
+def start_celery(env: dict[str, str], queue: str) -> CeleryWorker:
+    server = CeleryWorker(queue, env=env, log_dir=LOG_DIR)
+    server.start()
     return server
 
 
@@ -369,7 +302,7 @@ async def run_swarm(
     tasks: int,
     warmup: float,
     duration: float,
-    profiler: Server | None,
+    profiler: DaphneServer | None,
 ) -> dict[str, Any]:
     """Connect the workers, start a job, measure a steady window, stop everything."""
     from ccgsc_worker.client import Backoff, EdgeWorker
@@ -509,11 +442,11 @@ def scenario(
     fresh_database()
     flush_redis()
     key, tokens = make_fixtures(n)
-    port = free_port()
     profile_out = RESULTS.parent / f"dispatch-profile-{n}.json" if profile else None
     if profile_out is not None:
         profile_out.unlink(missing_ok=True)
-    daphne = start_daphne(env, port, profile_out)
+    daphne = start_daphne(env, profile_out)
+    port = daphne.port
     celery = start_celery(env, queue)
     # Enough tasks that the queue does not run dry during the window (tasks_open_at_end shows it).
     tasks = 20_000 if duration > 10 else 10_000

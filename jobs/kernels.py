@@ -50,6 +50,9 @@ def kernel_sync_builtins() -> list[Kernel]:
             "params_schema": spec.get("params", []),
             "max_range_per_task": int(spec.get("max_range", 1_000_000_000)),
             "work_unit_scale": float(spec.get("work_unit_scale", 1.0)),
+            "summary": spec.get("summary", {}),
+            "output_layout": output,
+            "index_range": spec.get("range", {}),
             "builtin": True,
         }
         # A rebuilt module with the same name and version replaces the old hash.
@@ -122,7 +125,7 @@ def kernel_upload(
     except IntegrityError as exc:
         default_storage.delete(stored)
         raise ValidationError(
-            {"module": "This kernel (same name and version, or same module) already exists."}
+            {"module": "You already have this kernel (same name and version, or same module)."}
         ) from exc
     audit_record(
         tenant=tenant,

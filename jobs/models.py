@@ -39,7 +39,9 @@ class Kernel(models.Model):
     )
     name = models.SlugField(max_length=60)
     version = models.CharField(max_length=30)
-    sha256 = models.CharField(max_length=64, unique=True)
+    # Unique per tenant and among built-ins, not globally: a global constraint would tell one
+    # tenant that another already uploaded the same module, and let it block that upload.
+    sha256 = models.CharField(max_length=64)
     size_bytes = models.PositiveIntegerField()
     reducer = models.CharField(max_length=20, choices=Reducer.choices)
     output_bytes = models.PositiveIntegerField(
@@ -48,6 +50,11 @@ class Kernel(models.Model):
     description = models.TextField(blank=True)
     params_schema = models.JSONField(default=list, blank=True)
     max_range_per_task = models.BigIntegerField(default=1_000_000_000)
+    # What the reduced output means, declared in wasm/kernels.json (interpreted by jobs.manifest).
+    summary = models.JSONField(default=dict, blank=True)
+    # The manifest's "output" and "range" declarations, as written there.
+    output_layout = models.JSONField(default=dict, blank=True)
+    index_range = models.JSONField(default=dict, blank=True)
     work_unit_scale = models.FloatField(
         default=1.0, help_text="Work units credited per index of a task's range."
     )
@@ -68,10 +75,26 @@ class Kernel(models.Model):
                 condition=Q(tenant__isnull=True),
                 name="kernel_builtin_name_version_unique",
             ),
+            models.UniqueConstraint(
+                fields=["tenant", "sha256"],
+                condition=Q(tenant__isnull=False),
+                name="kernel_tenant_sha256_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["sha256"],
+                condition=Q(tenant__isnull=True),
+                name="kernel_builtin_sha256_unique",
+            ),
         ]
+        indexes = [models.Index(fields=["sha256"], name="kernel_sha256")]
 
     def __str__(self) -> str:
         return f"{self.name} {self.version}"
+
+    def params_by_name(self, values: list[float]) -> dict[str, float]:
+        """A job's parameter vector keyed by this kernel's declared parameter names."""
+        names = [p["name"] for p in self.params_schema or []]
+        return dict(zip(names, values, strict=False))
 
 
 class JobStatus(models.TextChoices):

@@ -79,7 +79,8 @@ def kernel_get(*, tenant: Tenant, kernel_id: uuid.UUID | str) -> Kernel:
 
 def kernel_get_by_sha256_unscoped(*, sha256: str) -> Kernel | None:
     """A kernel by module hash, for workers (who run every tenant's kernels)."""
-    return Kernel.objects.filter(sha256=sha256).first()
+    # Several tenants may hold the same module: the bytes are identical for a hash, any row does.
+    return Kernel.objects.filter(sha256=sha256).order_by("-builtin", "created_at").first()
 
 
 def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Real servers for the service-backed suite: Daphne and a Celery worker on the test database."""
+"""Real servers as child processes: Daphne, a Celery worker and edge workers.
+
+One harness for the service-backed tests (on the test database pytest-django created) and for
+the benchmarks (which pass their own environment, program and log directory).
+"""
 
 from __future__ import annotations
 
@@ -66,13 +70,15 @@ def wait_for_http(
 class ManagedProcess:
     """A child process with its output in a log file, stoppable and restartable."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], *, log_dir: Path = LOG_DIR
+    ) -> None:
         self.name = name
         self.args = args
         self.env = env
         self.process: subprocess.Popen | None = None
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOG_DIR / f"{name}-{uuid.uuid4().hex[:8]}.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:8]}.log"
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -101,16 +107,26 @@ class ManagedProcess:
 
 
 class DaphneServer(ManagedProcess):
-    """Daphne serving the project's ASGI application on a free loopback port."""
+    """Daphne serving the project's ASGI application on a free loopback port.
 
-    def __init__(self, **extra_env: str) -> None:
+    ``env`` replaces the test environment (benchmarks bring their own database); ``program``
+    replaces ``python -m daphne`` (e.g. a profiling wrapper taking the same arguments)."""
+
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        program: list[str] | None = None,
+        log_dir: Path = LOG_DIR,
+        start_timeout_s: float = 30.0,
+        **extra_env: str,
+    ) -> None:
         self.port = free_port()
+        self.start_timeout_s = start_timeout_s
         super().__init__(
             "daphne",
             [
-                sys.executable,
-                "-m",
-                "daphne",
+                *(program or [sys.executable, "-m", "daphne"]),
                 "-b",
                 "127.0.0.1",
                 "-p",
@@ -122,7 +138,8 @@ class DaphneServer(ManagedProcess):
                 str(WEBSOCKET_MAX_MESSAGE_BYTES),
                 "ccgsc_site.asgi:application",
             ],
-            server_env(**extra_env),
+            {**env, **extra_env} if env is not None else server_env(**extra_env),
+            log_dir=log_dir,
         )
 
     @property
@@ -136,7 +153,9 @@ class DaphneServer(ManagedProcess):
     def start(self) -> None:
         super().start()
         try:
-            wait_for_http(self.url + "/healthz", process=self.process)
+            wait_for_http(
+                self.url + "/healthz", timeout_s=self.start_timeout_s, process=self.process
+            )
         except Exception as exc:
             raise RuntimeError(f"Daphne failed to start:\n{self.log_tail()}") from exc
 
@@ -145,7 +164,15 @@ class CeleryWorker(ManagedProcess):
     """A real Celery worker consuming this run's own queue; with ``beat``, it also runs the
     periodic schedule (the lease sweeper)."""
 
-    def __init__(self, queue: str, *, beat: bool = False, **extra_env: str) -> None:
+    def __init__(
+        self,
+        queue: str,
+        *,
+        beat: bool = False,
+        env: dict[str, str] | None = None,
+        log_dir: Path = LOG_DIR,
+        **extra_env: str,
+    ) -> None:
         self.queue = queue
         args = [
             sys.executable, "-m", "celery", "-A", "ccgsc_site", "worker", "-P", "solo",
@@ -153,9 +180,14 @@ class CeleryWorker(ManagedProcess):
             "--without-heartbeat", "-n", f"test-{queue}-{uuid.uuid4().hex[:6]}@%h",
         ]  # fmt: skip
         if beat:
-            LOG_DIR.mkdir(parents=True, exist_ok=True)
-            args += ["-B", "-s", str(LOG_DIR / f"beat-{queue}-{uuid.uuid4().hex[:6]}")]
-        super().__init__("celery", args, server_env(CCGSC_CELERY_QUEUE=queue, **extra_env))
+            log_dir.mkdir(parents=True, exist_ok=True)
+            args += ["-B", "-s", str(log_dir / f"beat-{queue}-{uuid.uuid4().hex[:6]}")]
+        environment = (
+            {**env, "CCGSC_CELERY_QUEUE": queue, **extra_env}
+            if env is not None
+            else server_env(CCGSC_CELERY_QUEUE=queue, **extra_env)
+        )
+        super().__init__("celery", args, environment, log_dir=log_dir)
 
     def start(self) -> None:
         ready_before = (

@@ -60,31 +60,46 @@ class FcStack:
         return "\n".join(f"--- {name}\n{proc.log_tail(30)}" for name, proc in parts)
 
 
-@pytest.fixture
-def fc_stack(transactional_db, celery_queue):
-    """Everything a federated computing job needs, as real processes."""
-    import subprocess
-    import sys
+@pytest.fixture(scope="module")
+def fc_servers(django_db_setup, celery_queue, wasm_built):
+    """Daphne and a Celery worker with beat on the test database, started once per module: they
+    hold no state a test depends on (every row lives in PostgreSQL, reset between tests). Their
+    cache keys (throttle budgets, e.g. 20 anonymous contributors an hour per address) get a prefix
+    of their own, so earlier runs against the same Redis cannot exhaust them."""
+    import uuid
 
     from ccgsc_site.celery import app
-    from jobs.kernels import kernel_sync_builtins
-    from tests.servers import ROOT, CeleryWorker, DaphneServer
+    from tests.servers import CeleryWorker, DaphneServer
 
-    subprocess.run([sys.executable, str(ROOT / "wasm" / "build.py"), "--quiet"], check=True)
-    kernel_sync_builtins()
     previous_queue = app.conf.task_default_queue
     app.conf.task_default_queue = celery_queue
-    celery = CeleryWorker(celery_queue, beat=True)
+    cache_prefix = f"e2e-{uuid.uuid4().hex[:12]}"
+    celery = CeleryWorker(celery_queue, beat=True, CCGSC_CACHE_PREFIX=cache_prefix)
     celery.start()
-    daphne = DaphneServer(CCGSC_CELERY_QUEUE=celery_queue)
+    daphne = DaphneServer(CCGSC_CELERY_QUEUE=celery_queue, CCGSC_CACHE_PREFIX=cache_prefix)
     daphne.start()
+    yield daphne, celery
+    daphne.stop()
+    celery.stop()
+    app.conf.task_default_queue = previous_queue
+
+
+@pytest.fixture
+def fc_stack(transactional_db, fc_servers):
+    """Everything a federated computing job needs, as real processes. The servers are shared by
+    the module; each test gets its own rows (committed, flushed afterwards), the built-in kernels
+    and its own edge workers. A server a failed kill test left down is started again."""
+    from jobs.kernels import kernel_sync_builtins
+
+    daphne, celery = fc_servers
+    for server in (celery, daphne):
+        if server.process is None or server.process.poll() is not None:
+            server.start()
+    kernel_sync_builtins()
     stack = FcStack(daphne, celery)
     yield stack
     for worker in stack.edge_workers:
         worker.stop(kill=True)
-    daphne.stop()
-    celery.stop()
-    app.conf.task_default_queue = previous_queue
 
 
 def wait_for_job(

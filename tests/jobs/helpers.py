@@ -1,4 +1,5 @@
-"""Test helpers: create contributors/workers and run offers through the real kernels."""
+"""Test helpers: connect workers (rows from tests/factories.py) and run offers through the real
+kernels."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ccgsc_worker.kernel import KernelRunner
 from jobs import dispatch
 from jobs.kernels import kernel_module_bytes
 from jobs.models import Kernel
+from tests.factories import ContributorFactory
 
 HELLO = {
     "v": 1,
@@ -21,9 +23,11 @@ HELLO = {
 }
 
 
-def new_worker(slots: int = 4):  # noqa: ANN201
-    """A contributor with one connected worker; returns (session, token)."""
-    contributor, token = dispatch.contributor_create_anonymous()
+def new_worker(slots: int = 4, **contributor_fields):  # noqa: ANN003, ANN201
+    """A contributor (an anonymous device unless told otherwise) with one connected worker;
+    returns (session, token)."""
+    contributor = ContributorFactory(**contributor_fields)
+    token = dispatch.worker_token_issue(contributor=contributor)
     session = dispatch.worker_connect(
         contributor=contributor, hello={**HELLO, "slots": slots}, channel_name=""
     )
@@ -32,7 +36,7 @@ def new_worker(slots: int = 4):  # noqa: ANN201
 
 @cache
 def _runner(sha256: str) -> KernelRunner:
-    kernel = Kernel.objects.get(sha256=sha256)
+    kernel = Kernel.objects.filter(sha256=sha256).order_by("-builtin").first()
     return KernelRunner(kernel_module_bytes(kernel), sha256)
 
 

@@ -195,12 +195,7 @@ def test_anonymous_contributor_and_claim(owner):
 
 def test_claim_into_existing_contributor_moves_work_and_revokes_device(owner, tenant, kernels):
     mine = dispatch.contributor_for_user(user=owner)
-    session, token = new_worker()
-    from jobs.models import Contributor
-
-    Contributor.objects.filter(pk=session.contributor_id).update(
-        validated_replicas=3, validated_work_units=300
-    )
+    _, token = new_worker(validated_replicas=3, validated_work_units=300)
     merged = dispatch.contributor_claim(user=owner, token=token)
     assert merged.pk == mine.pk
     assert (merged.validated_replicas, merged.validated_work_units) == (3, 300)

@@ -167,10 +167,13 @@ def test_expired_lease_is_requeued_and_a_late_result_is_used_once(tenant, owner,
     assert submit(slow, slow_offer).status == "late"
     task = Task.objects.for_tenant(tenant).get(job=job)
     assert task.status == TaskStatus.VALIDATED
-    # the third replica was cancelled; its result is compared and never credited
-    assert submit(third, third_offer).status == "late"
-    assert (
-        Assignment.objects.for_tenant(tenant).get(pk=third_offer.assignment_id).credited_at is None
+    # the third replica was cancelled: its result is discarded, never stored nor credited
+    assert submit(third, third_offer).status == "discarded"
+    third_row = Assignment.objects.for_tenant(tenant).get(pk=third_offer.assignment_id)
+    assert (third_row.status, third_row.credited_at, third_row.output) == (
+        AssignmentStatus.CANCELLED,
+        None,
+        None,
     )
     credited = Assignment.objects.for_tenant(tenant).filter(credited_at__isnull=False).count()
     assert credited == 2
@@ -207,7 +210,7 @@ def test_cancel_stops_everything(tenant, owner, kernels):
     offers = dispatch.assignment_claim(worker_id=session.worker_id, count=2)
     services.job_cancel(job=job, actor_role=Role.MEMBER)
     assert dispatch.assignment_claim(worker_id=new_worker()[0].worker_id, count=4) == []
-    assert submit(session, offers[0]).status == "late"
+    assert submit(session, offers[0]).status == "discarded"
     job.refresh_from_db()
     assert job.status == JobStatus.CANCELLED
     assert Task.objects.for_tenant(tenant).filter(job=job, status=TaskStatus.CANCELLED).count() == 4

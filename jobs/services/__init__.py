@@ -1,0 +1,47 @@
+"""Job services: creation, lifecycle (controls and events) and reduction.
+
+The package re-exports the names the rest of the project uses, so ``from jobs import services``
+keeps working whichever module a service lives in.
+"""
+
+from jobs.services.creation import (
+    KNOWN_ANSWER_EVERY,
+    MAX_INDEX,
+    MAX_KNOWN_ANSWERS,
+    MAX_SEED,
+    JobSpec,
+    job_create,
+)
+from jobs.services.lifecycle import (
+    job_admit,
+    job_cancel,
+    job_control,
+    job_event,
+    job_pause,
+    job_pause_system,
+    job_resume,
+    job_start,
+    replicas_cancel_running,
+)
+from jobs.services.reduction import job_finish_if_done, job_reduce, result_summary
+
+__all__ = [
+    "KNOWN_ANSWER_EVERY",
+    "MAX_INDEX",
+    "MAX_KNOWN_ANSWERS",
+    "MAX_SEED",
+    "JobSpec",
+    "job_admit",
+    "job_cancel",
+    "job_control",
+    "job_create",
+    "job_event",
+    "job_finish_if_done",
+    "job_pause",
+    "job_pause_system",
+    "job_reduce",
+    "job_resume",
+    "job_start",
+    "replicas_cancel_running",
+    "result_summary",
+]

@@ -1,0 +1,201 @@
+"""Job lifecycle: start, pause, resume, cancel, the controls that apply them, and job events.
+
+Every transition takes the job's row lock. Pausing and cancelling both stop the replicas that are
+running and tell their workers (``worker.cancel``, after commit): a paused job's tasks go back to
+the queue and are handed out again on resume.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from jobs import realtime
+from jobs.metering import WorkQuote, WorkRefused, metering
+from jobs.models import Assignment, AssignmentStatus, Job, JobEvent, JobStatus, Task, TaskStatus
+from jobs.selectors import job_get
+from tenants.models import Tenant
+from tenants.roles import Action
+from tenants.services import require_role
+
+
+def job_event(*, job: Job, kind: str, message: str) -> JobEvent:
+    """Record a line of the job's history and push it to the director after commit."""
+    event = JobEvent.objects.create(
+        tenant_id=job.tenant_id, job=job, kind=kind, message=message[:300]
+    )
+    realtime.broadcast_on_commit(
+        realtime.job_group(job.id),
+        {
+            "type": "job.event",
+            "kind": kind,
+            "message": event.message,
+            "at": event.created_at.isoformat(),
+        },
+    )
+    return event
+
+
+def _lock(job: Job) -> Job:
+    # ``job`` was loaded through a tenant-scoped selector; re-read it under a row lock.
+    return Job.objects.unscoped().select_for_update().get(pk=job.pk, tenant_id=job.tenant_id)
+
+
+def job_admit(*, job: Job) -> None:
+    """Ask the money plane whether the job's next task can be paid for; refusals become
+    ``ValidationError`` with the money plane's message."""
+    units = max(
+        1, round(min(job.chunk_size, job.range_end - job.range_start) * job.kernel.work_unit_scale)
+    )
+    try:
+        metering().admit(tenant=job.tenant, quote=WorkQuote(work_units=units))
+    except WorkRefused as exc:
+        raise ValidationError(str(exc)) from exc
+
+
+def _set_dispatchable(job: Job) -> None:
+    """Recompute which of the job's open tasks may be handed out."""
+    tasks = Task.objects.unscoped().filter(job=job)
+    if job.status == JobStatus.RUNNING:
+        tasks.filter(status=TaskStatus.OPEN, active_replicas__lt=F("target_replicas")).update(
+            dispatchable=True
+        )
+    else:
+        tasks.filter(dispatchable=True).update(dispatchable=False)
+
+
+def replicas_cancel_running(
+    *, job: Job, reason: str, task: Task | None = None, release: bool = False
+) -> int:
+    """Mark the job's live replicas cancelled and tell their workers (after commit).
+
+    With ``release``, each cancelled replica also stops counting against its task
+    (``active_replicas``), so the task is handed out again when the job runs: a pause needs that,
+    while a cancelled or finished job's tasks are closed anyway. Returns how many were cancelled.
+    """
+    live = Assignment.objects.unscoped().filter(job=job, status=AssignmentStatus.ASSIGNED)
+    if task is not None:
+        live = live.filter(task=task)
+    # Lock the live replicas first so the ones released from their tasks are exactly the ones
+    # cancelled. A replica whose result is being stored right now holds its row lock: skip it
+    # (its result is already here; waiting for it while holding the task's lock would deadlock).
+    # A heartbeat holds the lock for one statement; a replica skipped for that runs on until its
+    # result (stored as late if the task closed) or its lease expiry.
+    rows = list(
+        live.select_for_update(skip_locked=True, of=("self",)).values_list(
+            "id", "task_id", "worker__channel_name"
+        )
+    )
+    for assignment_id, _, channel in rows:
+        realtime.send_on_commit(
+            channel, {"type": "worker.cancel", "assignment": str(assignment_id), "reason": reason}
+        )
+    live.filter(pk__in=[row[0] for row in rows]).update(status=AssignmentStatus.CANCELLED)
+    if release:
+        for task_id, count in Counter(row[1] for row in rows).items():
+            Task.objects.unscoped().filter(pk=task_id).update(
+                active_replicas=Greatest(F("active_replicas") - count, Value(0))
+            )
+    return len(rows)
+
+
+@transaction.atomic
+def job_start(*, job: Job, actor_role: str) -> Job:
+    """Start a draft job: its tasks become dispatchable and idle workers are woken."""
+    require_role(membership_role=actor_role, action=Action.RUN_JOBS)
+    job = _lock(job)
+    if job.status != JobStatus.DRAFT:
+        raise ValidationError(f"A {job.status} job cannot be started.")
+    job_admit(job=job)
+    job.status = JobStatus.RUNNING
+    job.started_at = timezone.now()
+    job.save(update_fields=["status", "started_at"])
+    _set_dispatchable(job)
+    job_event(job=job, kind="started", message="Job started")
+    realtime.wake_dispatch_on_commit()
+    return job
+
+
+def _pause_locked(job: Job, *, reason: str) -> None:
+    """Pause a running job whose row lock the caller holds."""
+    job.status = JobStatus.PAUSED
+    job.status_reason = reason[:300]
+    job.save(update_fields=["status", "status_reason"])
+    replicas_cancel_running(job=job, reason="job_paused", release=True)
+    _set_dispatchable(job)
+    job_event(job=job, kind="paused", message=reason)
+
+
+@transaction.atomic
+def job_pause(*, job: Job, actor_role: str, reason: str = "Paused by the tenant") -> Job:
+    """Stop handing out tasks and stop the replicas running; resume hands their tasks out again."""
+    require_role(membership_role=actor_role, action=Action.RUN_JOBS)
+    job = _lock(job)
+    if job.status != JobStatus.RUNNING:
+        raise ValidationError(f"A {job.status} job cannot be paused.")
+    _pause_locked(job, reason=reason)
+    return job
+
+
+def job_pause_system(*, job_id: Any, reason: str) -> bool:
+    """Pause a running job on the platform's own behalf (e.g. the money plane when a balance runs
+    out). No role is involved: this is a system action, audited as a job event. Returns whether
+    the job was running and is now paused. Call it after the caller's transaction commits: it
+    takes the job's row lock in a transaction of its own."""
+    with transaction.atomic():
+        job = Job.objects.unscoped().select_for_update().filter(pk=job_id).first()
+        if job is None or job.status != JobStatus.RUNNING:
+            return False
+        _pause_locked(job, reason=reason)
+        return True
+
+
+@transaction.atomic
+def job_resume(*, job: Job, actor_role: str) -> Job:
+    """Resume a paused job."""
+    require_role(membership_role=actor_role, action=Action.RUN_JOBS)
+    job = _lock(job)
+    if job.status != JobStatus.PAUSED:
+        raise ValidationError(f"A {job.status} job cannot be resumed.")
+    job_admit(job=job)
+    job.status = JobStatus.RUNNING
+    job.status_reason = ""
+    job.save(update_fields=["status", "status_reason"])
+    _set_dispatchable(job)
+    job_event(job=job, kind="resumed", message="Job resumed")
+    realtime.wake_dispatch_on_commit()
+    return job
+
+
+@transaction.atomic
+def job_cancel(*, job: Job, actor_role: str, reason: str = "Cancelled by the tenant") -> Job:
+    """Cancel a job: open tasks are cancelled and running replicas told to stop."""
+    require_role(membership_role=actor_role, action=Action.RUN_JOBS)
+    job = _lock(job)
+    if job.is_finished:
+        raise ValidationError(f"A {job.status} job cannot be cancelled.")
+    job.status = JobStatus.CANCELLED
+    job.status_reason = reason[:300]
+    job.completed_at = timezone.now()
+    job.save(update_fields=["status", "status_reason", "completed_at"])
+    Task.objects.unscoped().filter(job=job, status=TaskStatus.OPEN).update(
+        status=TaskStatus.CANCELLED, dispatchable=False
+    )
+    replicas_cancel_running(job=job, reason="job_cancelled")
+    job_event(job=job, kind="cancelled", message=reason)
+    return job
+
+
+def job_control(*, tenant: Tenant, job_id: Any, role: str, action: str) -> Job:
+    """Apply a director or API control (start, pause, resume, cancel) to a tenant's job."""
+    job = job_get(tenant=tenant, job_id=job_id)  # first: another tenant's job is a 404, always
+    controls = {"start": job_start, "pause": job_pause, "resume": job_resume, "cancel": job_cancel}
+    if action not in controls:
+        raise ValidationError(f"Unknown action {action!r}; use one of {sorted(controls)}.")
+    return controls[action](job=job, actor_role=role)
