@@ -104,7 +104,7 @@ def kernel_upload(
     if len(module) > MAX_MODULE_BYTES:
         raise ValidationError({"module": f"Modules are limited to {MAX_MODULE_BYTES} bytes."})
     try:
-        validate_module(module)
+        validate_module(module, kind="fc")
     except KernelRejected as exc:
         raise ValidationError({"module": str(exc)}) from exc
     digest = hashlib.sha256(module).hexdigest()

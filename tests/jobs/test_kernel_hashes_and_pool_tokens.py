@@ -101,3 +101,23 @@ def test_claiming_a_pool_token_through_the_api_is_a_clear_400(owner, tenant):
     assert response.status_code == 400
     assert "private worker pool" in response.json()["error"]["fields"]["token"]
     assert Worker.objects.count() == 0
+
+
+def test_a_training_module_is_refused_as_an_fc_kernel(
+    tenant, owner, wasm_built, settings, tmp_path
+):
+    # given a Core tenant and the built 2NN training kernel, which speaks ABI v2
+    from pathlib import Path
+
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(tmp_path)},
+    }}  # fmt: skip
+    Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.CORE)
+    tenant.refresh_from_db()
+    module = (Path(__file__).resolve().parents[2] / "wasm" / "build" / "mlp.wasm").read_bytes()
+    # when it is uploaded as an FC kernel
+    with pytest.raises(ValidationError, match="ABI version 1"):
+        _upload(tenant, owner, module)
+    # then nothing was stored
+    assert not Kernel.objects.filter(tenant=tenant).exists()
