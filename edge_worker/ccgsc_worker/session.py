@@ -1,0 +1,509 @@
+"""The worker session as a pure state machine: no I/O, no clock, no asyncio.
+
+``Session`` takes one input at a time (the socket opened or closed, a server message, a task
+finished or failed, a heartbeat tick, pause/resume, a change of concurrency, stop) and returns
+the effects the client must carry out, in order, as plain dicts:
+
+- ``{"do": "send", "message": {...}}``: send a JSON control message;
+- ``{"do": "send_result", "assignment": id}``: send the result frame the outbox holds;
+- ``{"do": "run", "assignment": id}`` / ``{"do": "cancel", "assignment": id}``: start or abandon a
+  task (``session.assignment(id)`` gives the decoded assignment);
+- ``{"do": "connect", "delay_ms": n}``: open the socket after ``n`` ms (the back-off schedule);
+- ``{"do": "heartbeat", "interval_ms": n | None}``: tick every ``n`` ms from now on (None stops);
+- ``{"do": "close", "code": 1000}``: close the socket;
+- ``{"do": "end", "reason": ..., "code": n | None}``: the session is over (``requested``, or a
+  fatal close code after which reconnecting cannot help);
+- ``{"do": "notify", "event": name, ...}``: something happened (logs, counters on screen).
+
+Its twin is ``static/worker_frontend/session.js``; ``tests/scenarios/worker_session.json`` drives
+both with the same inputs and expects the same effects.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ccgsc_worker import protocol as proto
+from ccgsc_worker.outbox import Outbox
+from ccgsc_worker.protocol import Assignment
+
+Effect = dict[str, Any]
+HelloBuilder = Callable[[int, "str | None"], dict[str, Any]]
+
+IDLE = "idle"  # not started, or left
+CONNECTING = "connecting"  # waiting for the socket to open (after the back-off delay)
+HELLO = "hello"  # hello sent, waiting for welcome
+CONNECTED = "connected"  # welcomed
+STOPPED = "stopped"  # the server refused us for good (4001, 4002)
+
+QUEUED = "queued"
+RUNNING = "running"
+
+DEFAULT_HEARTBEAT_MS = 10_000
+MIN_HEARTBEAT_MS = 100
+STOPPING = "stopping"  # the pause reason a graceful stop adds
+
+
+class Backoff:
+    """Reconnect delays: 0.5 s doubling up to 30 s, each drawn uniformly from [d/2, d]."""
+
+    def __init__(
+        self,
+        initial: float = 0.5,
+        maximum: float = 30.0,
+        *,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng
+
+    def nominal(self) -> float:
+        """The un-jittered delay of the next attempt, in seconds."""
+        return min(self.maximum, self.initial * 2 ** min(self.attempt, 32))
+
+    def next_delay(self) -> float:
+        """Return the delay before the next attempt in seconds, and advance."""
+        nominal = self.nominal()
+        self.attempt += 1
+        return nominal / 2 + nominal / 2 * self._rng()
+
+    def reset(self) -> None:
+        """Start again from the initial delay (after a successful welcome)."""
+        self.attempt = 0
+
+
+@dataclass
+class SessionCounters:
+    """What a session has done since it was created (the same names in session.js)."""
+
+    tasks_completed: int = 0
+    errors: int = 0
+    results_acked: int = 0
+    results_resent: int = 0
+    acks: dict[str, int] = field(default_factory=dict)
+    validated: int = 0
+    work_units: int = 0
+    cancelled: int = 0
+    server_errors: int = 0
+    sessions: int = 0
+    disconnects: int = 0
+    reconnects: int = 0
+
+
+def _notify(event: str, **info: Any) -> Effect:
+    return {"do": "notify", "event": event, **info}
+
+
+def _send(message: dict[str, Any]) -> Effect:
+    return {"do": "send", "message": message}
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative integer count, also from a decimal string (u64 may travel as text)."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+class Session:
+    """One worker's protocol state: connection phase, held tasks, outbox, pause and counters."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        build_hello: HelloBuilder,
+        backoff: Backoff | None = None,
+        outbox: Outbox | None = None,
+        worker_id: str | None = None,
+        heartbeat_floor_ms: int = 50,
+        heartbeat_override_ms: int | None = None,
+    ) -> None:
+        self.phase = IDLE
+        self.concurrency = concurrency
+        self.worker_id = worker_id
+        self.contributor: str | None = None
+        self.heartbeat_ms = DEFAULT_HEARTBEAT_MS
+        self.max_result_bytes = proto.MAX_RESULT_BYTES
+        self.pause_reasons: set[str] = set()
+        self.stopping = False
+        self.sent_slots: int | None = None
+        self.outbox = outbox if outbox is not None else Outbox()
+        self.backoff = backoff or Backoff()
+        self.counters = SessionCounters()
+        self._build_hello = build_hello
+        self._heartbeat_floor_ms = heartbeat_floor_ms
+        self._heartbeat_override_ms = heartbeat_override_ms
+        self._tasks: dict[str, str] = {}  # assignment id -> queued | running, in arrival order
+        self._assignments: dict[str, Assignment] = {}
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True between a ``welcome`` and the end of that connection."""
+        return self.phase == CONNECTED
+
+    @property
+    def desired_slots(self) -> int:
+        """The capacity to advertise: 0 while anything pauses the worker."""
+        return 0 if self.pause_reasons else self.concurrency
+
+    @property
+    def tasks(self) -> dict[str, str]:
+        """Held assignments mapped to ``queued`` or ``running``."""
+        return dict(self._tasks)
+
+    def assignment(self, assignment_id: str) -> Assignment:
+        """The decoded assignment of a held task."""
+        return self._assignments[assignment_id]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state the scenario table checks (the same keys in session.js)."""
+        return {
+            "phase": self.phase,
+            "worker": self.worker_id,
+            "contributor": self.contributor,
+            "heartbeat_ms": self.heartbeat_ms,
+            "concurrency": self.concurrency,
+            "slots": self.desired_slots,
+            "paused": sorted(self.pause_reasons),
+            "stopping": self.stopping,
+            "tasks": self.tasks,
+            "outbox": list(self.outbox),
+            "counters": asdict(self.counters),
+        }
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def handle(self, event: Mapping[str, Any]) -> list[Effect]:
+        """Dispatch one input written as a dict (the scenario table's form)."""
+        kind = event["event"]
+        if kind == "start":
+            return self.start()
+        if kind == "opened":
+            return self.opened()
+        if kind == "message":
+            return self.message(event["data"])
+        if kind == "closed":
+            return self.closed(event.get("code"), event.get("reason", ""))
+        if kind == "finished":
+            return self.finished(event["assignment"], event["output"], event.get("elapsed_ms", 0))
+        if kind == "failed":
+            return self.failed(event["assignment"], event["code"], event.get("message", ""))
+        if kind == "tick":
+            return self.tick()
+        if kind == "pause":
+            return self.pause(event["reason"])
+        if kind == "resume":
+            return self.resume(event["reason"])
+        if kind == "concurrency":
+            return self.set_concurrency(event["concurrency"])
+        if kind == "stop":
+            return self.stop(abandon=bool(event.get("abandon", False)))
+        raise ValueError(f"unknown session input {kind!r}")
+
+    def start(self) -> list[Effect]:
+        """Begin contributing: connect now."""
+        if self.phase != IDLE:
+            return []
+        self.phase = CONNECTING
+        self.stopping = False
+        self.pause_reasons.discard(STOPPING)
+        return [{"do": "connect", "delay_ms": 0}]
+
+    def opened(self) -> list[Effect]:
+        """The socket is open: say hello (resuming the previous identity, if any)."""
+        if self.phase != CONNECTING:
+            return []
+        self.phase = HELLO
+        self.sent_slots = self.desired_slots
+        return [_send(self._build_hello(self.sent_slots, self.worker_id))]
+
+    def message(self, data: str | bytes) -> list[Effect]:
+        """One frame from the server."""
+        if isinstance(data, bytes | bytearray | memoryview):
+            return [_notify("bad_message", error="unexpected binary frame from the server")]
+        try:
+            message = proto.parse_server_message(data)
+            return getattr(self, f"_on_{message['type']}")(message)
+        except (KeyError, TypeError, ValueError) as exc:  # ProtocolError is a ValueError
+            return [_notify("bad_message", error=str(exc)[:300])]
+
+    def closed(self, code: int | None, reason: str = "") -> list[Effect]:
+        """The socket closed (or never opened: ``code`` None)."""
+        if self.phase in (IDLE, STOPPED):
+            return []
+        effects: list[Effect] = []
+        if self.phase == CONNECTED:
+            self.counters.disconnects += 1
+            effects += [{"do": "heartbeat", "interval_ms": None}, _notify("disconnected")]
+        self.sent_slots = None
+        if code in proto.FATAL_CLOSE_CODES:
+            effects += self._abandon()
+            self.phase = STOPPED
+            reason_name = "unauthorized" if code == proto.CLOSE_UNAUTHORIZED else "protocol_version"
+            return [*effects, {"do": "end", "reason": reason_name, "code": code}]
+        if self.stopping:  # the connection went while finishing: nothing left to wait for
+            effects += self._abandon()
+            self.phase = IDLE
+            self.stopping = False
+            return [*effects, {"do": "end", "reason": "requested", "code": None}]
+        self.phase = CONNECTING
+        self.counters.reconnects += 1
+        delay_ms = round(self.backoff.next_delay() * 1000)
+        return [
+            *effects,
+            _notify("reconnecting", delay_ms=delay_ms, code=code, reason=reason),
+            {"do": "connect", "delay_ms": delay_ms},
+        ]
+
+    def finished(self, assignment_id: str, output: bytes, elapsed_ms: int = 0) -> list[Effect]:
+        """A task produced its output: keep the frame until acked and send it when connected."""
+        if self._tasks.pop(assignment_id, None) is None:
+            return [_notify("discarded", assignment=assignment_id)]
+        self._assignments.pop(assignment_id, None)
+        if len(output) > self.max_result_bytes:
+            limit = self.max_result_bytes
+            text = f"output of {len(output)} bytes exceeds the {limit}-byte result limit"
+            return self._failed(assignment_id, "kernel_failed", text)
+        frame = proto.encode_result_frame(assignment_id, output, elapsed_ms)
+        effects = [
+            _notify("outbox_overflow", assignment=lost)
+            for lost in self.outbox.put(assignment_id, frame)
+        ]
+        self.counters.tasks_completed += 1
+        effects.append(_notify("completed", assignment=assignment_id, elapsed_ms=elapsed_ms))
+        if self.connected:
+            effects.append({"do": "send_result", "assignment": assignment_id})
+        return effects + self._pump() + self._maybe_end_stop()
+
+    def failed(self, assignment_id: str, code: str, message: str = "") -> list[Effect]:
+        """A task failed on this worker: report it so the server reissues the replica."""
+        if self._tasks.pop(assignment_id, None) is None:
+            return []
+        self._assignments.pop(assignment_id, None)
+        return self._failed(assignment_id, code, message)
+
+    def tick(self) -> list[Effect]:
+        """Heartbeat: a ``progress`` for every held task (queued ones hold a lease as well)."""
+        if not self.connected:
+            return []
+        return [_send(proto.progress(aid)) for aid in self._tasks]
+
+    def pause(self, reason: str) -> list[Effect]:
+        """Take no new work for ``reason`` (user, battery, metered, stopping)."""
+        self.pause_reasons.add(reason)
+        return self._sync_capacity()
+
+    def resume(self, reason: str) -> list[Effect]:
+        """Lift one pause reason; work resumes when none is left."""
+        self.pause_reasons.discard(reason)
+        return self._sync_capacity()
+
+    def set_concurrency(self, concurrency: int) -> list[Effect]:
+        """Run up to ``concurrency`` tasks at once, and advertise it."""
+        if not 1 <= concurrency <= proto.MAX_SLOTS:
+            raise ValueError(f"concurrency must be in 1..{proto.MAX_SLOTS}, got {concurrency}")
+        self.concurrency = concurrency
+        return self._sync_capacity() + self._pump()
+
+    def stop(self, *, abandon: bool = False) -> list[Effect]:
+        """Leave. Gracefully (connected, not ``abandon``): take no new work, drop queued tasks,
+        finish running ones, deliver their results and end once the outbox is empty."""
+        if self.phase in (IDLE, STOPPED):
+            return []
+        if abandon or not self.connected:
+            effects = self._abandon()
+            if self.phase in (CONNECTING, HELLO, CONNECTED):
+                effects.append({"do": "close", "code": 1000})
+            if self.phase == CONNECTED:
+                effects.append({"do": "heartbeat", "interval_ms": None})
+            self.phase = IDLE
+            self.sent_slots = None
+            self.stopping = False
+            return [*effects, {"do": "end", "reason": "requested", "code": None}]
+        self.stopping = True
+        effects = self.pause(STOPPING)
+        for aid, state in list(self._tasks.items()):
+            if state == QUEUED:
+                effects += self._drop(aid, "stopping")
+        return effects + self._maybe_end_stop()
+
+    # -- server messages -------------------------------------------------------------------
+
+    def _on_welcome(self, message: dict[str, Any]) -> list[Effect]:
+        worker, heartbeat_ms = message["worker"], message["heartbeat_ms"]
+        if not isinstance(worker, str) or not worker:
+            raise ValueError("welcome: worker must be a string")
+        if isinstance(heartbeat_ms, bool) or not isinstance(heartbeat_ms, int | float):
+            raise ValueError("welcome: heartbeat_ms must be a number")
+        resumed = worker == self.worker_id
+        self.worker_id = worker
+        contributor = message.get("contributor")
+        self.contributor = contributor if isinstance(contributor, str) else None
+        self.heartbeat_ms = max(MIN_HEARTBEAT_MS, int(heartbeat_ms))
+        limits = message.get("limits")
+        max_result_bytes = (
+            _count(limits.get("max_result_bytes")) if isinstance(limits, dict) else None
+        )
+        if max_result_bytes is not None:
+            self.max_result_bytes = min(proto.MAX_RESULT_BYTES, max_result_bytes)
+        self.phase = CONNECTED
+        self.backoff.reset()
+        self.counters.sessions += 1
+        effects: list[Effect] = []
+        outstanding = message.get("outstanding")
+        if isinstance(outstanding, list):
+            expected = {a for a in outstanding if isinstance(a, str)}
+            for aid, state in list(self._tasks.items()):
+                if state == QUEUED and aid not in expected:
+                    effects += self._drop(aid, "not_outstanding")
+        effects.append(
+            _notify(
+                "welcome",
+                worker=worker,
+                contributor=self.contributor,
+                resumed=resumed,
+                heartbeat_ms=self.heartbeat_ms,
+                resending=len(self.outbox),
+            )
+        )
+        effects += self._sync_capacity()
+        for aid in self.outbox:
+            self.counters.results_resent += 1
+            effects.append({"do": "send_result", "assignment": aid})
+        effects += self.tick()
+        period_ms = self._heartbeat_override_ms or self.heartbeat_ms
+        interval_ms = max(self._heartbeat_floor_ms, period_ms // 2)
+        effects.append({"do": "heartbeat", "interval_ms": interval_ms})
+        return effects
+
+    def _on_assign(self, message: dict[str, Any]) -> list[Effect]:
+        try:
+            assignment = proto.decode_assign(message)
+        except proto.ProtocolError as exc:
+            aid = message.get("assignment")
+            effects = [_notify("bad_message", error=str(exc)[:300])]
+            if isinstance(aid, str) and aid and aid not in self._tasks and self.connected:
+                effects.append(_send(proto.error(aid, "kernel_rejected", str(exc))))
+            return effects
+        aid = assignment.id
+        if aid in self._tasks:
+            return []
+        if aid in self.outbox:  # assigned again after we finished it: the result answers it
+            return [{"do": "send_result", "assignment": aid}] if self.connected else []
+        if self.stopping:
+            return [_notify("dropped", assignment=aid, reason="stopping")]
+        self._tasks[aid] = QUEUED
+        self._assignments[aid] = assignment
+        return [_notify("assign", assignment=aid), *self._pump()]
+
+    def _on_ack(self, message: dict[str, Any]) -> list[Effect]:
+        aid, status = message["assignment"], message["status"]
+        if not isinstance(aid, str) or status not in proto.ACK_STATUSES:
+            raise ValueError("ack: bad assignment or status")
+        if not self.outbox.ack(aid):
+            return []
+        self.counters.results_acked += 1
+        self.counters.acks[status] = self.counters.acks.get(status, 0) + 1
+        return [_notify("ack", assignment=aid, status=status), *self._maybe_end_stop()]
+
+    def _on_credit(self, message: dict[str, Any]) -> list[Effect]:
+        validated, work_units = _count(message["validated"]), _count(message["work_units"])
+        if validated is None or work_units is None:
+            raise ValueError("credit: validated and work_units must be non-negative integers")
+        self.counters.validated += validated
+        self.counters.work_units += work_units
+        return [_notify("credit", validated=validated, work_units=work_units)]
+
+    def _on_cancel(self, message: dict[str, Any]) -> list[Effect]:
+        aid = message["assignment"]
+        state = self._tasks.get(aid) if isinstance(aid, str) else None
+        if state is None:
+            return []
+        self.counters.cancelled += 1
+        effects = [_notify("cancel", assignment=aid, state=state, reason=message.get("reason"))]
+        if state == QUEUED:
+            return effects + self._drop(aid, "cancelled")
+        del self._tasks[aid]
+        self._assignments.pop(aid, None)
+        return [*effects, {"do": "cancel", "assignment": aid}, *self._pump()]
+
+    def _on_error(self, message: dict[str, Any]) -> list[Effect]:
+        self.counters.server_errors += 1
+        return [
+            _notify(
+                "server_error",
+                code=message.get("code"),
+                message=message.get("message"),
+                ref=message.get("ref"),
+            )
+        ]
+
+    def _on_pong(self, message: dict[str, Any]) -> list[Effect]:
+        return []
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _failed(self, assignment_id: str, code: str, message: str) -> list[Effect]:
+        self.counters.errors += 1
+        effects = [_notify("failed", assignment=assignment_id, code=code, message=message)]
+        if self.connected:
+            effects.append(_send(proto.error(assignment_id, code, message)))
+        return effects + self._pump() + self._maybe_end_stop()
+
+    def _pump(self) -> list[Effect]:
+        """Start queued tasks, oldest first, while fewer than ``concurrency`` run."""
+        running = sum(1 for state in self._tasks.values() if state == RUNNING)
+        effects: list[Effect] = []
+        for aid, state in self._tasks.items():
+            if running >= self.concurrency:
+                break
+            if state == QUEUED:
+                self._tasks[aid] = RUNNING
+                running += 1
+                effects.append({"do": "run", "assignment": aid})
+        return effects
+
+    def _drop(self, aid: str, reason: str) -> list[Effect]:
+        self._tasks.pop(aid, None)
+        self._assignments.pop(aid, None)
+        return [_notify("dropped", assignment=aid, reason=reason)]
+
+    def _abandon(self) -> list[Effect]:
+        """Forget every held task; running ones are cancelled."""
+        effects = [
+            {"do": "cancel", "assignment": aid}
+            for aid, state in self._tasks.items()
+            if state == RUNNING
+        ]
+        self._tasks.clear()
+        self._assignments.clear()
+        return effects
+
+    def _sync_capacity(self) -> list[Effect]:
+        wanted = self.desired_slots
+        if not self.connected or wanted == self.sent_slots:
+            return []
+        self.sent_slots = wanted
+        return [_send(proto.capacity(wanted))]
+
+    def _maybe_end_stop(self) -> list[Effect]:
+        if not self.stopping or self._tasks or len(self.outbox):
+            return []
+        self.stopping = False
+        self.phase = IDLE
+        self.sent_slots = None
+        return [
+            {"do": "heartbeat", "interval_ms": None},
+            {"do": "close", "code": 1000},
+            {"do": "end", "reason": "requested", "code": None},
+        ]
