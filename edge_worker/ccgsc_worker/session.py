@@ -21,12 +21,12 @@ both with the same inputs and expects the same effects.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ccgsc_worker import protocol as proto
+from ccgsc_worker.backoff import Backoff
 from ccgsc_worker.outbox import Outbox
 from ccgsc_worker.protocol import Assignment
 
@@ -45,36 +45,6 @@ RUNNING = "running"
 DEFAULT_HEARTBEAT_MS = 10_000
 MIN_HEARTBEAT_MS = 100
 STOPPING = "stopping"  # the pause reason a graceful stop adds
-
-
-class Backoff:
-    """Reconnect delays: 0.5 s doubling up to 30 s, each drawn uniformly from [d/2, d]."""
-
-    def __init__(
-        self,
-        initial: float = 0.5,
-        maximum: float = 30.0,
-        *,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-        self._rng = rng
-
-    def nominal(self) -> float:
-        """The un-jittered delay of the next attempt, in seconds."""
-        return min(self.maximum, self.initial * 2 ** min(self.attempt, 32))
-
-    def next_delay(self) -> float:
-        """Return the delay before the next attempt in seconds, and advance."""
-        nominal = self.nominal()
-        self.attempt += 1
-        return nominal / 2 + nominal / 2 * self._rng()
-
-    def reset(self) -> None:
-        """Start again from the initial delay (after a successful welcome)."""
-        self.attempt = 0
 
 
 @dataclass
@@ -185,30 +155,10 @@ class Session:
 
     def handle(self, event: Mapping[str, Any]) -> list[Effect]:
         """Dispatch one input written as a dict (the scenario table's form)."""
-        kind = event["event"]
-        if kind == "start":
-            return self.start()
-        if kind == "opened":
-            return self.opened()
-        if kind == "message":
-            return self.message(event["data"])
-        if kind == "closed":
-            return self.closed(event.get("code"), event.get("reason", ""))
-        if kind == "finished":
-            return self.finished(event["assignment"], event["output"], event.get("elapsed_ms", 0))
-        if kind == "failed":
-            return self.failed(event["assignment"], event["code"], event.get("message", ""))
-        if kind == "tick":
-            return self.tick()
-        if kind == "pause":
-            return self.pause(event["reason"])
-        if kind == "resume":
-            return self.resume(event["reason"])
-        if kind == "concurrency":
-            return self.set_concurrency(event["concurrency"])
-        if kind == "stop":
-            return self.stop(abandon=bool(event.get("abandon", False)))
-        raise ValueError(f"unknown session input {kind!r}")
+        handler = _INPUTS.get(event["event"])
+        if handler is None:
+            raise ValueError(f"unknown session input {event['event']!r}")
+        return handler(self, event)
 
     def start(self) -> list[Effect]:
         """Begin contributing: connect now."""
@@ -507,3 +457,18 @@ class Session:
             {"do": "close", "code": 1000},
             {"do": "end", "reason": "requested", "code": None},
         ]
+
+
+_INPUTS: dict[str, Callable[[Session, Mapping[str, Any]], list[Effect]]] = {
+    "start": lambda s, e: s.start(),
+    "opened": lambda s, e: s.opened(),
+    "message": lambda s, e: s.message(e["data"]),
+    "closed": lambda s, e: s.closed(e.get("code"), e.get("reason", "")),
+    "finished": lambda s, e: s.finished(e["assignment"], e["output"], e.get("elapsed_ms", 0)),
+    "failed": lambda s, e: s.failed(e["assignment"], e["code"], e.get("message", "")),
+    "tick": lambda s, e: s.tick(),
+    "pause": lambda s, e: s.pause(e["reason"]),
+    "resume": lambda s, e: s.resume(e["reason"]),
+    "concurrency": lambda s, e: s.set_concurrency(e["concurrency"]),
+    "stop": lambda s, e: s.stop(abandon=bool(e.get("abandon", False))),
+}

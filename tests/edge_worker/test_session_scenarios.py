@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from ccgsc_worker import protocol as proto
+from ccgsc_worker.backoff import Backoff
 from ccgsc_worker.outbox import Outbox
-from ccgsc_worker.session import Backoff, Session
+from ccgsc_worker.session import Session
 
 TABLE = json.loads(
     (Path(__file__).resolve().parents[1] / "scenarios" / "worker_session.json").read_text()
