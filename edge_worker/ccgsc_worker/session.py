@@ -324,6 +324,7 @@ class Session:
                 resumed=resumed,
                 heartbeat_ms=self.heartbeat_ms,
                 resending=len(self.outbox),
+                limits=limits if isinstance(limits, dict) else None,
             )
         )
         effects += self._sync_capacity()

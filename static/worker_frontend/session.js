@@ -20,7 +20,6 @@ import {
   Backoff,
   MAX_RESULT_BYTES,
   MAX_SLOTS,
-  Outbox,
   ProtocolError,
   capacityMessage,
   decodeAssign,
@@ -29,6 +28,7 @@ import {
   parseServerMessage,
   progressMessage,
 } from "./protocol.js";
+import { Outbox } from "./outbox.js";
 
 export const PHASE = Object.freeze({
   IDLE: "idle", // not started, or left
@@ -389,6 +389,7 @@ const SERVER_HANDLERS = {
         resumed,
         heartbeat_ms: this.heartbeatMs,
         resending: this.outbox.size,
+        limits: message.limits && typeof message.limits === "object" ? message.limits : null,
       }),
     );
     effects.push(...this.syncCapacity());

@@ -6,7 +6,8 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 
-import { Backoff, Outbox, decodeResultFrame, helloMessage } from "../../static/worker_frontend/protocol.js";
+import { Outbox } from "../../static/worker_frontend/outbox.js";
+import { Backoff, decodeResultFrame, helloMessage } from "../../static/worker_frontend/protocol.js";
 import { Session } from "../../static/worker_frontend/session.js";
 
 const TABLE = JSON.parse(readFileSync(new URL("../scenarios/worker_session.json", import.meta.url), "utf8"));
