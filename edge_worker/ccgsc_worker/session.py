@@ -21,6 +21,7 @@ both with the same inputs and expects the same effects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -208,7 +209,8 @@ class Session:
             return [*effects, {"do": "end", "reason": "requested", "code": None}]
         self.phase = CONNECTING
         self.counters.reconnects += 1
-        delay_ms = round(self.backoff.next_delay() * 1000)
+        # Rounded half up like JavaScript's Math.round, so both clients agree to the millisecond.
+        delay_ms = math.floor(self.backoff.next_delay() * 1000 + 0.5)
         return [
             *effects,
             _notify("reconnecting", delay_ms=delay_ms, code=code, reason=reason),
