@@ -13,7 +13,8 @@ export class TokenError extends Error {
 }
 
 function csrfToken(fallback) {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  const cookies = typeof document === "undefined" ? "" : document.cookie;
+  const match = cookies.match(/(?:^|;\s*)csrftoken=([^;]+)/);
   return match ? decodeURIComponent(match[1]) : fallback;
 }
 
