@@ -2,6 +2,7 @@
 // metered connection. No DOM: the page asks for capabilities and hears about pause reasons.
 import { MAX_SLOTS, defaultCores, isMetered } from "./protocol.js";
 import { simdSupported } from "./kernel-runtime.js";
+import { readJson } from "./outbox.js";
 
 /** Cores this device reports, within the protocol's slot limit. */
 export function hardwareCores(nav = globalThis.navigator) {
@@ -11,6 +12,21 @@ export function hardwareCores(nav = globalThis.navigator) {
 /** The cores option: a saved choice when still valid, else all but one. */
 export function chosenCores(saved, hardware) {
   return Number.isInteger(saved) && saved >= 1 && saved <= hardware ? saved : defaultCores(hardware);
+}
+
+/** The contributor's options saved in this browser: {cores, onlyCharging, pauseMetered, paused}. */
+export function loadOptions(storage, key, hardware) {
+  const stored = readJson(storage.get(key));
+  return {
+    cores: chosenCores(stored.cores, hardware),
+    onlyCharging: stored.onlyCharging === true,
+    pauseMetered: stored.pauseMetered === true,
+    paused: stored.paused === true,
+  };
+}
+
+export function saveOptions(storage, key, options) {
+  storage.set(key, JSON.stringify(options));
 }
 
 /**

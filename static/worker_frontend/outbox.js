@@ -115,3 +115,13 @@ export function safeStorage(kind, scope = globalThis) {
     remove: (key) => attempt((st) => st.removeItem(key)),
   };
 }
+
+/** A JSON object from storage, or {} when missing or corrupt. */
+export function readJson(text) {
+  try {
+    const value = JSON.parse(text || "{}");
+    return value && typeof value === "object" && !Array.isArray(value) ? value : {};
+  } catch {
+    return {};
+  }
+}

@@ -3,8 +3,8 @@
 // view (DOM). Protocol: docs/protocol.md; the modules: docs/worker-page.md.
 import { Backoff, CLOSE, fatalCloseReason, helloMessage, isUuid, pingMessage, resolveKernelUrl, websocketUrl } from "./protocol.js";
 import { Connection, obtainToken } from "./connection.js";
-import { Device, chosenCores, hardwareCores, unsupportedReason } from "./device.js";
-import { Outbox, safeStorage } from "./outbox.js";
+import { Device, hardwareCores, loadOptions, saveOptions, unsupportedReason } from "./device.js";
+import { Outbox, readJson, safeStorage } from "./outbox.js";
 import { Clock, KernelPool } from "./pool.js";
 import { PHASE, Session } from "./session.js";
 import { View } from "./view.js";
@@ -33,8 +33,8 @@ const cfg = {
   kernelWorkerUrl: root.dataset.kernelWorkerUrl || new URL("./kernel-worker.js", import.meta.url).href,
 };
 const hardware = hardwareCores();
-const options = loadOptions();
-const saved = loadJson(tab.get(KEYS.stats));
+const options = loadOptions(local, KEYS.options, hardware);
+const saved = readJson(tab.get(KEYS.stats));
 const page = {
   joined: false,
   fatal: null,
@@ -254,14 +254,14 @@ function leave() {
 function setCores(n) {
   if (!Number.isInteger(n) || n < 1 || n > hardware) return;
   options.cores = n;
-  saveOptions();
+  saveOptions(local, KEYS.options, options);
   if (page.joined) pool.resize(n);
   apply(session.setConcurrency(n));
 }
 
 function setUserPaused(paused) {
   options.paused = paused;
-  saveOptions();
+  saveOptions(local, KEYS.options, options);
   apply(paused ? session.pause("user") : session.resume("user"));
 }
 
@@ -342,31 +342,6 @@ window.ccgscWorker = Object.freeze({
   },
 });
 
-// -- options --------------------------------------------------------------------------------
-
-function loadJson(text) {
-  try {
-    const value = JSON.parse(text || "{}");
-    return value && typeof value === "object" ? value : {};
-  } catch {
-    return {};
-  }
-}
-
-function loadOptions() {
-  const stored = loadJson(local.get(KEYS.options));
-  return {
-    cores: chosenCores(stored.cores, hardware),
-    onlyCharging: stored.onlyCharging === true,
-    pauseMetered: stored.pauseMetered === true,
-    paused: stored.paused === true,
-  };
-}
-
-function saveOptions() {
-  local.set(KEYS.options, JSON.stringify(options));
-}
-
 // -- start ----------------------------------------------------------------------------------
 
 view.setOptions({ hardwareCores: hardware, ...options });
@@ -378,12 +353,12 @@ view.bind({
   cores: setCores,
   charging: (on) => {
     options.onlyCharging = on;
-    saveOptions();
+    saveOptions(local, KEYS.options, options);
     device.setOptions({ onlyCharging: on });
   },
   metered: (on) => {
     options.pauseMetered = on;
-    saveOptions();
+    saveOptions(local, KEYS.options, options);
     device.setOptions({ pauseMetered: on });
   },
 });

@@ -3,8 +3,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
-import { Device, chosenCores, hardwareCores, unsupportedReason } from "../../static/worker_frontend/device.js";
-import { Outbox, safeStorage } from "../../static/worker_frontend/outbox.js";
+import { Device, chosenCores, hardwareCores, loadOptions, saveOptions, unsupportedReason } from "../../static/worker_frontend/device.js";
+import { Outbox, readJson, safeStorage } from "../../static/worker_frontend/outbox.js";
 import { Clock, KernelPool } from "../../static/worker_frontend/pool.js";
 
 const A1 = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
@@ -171,6 +171,16 @@ describe("device", () => {
     await device.watch();
     assert.deepEqual(device.supports, { battery: false, connection: false });
     assert.deepEqual(Object.keys(device.capabilities()).sort(), ["cores", "simd"]);
+  });
+
+  it("keeps the contributor's options, falling back to defaults", () => {
+    const store = safeStorage("localStorage", { localStorage: new MemoryStorage() });
+    assert.deepEqual(loadOptions(store, "o", 8), { cores: 7, onlyCharging: false, pauseMetered: false, paused: false });
+    saveOptions(store, "o", { cores: 2, onlyCharging: true, pauseMetered: false, paused: true });
+    assert.deepEqual(loadOptions(store, "o", 8), { cores: 2, onlyCharging: true, pauseMetered: false, paused: true });
+    assert.equal(loadOptions(store, "o", 1).cores, 1); // a saved choice the device no longer has
+    assert.deepEqual(readJson("[1]"), {});
+    assert.deepEqual(readJson("{oops"), {});
   });
 
   it("chooses cores and explains unsupported browsers", () => {
