@@ -8,6 +8,7 @@ effects.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,18 @@ def test_every_input_kind_and_effect_kind_is_covered() -> None:
         "close",
         "end",
     }
+
+
+def test_the_table_is_well_formed() -> None:
+    """A misspelt key would silently check nothing, so every key must be a known one."""
+    names = [s["name"] for s in TABLE["scenarios"]]
+    assert len(names) == len(set(names))
+    for scenario in TABLE["scenarios"]:
+        assert set(scenario) <= {"name", "config", "clients", "steps"}, scenario["name"]
+        assert set(scenario.get("clients", [])) <= {"edge", "browser"}
+        for step in scenario["steps"]:
+            assert set(step) <= {"input", "effects", "notify", "state", "frame", "clients"}, step
+            assert set(step.get("clients", [])) <= {"edge", "browser"}
+    text = json.dumps(TABLE["scenarios"])
+    for alias in set(re.findall(r'"@(\w+)"', text)):
+        assert alias in TABLE["ids"], alias
