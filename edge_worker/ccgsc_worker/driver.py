@@ -213,15 +213,17 @@ class SessionDriver:
         return True
 
     async def _wait_changed(self, timeout: float | None) -> None:
+        """Wait for the next batch of effects (or the timeout)."""
         if self._changed is None:
             self._changed = asyncio.Event()
-        self._changed.clear()
+        changed = self._changed  # every waiter of this round wakes on the same set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            await asyncio.wait_for(changed.wait(), timeout)
 
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
+            self._changed = None  # the next round of waiters gets a fresh event
 
     def _spawn(self, coroutine: Any) -> None:
         try:
