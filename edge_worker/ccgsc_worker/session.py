@@ -15,8 +15,10 @@ the effects the client must carry out, in order, as plain dicts:
   fatal close code after which reconnecting cannot help);
 - ``{"do": "notify", "event": name, ...}``: something happened (logs, counters on screen).
 
-Its twin is ``static/worker_frontend/session.js``; ``tests/scenarios/worker_session.json`` drives
-both with the same inputs and expects the same effects.
+What each server message does is in ``session_messages``. The twins are
+``static/worker_frontend/session.js`` and ``session-messages.js``;
+``tests/scenarios/worker_session.json`` drives both with the same inputs and expects the same
+effects.
 """
 
 from __future__ import annotations
@@ -30,21 +32,24 @@ from ccgsc_worker import protocol as proto
 from ccgsc_worker.backoff import Backoff
 from ccgsc_worker.outbox import Outbox
 from ccgsc_worker.protocol import Assignment
+from ccgsc_worker.session_messages import (
+    CONNECTED,
+    QUEUED,
+    RUNNING,
+    SERVER_MESSAGES,
+    Effect,
+    notify,
+    send,
+)
 
-Effect = dict[str, Any]
 HelloBuilder = Callable[[int, "str | None"], dict[str, Any]]
 
 IDLE = "idle"  # not started, or left
 CONNECTING = "connecting"  # waiting for the socket to open (after the back-off delay)
-HELLO = "hello"  # hello sent, waiting for welcome
-CONNECTED = "connected"  # welcomed
+HELLO = "hello"  # hello sent, waiting for welcome (then CONNECTED)
 STOPPED = "stopped"  # the server refused us for good (4001, 4002)
 
-QUEUED = "queued"
-RUNNING = "running"
-
 DEFAULT_HEARTBEAT_MS = 10_000
-MIN_HEARTBEAT_MS = 100
 STOPPING = "stopping"  # the pause reason a graceful stop adds
 
 
@@ -64,23 +69,6 @@ class SessionCounters:
     sessions: int = 0
     disconnects: int = 0
     reconnects: int = 0
-
-
-def _notify(event: str, **info: Any) -> Effect:
-    return {"do": "notify", "event": event, **info}
-
-
-def _send(message: dict[str, Any]) -> Effect:
-    return {"do": "send", "message": message}
-
-
-def _count(value: Any) -> int | None:
-    """A non-negative integer count, also from a decimal string (u64 may travel as text)."""
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 class Session:
@@ -136,6 +124,26 @@ class Session:
         """The decoded assignment of a held task."""
         return self._assignments[assignment_id]
 
+    def task_state(self, assignment_id: str) -> str | None:
+        """``queued``, ``running``, or None when the task is not held."""
+        return self._tasks.get(assignment_id)
+
+    def hold(self, assignment: Assignment) -> None:
+        """Keep a new assignment, queued until ``pump`` starts it."""
+        self._tasks[assignment.id] = QUEUED
+        self._assignments[assignment.id] = assignment
+
+    def release(self, assignment_id: str) -> str | None:
+        """Forget a held task; return the state it was in (None when it was not held)."""
+        self._assignments.pop(assignment_id, None)
+        return self._tasks.pop(assignment_id, None)
+
+    @property
+    def heartbeat_interval_ms(self) -> int:
+        """How often to heartbeat: half the lease period, never below the client's floor."""
+        period_ms = self._heartbeat_override_ms or self.heartbeat_ms
+        return max(self._heartbeat_floor_ms, period_ms // 2)
+
     def snapshot(self) -> dict[str, Any]:
         """The state the scenario table checks (the same keys in session.js)."""
         return {
@@ -176,17 +184,17 @@ class Session:
             return []
         self.phase = HELLO
         self.sent_slots = self.desired_slots
-        return [_send(self._build_hello(self.sent_slots, self.worker_id))]
+        return [send(self._build_hello(self.sent_slots, self.worker_id))]
 
     def message(self, data: str | bytes) -> list[Effect]:
         """One frame from the server."""
         if isinstance(data, bytes | bytearray | memoryview):
-            return [_notify("bad_message", error="unexpected binary frame from the server")]
+            return [notify("bad_message", error="unexpected binary frame from the server")]
         try:
             message = proto.parse_server_message(data)
-            return getattr(self, f"_on_{message['type']}")(message)
+            return SERVER_MESSAGES[message["type"]](self, message)
         except (KeyError, TypeError, ValueError) as exc:  # ProtocolError is a ValueError
-            return [_notify("bad_message", error=str(exc)[:300])]
+            return [notify("bad_message", error=str(exc)[:300])]
 
     def closed(self, code: int | None, reason: str = "") -> list[Effect]:
         """The socket closed (or never opened: ``code`` None)."""
@@ -195,7 +203,7 @@ class Session:
         effects: list[Effect] = []
         if self.phase == CONNECTED:
             self.counters.disconnects += 1
-            effects += [{"do": "heartbeat", "interval_ms": None}, _notify("disconnected")]
+            effects += [{"do": "heartbeat", "interval_ms": None}, notify("disconnected")]
         self.sent_slots = None
         if code in proto.FATAL_CLOSE_CODES:
             effects += self._abandon()
@@ -213,59 +221,57 @@ class Session:
         delay_ms = math.floor(self.backoff.next_delay() * 1000 + 0.5)
         return [
             *effects,
-            _notify("reconnecting", delay_ms=delay_ms, code=code, reason=reason),
+            notify("reconnecting", delay_ms=delay_ms, code=code, reason=reason),
             {"do": "connect", "delay_ms": delay_ms},
         ]
 
     def finished(self, assignment_id: str, output: bytes, elapsed_ms: int = 0) -> list[Effect]:
         """A task produced its output: keep the frame until acked and send it when connected."""
-        if self._tasks.pop(assignment_id, None) is None:
-            return [_notify("discarded", assignment=assignment_id)]
-        self._assignments.pop(assignment_id, None)
+        if self.release(assignment_id) is None:
+            return [notify("discarded", assignment=assignment_id)]
         if len(output) > self.max_result_bytes:
             limit = self.max_result_bytes
             text = f"output of {len(output)} bytes exceeds the {limit}-byte result limit"
             return self._failed(assignment_id, "kernel_failed", text)
         frame = proto.encode_result_frame(assignment_id, output, elapsed_ms)
         effects = [
-            _notify("outbox_overflow", assignment=lost)
+            notify("outbox_overflow", assignment=lost)
             for lost in self.outbox.put(assignment_id, frame)
         ]
         self.counters.tasks_completed += 1
-        effects.append(_notify("completed", assignment=assignment_id, elapsed_ms=elapsed_ms))
+        effects.append(notify("completed", assignment=assignment_id, elapsed_ms=elapsed_ms))
         if self.connected:
             effects.append({"do": "send_result", "assignment": assignment_id})
-        return effects + self._pump() + self._maybe_end_stop()
+        return effects + self.pump() + self.end_stop_if_done()
 
     def failed(self, assignment_id: str, code: str, message: str = "") -> list[Effect]:
         """A task failed on this worker: report it so the server reissues the replica."""
-        if self._tasks.pop(assignment_id, None) is None:
+        if self.release(assignment_id) is None:
             return []
-        self._assignments.pop(assignment_id, None)
         return self._failed(assignment_id, code, message)
 
     def tick(self) -> list[Effect]:
         """Heartbeat: a ``progress`` for every held task (queued ones hold a lease as well)."""
         if not self.connected:
             return []
-        return [_send(proto.progress(aid)) for aid in self._tasks]
+        return [send(proto.progress(aid)) for aid in self._tasks]
 
     def pause(self, reason: str) -> list[Effect]:
         """Take no new work for ``reason`` (user, battery, metered, stopping)."""
         self.pause_reasons.add(reason)
-        return self._sync_capacity()
+        return self.sync_capacity()
 
     def resume(self, reason: str) -> list[Effect]:
         """Lift one pause reason; work resumes when none is left."""
         self.pause_reasons.discard(reason)
-        return self._sync_capacity()
+        return self.sync_capacity()
 
     def set_concurrency(self, concurrency: int) -> list[Effect]:
         """Run up to ``concurrency`` tasks at once, and advertise it."""
         if not 1 <= concurrency <= proto.MAX_SLOTS:
             raise ValueError(f"concurrency must be in 1..{proto.MAX_SLOTS}, got {concurrency}")
         self.concurrency = concurrency
-        return self._sync_capacity() + self._pump()
+        return self.sync_capacity() + self.pump()
 
     def stop(self, *, abandon: bool = False) -> list[Effect]:
         """Leave. Gracefully (connected, not ``abandon``): take no new work, drop queued tasks,
@@ -286,134 +292,19 @@ class Session:
         effects = self.pause(STOPPING)
         for aid, state in list(self._tasks.items()):
             if state == QUEUED:
-                effects += self._drop(aid, "stopping")
-        return effects + self._maybe_end_stop()
-
-    # -- server messages -------------------------------------------------------------------
-
-    def _on_welcome(self, message: dict[str, Any]) -> list[Effect]:
-        worker, heartbeat_ms = message["worker"], message["heartbeat_ms"]
-        if not isinstance(worker, str) or not worker:
-            raise ValueError("welcome: worker must be a string")
-        if isinstance(heartbeat_ms, bool) or not isinstance(heartbeat_ms, int | float):
-            raise ValueError("welcome: heartbeat_ms must be a number")
-        resumed = worker == self.worker_id
-        self.worker_id = worker
-        contributor = message.get("contributor")
-        self.contributor = contributor if isinstance(contributor, str) else None
-        self.heartbeat_ms = max(MIN_HEARTBEAT_MS, int(heartbeat_ms))
-        limits = message.get("limits")
-        max_result_bytes = (
-            _count(limits.get("max_result_bytes")) if isinstance(limits, dict) else None
-        )
-        if max_result_bytes is not None:
-            self.max_result_bytes = min(proto.MAX_RESULT_BYTES, max_result_bytes)
-        self.phase = CONNECTED
-        self.backoff.reset()
-        self.counters.sessions += 1
-        effects: list[Effect] = []
-        outstanding = message.get("outstanding")
-        if isinstance(outstanding, list):
-            expected = {a for a in outstanding if isinstance(a, str)}
-            for aid, state in list(self._tasks.items()):
-                if state == QUEUED and aid not in expected:
-                    effects += self._drop(aid, "not_outstanding")
-        effects.append(
-            _notify(
-                "welcome",
-                worker=worker,
-                contributor=self.contributor,
-                resumed=resumed,
-                heartbeat_ms=self.heartbeat_ms,
-                resending=len(self.outbox),
-                limits=limits if isinstance(limits, dict) else None,
-            )
-        )
-        effects += self._sync_capacity()
-        for aid in self.outbox:
-            self.counters.results_resent += 1
-            effects.append({"do": "send_result", "assignment": aid})
-        effects += self.tick()
-        period_ms = self._heartbeat_override_ms or self.heartbeat_ms
-        interval_ms = max(self._heartbeat_floor_ms, period_ms // 2)
-        effects.append({"do": "heartbeat", "interval_ms": interval_ms})
-        return effects
-
-    def _on_assign(self, message: dict[str, Any]) -> list[Effect]:
-        try:
-            assignment = proto.decode_assign(message)
-        except proto.ProtocolError as exc:
-            aid = message.get("assignment")
-            effects = [_notify("bad_message", error=str(exc)[:300])]
-            if isinstance(aid, str) and aid and aid not in self._tasks and self.connected:
-                effects.append(_send(proto.error(aid, "kernel_rejected", str(exc))))
-            return effects
-        aid = assignment.id
-        if aid in self._tasks:
-            return []
-        if aid in self.outbox:  # assigned again after we finished it: the result answers it
-            return [{"do": "send_result", "assignment": aid}] if self.connected else []
-        if self.stopping:
-            return [_notify("dropped", assignment=aid, reason="stopping")]
-        self._tasks[aid] = QUEUED
-        self._assignments[aid] = assignment
-        return [_notify("assign", assignment=aid), *self._pump()]
-
-    def _on_ack(self, message: dict[str, Any]) -> list[Effect]:
-        aid, status = message["assignment"], message["status"]
-        if not isinstance(aid, str) or status not in proto.ACK_STATUSES:
-            raise ValueError("ack: bad assignment or status")
-        if not self.outbox.ack(aid):
-            return []
-        self.counters.results_acked += 1
-        self.counters.acks[status] = self.counters.acks.get(status, 0) + 1
-        return [_notify("ack", assignment=aid, status=status), *self._maybe_end_stop()]
-
-    def _on_credit(self, message: dict[str, Any]) -> list[Effect]:
-        validated, work_units = _count(message["validated"]), _count(message["work_units"])
-        if validated is None or work_units is None:
-            raise ValueError("credit: validated and work_units must be non-negative integers")
-        self.counters.validated += validated
-        self.counters.work_units += work_units
-        return [_notify("credit", validated=validated, work_units=work_units)]
-
-    def _on_cancel(self, message: dict[str, Any]) -> list[Effect]:
-        aid = message["assignment"]
-        state = self._tasks.get(aid) if isinstance(aid, str) else None
-        if state is None:
-            return []
-        self.counters.cancelled += 1
-        effects = [_notify("cancel", assignment=aid, state=state, reason=message.get("reason"))]
-        if state == QUEUED:
-            return effects + self._drop(aid, "cancelled")
-        del self._tasks[aid]
-        self._assignments.pop(aid, None)
-        return [*effects, {"do": "cancel", "assignment": aid}, *self._pump()]
-
-    def _on_error(self, message: dict[str, Any]) -> list[Effect]:
-        self.counters.server_errors += 1
-        return [
-            _notify(
-                "server_error",
-                code=message.get("code"),
-                message=message.get("message"),
-                ref=message.get("ref"),
-            )
-        ]
-
-    def _on_pong(self, message: dict[str, Any]) -> list[Effect]:
-        return []
+                effects += self.drop(aid, "stopping")
+        return effects + self.end_stop_if_done()
 
     # -- internals -------------------------------------------------------------------------
 
     def _failed(self, assignment_id: str, code: str, message: str) -> list[Effect]:
         self.counters.errors += 1
-        effects = [_notify("failed", assignment=assignment_id, code=code, message=message)]
+        effects = [notify("failed", assignment=assignment_id, code=code, message=message)]
         if self.connected:
-            effects.append(_send(proto.error(assignment_id, code, message)))
-        return effects + self._pump() + self._maybe_end_stop()
+            effects.append(send(proto.error(assignment_id, code, message)))
+        return effects + self.pump() + self.end_stop_if_done()
 
-    def _pump(self) -> list[Effect]:
+    def pump(self) -> list[Effect]:
         """Start queued tasks, oldest first, while fewer than ``concurrency`` run."""
         running = sum(1 for state in self._tasks.values() if state == RUNNING)
         effects: list[Effect] = []
@@ -426,10 +317,10 @@ class Session:
                 effects.append({"do": "run", "assignment": aid})
         return effects
 
-    def _drop(self, aid: str, reason: str) -> list[Effect]:
-        self._tasks.pop(aid, None)
-        self._assignments.pop(aid, None)
-        return [_notify("dropped", assignment=aid, reason=reason)]
+    def drop(self, aid: str, reason: str) -> list[Effect]:
+        """Forget a held task without running it."""
+        self.release(aid)
+        return [notify("dropped", assignment=aid, reason=reason)]
 
     def _abandon(self) -> list[Effect]:
         """Forget every held task; running ones are cancelled."""
@@ -442,14 +333,16 @@ class Session:
         self._assignments.clear()
         return effects
 
-    def _sync_capacity(self) -> list[Effect]:
+    def sync_capacity(self) -> list[Effect]:
+        """Advertise the capacity when it differs from what the server was last told."""
         wanted = self.desired_slots
         if not self.connected or wanted == self.sent_slots:
             return []
         self.sent_slots = wanted
-        return [_send(proto.capacity(wanted))]
+        return [send(proto.capacity(wanted))]
 
-    def _maybe_end_stop(self) -> list[Effect]:
+    def end_stop_if_done(self) -> list[Effect]:
+        """During a graceful stop, end once nothing is held and every result is acknowledged."""
         if not self.stopping or self._tasks or len(self.outbox):
             return []
         self.stopping = False
