@@ -14,39 +14,36 @@
 //                                         "protocol_version")
 //   {do: "notify", event, ...}            something happened (counters, the problems list)
 //
-// Its twin is edge_worker/ccgsc_worker/session.py; tests/scenarios/worker_session.json drives
-// both with the same inputs and expects the same effects (tests/js/session-scenarios.test.mjs).
+// What each server message does is in session-messages.js. The twins are
+// edge_worker/ccgsc_worker/session.py and session_messages.py; tests/scenarios/worker_session.json
+// drives both with the same inputs and expects the same effects.
 import {
   Backoff,
   MAX_RESULT_BYTES,
   MAX_SLOTS,
   ProtocolError,
   capacityMessage,
-  decodeAssign,
   encodeResultFrame,
   errorMessage,
   parseServerMessage,
   progressMessage,
 } from "./protocol.js";
 import { Outbox } from "./outbox.js";
+import { CONNECTED, QUEUED, RUNNING, SERVER_MESSAGES, notify, send } from "./session-messages.js";
 
 export const PHASE = Object.freeze({
   IDLE: "idle", // not started, or left
   CONNECTING: "connecting", // waiting for the socket to open (after the back-off delay)
   HELLO: "hello", // hello sent, waiting for welcome
-  CONNECTED: "connected", // welcomed
+  CONNECTED, // welcomed
   STOPPED: "stopped", // the server refused us for good (4001, 4002)
 });
-const QUEUED = "queued";
-const RUNNING = "running";
 const STOPPING = "stopping"; // the pause reason a graceful stop adds
 const FATAL = new Map([
   [4001, "unauthorized"],
   [4002, "protocol_version"],
 ]);
-const ACK_STATUSES = ["accepted", "duplicate", "late", "discarded"];
 const DEFAULT_HEARTBEAT_MS = 10_000;
-const MIN_HEARTBEAT_MS = 100;
 
 export function zeroCounters() {
   return {
@@ -63,16 +60,6 @@ export function zeroCounters() {
     disconnects: 0,
     reconnects: 0,
   };
-}
-
-const notify = (event, info = {}) => ({ do: "notify", event, ...info });
-const send = (message) => ({ do: "send", message });
-
-/** A non-negative integer count, also from a decimal string (u64 may travel as text). */
-function count(value) {
-  if (typeof value === "string" && /^[0-9]+$/.test(value)) return Number(value);
-  if (Number.isInteger(value) && value >= 0) return value;
-  return null;
 }
 
 export class Session {
@@ -113,6 +100,30 @@ export class Session {
 
   assignment(id) {
     return this.assignments.get(id);
+  }
+
+  /** "queued", "running", or undefined when the task is not held. */
+  taskState(id) {
+    return this.tasks.get(id);
+  }
+
+  /** Keep a new decoded assignment, queued until `pump` starts it. */
+  hold(task) {
+    this.tasks.set(task.assignment, QUEUED);
+    this.assignments.set(task.assignment, task);
+  }
+
+  /** Forget a held task; return the state it was in (undefined when it was not held). */
+  release(id) {
+    const state = this.tasks.get(id);
+    this.tasks.delete(id);
+    this.assignments.delete(id);
+    return state;
+  }
+
+  /** How often to heartbeat: half the lease period, never below the client's floor. */
+  get heartbeatIntervalMs() {
+    return Math.max(this.heartbeatFloorMs, Math.floor(this.heartbeatMs / 2));
   }
 
   /** The state the scenario table checks (the same keys as session.py). */
@@ -186,9 +197,9 @@ export class Session {
     if (typeof data !== "string") return [notify("bad_message", { error: "unexpected binary frame from the server" })];
     try {
       const message = parseServerMessage(data);
-      const handler = SERVER_HANDLERS[message.type];
+      const handler = SERVER_MESSAGES[message.type];
       if (!handler) throw new ProtocolError(`unknown message type ${JSON.stringify(message.type)}`);
-      return handler.call(this, message);
+      return handler(this, message);
     } catch (err) {
       return [notify("bad_message", { error: String(err.message).slice(0, 300) })];
     }
@@ -223,8 +234,7 @@ export class Session {
 
   /** A task produced its output (with its SHA-256): keep the frame until acked, send it. */
   finished(id, output, sha256, elapsedMs = 0) {
-    if (!this.tasks.delete(id)) return [notify("discarded", { assignment: id })];
-    this.assignments.delete(id);
+    if (this.release(id) === undefined) return [notify("discarded", { assignment: id })];
     const bytes = output instanceof Uint8Array ? output : new Uint8Array(output);
     if (bytes.length > this.maxResultBytes) {
       return this.reportFailure(id, "kernel_failed", `output of ${bytes.length} bytes exceeds the ${this.maxResultBytes}-byte result limit`);
@@ -239,13 +249,12 @@ export class Session {
     this.counters.tasks_completed += 1;
     const effects = [notify("completed", { assignment: id, elapsed_ms: elapsedMs })];
     if (this.connected) effects.push({ do: "send_result", assignment: id });
-    return [...effects, ...this.pump(), ...this.maybeEndStop()];
+    return [...effects, ...this.pump(), ...this.endStopIfDone()];
   }
 
   /** A task failed on this worker: report it so the server reissues the replica. */
   failed(id, code, message = "") {
-    if (!this.tasks.delete(id)) return [];
-    this.assignments.delete(id);
+    if (this.release(id) === undefined) return [];
     return this.reportFailure(id, code, message);
   }
 
@@ -296,7 +305,7 @@ export class Session {
     for (const [id, state] of [...this.tasks]) {
       if (state === QUEUED) effects.push(...this.drop(id, "stopping"));
     }
-    return [...effects, ...this.maybeEndStop()];
+    return [...effects, ...this.endStopIfDone()];
   }
 
   // -- internals -------------------------------------------------------------------------
@@ -305,7 +314,7 @@ export class Session {
     this.counters.errors += 1;
     const effects = [notify("failed", { assignment: id, code, message })];
     if (this.connected) effects.push(send(errorMessage(id, code, message)));
-    return [...effects, ...this.pump(), ...this.maybeEndStop()];
+    return [...effects, ...this.pump(), ...this.endStopIfDone()];
   }
 
   /** Start queued tasks, oldest first, while fewer than `concurrency` run. */
@@ -324,9 +333,9 @@ export class Session {
     return effects;
   }
 
+  /** Forget a held task without running it. */
   drop(id, reason) {
-    this.tasks.delete(id);
-    this.assignments.delete(id);
+    this.release(id);
     return [notify("dropped", { assignment: id, reason })];
   }
 
@@ -346,7 +355,7 @@ export class Session {
     return [send(capacityMessage(wanted))];
   }
 
-  maybeEndStop() {
+  endStopIfDone() {
     if (!this.stopping || this.tasks.size || this.outbox.size) return [];
     this.stopping = false;
     this.phase = PHASE.IDLE;
@@ -358,111 +367,3 @@ export class Session {
     ];
   }
 }
-
-// Server messages, one handler each (called with the session as `this`). A handler throws on a
-// malformed message; `message()` turns that into a `bad_message` notification.
-const SERVER_HANDLERS = {
-  welcome(message) {
-    const { worker, heartbeat_ms: heartbeatMs } = message;
-    if (typeof worker !== "string" || !worker) throw new ProtocolError("welcome: worker must be a string");
-    if (typeof heartbeatMs !== "number" || !Number.isFinite(heartbeatMs)) throw new ProtocolError("welcome: heartbeat_ms must be a number");
-    const resumed = worker === this.workerId;
-    this.workerId = worker;
-    this.contributor = typeof message.contributor === "string" ? message.contributor : null;
-    this.heartbeatMs = Math.max(MIN_HEARTBEAT_MS, Math.trunc(heartbeatMs));
-    const maxResultBytes = message.limits && typeof message.limits === "object" ? count(message.limits.max_result_bytes) : null;
-    if (maxResultBytes !== null) this.maxResultBytes = Math.min(MAX_RESULT_BYTES, maxResultBytes);
-    this.phase = PHASE.CONNECTED;
-    this.backoff.reset();
-    this.counters.sessions += 1;
-    const effects = [];
-    if (Array.isArray(message.outstanding)) {
-      const expected = new Set(message.outstanding.filter((a) => typeof a === "string"));
-      for (const [id, state] of [...this.tasks]) {
-        if (state === QUEUED && !expected.has(id)) effects.push(...this.drop(id, "not_outstanding"));
-      }
-    }
-    effects.push(
-      notify("welcome", {
-        worker,
-        contributor: this.contributor,
-        resumed,
-        heartbeat_ms: this.heartbeatMs,
-        resending: this.outbox.size,
-        limits: message.limits && typeof message.limits === "object" ? message.limits : null,
-      }),
-    );
-    effects.push(...this.syncCapacity());
-    for (const { assignment } of this.outbox.pending()) {
-      this.counters.results_resent += 1;
-      effects.push({ do: "send_result", assignment });
-    }
-    effects.push(...this.tick());
-    effects.push({ do: "heartbeat", interval_ms: Math.max(this.heartbeatFloorMs, Math.floor(this.heartbeatMs / 2)) });
-    return effects;
-  },
-
-  assign(message) {
-    let task;
-    try {
-      task = decodeAssign(message);
-    } catch (err) {
-      const id = message.assignment;
-      const effects = [notify("bad_message", { error: String(err.message).slice(0, 300) })];
-      if (typeof id === "string" && id && !this.tasks.has(id) && this.connected) {
-        effects.push(send(errorMessage(id, "kernel_rejected", err.message)));
-      }
-      return effects;
-    }
-    const id = task.assignment;
-    if (this.tasks.has(id)) return [];
-    // Assigned again after we finished it: the result answers it.
-    if (this.outbox.has(id)) return this.connected ? [{ do: "send_result", assignment: id }] : [];
-    if (this.stopping) return [notify("dropped", { assignment: id, reason: "stopping" })];
-    this.tasks.set(id, QUEUED);
-    this.assignments.set(id, task);
-    return [notify("assign", { assignment: id }), ...this.pump()];
-  },
-
-  ack(message) {
-    const { assignment: id, status } = message;
-    if (typeof id !== "string" || !ACK_STATUSES.includes(status)) throw new ProtocolError("ack: bad assignment or status");
-    if (!this.outbox.ack(id)) return [];
-    this.counters.results_acked += 1;
-    this.counters.acks[status] = (this.counters.acks[status] || 0) + 1;
-    return [notify("ack", { assignment: id, status }), ...this.maybeEndStop()];
-  },
-
-  credit(message) {
-    const validated = count(message.validated);
-    const workUnits = count(message.work_units);
-    if (validated === null || workUnits === null) {
-      throw new ProtocolError("credit: validated and work_units must be non-negative integers");
-    }
-    this.counters.validated += validated;
-    this.counters.work_units += workUnits;
-    return [notify("credit", { validated, work_units: workUnits })];
-  },
-
-  cancel(message) {
-    const id = message.assignment;
-    const state = typeof id === "string" ? this.tasks.get(id) : undefined;
-    if (state === undefined) return [];
-    this.counters.cancelled += 1;
-    const effects = [notify("cancel", { assignment: id, state, reason: message.reason ?? null })];
-    if (state === QUEUED) return [...effects, ...this.drop(id, "cancelled")];
-    this.tasks.delete(id);
-    this.assignments.delete(id);
-    return [...effects, { do: "cancel", assignment: id }, ...this.pump()];
-  },
-
-  error(message) {
-    if (typeof message.code !== "string") throw new ProtocolError("error: missing code");
-    this.counters.server_errors += 1;
-    return [notify("server_error", { code: message.code, message: message.message ?? null, ref: message.ref ?? null })];
-  },
-
-  pong() {
-    return [];
-  },
-};
