@@ -23,6 +23,7 @@ effects.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from ccgsc_worker.session_messages import (
     SERVER_MESSAGES,
     Effect,
     notify,
+    refuse_assign,
     send,
 )
 
@@ -193,7 +195,12 @@ class Session:
         try:
             message = proto.parse_server_message(data)
             return SERVER_MESSAGES[message["type"]](self, message)
-        except (KeyError, TypeError, ValueError) as exc:  # ProtocolError is a ValueError
+        except proto.ProtocolError as exc:
+            raw = _lenient_json(data)
+            if raw.get("type") == "assign" and raw.get("v") == proto.PROTOCOL_VERSION:
+                return refuse_assign(self, raw, str(exc))
+            return [notify("bad_message", error=str(exc)[:300])]
+        except (KeyError, TypeError, ValueError) as exc:
             return [notify("bad_message", error=str(exc)[:300])]
 
     def closed(self, code: int | None, reason: str = "") -> list[Effect]:
@@ -368,3 +375,12 @@ _INPUTS: dict[str, Callable[[Session, Mapping[str, Any]], list[Effect]]] = {
     "concurrency": lambda s, e: s.set_concurrency(e["concurrency"]),
     "stop": lambda s, e: s.stop(abandon=bool(e.get("abandon", False))),
 }
+
+
+def _lenient_json(data: str | bytes) -> dict[str, Any]:
+    """The frame as a JSON object when it is one (to answer a malformed ``assign``), else {}."""
+    try:
+        raw = json.loads(data)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return raw if isinstance(raw, dict) else {}

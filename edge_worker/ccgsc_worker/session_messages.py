@@ -7,7 +7,7 @@ turns that into a ``bad_message`` notification). Also the small vocabulary both 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ccgsc_worker import protocol as proto
@@ -89,16 +89,22 @@ def welcome(session: Session, message: dict[str, Any]) -> list[Effect]:
     return effects
 
 
+def refuse_assign(session: Session, message: Mapping[str, Any], error: str) -> list[Effect]:
+    """An ``assign`` we cannot run: say so at once so the server can hand the task to another
+    worker (whether its schema or its decoding failed)."""
+    aid = message.get("assignment")
+    effects = [notify("bad_message", error=error[:300])]
+    if isinstance(aid, str) and aid and session.task_state(aid) is None and session.connected:
+        effects.append(send(proto.error(aid, "kernel_rejected", error)))
+    return effects
+
+
 def assign(session: Session, message: dict[str, Any]) -> list[Effect]:
     """Hold a new task (it runs when a slot is free); refuse one that cannot be decoded."""
     try:
         assignment = proto.decode_assign(message)
     except proto.ProtocolError as exc:
-        aid = message.get("assignment")
-        effects = [notify("bad_message", error=str(exc)[:300])]
-        if isinstance(aid, str) and aid and session.task_state(aid) is None and session.connected:
-            effects.append(send(proto.error(aid, "kernel_rejected", str(exc))))
-        return effects
+        return refuse_assign(session, message, str(exc))
     aid = assignment.id
     if session.task_state(aid) is not None:
         return []

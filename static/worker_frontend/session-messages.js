@@ -69,18 +69,26 @@ function welcome(session, message) {
   return effects;
 }
 
+/**
+ * An `assign` we cannot run: say so at once so the server can hand the task to another worker
+ * (whether its schema or its decoding failed).
+ */
+export function refuseAssign(session, message, error) {
+  const id = message.assignment;
+  const effects = [notify("bad_message", { error: String(error).slice(0, 300) })];
+  if (typeof id === "string" && id && session.taskState(id) === undefined && session.connected) {
+    effects.push(send(errorMessage(id, "kernel_rejected", String(error))));
+  }
+  return effects;
+}
+
 /** Hold a new task (it runs when a core is free); refuse one that cannot be decoded. */
 function assign(session, message) {
   let task;
   try {
     task = decodeAssign(message);
   } catch (err) {
-    const id = message.assignment;
-    const effects = [notify("bad_message", { error: String(err.message).slice(0, 300) })];
-    if (typeof id === "string" && id && session.taskState(id) === undefined && session.connected) {
-      effects.push(send(errorMessage(id, "kernel_rejected", err.message)));
-    }
-    return effects;
+    return refuseAssign(session, message, err.message);
   }
   const id = task.assignment;
   if (session.taskState(id) !== undefined) return [];

@@ -21,6 +21,7 @@ import {
   Backoff,
   MAX_RESULT_BYTES,
   MAX_SLOTS,
+  PROTOCOL_VERSION,
   ProtocolError,
   capacityMessage,
   encodeResultFrame,
@@ -29,7 +30,7 @@ import {
   progressMessage,
 } from "./protocol.js";
 import { Outbox } from "./outbox.js";
-import { CONNECTED, QUEUED, RUNNING, SERVER_MESSAGES, notify, send } from "./session-messages.js";
+import { CONNECTED, QUEUED, RUNNING, SERVER_MESSAGES, notify, refuseAssign, send } from "./session-messages.js";
 
 export const PHASE = Object.freeze({
   IDLE: "idle", // not started, or left
@@ -201,6 +202,10 @@ export class Session {
       if (!handler) throw new ProtocolError(`unknown message type ${JSON.stringify(message.type)}`);
       return handler(this, message);
     } catch (err) {
+      const raw = lenientJson(data);
+      if (err instanceof ProtocolError && raw.type === "assign" && raw.v === PROTOCOL_VERSION) {
+        return refuseAssign(this, raw, err.message);
+      }
       return [notify("bad_message", { error: String(err.message).slice(0, 300) })];
     }
   }
@@ -365,5 +370,15 @@ export class Session {
       { do: "close", code: 1000 },
       { do: "end", reason: "requested", code: null },
     ];
+  }
+}
+
+/** The frame as a JSON object when it is one (to answer a malformed `assign`), else {}. */
+function lenientJson(data) {
+  try {
+    const raw = JSON.parse(data);
+    return raw && typeof raw === "object" && !Array.isArray(raw) ? raw : {};
+  } catch {
+    return {};
   }
 }
