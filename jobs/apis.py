@@ -6,7 +6,7 @@ import uuid
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from ccgsc_site.api import TenantApi, request_person
 from jobs import dispatch, exports, selectors, services
+from jobs.forms import params_shape_error
 from jobs.kernels import kernel_upload
 from jobs.models import Reducer
 from tenants.roles import Action
@@ -125,10 +126,34 @@ class JobOutput(serializers.Serializer):
     completed_at = serializers.DateTimeField(allow_null=True)
 
 
+_FINITE_NUMBER = {"type": "number", "format": "double"}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "object", "additionalProperties": _FINITE_NUMBER, "maxProperties": 4096},
+            {"type": "array", "items": _FINITE_NUMBER, "maxItems": 4096},
+        ],
+        "description": "Named numbers for the kernel's declared parameters, or a list of "
+        "numbers for a custom kernel without a schema.",
+    }
+)
+class JobParamsField(serializers.JSONField):
+    """A job's parameters: an object of finite numbers, or a list of them."""
+
+    def to_internal_value(self, data):  # noqa: ANN001, ANN201 - DRF's signature
+        value = super().to_internal_value(data)
+        problem = params_shape_error(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+
 class JobCreateInput(serializers.Serializer):
     name = serializers.CharField(max_length=120)
     kernel = serializers.CharField(help_text="Kernel id, or the name of a built-in kernel.")
-    params = serializers.JSONField(required=False, default=dict)
+    params = JobParamsField(required=False, default=dict)
     range_start = serializers.IntegerField(min_value=0, max_value=2**63 - 2)
     range_end = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
     chunk_size = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
