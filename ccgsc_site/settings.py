@@ -7,6 +7,7 @@ backend) and S3. ``CCGSC_ENV=production`` turns on the production security setti
 every secret to come from the environment.
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -82,6 +83,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "ccgsc_site.middleware.ProxyHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -295,7 +297,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": [
         "ccgsc_site.api_support.TenantRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        "ccgsc_site.api_support.AnonRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "tenant": os.environ.get("CCGSC_TENANT_RATE", "1200/min"),
@@ -345,13 +347,33 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 if PRODUCTION:
     SECURE_SSL_REDIRECT = _env_bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SECURE_CSP["connect-src"] = [CSP.SELF, "wss:"]
+
+# Proxies. Off unless a deployment says so: a client could otherwise claim HTTPS or any address.
+# CCGSC_PROXY_SSL_HEADER names the header the TLS-terminating proxy sets ("X-Forwarded-Proto");
+# CCGSC_TRUSTED_PROXIES lists the proxies' addresses or networks. When both are set, the header
+# is believed only from those addresses; throttles read the client address from X-Forwarded-For
+# only through them (ccgsc_site.throttling.client_ip).
+TRUSTED_PROXIES = [
+    ipaddress.ip_network(item, strict=False) for item in _env_list("CCGSC_TRUSTED_PROXIES", [])
+]
+_PROXY_SSL_HEADER = os.environ.get("CCGSC_PROXY_SSL_HEADER", "").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https") if _PROXY_SSL_HEADER else None
+)
+
+# Failed sign-ins and API-key authentications: (failures allowed, per window in seconds), counted
+# in the cache. Per account whether or not it exists, so refusals reveal nothing.
+FAILURE_LIMITS = {
+    "login_account": (int(os.environ.get("CCGSC_LOGIN_FAILURES_PER_ACCOUNT", "10")), 900),
+    "login_ip": (int(os.environ.get("CCGSC_LOGIN_FAILURES_PER_IP", "50")), 900),
+    "api_key_ip": (int(os.environ.get("CCGSC_API_KEY_FAILURES_PER_IP", "30")), 600),
+}
 
 LOGGING = {
     "version": 1,

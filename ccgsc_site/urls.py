@@ -8,6 +8,7 @@ from django.views.decorators.csp import csp_override
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from ccgsc_site import views
+from tenants.forms import AdminLoginForm
 
 api_v1 = [
     path("", include("tenants.api_urls")),
@@ -42,5 +43,6 @@ handler403 = "ccgsc_site.views.permission_denied"
 handler404 = "ccgsc_site.views.page_not_found"
 handler500 = "ccgsc_site.views.server_error"
 
+admin.site.login_form = AdminLoginForm
 admin.site.site_header = "CCGSC administration"
 admin.site.site_title = "CCGSC admin"

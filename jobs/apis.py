@@ -12,10 +12,10 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from ccgsc_site.api import TenantApi, request_person
+from ccgsc_site.api_support import AnonRateThrottle
 from jobs import dispatch, exports, selectors, services
 from jobs.forms import params_shape_error
 from jobs.kernels import kernel_upload
