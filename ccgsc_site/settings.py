@@ -170,16 +170,26 @@ USE_I18N = True
 USE_TZ = True
 
 # Redis carries the channel layer, the cache (throttling) and Celery; without it, in-process.
+# Every Redis pool is a blocking one (ccgsc_site.redis_pools): past REDIS_POOL_SIZE connections
+# per pool and process, callers wait up to REDIS_POOL_TIMEOUT seconds instead of failing.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_POOL_SIZE = int(os.environ.get("CCGSC_REDIS_POOL_SIZE", "50"))
+REDIS_POOL_TIMEOUT = float(os.environ.get("CCGSC_REDIS_POOL_TIMEOUT", "10"))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "ccgsc_site.redis_pools.BlockingRedisChannelLayer",
             # redis-py reads time out after 5 s by default, exactly the channel layer's blocking
             # receive; a longer socket timeout keeps idle consumers from crashing.
             "CONFIG": {
                 "hosts": [
-                    {"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 30,
+                        "socket_connect_timeout": 5,
+                        "max_connections": REDIS_POOL_SIZE,
+                        "timeout": REDIS_POOL_TIMEOUT,
+                    }
                 ],
                 "capacity": 1500,
                 "expiry": 30,
@@ -191,10 +201,23 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("CCGSC_CACHE_PREFIX", "ccgsc"),
+            "OPTIONS": {
+                "pool_class": "redis.BlockingConnectionPool",
+                "max_connections": REDIS_POOL_SIZE,
+                "timeout": REDIS_POOL_TIMEOUT,
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_RESULT_BACKEND = REDIS_URL
+    CELERY_BROKER_TRANSPORT = "ccgsc_site.redis_pools:BlockingRedisTransport"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "max_connections": REDIS_POOL_SIZE,
+        "pool_timeout": REDIS_POOL_TIMEOUT,
+    }
+    # "<backend class>+<url>" is how Celery takes a backend class with a URL.
+    CELERY_RESULT_BACKEND = f"ccgsc_site.redis_pools:BlockingRedisBackend+{REDIS_URL}"
+    CELERY_REDIS_MAX_CONNECTIONS = REDIS_POOL_SIZE
+    CELERY_REDIS_POOL_TIMEOUT = REDIS_POOL_TIMEOUT
     CELERY_TASK_ALWAYS_EAGER = False
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
