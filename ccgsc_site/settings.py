@@ -138,6 +138,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+# PostgreSQL connections come from a pool per process (psycopg's), so a burst of requests waits
+# for one of DATABASE_POOL_SIZE connections instead of opening one each and exhausting the
+# server's max_connections. Size it so that processes × size stays below max_connections.
+# CCGSC_DATABASE_POOL_SIZE=0 turns the pool off (then DATABASE_CONN_MAX_AGE applies).
+DATABASE_POOL_SIZE = int(os.environ.get("CCGSC_DATABASE_POOL_SIZE", "10"))
+DATABASE_POOL_TIMEOUT = float(os.environ.get("CCGSC_DATABASE_POOL_TIMEOUT", "20"))
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and DATABASE_POOL_SIZE > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django requires it with a pool
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT,
+        # Connections idle this long are closed, down to min_size.
+        "max_idle": 300,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # SQLite has one writer, so dispatch stays on one database thread there.
 DISPATCH_PARALLEL_DATABASE = DATABASES["default"]["ENGINE"].endswith("postgresql")
