@@ -341,7 +341,7 @@ REST_FRAMEWORK = {
         "tenant": os.environ.get("CCGSC_TENANT_RATE", "1200/min"),
         "anon": os.environ.get("CCGSC_ANON_RATE", "120/min"),
     },
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "ccgsc_site.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "ccgsc_site.api_support.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],

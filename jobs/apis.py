@@ -272,18 +272,50 @@ class JobTaskListApi(TenantApi):
         return self.paginated(selectors.task_list(tenant=self.tenant, job=job), TaskOutput)
 
 
+class JobResultKernelOutput(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.CharField()
+    sha256 = serializers.CharField()
+
+
+class JobResultOutput(serializers.Serializer):
+    job = serializers.UUIDField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    kernel = JobResultKernelOutput()
+    range = serializers.ListField(child=serializers.IntegerField(), min_length=2, max_length=2)
+    chunk_size = serializers.IntegerField()
+    seed = serializers.IntegerField()
+    params = serializers.JSONField()
+    quorum = serializers.IntegerField()
+    tasks = serializers.IntegerField()
+    result = serializers.JSONField(allow_null=True, help_text="Null until paid and completed.")
+    result_sha256 = serializers.CharField(allow_null=True)
+    unpaid_cents = serializers.IntegerField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
 class JobResultApi(TenantApi):
     """A completed job's result as JSON (default) or CSV (`?format=csv`)."""
 
     @extend_schema(
         parameters=[OpenApiParameter("format", str, enum=["json", "csv"])],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={
+            (200, "application/json"): JobResultOutput,
+            (200, "text/csv"): OpenApiTypes.STR,
+        },
     )
     def get(self, request: Request, job_id: uuid.UUID) -> Response | HttpResponse:
         job = selectors.job_get(tenant=self.tenant, job_id=job_id)
         if request.query_params.get("format") == "csv":
             return exports.job_result_csv_response(job)
         return Response(exports.job_result_document(job))
+
+
+class PoolWorkerOutput(serializers.Serializer):
+    contributor = serializers.UUIDField()
+    name = serializers.CharField()
+    token = serializers.CharField(help_text="The worker token. Shown once; store it now.")
 
 
 class PoolWorkerApi(TenantApi):
@@ -294,7 +326,7 @@ class PoolWorkerApi(TenantApi):
     class PoolWorkerInput(serializers.Serializer):
         name = serializers.CharField(max_length=80)
 
-    @extend_schema(request=PoolWorkerInput, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(request=PoolWorkerInput, responses={201: PoolWorkerOutput})
     def post(self, request: Request) -> Response:
         payload = self.PoolWorkerInput(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -308,6 +340,11 @@ class PoolWorkerApi(TenantApi):
 class ContributorOutput(serializers.Serializer):
     contributor = serializers.UUIDField()
     token = serializers.CharField()
+
+
+class ContributorStatsOutput(ContributorOutput):
+    validated_replicas = serializers.IntegerField()
+    validated_work_units = serializers.IntegerField()
 
 
 class AnonymousThrottle(AnonRateThrottle):
@@ -338,7 +375,7 @@ class ContributorMeApi(APIView):
     class ClaimInput(serializers.Serializer):
         token = serializers.CharField(max_length=512)
 
-    @extend_schema(responses=ContributorOutput)
+    @extend_schema(responses=ContributorStatsOutput)
     def get(self, request: Request) -> Response:
         contributor = dispatch.contributor_for_user(user=_require_person(request))
         return Response(
