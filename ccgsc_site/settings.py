@@ -120,6 +120,7 @@ TEMPLATES = [
 # Database: SQLite under var/ unless DATABASE_URL says otherwise.
 DATABASES = {
     "default": dj_database_url.config(
+        env="DATABASE_URL",
         default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
         # Persistent connections: the dispatch plane makes several short transactions per result.
         # (Tests close connections after each use: threads outlive test databases.)
