@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -157,3 +158,25 @@ def test_other_tenant_objects_stay_invisible_through_malformed_ids(api_client, o
     MembershipFactory(tenant=other_tenant)
     response = api_client.get(f"/api/v1/members/{other_tenant.pk}x/")
     assert response.status_code == 404
+
+
+def test_errors_outside_any_view_answer_json_under_the_api_and_html_elsewhere(rf):
+    from django.core.exceptions import BadRequest
+    from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+
+    from ccgsc_site import views
+
+    api, page = rf.get("/api/v1/jobs/"), rf.get("/jobs/")
+    cases = [
+        (views.server_error, (), 500, "server_error"),
+        (views.bad_request, (BadRequest(),), 400, "bad_request"),
+        (views.permission_denied, (DjangoPermissionDenied(),), 403, "permission_denied"),
+        (views.page_not_found, (Exception(),), 404, "not_found"),
+    ]
+    for handler, args, status, code in cases:
+        json_response = handler(api, *args)
+        assert json_response.status_code == status
+        assert json.loads(json_response.content)["error"]["code"] == code
+        html_response = handler(page, *args)
+        assert html_response.status_code == status
+        assert not html_response["Content-Type"].startswith("application/json")
