@@ -29,7 +29,7 @@ from tests.factories import MembershipFactory
 pytestmark = pytest.mark.slow
 
 # Per operation: positive (valid by the schema) and negative (invalid) examples.
-EXAMPLES_PER_OPERATION = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 15}
+EXAMPLES_PER_OPERATION = {GenerationMode.POSITIVE: 50, GenerationMode.NEGATIVE: 25}
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
