@@ -40,6 +40,17 @@ def client_ip(request: Any) -> str:
     return candidate
 
 
+def client_ip_from_scope(scope: dict[str, Any]) -> str:
+    """``client_ip`` for an ASGI scope, so WebSocket consumers limit by the same address."""
+    peer = (scope.get("client") or ("",))[0] or ""
+    forwarded = ", ".join(
+        value.decode("latin-1")
+        for name, value in scope.get("headers", [])
+        if name.lower() == b"x-forwarded-for"
+    )
+    return client_ip({"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": forwarded})
+
+
 def _valid(address: str) -> bool:
     try:
         ipaddress.ip_address(address)

@@ -8,7 +8,7 @@ import pytest
 from django.test import RequestFactory
 
 from ccgsc_site.middleware import ProxyHeadersMiddleware
-from ccgsc_site.throttling import client_ip
+from ccgsc_site.throttling import client_ip, client_ip_from_scope
 from tests.site.test_health_settings_admin import _clean_env, _settings_dump
 
 PRODUCTION = {
@@ -81,3 +81,14 @@ def test_without_trusted_proxies_forwarded_for_is_never_read(settings):
     settings.TRUSTED_PROXIES = []
     request = RequestFactory().get("/", REMOTE_ADDR="192.0.2.10", HTTP_X_FORWARDED_FOR="1.1.1.1")
     assert client_ip(request) == "192.0.2.10"
+
+
+def test_websocket_scopes_resolve_the_client_the_same_way(behind_proxy):
+    through_proxy = {
+        "client": ("192.0.2.10", 5000),
+        "headers": [(b"x-forwarded-for", b"6.6.6.6, 198.51.100.1"), (b"host", b"x")],
+    }
+    direct = {"client": ("203.0.113.5", 5000), "headers": [(b"x-forwarded-for", b"1.1.1.1")]}
+    assert client_ip_from_scope(through_proxy) == "198.51.100.1"
+    assert client_ip_from_scope(direct) == "203.0.113.5"
+    assert client_ip_from_scope({"headers": []}) == ""
