@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, ManagedProcess, free_port, server_env, wait_for_http
+from tests.servers import wait_for_http
+from tests.services.helpers import Launcher
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-
-LAUNCHER = ROOT / "scripts" / "daphne_launcher.py"
-
-
-class Launcher(ManagedProcess):
-    def __init__(self, processes: int) -> None:
-        self.port = free_port()
-        super().__init__(
-            "launcher",
-            [sys.executable, str(LAUNCHER), "--host", "127.0.0.1", "--port", str(self.port),
-             "--processes", str(processes)],
-            server_env(),
-        )  # fmt: skip
-
-    def daphne_pids(self) -> list[int]:
-        """Pids of the Daphnes the launcher started that have not exited."""
-        log = self.log_path.read_text(errors="replace")
-        started = [int(pid) for pid in re.findall(r"started daphne pid=(\d+)", log)]
-        exited = {int(pid) for pid in re.findall(r"daphne pid=(\d+) exited", log)}
-        return [pid for pid in started if pid not in exited]
 
 
 def _server_pid(client: socket.socket, candidates: list[int]) -> int | None:
