@@ -176,10 +176,13 @@ def test_kubernetes_ports_probes_and_routing_agree(kubernetes):
     (container,) = _containers(web)
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": PORT}
+    allowed_hosts = kubernetes[("ConfigMap", "ccgsc-config")]["data"]["DJANGO_ALLOWED_HOSTS"]
     for probe in ("readinessProbe", "livenessProbe"):
-        path = container[probe]["httpGet"]["path"]
-        assert container[probe]["httpGet"]["port"] in ports
-        assert resolve(path).url_name in {"readyz", "healthz"}
+        http_get = container[probe]["httpGet"]
+        assert http_get["port"] in ports
+        assert resolve(http_get["path"]).url_name in {"readyz", "healthz"}
+        # the pod is reached directly: the host must be allowed, the path exempt from HTTPS
+        assert http_get["httpHeaders"] == [{"name": "Host", "value": allowed_hosts}]
     service = kubernetes[("Service", "ccgsc-web")]
     assert service["spec"]["selector"] == web["spec"]["selector"]["matchLabels"]
     (service_port,) = service["spec"]["ports"]

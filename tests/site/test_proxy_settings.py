@@ -23,6 +23,17 @@ def test_production_trusts_no_proxy_header_unless_configured(tmp_path):
     assert _settings_dump(env, "s.SECURE_PROXY_SSL_HEADER", "s.TRUSTED_PROXIES") == ["None", "[]"]
 
 
+def test_health_probes_are_exempt_from_the_https_redirect(tmp_path):
+    import ast
+    import re
+
+    env = _clean_env(CCGSC_VAR_DIR=str(tmp_path), **PRODUCTION)
+    (exempt,) = _settings_dump(env, "s.SECURE_REDIRECT_EXEMPT")
+    patterns = ast.literal_eval(exempt)
+    assert all(any(re.search(p, path) for p in patterns) for path in ("healthz", "readyz"))
+    assert not any(re.search(p, "api/v1/jobs/") for p in patterns)
+
+
 def test_the_proxy_header_and_trusted_proxies_come_from_the_environment(tmp_path):
     env = _clean_env(
         CCGSC_VAR_DIR=str(tmp_path),
