@@ -29,6 +29,8 @@ class TenantApi(APIView):
     """
 
     actions: dict[str, str] = {}
+    # Read by ``paginated`` and by the schema, which documents list responses as this envelope.
+    pagination_class = Pagination
     tenant: Tenant
     role: str
 
@@ -42,7 +44,7 @@ class TenantApi(APIView):
 
     def paginated(self, queryset: Any, serializer_class: type[BaseSerializer]) -> Response:
         """One page of ``queryset`` in the standard envelope (count, next, previous, results)."""
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(queryset, self.request, self)
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
 

@@ -14,10 +14,27 @@ from django.http import Http404
 from rest_framework import exceptions, pagination, status, throttling
 from rest_framework.response import Response
 
+from ccgsc_site.throttling import client_ip
+
 
 class Pagination(pagination.LimitOffsetPagination):
     default_limit = 50
     max_limit = 200
+
+
+class ClientIpMixin:
+    """Throttle by the client address behind trusted proxies only.
+
+    DRF's own ``get_ident`` believes any ``X-Forwarded-For`` a client sends, which lets a client
+    pick a fresh identity per request.
+    """
+
+    def get_ident(self, request: Any) -> str:
+        return client_ip(request)
+
+
+class AnonRateThrottle(ClientIpMixin, throttling.AnonRateThrottle):
+    """Anonymous requests, per client address."""
 
 
 class TenantRateThrottle(throttling.SimpleRateThrottle):

@@ -7,6 +7,7 @@ backend) and S3. ``CCGSC_ENV=production`` turns on the production security setti
 every secret to come from the environment.
 """
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -82,6 +83,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "ccgsc_site.middleware.ProxyHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -118,6 +120,7 @@ TEMPLATES = [
 # Database: SQLite under var/ unless DATABASE_URL says otherwise.
 DATABASES = {
     "default": dj_database_url.config(
+        env="DATABASE_URL",
         default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
         # Persistent connections: the dispatch plane makes several short transactions per result.
         # (Tests close connections after each use: threads outlive test databases.)
@@ -135,6 +138,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+# PostgreSQL connections come from a pool per process (psycopg's), so a burst of requests waits
+# for one of DATABASE_POOL_SIZE connections instead of opening one each and exhausting the
+# server's max_connections. Size it so that processes × size stays below max_connections.
+# CCGSC_DATABASE_POOL_SIZE=0 turns the pool off (then DATABASE_CONN_MAX_AGE applies).
+DATABASE_POOL_SIZE = int(os.environ.get("CCGSC_DATABASE_POOL_SIZE", "10"))
+DATABASE_POOL_TIMEOUT = float(os.environ.get("CCGSC_DATABASE_POOL_TIMEOUT", "20"))
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and DATABASE_POOL_SIZE > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # Django requires it with a pool
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT,
+        # Connections idle this long are closed, down to min_size.
+        "max_idle": 300,
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # SQLite has one writer, so dispatch stays on one database thread there.
@@ -168,16 +186,26 @@ USE_I18N = True
 USE_TZ = True
 
 # Redis carries the channel layer, the cache (throttling) and Celery; without it, in-process.
+# Every Redis pool is a blocking one (ccgsc_site.redis_pools): past REDIS_POOL_SIZE connections
+# per pool and process, callers wait up to REDIS_POOL_TIMEOUT seconds instead of failing.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_POOL_SIZE = int(os.environ.get("CCGSC_REDIS_POOL_SIZE", "50"))
+REDIS_POOL_TIMEOUT = float(os.environ.get("CCGSC_REDIS_POOL_TIMEOUT", "10"))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "ccgsc_site.redis_pools.BlockingRedisChannelLayer",
             # redis-py reads time out after 5 s by default, exactly the channel layer's blocking
             # receive; a longer socket timeout keeps idle consumers from crashing.
             "CONFIG": {
                 "hosts": [
-                    {"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 30,
+                        "socket_connect_timeout": 5,
+                        "max_connections": REDIS_POOL_SIZE,
+                        "timeout": REDIS_POOL_TIMEOUT,
+                    }
                 ],
                 "capacity": 1500,
                 "expiry": 30,
@@ -189,10 +217,23 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("CCGSC_CACHE_PREFIX", "ccgsc"),
+            "OPTIONS": {
+                "pool_class": "redis.BlockingConnectionPool",
+                "max_connections": REDIS_POOL_SIZE,
+                "timeout": REDIS_POOL_TIMEOUT,
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL
-    CELERY_RESULT_BACKEND = REDIS_URL
+    CELERY_BROKER_TRANSPORT = "ccgsc_site.redis_pools:BlockingRedisTransport"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "max_connections": REDIS_POOL_SIZE,
+        "pool_timeout": REDIS_POOL_TIMEOUT,
+    }
+    # "<backend class>+<url>" is how Celery takes a backend class with a URL.
+    CELERY_RESULT_BACKEND = f"ccgsc_site.redis_pools:BlockingRedisBackend+{REDIS_URL}"
+    CELERY_REDIS_MAX_CONNECTIONS = REDIS_POOL_SIZE
+    CELERY_REDIS_POOL_TIMEOUT = REDIS_POOL_TIMEOUT
     CELERY_TASK_ALWAYS_EAGER = False
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -300,13 +341,13 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": [
         "ccgsc_site.api_support.TenantRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        "ccgsc_site.api_support.AnonRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "tenant": os.environ.get("CCGSC_TENANT_RATE", "1200/min"),
         "anon": os.environ.get("CCGSC_ANON_RATE", "120/min"),
     },
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "ccgsc_site.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "ccgsc_site.api_support.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
@@ -350,13 +391,35 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 if PRODUCTION:
     SECURE_SSL_REDIRECT = _env_bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Probes talk plain HTTP to the container, not through the TLS proxy.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SECURE_CSP["connect-src"] = [CSP.SELF, "wss:"]
+
+# Proxies. Off unless a deployment says so: a client could otherwise claim HTTPS or any address.
+# CCGSC_PROXY_SSL_HEADER names the header the TLS-terminating proxy sets ("X-Forwarded-Proto");
+# CCGSC_TRUSTED_PROXIES lists the proxies' addresses or networks. When both are set, the header
+# is believed only from those addresses; throttles read the client address from X-Forwarded-For
+# only through them (ccgsc_site.throttling.client_ip).
+TRUSTED_PROXIES = [
+    ipaddress.ip_network(item, strict=False) for item in _env_list("CCGSC_TRUSTED_PROXIES", [])
+]
+_PROXY_SSL_HEADER = os.environ.get("CCGSC_PROXY_SSL_HEADER", "").strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https") if _PROXY_SSL_HEADER else None
+)
+
+# Failed sign-ins and API-key authentications: (failures allowed, per window in seconds), counted
+# in the cache. Per account whether or not it exists, so refusals reveal nothing.
+FAILURE_LIMITS = {
+    "login_account": (int(os.environ.get("CCGSC_LOGIN_FAILURES_PER_ACCOUNT", "10")), 900),
+    "login_ip": (int(os.environ.get("CCGSC_LOGIN_FAILURES_PER_IP", "50")), 900),
+    "api_key_ip": (int(os.environ.get("CCGSC_API_KEY_FAILURES_PER_IP", "30")), 600),
+}
 
 LOGGING = {
     "version": 1,

@@ -2,12 +2,13 @@
 
 from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.utils.csp import CSP
 from django.views.decorators.csp import csp_override
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from ccgsc_site import views
+from tenants.forms import AdminLoginForm
 
 api_v1 = [
     path("", include("tenants.api_urls")),
@@ -29,11 +30,19 @@ urlpatterns = [
         ),
         name="api_docs",
     ),
+    # Last of the API routes: any other path under /api/ is the API's JSON 404.
+    re_path(r"^api/", views.api_not_found, name="api_not_found"),
     path("", include("tenants.urls")),
     path("", include("jobs.urls")),
     path("", include("worker_frontend.urls")),
     path("", include("billing.urls")),
 ]
 
+handler400 = "ccgsc_site.views.bad_request"
+handler403 = "ccgsc_site.views.permission_denied"
+handler404 = "ccgsc_site.views.page_not_found"
+handler500 = "ccgsc_site.views.server_error"
+
+admin.site.login_form = AdminLoginForm
 admin.site.site_header = "CCGSC administration"
 admin.site.site_title = "CCGSC admin"

@@ -11,7 +11,10 @@ from django.core.files.storage import default_storage
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import Resolver404, resolve
+from django.views import defaults
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 
 from tenants.tiers import POLICIES
 
@@ -67,3 +70,58 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
     )
+
+
+# Everything under /api/ answers the API's error format, even where no API view ran: unknown
+# routes, ids the URL converters refuse, and errors raised before or outside DRF.
+API_PREFIX = "/api/"
+
+
+def _api_error(code: str, message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    """No API route matches: name the likely fix when only the trailing slash is missing."""
+    message = f"No API route {request.path}."
+    if not request.path.endswith("/"):
+        try:
+            match = resolve(request.path + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.url_name != "api_not_found":
+            message = f"No API route {request.path}; did you mean {request.path}/ ?"
+    return _api_error("not_found", message, 404)
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """400 outside a view (e.g. a body over the upload limit): JSON under /api/."""
+    if _is_api(request):
+        return _api_error("bad_request", "Bad request.", 400)
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """403 outside a view: JSON under /api/."""
+    if _is_api(request):
+        return _api_error("permission_denied", "Permission denied.", 403)
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """404 outside a view: JSON under /api/."""
+    if _is_api(request):
+        return _api_error("not_found", "Not found.", 404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500: JSON under /api/, so clients parse one format whatever went wrong."""
+    if _is_api(request):
+        return _api_error("server_error", "Internal server error.", 500)
+    return defaults.server_error(request)

@@ -6,17 +6,18 @@ import uuid
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
 from ccgsc_site.api import TenantApi, request_person
+from ccgsc_site.api_support import AnonRateThrottle
 from jobs import dispatch, exports, selectors, services
+from jobs.forms import params_shape_error
 from jobs.kernels import kernel_upload
 from jobs.models import Reducer
 from tenants.roles import Action
@@ -125,10 +126,34 @@ class JobOutput(serializers.Serializer):
     completed_at = serializers.DateTimeField(allow_null=True)
 
 
+_FINITE_NUMBER = {"type": "number", "format": "double"}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "object", "additionalProperties": _FINITE_NUMBER, "maxProperties": 4096},
+            {"type": "array", "items": _FINITE_NUMBER, "maxItems": 4096},
+        ],
+        "description": "Named numbers for the kernel's declared parameters, or a list of "
+        "numbers for a custom kernel without a schema.",
+    }
+)
+class JobParamsField(serializers.JSONField):
+    """A job's parameters: an object of finite numbers, or a list of them."""
+
+    def to_internal_value(self, data):  # noqa: ANN001, ANN201 - DRF's signature
+        value = super().to_internal_value(data)
+        problem = params_shape_error(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+
 class JobCreateInput(serializers.Serializer):
     name = serializers.CharField(max_length=120)
     kernel = serializers.CharField(help_text="Kernel id, or the name of a built-in kernel.")
-    params = serializers.JSONField(required=False, default=dict)
+    params = JobParamsField(required=False, default=dict)
     range_start = serializers.IntegerField(min_value=0, max_value=2**63 - 2)
     range_end = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
     chunk_size = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
@@ -247,18 +272,50 @@ class JobTaskListApi(TenantApi):
         return self.paginated(selectors.task_list(tenant=self.tenant, job=job), TaskOutput)
 
 
+class JobResultKernelOutput(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.CharField()
+    sha256 = serializers.CharField()
+
+
+class JobResultOutput(serializers.Serializer):
+    job = serializers.UUIDField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    kernel = JobResultKernelOutput()
+    range = serializers.ListField(child=serializers.IntegerField(), min_length=2, max_length=2)
+    chunk_size = serializers.IntegerField()
+    seed = serializers.IntegerField()
+    params = serializers.JSONField()
+    quorum = serializers.IntegerField()
+    tasks = serializers.IntegerField()
+    result = serializers.JSONField(allow_null=True, help_text="Null until paid and completed.")
+    result_sha256 = serializers.CharField(allow_null=True)
+    unpaid_cents = serializers.IntegerField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
 class JobResultApi(TenantApi):
     """A completed job's result as JSON (default) or CSV (`?format=csv`)."""
 
     @extend_schema(
         parameters=[OpenApiParameter("format", str, enum=["json", "csv"])],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={
+            (200, "application/json"): JobResultOutput,
+            (200, "text/csv"): OpenApiTypes.STR,
+        },
     )
     def get(self, request: Request, job_id: uuid.UUID) -> Response | HttpResponse:
         job = selectors.job_get(tenant=self.tenant, job_id=job_id)
         if request.query_params.get("format") == "csv":
             return exports.job_result_csv_response(job)
         return Response(exports.job_result_document(job))
+
+
+class PoolWorkerOutput(serializers.Serializer):
+    contributor = serializers.UUIDField()
+    name = serializers.CharField()
+    token = serializers.CharField(help_text="The worker token. Shown once; store it now.")
 
 
 class PoolWorkerApi(TenantApi):
@@ -269,7 +326,7 @@ class PoolWorkerApi(TenantApi):
     class PoolWorkerInput(serializers.Serializer):
         name = serializers.CharField(max_length=80)
 
-    @extend_schema(request=PoolWorkerInput, responses={201: OpenApiTypes.OBJECT})
+    @extend_schema(request=PoolWorkerInput, responses={201: PoolWorkerOutput})
     def post(self, request: Request) -> Response:
         payload = self.PoolWorkerInput(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -283,6 +340,11 @@ class PoolWorkerApi(TenantApi):
 class ContributorOutput(serializers.Serializer):
     contributor = serializers.UUIDField()
     token = serializers.CharField()
+
+
+class ContributorStatsOutput(ContributorOutput):
+    validated_replicas = serializers.IntegerField()
+    validated_work_units = serializers.IntegerField()
 
 
 class AnonymousThrottle(AnonRateThrottle):
@@ -313,7 +375,7 @@ class ContributorMeApi(APIView):
     class ClaimInput(serializers.Serializer):
         token = serializers.CharField(max_length=512)
 
-    @extend_schema(responses=ContributorOutput)
+    @extend_schema(responses=ContributorStatsOutput)
     def get(self, request: Request) -> Response:
         contributor = dispatch.contributor_for_user(user=_require_person(request))
         return Response(

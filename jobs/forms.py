@@ -3,10 +3,56 @@
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 from django import forms
 
+from ccgsc_worker.abi import MAX_PARAMS
 from jobs.models import Kernel
+
+MAX_PARAM_NAME_LENGTH = 64
+
+
+def params_shape_error(value: Any) -> str | None:
+    """Why ``value`` cannot be a job's parameters, or None when it can.
+
+    Parameters are an object of named numbers or a list of numbers (custom kernels), each finite
+    as a float64. The page and the API check this at the edge, before the job service orders them
+    against the kernel's schema, so a string, a nested object or a 400-digit integer is a field
+    error rather than an exception deep inside job creation.
+    """
+    if isinstance(value, dict):
+        if len(value) > MAX_PARAMS:
+            return f"Give at most {MAX_PARAMS} parameters."
+        for name, number in value.items():
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_PARAM_NAME_LENGTH:
+                return f"Parameter names are 1 to {MAX_PARAM_NAME_LENGTH} characters."
+            problem = _number_error(number)
+            if problem:
+                return f"{name}: {problem}"
+        return None
+    if isinstance(value, list):
+        if len(value) > MAX_PARAMS:
+            return f"Give a list of at most {MAX_PARAMS} numbers."
+        for position, number in enumerate(value):
+            problem = _number_error(number)
+            if problem:
+                return f"Item {position}: {problem}"
+        return None
+    return "Give an object of named numbers (or a list of numbers for custom kernels)."
+
+
+def _number_error(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number."
+    try:
+        as_float = float(value)
+    except OverflowError:
+        return "is too large."
+    if not math.isfinite(as_float):
+        return "must be finite."
+    return None
 
 
 class JobForm(forms.Form):
@@ -56,6 +102,7 @@ class JobForm(forms.Form):
             value = json.loads(raw)
         except ValueError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc}") from exc
-        if not isinstance(value, dict | list):
-            raise forms.ValidationError("Give an object (or a list for custom kernels).")
+        problem = params_shape_error(value)
+        if problem:
+            raise forms.ValidationError(problem)
         return value

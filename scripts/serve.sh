@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Serves the platform on http://127.0.0.1:8000 with Daphne. With REDIS_URL, a Celery worker with
-# the beat scheduler runs beside it; without, periodic work runs in a small in-process loop.
+# Serves the platform on http://127.0.0.1:8000 with Daphne. With REDIS_URL, several Daphne
+# processes share the port (CCGSC_DAPHNE_PROCESSES, default one per core) and a Celery worker with
+# the beat scheduler runs beside them; without, one Daphne (the in-memory channel layer cannot
+# span processes) and periodic work in a small in-process loop. The Daphne command line lives in
+# scripts/daphne_launcher.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -10,16 +13,15 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 if [ -n "${REDIS_URL:-}" ]; then
+  PROCESSES=${CCGSC_DAPHNE_PROCESSES:-$(nproc 2>/dev/null || echo 1)}
   "$PY" -m celery -A ccgsc_site worker -B -l INFO --concurrency 2 &
   pids+=($!)
 else
+  PROCESSES=1
   "$PY" manage.py run_periodic &
   pids+=($!)
 fi
-# The WebSocket per-message cap comes from the protocol definition (see docs/protocol.md).
-WS_MAX=$(PYTHONPATH=edge_worker "$PY" -c 'from ccgsc_worker.protocol_schema import load_definition as d; print(d(1)["limits"]["websocket_max_message_bytes"])')
-"$PY" -m daphne -b "$HOST" -p "$PORT" \
-  --websocket-max-message-size "$WS_MAX" --websocket-max-frame-size "$WS_MAX" \
-  ccgsc_site.asgi:application &
+# The launcher sets Daphne's WebSocket per-message cap from the protocol definition.
+"$PY" scripts/daphne_launcher.py --host "$HOST" --port "$PORT" --processes "$PROCESSES" &
 pids+=($!)
 wait -n "${pids[@]}"

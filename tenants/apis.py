@@ -171,7 +171,7 @@ class InvitationDetailApi(TenantApi):
         invitation = selectors.invitation_get(tenant=self.tenant, invitation_id=invitation_id)
         return Response(InvitationOutput(invitation).data)
 
-    @extend_schema(responses=InvitationOutput)
+    @extend_schema(responses={200: InvitationOutput})
     def delete(self, request: Request, invitation_id: uuid.UUID) -> Response:
         invitation = selectors.invitation_get(tenant=self.tenant, invitation_id=invitation_id)
         invitation = services.invitation_revoke(
@@ -234,7 +234,7 @@ class ApiKeyDetailApi(TenantApi):
         api_key = selectors.api_key_get(tenant=self.tenant, api_key_id=api_key_id)
         return Response(ApiKeyOutput(api_key).data)
 
-    @extend_schema(responses=ApiKeyOutput)
+    @extend_schema(responses={200: ApiKeyOutput})
     def delete(self, request: Request, api_key_id: uuid.UUID) -> Response:
         api_key = selectors.api_key_get(tenant=self.tenant, api_key_id=api_key_id)
         api_key = services.api_key_revoke(

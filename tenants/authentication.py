@@ -6,13 +6,18 @@ from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from ccgsc_site.throttling import API_KEY_PER_IP, client_ip
 from tenants.services import api_key_authenticate_unscoped
 
 KEYWORD = "Api-Key"
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
-    """Authenticates a request as its tenant; ``request.auth`` is the ApiKey."""
+    """Authenticates a request as its tenant; ``request.auth`` is the ApiKey.
+
+    Failed attempts are counted per client address; past the limit, every API-key attempt from
+    that address is refused with 429 (without checking the key) until the window ends.
+    """
 
     def authenticate(self, request):  # noqa: ANN201 - DRF's signature
         header = authentication.get_authorization_header(request).decode("latin-1")
@@ -21,8 +26,15 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         keyword, _, raw_key = header.partition(" ")
         if keyword != KEYWORD:
             return None
+        address = client_ip(request)
+        wait_seconds = API_KEY_PER_IP.retry_after(address)
+        if wait_seconds is not None:
+            raise exceptions.Throttled(
+                wait=wait_seconds, detail="Too many failed API-key attempts from your address."
+            )
         api_key = api_key_authenticate_unscoped(raw_key=raw_key.strip())
         if api_key is None:
+            API_KEY_PER_IP.record(address)
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         # The key acts for its tenant, not for a person; created_by stays in the audit log.
         return (ApiKeyUser(api_key), api_key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404
 
@@ -21,10 +22,11 @@ def membership_list_for_user(*, user: User) -> QuerySet[Membership]:
 
 
 def membership_get_for_user(*, user: User, tenant_id: uuid.UUID | str) -> Membership:
-    """The user's membership in ``tenant_id``; Http404 if they have none."""
+    """The user's membership in ``tenant_id``; Http404 if they have none or the id is malformed."""
     try:
         return membership_list_for_user(user=user).get(tenant_id=tenant_id)
-    except (Membership.DoesNotExist, ValueError, TypeError) as exc:
+    # A malformed id is as absent as another tenant's: the UUID field raises ValidationError.
+    except (Membership.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise Http404("No such tenant") from exc
 
 
@@ -66,5 +68,5 @@ def audit_event_list(*, tenant: Tenant) -> QuerySet[AuditEvent]:
 def _get_or_404(queryset: QuerySet, pk: object):  # noqa: ANN202 - model type varies
     try:
         return queryset.get(pk=pk)
-    except (queryset.model.DoesNotExist, ValueError, TypeError) as exc:
+    except (queryset.model.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise Http404(f"No such {queryset.model._meta.verbose_name}") from exc

@@ -6,6 +6,7 @@ import uuid
 
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -14,7 +15,14 @@ from django.views.decorators.http import require_POST
 
 from ccgsc_site.forms import add_validation_errors, error_text
 from tenants import selectors, services
-from tenants.forms import ApiKeyForm, InviteForm, JoinForm, RoleForm, SignupForm
+from tenants.forms import (
+    ApiKeyForm,
+    EmailLoginForm,
+    InviteForm,
+    JoinForm,
+    RoleForm,
+    SignupForm,
+)
 from tenants.middleware import SESSION_KEY, active_membership_or_404
 from tenants.roles import Action, role_allows
 
@@ -35,6 +43,20 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render(
         request, "tenants/signup.html", {"form": form}, status=400 if form.errors else 200
     )
+
+
+class LoginView(auth_views.LoginView):
+    """Sign in by e-mail; a throttled attempt answers 429 with Retry-After."""
+
+    authentication_form = EmailLoginForm
+    redirect_authenticated_user = True
+
+    def form_invalid(self, form: EmailLoginForm) -> HttpResponse:
+        response = super().form_invalid(form)
+        if form.retry_after_seconds is not None:
+            response.status_code = 429
+            response["Retry-After"] = str(form.retry_after_seconds)
+        return response
 
 
 @login_required

@@ -93,7 +93,7 @@ def test_production_wiring_from_environment(tmp_path):
     )
     assert values == [
         "'django.db.backends.postgresql'",
-        "'channels_redis.core.RedisChannelLayer'",
+        "'ccgsc_site.redis_pools.BlockingRedisChannelLayer'",
         "'redis://cache.internal:6379/0'",
         "'storages.backends.s3.S3Storage'",
     ]
