@@ -8,6 +8,7 @@ from django.views.decorators.csp import csp_override
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from ccgsc_site import views
+from ccgsc_site.dashboard import dashboard
 from tenants.forms import AdminLoginForm
 
 api_v1 = [
@@ -32,6 +33,7 @@ urlpatterns = [
     ),
     # Last of the API routes: any other path under /api/ is the API's JSON 404.
     re_path(r"^api/", views.api_not_found, name="api_not_found"),
+    path("dashboard/", dashboard, name="dashboard"),
     path("", include("tenants.urls")),
     path("", include("jobs.urls")),
     path("", include("worker_frontend.urls")),

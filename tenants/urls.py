@@ -23,7 +23,6 @@ urlpatterns = [
         auth_views.PasswordResetCompleteView.as_view(),
         name="password_reset_complete",
     ),
-    path("dashboard/", views.dashboard, name="dashboard"),
     path("tenants/switch/", views.tenant_switch, name="tenant_switch"),
     path("members/", views.members, name="members"),
     path("members/<uuid:membership_id>/role/", views.member_role, name="member_role"),

@@ -60,28 +60,6 @@ class LoginView(auth_views.LoginView):
 
 
 @login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
-    """The active tenant's home: tier, limits, and where to go next."""
-    membership = request.active_membership  # type: ignore[attr-defined]
-    if not membership:
-        return render(request, "tenants/no_tenant.html")
-    tenant = membership.tenant
-    from jobs.selectors import job_list
-
-    jobs = job_list(tenant=tenant)
-    context = {
-        "tenant": tenant,
-        "membership": membership,
-        "policy": tenant.policy,
-        "jobs": jobs[:10],
-        "job_count": jobs.count(),
-        "member_count": selectors.membership_list(tenant=tenant).count(),
-        "key_count": selectors.api_key_list(tenant=tenant).filter(revoked_at__isnull=True).count(),
-    }
-    return render(request, "tenants/dashboard.html", context)
-
-
-@login_required
 @require_POST
 def tenant_switch(request: HttpRequest) -> HttpResponse:
     """Make another of the user's tenants the active one."""

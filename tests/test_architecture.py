@@ -8,7 +8,6 @@ Django at all.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -46,14 +45,9 @@ forbidden_modules =
     jobs
     billing
 allow_indirect_imports = True
-# Known and owned elsewhere: the tenant dashboard lists jobs; it moves out of tenants with the
-# rest of issue 7. Listed here so that every other import stays forbidden.
-ignore_imports =
-    tenants.views -> jobs.selectors
 """
 
-# Modules that must import without Django. Some arrive with later work: until they exist they
-# are reported as not yet present and skipped, one by one.
+# Modules that must import without Django (a missing one fails: a rename must update this list).
 PURE_MODULES = [
     "billing.money",
     "ccgsc_worker.abi",
@@ -90,20 +84,8 @@ def test_import_contracts_hold(tmp_path):
     assert "2 kept, 0 broken" in result.stdout
 
 
-def _present(module: str) -> bool:
-    sys.path[:0] = [str(ROOT), str(EDGE_WORKER)]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-    finally:
-        del sys.path[:2]
-
-
 @pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_module_loads_no_django(module):
-    if not _present(module):
-        pytest.skip(f"{module}: not yet present")
     probe = textwrap.dedent(
         f"""
         import importlib, json, sys

@@ -2,6 +2,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
+import { Outbox } from "../../static/worker_frontend/outbox.js";
+
 import {
   Backoff,
   BACKOFF_MAX_MS,
@@ -14,7 +16,6 @@ import {
   MAX_SLOTS,
   PROTOCOL_VERSION,
   SERVER_SCHEMAS,
-  Outbox,
   ProtocolError,
   TokenBucket,
   U64_MAX,
