@@ -3,6 +3,7 @@ registry on the filesystem, and isolation between tenants."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -22,7 +23,7 @@ from jobs.services.fl_admission import fl_round_bytes_estimate
 from jobs.services.fl_init import initial_weights, parameter_count
 from jobs.services.model_registry import model_storage_key, model_version_read
 from tenants.roles import Role
-from tenants.tiers import Tier
+from tenants.tiers import POLICIES, Tier
 from tests.factories import ContributorFactory
 from tests.jobs.fl_helpers import fl_job, fl_job_unchecked
 
@@ -245,23 +246,25 @@ def test_privacy_flags_are_stored_where_the_tier_has_them(core):
 
 
 def test_privacy_flags_are_refused_where_the_tier_lacks_them():
-    from tenants.tiers import POLICIES
-
-    refusals = POLICIES[Tier.COMMUNITY].fl_refusals(
-        cohort_size=1, robust_aggregation=True, secure_aggregation=True, differential_privacy=True
-    )
-    assert set(refusals) == {"kind"}
-    no_privacy = POLICIES[Tier.CORE].__class__(
-        **{
-            **{f: getattr(POLICIES[Tier.CORE], f) for f in POLICIES[Tier.CORE].__slots__},
-            "secure_aggregation": False,
-            "differential_privacy": False,
-        }
+    community = POLICIES[Tier.COMMUNITY]
+    assert set(
+        community.fl_refusals(
+            cohort_size=1,
+            robust_aggregation=True,
+            secure_aggregation=True,
+            differential_privacy=True,
+        )
+    ) == {"kind"}
+    no_privacy = dataclasses.replace(
+        POLICIES[Tier.CORE], secure_aggregation=False, differential_privacy=False
     )
     refusals = no_privacy.fl_refusals(
         cohort_size=1, robust_aggregation=False, secure_aggregation=True, differential_privacy=True
     )
-    assert set(refusals) == {"secure_aggregation", "differential_privacy"}
+    assert refusals == {
+        "secure_aggregation": "FL Core does not include secure aggregation.",
+        "differential_privacy": "FL Core does not include differential privacy.",
+    }
 
 
 def test_dp_with_a_robust_rule_or_compression_is_refused(enterprise):
@@ -496,6 +499,9 @@ def test_the_fl_form_defaults_to_the_demo_and_creates_a_job(owner_client, core):
     job = Job.objects.for_tenant(core).get()
     assert job.fl_config.rounds == 20
 
+    listing = owner_client.get("/jobs/").content.decode()
+    assert "mlp 64-200-200-10 (FL)" in listing
+    assert "20 rounds" in listing
     detail = owner_client.get(response["Location"]).content.decode()
     version = job.model_versions.get()
     assert 'data-testid="fl-config"' in detail
