@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from billing import metering as billing_metering
 from billing.operations import balance_adjust
-from jobs import dispatch
+from jobs import dispatch, services
 from jobs.fl_models import FlConfig
 from jobs.models import Job, JobEvent, JobStatus, ModelVersion
 from jobs.services import FlJobSpec, fl_job_create
@@ -298,6 +298,17 @@ def test_a_round_with_a_promotional_credit_is_admitted(core):
     job = fl_job(core)
     assert job.status == JobStatus.RUNNING
     assert billing_metering.tenant_balance_cents(tenant=core) == 500  # admission charges nothing
+
+
+def test_resuming_an_fl_job_admits_a_round_again(core, owner):
+    job = fl_job(core)
+    services.job_control(tenant=core, job_id=job.pk, role=Role.OWNER, action="pause")
+    balance_adjust(tenant=core, amount_cents=-500, actor=owner, reason="spent elsewhere")
+
+    with pytest.raises(ValidationError, match="cannot cover the next round"):
+        services.job_control(tenant=core, job_id=job.pk, role=Role.OWNER, action="resume")
+
+    assert Job.objects.for_tenant(core).get(pk=job.pk).status == JobStatus.PAUSED
 
 
 # ----------------------------------------------------------------------------- models
