@@ -260,22 +260,33 @@ class FlJobCreateInput(serializers.Serializer):
         help_text="Layer sizes: [inputs, hidden..., classes]; the CNN takes [784, 10].",
     )
     data_source = serializers.ChoiceField(choices=DataSource.choices, default="public_partition")
-    dataset = serializers.CharField(
-        max_length=60, default="digits", help_text="Public data set: digits or mnist10k."
+    dataset = serializers.ChoiceField(
+        choices=["digits", "mnist10k"],
+        default="digits",
+        allow_blank=True,
+        help_text="The public data set of a public partition (ignored for local data).",
     )
     partition = serializers.ChoiceField(choices=Partition.choices, default="shards")
     dirichlet_alpha = serializers.FloatField(required=False, allow_null=True, default=None)
-    shards_per_client = serializers.IntegerField(required=False, allow_null=True, default=2)
-    partition_clients = serializers.IntegerField(required=False, allow_null=True, default=100)
+    shards_per_client = serializers.IntegerField(
+        required=False, allow_null=True, default=2, min_value=1, max_value=1000
+    )
+    partition_clients = serializers.IntegerField(
+        required=False, allow_null=True, default=100, min_value=1, max_value=1_000_000
+    )
     rounds = serializers.IntegerField(default=50, min_value=1, max_value=10_000)
-    cohort_size = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    cohort_size = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1_000_000
+    )
     cohort_fraction = serializers.FloatField(required=False, allow_null=True)
     over_selection = serializers.FloatField(default=1.0)
-    min_reports = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    round_deadline_seconds = serializers.IntegerField(default=120)
+    min_reports = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1_000_000
+    )
+    round_deadline_seconds = serializers.IntegerField(default=120, min_value=10, max_value=86_400)
     target_accuracy = serializers.FloatField(required=False, allow_null=True, default=None)
-    local_epochs = serializers.IntegerField(default=1)
-    batch_size = serializers.IntegerField(default=10)
+    local_epochs = serializers.IntegerField(default=1, min_value=1, max_value=100)
+    batch_size = serializers.IntegerField(default=10, min_value=1, max_value=65_536)
     learning_rate = serializers.FloatField(default=0.05)
     client_optimizer = serializers.ChoiceField(choices=ClientOptimizer.choices, default="sgd")
     momentum = serializers.FloatField(default=0.0)
@@ -291,8 +302,12 @@ class FlJobCreateInput(serializers.Serializer):
     dp_noise_multiplier = serializers.FloatField(required=False, allow_null=True, default=None)
     dp_clip_norm = serializers.FloatField(required=False, allow_null=True, default=None)
     mode = serializers.ChoiceField(choices=FlMode.choices, default="sync")
-    buffer_size = serializers.IntegerField(required=False, allow_null=True, default=None)
-    staleness_bound = serializers.IntegerField(required=False, allow_null=True, default=None)
+    buffer_size = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=1_000_000
+    )
+    staleness_bound = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=1000
+    )
     staleness_weighting = serializers.ChoiceField(
         choices=[("", "—"), *StalenessWeighting.choices], default="", allow_blank=True
     )

@@ -62,6 +62,7 @@ PUBLIC_DATASETS: dict[str, PublicDataset] = {
 }
 
 MAX_ROUNDS = 10_000
+MAX_COHORT = 1_000_000  # far above any tier's cap: the tier's own limit is checked after
 MAX_LAYER = 4096
 MAX_PARAMETERS = 4_000_000  # 16 MB of float32: the training kernels' input limits allow it
 MAX_DEADLINE_SECONDS = 24 * 3600
@@ -217,8 +218,8 @@ def _check_rounds_and_cohort(spec: FlJobSpec, errors: dict[str, str]) -> None:
         errors["rounds"] = f"Run 1 to {MAX_ROUNDS} rounds."
     if (spec.cohort_size is None) == (spec.cohort_fraction is None):
         errors["cohort_size"] = "Give either a cohort size or a cohort fraction, not both."
-    elif spec.cohort_size is not None and not spec.cohort_size >= 1:
-        errors["cohort_size"] = "The cohort has at least one client."
+    elif spec.cohort_size is not None and not 1 <= spec.cohort_size <= MAX_COHORT:
+        errors["cohort_size"] = f"The cohort is 1 to {MAX_COHORT:,} clients."
     elif spec.cohort_fraction is not None and not (
         _number(spec.cohort_fraction) and 0 < spec.cohort_fraction <= 1
     ):

@@ -387,6 +387,25 @@ def test_api_field_errors_are_json_and_keyed(api_client, enterprise):
     assert not Job.objects.for_tenant(enterprise).exists()
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cohort_size": 10**30},
+        {"cohort_size": None, "cohort_fraction": 1e308, "over_selection": 1e308},
+        {"learning_rate": 1e308, "momentum": -1e308},
+        {"server_strategy": "fedadam", "strategy_options": {"eta": 1e308}},
+        {"mode": "async", "buffer_size": 10**9, "staleness_bound": -1},
+        {"model_sizes": [4096] * 8},
+        {"partition": "dirichlet", "dirichlet_alpha": -0.0},
+        {"dataset": "", "data_source": "public_partition"},
+    ],
+)
+def test_api_answers_400_to_extreme_values(api_client, enterprise, fields):
+    response = api_client.post("/api/v1/fl-jobs/", {"name": "edge", **fields}, format="json")
+    assert response.status_code == 400, response.content
+    assert not Job.objects.for_tenant(enterprise).exists()
+
+
 def test_api_refuses_fl_on_community(api_client, tenant):
     response = api_client.post("/api/v1/fl-jobs/", {"name": "no"}, format="json")
     assert response.status_code == 403
