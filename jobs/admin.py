@@ -1,4 +1,5 @@
-"""Django admin for kernels, jobs, tasks, assignments, workers and contributors."""
+"""Django admin for kernels, jobs, tasks, assignments, workers and contributors, and the
+federated learning records (configurations, rounds, participations, model versions)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,20 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from jobs import services
-from jobs.models import Assignment, Contributor, Job, JobEvent, JobStatus, Kernel, Task, Worker
+from jobs.models import (
+    Assignment,
+    Contributor,
+    FlConfig,
+    Job,
+    JobEvent,
+    JobStatus,
+    Kernel,
+    ModelVersion,
+    Participation,
+    Round,
+    Task,
+    Worker,
+)
 from tenants.admin_base import ReadOnlyAdmin, UnscopedAdmin
 from tenants.roles import Role
 from tenants.services import audit_record
@@ -27,6 +41,7 @@ class JobAdmin(UnscopedAdmin):
     list_display = (
         "name",
         "tenant",
+        "kind",
         "kernel",
         "status",
         "task_count",
@@ -34,7 +49,7 @@ class JobAdmin(UnscopedAdmin):
         "priority",
         "created_at",
     )
-    list_filter = ("status", "kernel__name")
+    list_filter = ("kind", "status", "kernel__name")
     search_fields = ("name", "id", "tenant__name")
     readonly_fields = (
         "task_count",
@@ -46,7 +61,7 @@ class JobAdmin(UnscopedAdmin):
         "started_at",
         "completed_at",
     )
-    raw_id_fields = ("tenant", "kernel", "created_by")
+    raw_id_fields = ("tenant", "kernel", "fl_config", "created_by")
     actions = ["pause_jobs", "resume_jobs", "cancel_jobs"]
 
     def _control(self, request: HttpRequest, queryset: QuerySet[Job], action: str) -> None:
@@ -192,3 +207,31 @@ class JobEventAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "job", "kind", "message")
     list_filter = ("kind",)
     search_fields = ("job__name", "message")
+
+
+# Federated learning: read-only. A configuration is fixed once its job exists, rounds and
+# participations are the round services' records, and a model version is content-addressed.
+@admin.register(FlConfig)
+class FlConfigAdmin(ReadOnlyAdmin):
+    list_display = ("id", "tenant", "model_kernel", "server_strategy", "rounds", "mode")
+    list_filter = ("model_kernel", "server_strategy", "mode", "data_source")
+    search_fields = ("id", "tenant__name")
+
+
+@admin.register(Round)
+class RoundAdmin(ReadOnlyAdmin):
+    list_display = ("job", "number", "status", "cohort_size", "reports", "dropouts", "started_at")
+    list_filter = ("status",)
+    search_fields = ("job__name", "job__id")
+
+
+@admin.register(Participation)
+class ParticipationAdmin(ReadOnlyAdmin):
+    list_display = ("round", "contributor", "worker", "status", "samples", "included")
+    list_filter = ("status", "included")
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    list_display = ("job", "version", "sha256", "size_bytes", "created_at")
+    search_fields = ("sha256", "job__name", "job__id")

@@ -13,6 +13,18 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api_job_cancel"),
     path("jobs/<uuid:job_id>/tasks/", apis.JobTaskListApi.as_view(), name="api_job_tasks"),
     path("jobs/<uuid:job_id>/result/", apis.JobResultApi.as_view(), name="api_job_result"),
+    path("jobs/<uuid:job_id>/rounds/", apis.JobRoundListApi.as_view(), name="api_job_rounds"),
+    path(
+        "jobs/<uuid:job_id>/model-versions/",
+        apis.JobModelVersionListApi.as_view(),
+        name="api_job_model_versions",
+    ),
+    path("fl-jobs/", apis.FlJobListApi.as_view(), name="api_fl_job_list"),
+    path(
+        "model-versions/<uuid:model_version_id>/download/",
+        apis.ModelVersionDownloadApi.as_view(),
+        name="api_model_version_download",
+    ),
     path("pool-workers/", apis.PoolWorkerApi.as_view(), name="api_pool_worker_list"),
     path(
         "contributors/anonymous/",

@@ -1,4 +1,4 @@
-"""The job creation form."""
+"""The job creation forms: federated computing and federated learning."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ from typing import Any
 from django import forms
 
 from ccgsc_worker.abi import MAX_PARAMS
+from jobs.fl_models import (
+    ClientOptimizer,
+    Compression,
+    DataSource,
+    FlMode,
+    Partition,
+    ServerStrategy,
+    StalenessWeighting,
+    TrainingKernel,
+)
 from jobs.models import Kernel
 
 MAX_PARAM_NAME_LENGTH = 64
@@ -106,3 +116,108 @@ class JobForm(forms.Form):
         if problem:
             raise forms.ValidationError(problem)
         return value
+
+
+class FlJobForm(forms.Form):
+    """A federated learning job. The defaults are the demo: the 2NN of McMahan et al. 2017 on the
+    digits partition, two label shards per client (non-IID), FedAvg, E = 1, B = 10."""
+
+    name = forms.CharField(max_length=120, initial="2NN on non-IID digits")
+    model_kernel = forms.ChoiceField(
+        choices=TrainingKernel.choices, initial=TrainingKernel.MLP, label="Model"
+    )
+    model_sizes = forms.CharField(
+        initial="64, 200, 200, 10",
+        label="Layer sizes",
+        help_text="Inputs, hidden layers, classes. The 2NN is 784, 200, 200, 10 on 28×28 images; "
+        "digits images are 8×8 (64 inputs). The CNN takes 784, 10.",
+    )
+    data_source = forms.ChoiceField(choices=DataSource.choices, initial=DataSource.PUBLIC_PARTITION)
+    dataset = forms.ChoiceField(
+        choices=[("digits", "digits (1,797 8×8 images)"), ("mnist10k", "MNIST, first 10,000")],
+        initial="digits",
+        required=False,
+        help_text="Public partitions are served by this site and are not private data.",
+    )
+    partition = forms.ChoiceField(
+        choices=[("", "—"), *Partition.choices], initial=Partition.SHARDS, required=False
+    )
+    shards_per_client = forms.IntegerField(
+        min_value=1, initial=2, required=False, help_text="k-shards: label shards per client."
+    )
+    dirichlet_alpha = forms.FloatField(
+        required=False, help_text="Dirichlet(α): smaller α, more label skew."
+    )
+    partition_clients = forms.IntegerField(min_value=1, initial=100, required=False)
+    rounds = forms.IntegerField(min_value=1, max_value=10_000, initial=50)
+    cohort_size = forms.IntegerField(
+        min_value=1, initial=10, required=False, help_text="Clients per round (or a fraction)."
+    )
+    cohort_fraction = forms.FloatField(required=False, help_text="C: fraction of the clients.")
+    over_selection = forms.FloatField(
+        initial=1.0, help_text="Invite this many times the cohort to absorb dropouts."
+    )
+    min_reports = forms.IntegerField(
+        min_value=1, required=False, help_text="Reports a round needs to close; default the cohort."
+    )
+    round_deadline_seconds = forms.IntegerField(initial=120, label="Round deadline (s)")
+    target_accuracy = forms.FloatField(
+        required=False, help_text="Stop once the global model reaches it, e.g. 0.97."
+    )
+    local_epochs = forms.IntegerField(initial=1, label="E (local epochs)")
+    batch_size = forms.IntegerField(initial=10, label="B (batch size)")
+    learning_rate = forms.FloatField(initial=0.05)
+    client_optimizer = forms.ChoiceField(choices=ClientOptimizer.choices, initial="sgd")
+    momentum = forms.FloatField(initial=0.0)
+    proximal_mu = forms.FloatField(initial=0.0, label="FedProx μ", help_text="0 is plain FedAvg.")
+    server_strategy = forms.ChoiceField(choices=ServerStrategy.choices, initial="fedavg")
+    strategy_options = forms.CharField(
+        required=False,
+        initial="{}",
+        help_text='JSON, e.g. {"server_momentum": 0.9} for FedAvgM, {"beta": 0.1} for the trimmed '
+        "mean. Robust strategies are part of FL Enterprise.",
+    )
+    compression = forms.ChoiceField(choices=Compression.choices, initial="none")
+    topk_fraction = forms.FloatField(required=False, help_text="Top-k: fraction kept.")
+    secure_aggregation = forms.BooleanField(required=False)
+    differential_privacy = forms.BooleanField(required=False)
+    dp_noise_multiplier = forms.FloatField(required=False)
+    dp_clip_norm = forms.FloatField(required=False)
+    mode = forms.ChoiceField(choices=FlMode.choices, initial="sync")
+    buffer_size = forms.IntegerField(required=False, help_text="Async: K updates per step.")
+    staleness_bound = forms.IntegerField(required=False, help_text="Async: oldest version kept.")
+    staleness_weighting = forms.ChoiceField(
+        choices=[("", "—"), *StalenessWeighting.choices], required=False
+    )
+    seed = forms.IntegerField(
+        min_value=0, required=False, help_text="Leave empty for a random seed."
+    )
+
+    def clean_model_sizes(self) -> list[int]:
+        raw = self.cleaned_data.get("model_sizes") or ""
+        try:
+            return [int(part) for part in raw.replace(",", " ").split()]
+        except ValueError as exc:
+            raise forms.ValidationError("Give whole numbers separated by commas.") from exc
+
+    def clean_strategy_options(self) -> dict:
+        raw = self.cleaned_data.get("strategy_options") or "{}"
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Give an object.")
+        return value
+
+    def spec_fields(self) -> dict:
+        """The cleaned data as ``FlJobSpec`` keyword arguments (blank optional fields dropped)."""
+        data = {k: v for k, v in self.cleaned_data.items() if v is not None}
+        for name in ("dataset", "partition"):
+            if not data.get(name):
+                data.pop(name, None)
+        if "cohort_fraction" in data:
+            data["cohort_size"] = None
+        elif "cohort_size" not in data:
+            data["cohort_size"] = 10
+        return data

@@ -15,6 +15,7 @@ from django.db.models import F, Q
 
 from tenants.models import Tenant
 from tenants.scoping import TenantOwnedModel
+from tenants.tiers import JobKind
 
 
 class Reducer(models.TextChoices):
@@ -111,17 +112,27 @@ ACTIVE_JOB_STATUSES = (JobStatus.DRAFT, JobStatus.RUNNING, JobStatus.PAUSED, Job
 
 
 class Job(TenantOwnedModel):
-    """A federated computing job: a kernel over [range_start, range_end) split into tasks."""
+    """A job: federated computing (a kernel over [range_start, range_end) split into tasks) or
+    federated learning (rounds of training configured by ``fl_config``).
+
+    The FC columns are nullable because an FL job has none of them; ``job_kind_fields`` requires
+    them for ``kind="fc"`` and requires ``fl_config`` for ``kind="fl"``.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="jobs")
     name = models.CharField(max_length=120)
-    kind = models.CharField(max_length=10, default="fc")
-    kernel = models.ForeignKey(Kernel, on_delete=models.PROTECT, related_name="jobs")
+    kind = models.CharField(max_length=10, choices=JobKind.choices, default=JobKind.FC)
+    kernel = models.ForeignKey(
+        Kernel, on_delete=models.PROTECT, null=True, blank=True, related_name="jobs"
+    )
     params = models.JSONField(default=list, blank=True)
-    range_start = models.BigIntegerField()
-    range_end = models.BigIntegerField()
-    chunk_size = models.BigIntegerField()
+    range_start = models.BigIntegerField(null=True, blank=True)
+    range_end = models.BigIntegerField(null=True, blank=True)
+    chunk_size = models.BigIntegerField(null=True, blank=True)
+    fl_config = models.OneToOneField(
+        "jobs.FlConfig", on_delete=models.PROTECT, null=True, blank=True, related_name="job"
+    )
     seed = models.BigIntegerField(default=0)
     quorum = models.PositiveSmallIntegerField(default=2)
     max_replicas = models.PositiveSmallIntegerField(default=5)
@@ -158,6 +169,20 @@ class Job(TenantOwnedModel):
                 name="job_range_valid",
             ),
             models.CheckConstraint(condition=Q(chunk_size__gt=0), name="job_chunk_positive"),
+            models.CheckConstraint(
+                condition=(
+                    Q(
+                        kind=JobKind.FC,
+                        kernel__isnull=False,
+                        range_start__isnull=False,
+                        range_end__isnull=False,
+                        chunk_size__isnull=False,
+                        fl_config__isnull=True,
+                    )
+                    | Q(kind=JobKind.FL, fl_config__isnull=False)
+                ),
+                name="job_kind_fields",
+            ),
             models.CheckConstraint(
                 condition=Q(quorum__gte=1) & Q(max_replicas__gte=F("quorum")),
                 name="job_replicas_valid",
@@ -394,3 +419,7 @@ class JobEvent(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+
+# The FL models live in their own module; importing them here registers them with the app.
+from jobs.fl_models import FlConfig, ModelVersion, Participation, Round  # noqa: E402, F401

@@ -16,7 +16,10 @@ from jobs.models import (
     AssignmentStatus,
     Job,
     JobEvent,
+    JobStatus,
     Kernel,
+    ModelVersion,
+    Round,
     Task,
     TaskStatus,
 )
@@ -28,7 +31,9 @@ THROUGHPUT_WINDOW = timedelta(seconds=60)
 
 def job_list(*, tenant: Tenant) -> QuerySet[Job]:
     """A tenant's jobs, newest first."""
-    return Job.objects.for_tenant(tenant).select_related("kernel").order_by("-created_at")
+    return (
+        Job.objects.for_tenant(tenant).select_related("kernel", "fl_config").order_by("-created_at")
+    )
 
 
 def job_get(*, tenant: Tenant, job_id: uuid.UUID | str) -> Job:
@@ -124,7 +129,7 @@ def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:
         "name": job.name,
         "status": job.status,
         "status_reason": job.status_reason,
-        "kernel": job.kernel.name,
+        "kernel": job.kernel.name if job.kernel_id else job.fl_config.model_kernel,
         "task_count": job.task_count,
         "tasks": counts,
         "replicas": replica_counts,
@@ -148,3 +153,33 @@ def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:
             {"kind": e.kind, "message": e.message, "at": e.created_at.isoformat()} for e in events
         ],
     }
+
+
+def fl_round_list(*, tenant: Tenant, job: Job) -> QuerySet[Round]:
+    """An FL job's rounds, newest first."""
+    return Round.objects.for_tenant(tenant).filter(job=job).order_by("-number")
+
+
+def model_version_list(*, tenant: Tenant, job: Job) -> QuerySet[ModelVersion]:
+    """An FL job's global model versions, newest first."""
+    return ModelVersion.objects.for_tenant(tenant).filter(job=job).order_by("-version")
+
+
+def model_version_get(*, tenant: Tenant, model_version_id: uuid.UUID | str) -> ModelVersion:
+    """One model version of ``tenant``; Http404 otherwise."""
+    try:
+        return (
+            ModelVersion.objects.for_tenant(tenant).select_related("job").get(pk=model_version_id)
+        )
+    except (ModelVersion.DoesNotExist, ValueError, TypeError) as exc:
+        raise Http404("No such model version") from exc
+
+
+def model_version_get_for_workers_unscoped(*, sha256: str) -> ModelVersion | None:
+    """A global model by hash, for workers of any tenant, only while its job is running."""
+    return (
+        ModelVersion.objects.unscoped()
+        .filter(sha256=sha256, job__status=JobStatus.RUNNING)
+        .order_by("created_at")
+        .first()
+    )

@@ -5,6 +5,7 @@ from jobs import views
 urlpatterns = [
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/new/", views.job_create, name="job_create"),
+    path("jobs/new/fl/", views.fl_job_create, name="fl_job_create"),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<uuid:job_id>/control/", views.job_control, name="job_control"),
     re_path(
@@ -12,5 +13,11 @@ urlpatterns = [
         views.job_result,
         name="job_result",
     ),
+    path(
+        "models/<uuid:model_version_id>/download/",
+        views.model_version_download,
+        name="model_version_download",
+    ),
+    re_path(r"^weights/(?P<sha256>[0-9a-f]{64})\.f32$", views.model_weights, name="model_weights"),
     re_path(r"^kernels/(?P<sha256>[0-9a-f]{64})\.wasm$", views.kernel_module, name="kernel_module"),
 ]

@@ -1,4 +1,5 @@
-"""Job pages (list, create, director, result downloads) and kernel module downloads."""
+"""Job pages (list, create, director, result and model downloads) and the worker downloads of
+kernel modules and model weights."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from ccgsc_site.forms import add_validation_errors, error_text
 from jobs import dispatch, exports, selectors, services
-from jobs.forms import JobForm
+from jobs.fl_exports import model_version_filename, model_version_response
+from jobs.forms import FlJobForm, JobForm
 from jobs.kernels import KernelUnavailable, kernel_module_bytes
 from tenants.middleware import active_membership_or_404
+from tenants.tiers import JobKind
 
 
 @login_required
@@ -57,20 +60,79 @@ def job_create(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+def fl_job_create(request: HttpRequest) -> HttpResponse:
+    """Create and start a federated learning job."""
+    membership = active_membership_or_404(request)
+    tenant = membership.tenant
+    form = FlJobForm(request.POST or None)
+    allowed = tenant.policy.allows_job_kind(JobKind.FL)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = services.fl_job_create(
+                tenant=tenant,
+                actor=request.user,
+                actor_role=membership.role,
+                spec=services.FlJobSpec(**form.spec_fields()),
+            )
+        except ValidationError as exc:
+            add_validation_errors(form, exc)
+        except PermissionDenied as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Training job “{job.name}” created with its initial model.")
+            return redirect("job_detail", job_id=job.pk)
+    return render(
+        request,
+        "jobs/fl_job_create.html",
+        {"form": form, "tenant": tenant, "fl_allowed": allowed, "policy": tenant.policy},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
 def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    """The director: live state over WebSocket, with controls."""
+    """The director: live state over WebSocket, with controls (and, for FL, rounds and models)."""
     membership = active_membership_or_404(request)
     job = selectors.job_get(tenant=membership.tenant, job_id=job_id)
     state = selectors.job_state(tenant=membership.tenant, job_id=job.pk)
-    return render(
-        request,
-        "jobs/job_detail.html",
-        {
-            "job": job,
-            "state": state,
-            "membership": membership,
-        },
+    context = {"job": job, "state": state, "membership": membership}
+    if job.kind == JobKind.FL:
+        context["rounds"] = selectors.fl_round_list(tenant=membership.tenant, job=job)[:100]
+        context["model_versions"] = selectors.model_version_list(
+            tenant=membership.tenant, job=job
+        ).select_related("round")[:100]
+    return render(request, "jobs/job_detail.html", context)
+
+
+@login_required
+@require_GET
+def model_version_download(request: HttpRequest, model_version_id: uuid.UUID) -> HttpResponse:
+    """Download a global model version (raw float32) of one of the tenant's FL jobs."""
+    membership = active_membership_or_404(request)
+    version = selectors.model_version_get(
+        tenant=membership.tenant, model_version_id=model_version_id
     )
+    return model_version_response(request, version, filename=model_version_filename(version))
+
+
+@require_GET
+def model_weights(request: HttpRequest, sha256: str) -> HttpResponse:
+    """A running FL job's global model by hash, for workers (``Authorization: Worker <token>``).
+
+    Same origin as the worker page (its CSP allows no other), cached by hash. The response holds
+    the weights only: no job, tenant or round is named in it.
+    """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme != "Worker" or dispatch.worker_token_verify(token=token.strip()) is None:
+        return JsonResponse(
+            {"error": {"code": "unauthorized", "message": "worker token required"}}, status=401
+        )
+    version = selectors.model_version_get_for_workers_unscoped(sha256=sha256)
+    if version is None:
+        raise Http404("No such model")
+    response = model_version_response(request, version)
+    del response["X-Content-SHA256"]  # the URL already names the hash
+    return response
 
 
 @login_required
@@ -96,6 +158,8 @@ def job_result(request: HttpRequest, job_id: uuid.UUID, fmt: str) -> HttpRespons
     """Download a job's result as JSON or CSV."""
     membership = active_membership_or_404(request)
     job = selectors.job_get(tenant=membership.tenant, job_id=job_id)
+    if job.kind == JobKind.FL:
+        raise Http404("A federated learning job's results are its model versions.")
     if fmt == "csv":
         return exports.job_result_csv_response(job)
     response = JsonResponse(exports.job_result_document(job), json_dumps_params={"indent": 2})

@@ -42,6 +42,39 @@ class TierPolicy:
         """Whether jobs of ``kind`` may be created on this tier."""
         return kind in self.job_kinds
 
+    def fl_refusals(
+        self,
+        *,
+        cohort_size: int,
+        robust_aggregation: bool,
+        secure_aggregation: bool,
+        differential_privacy: bool,
+    ) -> dict[str, str]:
+        """Why an FL job with these settings is refused on this tier, by field (empty: allowed).
+
+        ``cohort_size`` is the number of clients invited per round, over-selection included.
+        """
+        refusals: dict[str, str] = {}
+        if not self.allows_job_kind(JobKind.FL):
+            refusals["kind"] = f"{self.label} does not include federated learning jobs."
+            return refusals
+        if cohort_size > self.max_cohort_size:
+            refusals["cohort_size"] = (
+                f"{self.label} invites at most {self.max_cohort_size} clients per round "
+                f"(this job would invite {cohort_size}, over-selection included)."
+            )
+        if robust_aggregation and not self.robust_aggregation:
+            refusals["server_strategy"] = (
+                f"Robust aggregation is part of FL Enterprise, not {self.label}."
+            )
+        if secure_aggregation and not self.secure_aggregation:
+            refusals["secure_aggregation"] = f"{self.label} does not include secure aggregation."
+        if differential_privacy and not self.differential_privacy:
+            refusals["differential_privacy"] = (
+                f"{self.label} does not include differential privacy."
+            )
+        return refusals
+
 
 POLICIES: dict[str, TierPolicy] = {
     Tier.COMMUNITY: TierPolicy(

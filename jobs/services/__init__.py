@@ -1,4 +1,4 @@
-"""Job services: creation, lifecycle (controls and events) and reduction.
+"""Job services: creation (FC and FL), lifecycle (controls and events) and reduction.
 
 The package re-exports the names the rest of the project uses, so ``from jobs import services``
 keeps working whichever module a service lives in.
@@ -12,6 +12,7 @@ from jobs.services.creation import (
     JobSpec,
     job_create,
 )
+from jobs.services.fl_creation import FlJobSpec, fl_job_create, fl_job_validate
 from jobs.services.lifecycle import (
     job_admit,
     job_cancel,
@@ -30,7 +31,10 @@ __all__ = [
     "MAX_INDEX",
     "MAX_KNOWN_ANSWERS",
     "MAX_SEED",
+    "FlJobSpec",
     "JobSpec",
+    "fl_job_create",
+    "fl_job_validate",
     "job_admit",
     "job_cancel",
     "job_control",

@@ -20,9 +20,11 @@ from jobs import realtime
 from jobs.metering import WorkQuote, WorkRefused, metering
 from jobs.models import Assignment, AssignmentStatus, Job, JobEvent, JobStatus, Task, TaskStatus
 from jobs.selectors import job_get
+from jobs.services.fl_admission import fl_job_admit
 from tenants.models import Tenant
 from tenants.roles import Action
 from tenants.services import require_role
+from tenants.tiers import JobKind
 
 
 def job_event(*, job: Job, kind: str, message: str) -> JobEvent:
@@ -50,6 +52,9 @@ def _lock(job: Job) -> Job:
 def job_admit(*, job: Job) -> None:
     """Ask the money plane whether the job's next task can be paid for; refusals become
     ``ValidationError`` with the money plane's message."""
+    if job.kind == JobKind.FL:
+        fl_job_admit(job=job)
+        return
     units = max(
         1, round(min(job.chunk_size, job.range_end - job.range_start) * job.kernel.work_unit_scale)
     )

@@ -49,7 +49,12 @@ def job_finish_if_done(job_id: Any) -> bool:
 @transaction.atomic
 def job_reduce(*, job_id: Any) -> Job:
     """Reduce the canonical results of a job's tasks, in task order. Idempotent."""
-    job = Job.objects.unscoped().select_for_update().select_related("kernel").get(pk=job_id)
+    job = (
+        Job.objects.unscoped()
+        .select_for_update(of=("self",))
+        .select_related("kernel")
+        .get(pk=job_id)
+    )
     if job.status != JobStatus.REDUCING:
         return job
     outputs = list(

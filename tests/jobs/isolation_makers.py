@@ -24,3 +24,10 @@ def job_id(tenant, owner):  # noqa: ANN001, ANN201
         task_count=10,
         status=JobStatus.DRAFT,
     )
+
+
+@register("model_version_id")
+def model_version_id(tenant, owner):  # noqa: ANN001, ANN201
+    from tests.jobs.fl_helpers import fl_job_unchecked
+
+    return fl_job_unchecked(tenant)[1]

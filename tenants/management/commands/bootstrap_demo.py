@@ -1,11 +1,20 @@
-"""Create (once) an admin user and a demo tenant for `make run`, and print their credentials."""
+"""Create (once) an admin user and a demo tenant for `make run`, and print their credentials.
+
+The demo tenant is on FL Core, which is prepaid: it gets a promotional credit (billing's
+``demo_credit``, through its promotional-credit service, so the ledger shows where the money came
+from) and a draft training job (jobs' ``demo_training_job``: the 2NN on the non-IID digits
+partition) that its owner starts from the director. Tenants import neither app: the commands are
+called by name.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
@@ -15,6 +24,7 @@ from tenants.roles import Role
 from tenants.tiers import Tier
 
 CREDENTIALS_FILE = "demo-credentials.json"
+DEMO_CREDIT_CENTS = 5_000  # $50: the demo job's 50 rounds cost about $25 on FL Core
 
 
 class Command(BaseCommand):
@@ -41,6 +51,10 @@ class Command(BaseCommand):
         path.write_text(json.dumps(credentials, indent=2))
         path.chmod(0o600)
         tenant = Tenant.objects.get(memberships__user=owner, memberships__role=Role.OWNER)
+        credited = self._run(
+            "demo_credit", tenant=str(tenant.pk), actor_email=admin.email, cents=DEMO_CREDIT_CENTS
+        )
+        demo_job = self._run("demo_training_job", tenant=str(tenant.pk), owner_email=owner.email)
         site = settings.SITE_URL
         self.stdout.write(
             "\n".join(
@@ -53,11 +67,18 @@ class Command(BaseCommand):
                     f"  Tenant login:    {site}/login/  {owner.email} / "
                     f"{credentials['tenant_owner']['password']}",
                     f"  Worker page:     {site}/contribute/",
+                    f"  Demo credit:     {credited}",
+                    f"  Training job:    {site}/jobs/{demo_job}/  (press Start)",
                     f"  (credentials kept in var/{CREDENTIALS_FILE})",
                     "",
                 ]
             )
         )
+
+    def _run(self, command: str, **options: object) -> str:
+        out = io.StringIO()
+        call_command(command, stdout=out, **options)
+        return out.getvalue().strip()
 
     def _user(self, spec: dict[str, str], **flags: bool) -> User:
         user = User.objects.filter(email=spec["email"]).first()
