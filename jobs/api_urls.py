@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs import apis
+from jobs import apis, contributor_apis, fl_apis
 
 urlpatterns = [
     path("kernels/", apis.KernelListApi.as_view(), name="api_kernel_list"),
@@ -13,23 +13,25 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/cancel/", apis.JobCancelApi.as_view(), name="api_job_cancel"),
     path("jobs/<uuid:job_id>/tasks/", apis.JobTaskListApi.as_view(), name="api_job_tasks"),
     path("jobs/<uuid:job_id>/result/", apis.JobResultApi.as_view(), name="api_job_result"),
-    path("jobs/<uuid:job_id>/rounds/", apis.JobRoundListApi.as_view(), name="api_job_rounds"),
+    path("jobs/<uuid:job_id>/rounds/", fl_apis.JobRoundListApi.as_view(), name="api_job_rounds"),
     path(
         "jobs/<uuid:job_id>/model-versions/",
-        apis.JobModelVersionListApi.as_view(),
+        fl_apis.JobModelVersionListApi.as_view(),
         name="api_job_model_versions",
     ),
-    path("fl-jobs/", apis.FlJobListApi.as_view(), name="api_fl_job_list"),
+    path("fl-jobs/", fl_apis.FlJobListApi.as_view(), name="api_fl_job_list"),
     path(
         "model-versions/<uuid:model_version_id>/download/",
-        apis.ModelVersionDownloadApi.as_view(),
+        fl_apis.ModelVersionDownloadApi.as_view(),
         name="api_model_version_download",
     ),
-    path("pool-workers/", apis.PoolWorkerApi.as_view(), name="api_pool_worker_list"),
+    path("pool-workers/", contributor_apis.PoolWorkerApi.as_view(), name="api_pool_worker_list"),
     path(
         "contributors/anonymous/",
-        apis.ContributorAnonymousApi.as_view(),
+        contributor_apis.ContributorAnonymousApi.as_view(),
         name="api_contributor_anonymous",
     ),
-    path("contributors/me/", apis.ContributorMeApi.as_view(), name="api_contributor_me"),
+    path(
+        "contributors/me/", contributor_apis.ContributorMeApi.as_view(), name="api_contributor_me"
+    ),
 ]

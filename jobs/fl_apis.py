@@ -1,0 +1,192 @@
+"""REST API of federated learning jobs: creation, rounds and model versions."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.http import HttpResponse
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ccgsc_site.api import TenantApi, request_person
+from jobs import selectors, services
+from jobs.apis import JobOutput
+from jobs.fl_exports import model_version_filename, model_version_response
+from jobs.fl_models import (
+    ClientOptimizer,
+    Compression,
+    DataSource,
+    FlMode,
+    Partition,
+    ServerStrategy,
+    StalenessWeighting,
+    TrainingKernel,
+)
+from tenants.roles import Action
+from tenants.tiers import JobKind
+
+
+class FlJobCreateInput(serializers.Serializer):
+    """An FL job. Every field but the name has a default: the 2NN of McMahan et al. 2017 sized
+    for the digits partition ([64, 200, 200, 10]), 2 label shards per client over 100 clients,
+    10 clients a round, FedAvg, E = 1, B = 10."""
+
+    name = serializers.CharField(max_length=120)
+    model_kernel = serializers.ChoiceField(choices=TrainingKernel.choices, default="mlp")
+    model_sizes = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=4096),
+        min_length=2,
+        max_length=8,
+        default=[64, 200, 200, 10],
+        help_text="Layer sizes: [inputs, hidden..., classes]; the CNN takes [784, 10].",
+    )
+    data_source = serializers.ChoiceField(choices=DataSource.choices, default="public_partition")
+    dataset = serializers.ChoiceField(
+        choices=["digits", "mnist10k"],
+        default="digits",
+        allow_blank=True,
+        help_text="The public data set of a public partition (ignored for local data).",
+    )
+    partition = serializers.ChoiceField(choices=Partition.choices, default="shards")
+    dirichlet_alpha = serializers.FloatField(required=False, allow_null=True, default=None)
+    shards_per_client = serializers.IntegerField(
+        required=False, allow_null=True, default=2, min_value=1, max_value=1000
+    )
+    partition_clients = serializers.IntegerField(
+        required=False, allow_null=True, default=100, min_value=1, max_value=1_000_000
+    )
+    rounds = serializers.IntegerField(default=50, min_value=1, max_value=10_000)
+    cohort_size = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1_000_000
+    )
+    cohort_fraction = serializers.FloatField(required=False, allow_null=True)
+    over_selection = serializers.FloatField(default=1.0)
+    min_reports = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=1_000_000
+    )
+    round_deadline_seconds = serializers.IntegerField(default=120, min_value=10, max_value=86_400)
+    target_accuracy = serializers.FloatField(required=False, allow_null=True, default=None)
+    local_epochs = serializers.IntegerField(default=1, min_value=1, max_value=100)
+    batch_size = serializers.IntegerField(default=10, min_value=1, max_value=65_536)
+    learning_rate = serializers.FloatField(default=0.05)
+    client_optimizer = serializers.ChoiceField(choices=ClientOptimizer.choices, default="sgd")
+    momentum = serializers.FloatField(default=0.0)
+    proximal_mu = serializers.FloatField(default=0.0, help_text="FedProx's μ; 0 is off.")
+    server_strategy = serializers.ChoiceField(choices=ServerStrategy.choices, default="fedavg")
+    strategy_options = serializers.DictField(
+        child=serializers.FloatField(), default=dict, help_text="See docs/federated-learning.md."
+    )
+    compression = serializers.ChoiceField(choices=Compression.choices, default="none")
+    topk_fraction = serializers.FloatField(required=False, allow_null=True, default=None)
+    secure_aggregation = serializers.BooleanField(default=False)
+    differential_privacy = serializers.BooleanField(default=False)
+    dp_noise_multiplier = serializers.FloatField(required=False, allow_null=True, default=None)
+    dp_clip_norm = serializers.FloatField(required=False, allow_null=True, default=None)
+    mode = serializers.ChoiceField(choices=FlMode.choices, default="sync")
+    buffer_size = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=1_000_000
+    )
+    staleness_bound = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=1000
+    )
+    staleness_weighting = serializers.ChoiceField(
+        choices=[("", "—"), *StalenessWeighting.choices], default="", allow_blank=True
+    )
+    staleness_exponent = serializers.FloatField(required=False, allow_null=True, default=None)
+    seed = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=2**63 - 1
+    )
+    start = serializers.BooleanField(default=True)
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs.get("cohort_size") is None and attrs.get("cohort_fraction") is None:
+            attrs["cohort_size"] = 10
+        return attrs
+
+
+class FlJobListApi(TenantApi):
+    """List or create federated learning jobs."""
+
+    actions = {"POST": Action.RUN_JOBS}
+
+    @extend_schema(responses=JobOutput(many=True))
+    def get(self, request: Request) -> Response:
+        jobs = selectors.job_list(tenant=self.tenant).filter(kind=JobKind.FL)
+        return self.paginated(jobs, JobOutput)
+
+    @extend_schema(request=FlJobCreateInput, responses={201: JobOutput})
+    def post(self, request: Request) -> Response:
+        payload = FlJobCreateInput(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        start = data.pop("start")
+        job = services.fl_job_create(
+            tenant=self.tenant,
+            actor=request_person(request),
+            actor_role=self.role,
+            spec=services.FlJobSpec(**data),
+            start=start,
+        )
+        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+class RoundOutput(serializers.Serializer):
+    number = serializers.IntegerField()
+    status = serializers.CharField()
+    deadline = serializers.DateTimeField(allow_null=True)
+    cohort_size = serializers.IntegerField()
+    reports = serializers.IntegerField()
+    dropouts = serializers.IntegerField()
+    stragglers = serializers.IntegerField()
+    metrics = serializers.JSONField()
+    bytes_up = serializers.IntegerField()
+    bytes_down = serializers.IntegerField()
+    started_at = serializers.DateTimeField()
+    closed_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobRoundListApi(TenantApi):
+    """The rounds of a federated learning job, newest first."""
+
+    @extend_schema(responses=RoundOutput(many=True))
+    def get(self, request: Request, job_id: uuid.UUID) -> Response:
+        job = selectors.job_get(tenant=self.tenant, job_id=job_id)
+        return self.paginated(selectors.fl_round_list(tenant=self.tenant, job=job), RoundOutput)
+
+
+class ModelVersionOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    version = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    round = serializers.IntegerField(source="round.number", allow_null=True)
+    metrics = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    download_url = serializers.SerializerMethodField()
+
+    def get_download_url(self, version) -> str:  # noqa: ANN001
+        return reverse("api_model_version_download", kwargs={"model_version_id": version.pk})
+
+
+class JobModelVersionListApi(TenantApi):
+    """The global model versions of a federated learning job, newest first."""
+
+    @extend_schema(responses=ModelVersionOutput(many=True))
+    def get(self, request: Request, job_id: uuid.UUID) -> Response:
+        job = selectors.job_get(tenant=self.tenant, job_id=job_id)
+        versions = selectors.model_version_list(tenant=self.tenant, job=job).select_related("round")
+        return self.paginated(versions, ModelVersionOutput)
+
+
+class ModelVersionDownloadApi(TenantApi):
+    """A model version's weights: raw little-endian float32 in the kernel's parameter layout.
+    The ETag is the SHA-256 of the bytes."""
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    def get(self, request: Request, model_version_id: uuid.UUID) -> HttpResponse:
+        version = selectors.model_version_get(tenant=self.tenant, model_version_id=model_version_id)
+        return model_version_response(request, version, filename=model_version_filename(version))
