@@ -24,6 +24,7 @@ from jobs.aggregation.validation import (
     RejectionCode,
     UpdateRejected,
     check_chunk,
+    check_totals,
     sum_of_squares,
     validate_update,
     validate_weight,
@@ -114,18 +115,10 @@ class StreamingFold:
             values = check_chunk(chunk, offset=offset, dimension=self.dimension)
             squares += sum_of_squares(values)
             offset += values.shape[0]
-        if offset != self.dimension:
-            raise UpdateRejected(
-                RejectionCode.WRONG_LENGTH, f"expected {self.dimension} values, got {offset}"
-            )
-        if not math.isfinite(squares):
-            raise UpdateRejected(RejectionCode.NON_FINITE, "update contains NaN or Inf")
-        if max_norm is not None and math.sqrt(squares) > max_norm:
-            raise UpdateRejected(
-                RejectionCode.NORM_EXCEEDED,
-                f"L2 norm {math.sqrt(squares):.6g} exceeds the policy bound {max_norm:g}",
-            )
-        scaled_weight = weight * _clip_scale(math.sqrt(squares), clip_norm)
+        norm = check_totals(
+            length=offset, dimension=self.dimension, squares=squares, max_norm=max_norm
+        )
+        scaled_weight = weight * _clip_scale(norm, clip_norm)
         offset = 0
         for chunk in open_chunks():
             values = check_chunk(chunk, offset=offset, dimension=self.dimension)

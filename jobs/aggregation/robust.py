@@ -10,7 +10,6 @@ summed block by block in float64.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +22,7 @@ from jobs.aggregation.validation import (
     RejectionCode,
     UpdateRejected,
     check_chunk,
+    check_totals,
     sum_of_squares,
     validate_update,
     validate_weight,
@@ -107,17 +107,7 @@ class UpdateSpill:
             row[offset : offset + values.shape[0]] = values
             squares += sum_of_squares(values)
             offset += values.shape[0]
-        if offset != self.dimension:
-            raise UpdateRejected(
-                RejectionCode.WRONG_LENGTH, f"expected {self.dimension} values, got {offset}"
-            )
-        if not math.isfinite(squares):
-            raise UpdateRejected(RejectionCode.NON_FINITE, "update contains NaN or Inf")
-        if max_norm is not None and math.sqrt(squares) > max_norm:
-            raise UpdateRejected(
-                RejectionCode.NORM_EXCEEDED,
-                f"L2 norm {math.sqrt(squares):.6g} exceeds the policy bound {max_norm:g}",
-            )
+        check_totals(length=offset, dimension=self.dimension, squares=squares, max_norm=max_norm)
         self._record(update_id, weight)
         return True
 

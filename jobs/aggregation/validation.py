@@ -78,11 +78,22 @@ def validate_update(update: np.ndarray, *, dimension: int, max_norm: float | Non
         raise UpdateRejected(
             RejectionCode.WRONG_SHAPE, f"expected a flat vector, got shape {update.shape}"
         )
-    if update.shape[0] != dimension:
+    return check_totals(
+        length=update.shape[0],
+        dimension=dimension,
+        squares=sum_of_squares(update),
+        max_norm=max_norm,
+    )
+
+
+def check_totals(*, length: int, dimension: int, squares: float, max_norm: float | None) -> float:
+    """The checks on a whole update once its values were counted (length) and their squares
+    summed, in one pass or chunk by chunk: length, finiteness, norm policy. Returns the L2 norm
+    or raises ``UpdateRejected``."""
+    if length != dimension:
         raise UpdateRejected(
-            RejectionCode.WRONG_LENGTH, f"expected {dimension} values, got {update.shape[0]}"
+            RejectionCode.WRONG_LENGTH, f"expected {dimension} values, got {length}"
         )
-    squares = sum_of_squares(update)
     # A NaN or an Inf anywhere makes the float64 sum of squares non-finite, and a finite float32
     # cannot overflow it (max 3.4e38² · 2^31 < 1.8e308): one pass checks both.
     if not math.isfinite(squares):
