@@ -29,6 +29,7 @@ import numpy as np
 
 from jobs.aggregation import FedAvg, StreamingFold
 from jobs.federated.client import (
+    ClientUpdate,
     TrainConfig,
     TrainingKernel,
     client_train,
@@ -128,6 +129,8 @@ class RoundRecord:
 
 @dataclass
 class SimulationResult:
+    """The records of every global version and the final weights (f32[d])."""
+
     config: SimulationConfig
     records: list[RoundRecord]
     weights: np.ndarray
@@ -149,7 +152,7 @@ class _Clients:
 
     def __init__(
         self, config: SimulationConfig, kernel: TrainingKernel, train: Dataset, part: Partition
-    ):
+    ) -> None:
         self.config = config
         self.kernel = kernel
         self.x = [train.kernel_x()[idx] for idx in part.clients]
@@ -170,7 +173,7 @@ class _Clients:
         )
         return latency, dropped, serial
 
-    def train(self, client: int, serial: int, weights: np.ndarray):
+    def train(self, client: int, serial: int, weights: np.ndarray) -> ClientUpdate:
         return client_train(
             self.kernel,
             sizes=self.config.sizes,
@@ -225,7 +228,13 @@ def simulate(
     return SimulationResult(config=config, records=records, weights=final)
 
 
-def _simulate_sync(config, clients: _Clients, weights, score, record) -> np.ndarray:
+Score = Callable[[int, np.ndarray], tuple[float | None, float | None]]
+Record = Callable[[RoundRecord], bool]
+
+
+def _simulate_sync(
+    config: SimulationConfig, clients: _Clients, weights: np.ndarray, score: Score, record: Record
+) -> np.ndarray:
     workers = [WorkerInfo(str(k)) for k in range(len(clients))]
     policy = CohortPolicy(
         count=config.clients_per_round,
@@ -242,7 +251,8 @@ def _simulate_sync(config, clients: _Clients, weights, score, record) -> np.ndar
         state = SyncRound.open(
             cohort, round_number=version, now=now, deadline_seconds=policy.deadline_seconds
         )
-        arrivals, silent = [], []
+        arrivals: list[tuple[float, int, int]] = []
+        silent: list[str] = []
         for worker_id in cohort.invited:
             latency, dropped, serial = clients.start(int(worker_id))
             if dropped:
@@ -293,7 +303,9 @@ def _simulate_sync(config, clients: _Clients, weights, score, record) -> np.ndar
     return weights
 
 
-def _simulate_async(config, clients: _Clients, weights, score, record) -> np.ndarray:
+def _simulate_async(
+    config: SimulationConfig, clients: _Clients, weights: np.ndarray, score: Score, record: Record
+) -> np.ndarray:
     server = BufferedAsyncServer(
         weights, buffer_size=config.buffer_size, staleness=config.staleness
     )
