@@ -176,14 +176,14 @@ class SyncRound:
             return ReportDecision.UNKNOWN
         if state == ParticipantState.REPORTED:
             return ReportDecision.DUPLICATE
+        if state != ParticipantState.INVITED:  # dropped, rejected or already a straggler
+            return ReportDecision.LATE
         if (
             self.status != RoundStatus.OPEN
             or now > self.deadline_at
             or self.reported >= self.target
         ):
             self.participants[worker_id] = ParticipantState.STRAGGLER
-            return ReportDecision.LATE
-        if state != ParticipantState.INVITED:
             return ReportDecision.LATE
         self.participants[worker_id] = ParticipantState.REPORTED
         return ReportDecision.ACCEPT

@@ -100,6 +100,8 @@ def test_round_closes_at_the_deadline_with_the_minimum():
     assert state.close(now=160.0) == RoundStatus.CLOSED
     assert state.participants["c"] == ParticipantState.DROPPED
     assert state.reasons["c"] == "lease expired"
+    assert state.report("c", now=161.0) == ReportDecision.LATE
+    assert state.participants["c"] == ParticipantState.DROPPED  # stays a dropout
     assert state.participants["d"] == ParticipantState.STRAGGLER
     assert state.report("d", now=161.0) == ReportDecision.LATE
 
