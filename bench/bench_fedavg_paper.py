@@ -44,6 +44,7 @@ PAPER = {  # McMahan et al. 2017, Table 2 (2NN, E=1, B=10 vs FedSGD, 97 % on 60k
 # (name, algorithm, E): the paper's pair, and FedAvg with E = 5 because our clients hold 80
 # digits (u = E·n/B = 8 local steps per round at E = 1, against the paper's 60).
 VARIANTS = (("fedsgd", "fedsgd", 1), ("fedavg", "fedavg", 1), ("fedavg_e5", "fedavg", 5))
+MILESTONES = (0.85, 0.90, 0.93, 0.95)  # rounds to each, read from the same runs
 NO_LATENCY = sim.LatencyModel(median_seconds=1.0, device_sigma=0.0, task_sigma=0.0, dropout=0.0)
 STRAGGLERS = sim.LatencyModel(median_seconds=10.0, device_sigma=0.8, task_sigma=0.4, dropout=0.05)
 
@@ -67,7 +68,12 @@ def run(config: sim.SimulationConfig, kernel, train, test, part) -> dict[str, An
     started_cpu, started = time.process_time(), time.perf_counter()
     result = sim.simulate(config, kernel=kernel, train=train, test=test, partition=part)
     hit = result.first_reaching(config.target_accuracy or 2.0)
+    milestones = {}
+    for accuracy in MILESTONES:
+        reached = result.first_reaching(accuracy)
+        milestones[f"{accuracy:.2f}"] = reached.version if reached else None
     return {
+        "rounds_to_milestones": milestones,
         "learning_rate": config.learning_rate,
         "rounds_to_target": hit.version if hit else None,
         "simulated_seconds_to_target": round(hit.time_seconds, 1) if hit else None,
@@ -197,6 +203,18 @@ def markdown(report: dict[str, Any]) -> str:
             f"{paper['fedsgd']:,} vs {paper['fedavg']:,} = {paper['fedsgd'] / paper['fedavg']:.1f}× "
             f"| {cell(avg5) if avg5 else '—'} | {ratio(avg5)} |"
         )
+    lines += [
+        "",
+        "Rounds to lower accuracies in the same runs (the best rate's run; — not reached before "
+        "it stopped at its target):",
+        "",
+        "| partition | variant | " + " | ".join(f"{100 * m:.0f} %" for m in MILESTONES) + " |",
+        "|---|---|" + "---|" * len(MILESTONES),
+    ]
+    for row in report["paper"]:
+        reached = row.get("rounds_to_milestones", {})
+        cells = [str(reached.get(f"{m:.2f}") or "—") for m in MILESTONES]
+        lines.append(f"| {row['partition']} | {row['algorithm']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| mode (2NN, IID, FedAvg E=1 B=10) | target | simulated time to target | versions | "
