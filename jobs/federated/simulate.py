@@ -101,6 +101,16 @@ class SimulationConfig:
     concurrency: int = 10
     staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
 
+    def __post_init__(self) -> None:
+        if (
+            self.mode == "sync"
+            and self.latency.dropout > 0
+            and not math.isfinite(self.deadline_seconds)
+        ):
+            raise ValueError("sync rounds with dropouts need a finite deadline_seconds")
+        if self.rounds < 1 or self.clients_per_round < 1 or self.eval_every < 1:
+            raise ValueError("rounds, clients_per_round and eval_every must be at least 1")
+
     def train_config(self) -> TrainConfig:
         """FedSGD is one full-batch step; FedAvg is E epochs of B-minibatches."""
         if self.algorithm == "fedsgd":

@@ -156,3 +156,8 @@ def test_a_full_fedsgd_round_is_one_centralised_gradient_step(logreg, digits_spl
     assert result.records[0].reported == 4
     _, _, gradient = ref.dense_batch(w0, SIZES, train.x, train.y, True)
     np.testing.assert_allclose(result.weights, w0 - 0.5 * gradient, rtol=1e-4, atol=1e-6)
+
+
+def test_sync_dropouts_need_a_deadline():
+    with pytest.raises(ValueError, match="deadline"):
+        sim.SimulationConfig(sizes=SIZES, deadline_seconds=float("inf"))
