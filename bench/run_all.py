@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), training speed
 (2NN: our kernel vs numpy and TensorFlow.js-wasm), validation quality, dispatch throughput and
-latency, FL aggregation and secure aggregation against Flower.
+latency, FL aggregation and secure aggregation against Flower, the FedAvg paper's table
+(FedSGD vs FedAvg rounds, sync vs buffered-async).
 
 Each benchmark runs as its own process (each sets Django up with its own database) and prints
 a markdown table; this script prints the machine first, then the tables, and writes
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
-       [--only kernels training validation ledger dispatch aggregation secagg]
+       [--only kernels training validation ledger dispatch aggregation secagg fedavg_paper]
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     # Both create var/flower-venv from their pinned requirements when missing.
     "aggregation": ("bench_aggregation.py", [], ["--quick"], "aggregation.json"),
     "secagg": ("bench_secagg.py", [], [], "secagg.json"),
+    # McMahan et al. 2017's table on the offline MNIST digits, and sync vs buffered-async.
+    "fedavg_paper": ("bench_fedavg_paper.py", [], [], "fedavg_paper.json"),
 }
 
 

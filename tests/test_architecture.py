@@ -57,6 +57,7 @@ PURE_MODULES = [
     "jobs.aggregation",
     "jobs.secagg",
     "jobs.privacy",
+    "jobs.federated",
 ]
 
 
