@@ -25,6 +25,11 @@ urlpatterns = [
         fl_apis.ModelVersionDownloadApi.as_view(),
         name="api_model_version_download",
     ),
+    path(
+        "model-versions/<uuid:model_version_id>/onnx/",
+        fl_apis.ModelVersionOnnxApi.as_view(),
+        name="api_model_version_onnx",
+    ),
     path("pool-workers/", contributor_apis.PoolWorkerApi.as_view(), name="api_pool_worker_list"),
     path(
         "contributors/anonymous/",

@@ -15,7 +15,12 @@ from rest_framework.response import Response
 from ccgsc_site.api import TenantApi, request_person
 from jobs import selectors, services
 from jobs.apis import JobOutput
-from jobs.fl_exports import model_version_filename, model_version_response
+from jobs.fl_exports import (
+    ONNX_CONTENT_TYPE,
+    model_version_filename,
+    model_version_response,
+    onnx_response,
+)
 from jobs.fl_models import (
     ClientOptimizer,
     Compression,
@@ -190,3 +195,12 @@ class ModelVersionDownloadApi(TenantApi):
     def get(self, request: Request, model_version_id: uuid.UUID) -> HttpResponse:
         version = selectors.model_version_get(tenant=self.tenant, model_version_id=model_version_id)
         return model_version_response(request, version, filename=model_version_filename(version))
+
+
+class ModelVersionOnnxApi(TenantApi):
+    """A model version as an ONNX model (opset 17), for serving it outside the platform."""
+
+    @extend_schema(responses={(200, ONNX_CONTENT_TYPE): OpenApiTypes.BINARY})
+    def get(self, request: Request, model_version_id: uuid.UUID) -> HttpResponse:
+        version = selectors.model_version_get(tenant=self.tenant, model_version_id=model_version_id)
+        return onnx_response(version)

@@ -10,6 +10,9 @@ from jobs.services.model_registry import model_version_open
 F32_CONTENT_TYPE = "application/octet-stream"
 
 
+ONNX_CONTENT_TYPE = "application/onnx"
+
+
 def model_version_response(
     request: HttpRequest, model_version: ModelVersion, *, filename: str | None = None
 ) -> HttpResponse:
@@ -38,3 +41,16 @@ def model_version_response(
 def model_version_filename(model_version: ModelVersion) -> str:
     """``<job>-v<version>-<hash prefix>.f32``: the name a downloaded version is saved under."""
     return f"{model_version.job_id}-v{model_version.version}-{model_version.sha256[:12]}.f32"
+
+
+def onnx_response(model_version: ModelVersion) -> HttpResponse:
+    """The version as an ONNX file attachment (built on request; the weights are small)."""
+    from jobs.services.model_registry import model_version_onnx
+
+    response = HttpResponse(
+        model_version_onnx(model_version=model_version), content_type=ONNX_CONTENT_TYPE
+    )
+    name = model_version_filename(model_version).removesuffix(".f32") + ".onnx"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["X-Model-SHA256"] = model_version.sha256
+    return response

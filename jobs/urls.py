@@ -18,6 +18,11 @@ urlpatterns = [
         views.model_version_download,
         name="model_version_download",
     ),
+    path(
+        "models/<uuid:model_version_id>/onnx/",
+        views.model_version_onnx,
+        name="model_version_onnx",
+    ),
     re_path(r"^weights/(?P<sha256>[0-9a-f]{64})\.f32$", views.model_weights, name="model_weights"),
     re_path(r"^kernels/(?P<sha256>[0-9a-f]{64})\.wasm$", views.kernel_module, name="kernel_module"),
 ]

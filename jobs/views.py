@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from ccgsc_site.forms import add_validation_errors, error_text
 from jobs import dispatch, exports, selectors, services
-from jobs.fl_exports import model_version_filename, model_version_response
+from jobs.fl_exports import model_version_filename, model_version_response, onnx_response
 from jobs.forms import FlJobForm, JobForm
 from jobs.kernels import KernelUnavailable, kernel_module_bytes
 from tenants.middleware import active_membership_or_404
@@ -113,6 +113,17 @@ def model_version_download(request: HttpRequest, model_version_id: uuid.UUID) ->
         tenant=membership.tenant, model_version_id=model_version_id
     )
     return model_version_response(request, version, filename=model_version_filename(version))
+
+
+@login_required
+@require_GET
+def model_version_onnx(request: HttpRequest, model_version_id: uuid.UUID) -> HttpResponse:
+    """Download a global model version as ONNX (logistic regression, MLP or CNN)."""
+    membership = active_membership_or_404(request)
+    version = selectors.model_version_get(
+        tenant=membership.tenant, model_version_id=model_version_id
+    )
+    return onnx_response(version)
 
 
 @require_GET

@@ -9,6 +9,7 @@ in PostgreSQL. The same bytes written twice land on the same key and are not rew
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import IO, Any
 
 import numpy as np
@@ -75,3 +76,17 @@ def model_version_read(*, model_version: ModelVersion) -> np.ndarray:
     if hashlib.sha256(data).hexdigest() != model_version.sha256:
         raise ValueError(f"stored model {model_version} does not match its hash")
     return np.frombuffer(data, dtype="<f4").copy()
+
+
+def model_version_onnx(*, model_version: ModelVersion) -> bytes:
+    """A version as an ONNX model (opset in ``jobs.federated.export``): the job's training kernel
+    and layer sizes give the graph, the stored weights (checked against their hash) its tensors."""
+    from jobs.federated.client import DEFAULT_BUILD_DIR
+    from jobs.federated.export import Architecture, to_onnx
+
+    config = Job.objects.unscoped().select_related("fl_config").get(pk=model_version.job_id)
+    config = config.fl_config
+    manifest = json.loads((DEFAULT_BUILD_DIR / "manifest.json").read_text())
+    entry = next(k for k in manifest["training_kernels"] if k["name"] == config.model_kernel)
+    architecture = Architecture.from_manifest(entry, tuple(config.model_sizes))
+    return to_onnx(architecture, model_version_read(model_version=model_version))

@@ -431,6 +431,34 @@ def test_api_download_serves_the_exact_bytes_with_hash_etag(api_client, enterpri
     assert again.status_code == 304
 
 
+def test_a_version_exports_to_onnx_that_predicts_as_the_weights_say(
+    api_client, owner_client, enterprise, wasm_built
+):
+    # given an FL job (logistic regression on 8×8 digits) and its initial version
+    import onnxruntime
+
+    job = fl_job(enterprise, seed=9)
+    version = job.model_versions.get()
+    # when the tenant exports it, by API and from the page
+    response = api_client.get(f"/api/v1/model-versions/{version.pk}/onnx/")
+    page = owner_client.get(f"/models/{version.pk}/onnx/")
+    # then both are the same ONNX model, named after the version
+    assert response.status_code == page.status_code == 200
+    assert response.content == page.content
+    assert response["Content-Disposition"].endswith('.onnx"')
+    # and it computes softmax(x·W + b) with the stored weights
+    weights = initial_weights("logreg", [64, 10], 9)
+    matrix, bias = weights[: 64 * 10].reshape(64, 10), weights[64 * 10 :]
+    x = np.random.default_rng(0).random((3, 64), dtype=np.float32)
+    session = onnxruntime.InferenceSession(response.content, providers=["CPUExecutionProvider"])
+    logits, probabilities = session.run(None, {"x": x})
+    np.testing.assert_allclose(logits, x @ matrix + bias, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # and another tenant's version is not found
+    other = APIClient()
+    assert other.get(f"/api/v1/model-versions/{version.pk}/onnx/").status_code in (401, 403)
+
+
 def test_api_schema_documents_the_fl_routes():
     schema = SchemaGenerator().get_schema(request=None, public=True)
     paths = schema["paths"]
