@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import bench_kernels  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from tests.e2e.conftest import CHROMIUM_ARGS  # noqa: E402 - the flags the browser tests use
+from tests.static_site import StaticSite  # noqa: E402
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>kernel bench</title>
 <script type="module">
@@ -65,42 +64,6 @@ def chromium_executable() -> str | None:
     )
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the page, the kernel runtime and the built kernels; nothing else."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, directory=str(ROOT), **kwargs)
-
-    def translate_path(self, path: str) -> str:
-        path = path.split("?", 1)[0]
-        if path.startswith("/rt/"):
-            return str(ROOT / "static" / "worker_frontend" / Path(path[4:]).name)
-        if path.startswith("/k/"):
-            return str(bench_kernels.BUILD_DIR / Path(path[3:]).name)
-        return str(ROOT / "nonexistent")
-
-    def do_GET(self) -> None:
-        if self.path.split("?", 1)[0] in ("/", "/index.html"):
-            body = PAGE.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        super().do_GET()
-
-    def guess_type(self, path: Any) -> str:
-        if str(path).endswith(".wasm"):
-            return "application/wasm"
-        if str(path).endswith(".js"):
-            return "text/javascript"
-        return super().guess_type(path)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
-
-
 class ChromiumHost:
     """A headless Chromium page that runs kernels; started on first use."""
 
@@ -108,7 +71,7 @@ class ChromiumHost:
         self._pw: Any = None
         self._browser: Any = None
         self._page: Any = None
-        self._server: http.server.ThreadingHTTPServer | None = None
+        self._site: StaticSite | None = None
         self.version: str | None = None
         self.user_agent: str | None = None
 
@@ -118,16 +81,20 @@ class ChromiumHost:
         executable = chromium_executable()
         if executable is None:
             raise RuntimeError("no chromium on PATH (set CHROMIUM to its path)")
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._site = StaticSite(
+            PAGE,
+            {
+                "/rt/": ROOT / "static" / "worker_frontend",
+                "/k/": bench_kernels.BUILD_DIR,
+            },
+        )
         self._pw = sync_playwright().start()
         self._browser = self._pw.chromium.launch(
             executable_path=executable, headless=True, args=CHROMIUM_ARGS
         )
         self.version = self._browser.version
         self._page = self._browser.new_page()
-        port = self._server.server_address[1]
-        self._page.goto(f"http://127.0.0.1:{port}/")
+        self._page.goto(self._site.url)
         self._page.wait_for_function("window.benchReady === true")
 
     def __call__(self, kernel: Path, inputs: list[bytes]) -> tuple[list[bytes], list[float]]:
@@ -148,9 +115,8 @@ class ChromiumHost:
         with contextlib.suppress(Exception):
             if self._pw is not None:
                 self._pw.stop()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._site is not None:
+            self._site.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +41,7 @@ sys.path[:0] = [str(ROOT / "edge_worker"), str(ROOT)]
 from ccgsc_worker import abi  # noqa: E402
 from ccgsc_worker.kernel import KernelRunner  # noqa: E402
 from tests.kernels import train_reference as ref  # noqa: E402
+from tests.static_site import StaticSite  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "training.json"
 BUILD = ROOT / "wasm" / "build"
@@ -144,41 +142,6 @@ window.ready = true;
 </script>"""
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *args: Any, inputs: Path, **kwargs: Any) -> None:
-        self.inputs = inputs
-        super().__init__(*args, directory=str(ROOT), **kwargs)
-
-    def translate_path(self, path: str) -> str:
-        path = path.split("?", 1)[0]
-        name = Path(path).name
-        if path.startswith("/rt/"):
-            return str(ROOT / "static" / "worker_frontend" / name)
-        if path.startswith("/k/"):
-            return str(BUILD / name)
-        if path.startswith("/in/"):
-            return str(self.inputs / name)
-        return str(ROOT / "nonexistent")
-
-    def do_GET(self) -> None:
-        if self.path == "/":
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.end_headers()
-            self.wfile.write(PAGE)
-            return
-        super().do_GET()
-
-    def guess_type(self, path: Any) -> str:
-        if str(path).endswith(".js"):
-            return "text/javascript"
-        return "application/wasm" if str(path).endswith(".wasm") else "application/octet-stream"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
-
-
 def bench_chromium(entry: dict[str, Any], paths: dict[int, Path], repeats: int) -> dict:
     """Our kernel in headless Chromium through kernel-runtime.js, served on loopback."""
     from playwright.sync_api import sync_playwright
@@ -186,9 +149,10 @@ def bench_chromium(entry: dict[str, Any], paths: dict[int, Path], repeats: int) 
     from tests.e2e.conftest import CHROMIUM_ARGS
 
     directory = next(iter(paths.values())).parent
-    handler = functools.partial(_Handler, inputs=directory)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    site = StaticSite(
+        PAGE,
+        {"/rt/": ROOT / "static" / "worker_frontend", "/k/": BUILD, "/in/": directory},
+    )
     out: dict[Any, Any] = {}
     try:
         with sync_playwright() as playwright:
@@ -196,7 +160,7 @@ def bench_chromium(entry: dict[str, Any], paths: dict[int, Path], repeats: int) 
                 executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
             )
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+            page.goto(site.url)
             page.wait_for_function("window.ready === true")
             # CPU time of the renderer process from the DevTools protocol's ProcessTime.
             cdp = page.context.new_cdp_session(page)
@@ -219,8 +183,7 @@ def bench_chromium(entry: dict[str, Any], paths: dict[int, Path], repeats: int) 
             out["engine"] = f"chromium {browser.version}"
             browser.close()
     finally:
-        server.shutdown()
-        server.server_close()
+        site.close()
     return out
 
 

@@ -4,14 +4,10 @@ JavaScript encoders produce the same input bytes."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import json
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +16,7 @@ import pytest
 from ccgsc_worker import abi
 from tests.kernels import train_reference as ref
 from tests.kernels.conftest import ROOT, WASM_DIR
+from tests.static_site import StaticSite
 
 NODE = shutil.which("node")
 CHROMIUM = "/usr/bin/chromium"
@@ -165,57 +162,21 @@ window.ready = true;
 </script>"""
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the page, the runtime, the built kernels and the test inputs; nothing else."""
-
-    def __init__(self, *args, inputs: Path, **kwargs) -> None:
-        self.inputs = inputs
-        super().__init__(*args, directory=str(ROOT), **kwargs)
-
-    def translate_path(self, path: str) -> str:
-        path = path.split("?", 1)[0]
-        name = Path(path).name
-        if path.startswith("/rt/"):
-            return str(ROOT / "static" / "worker_frontend" / name)
-        if path.startswith("/k/"):
-            return str(WASM_DIR / "build" / name)
-        if path.startswith("/in/"):
-            return str(self.inputs / name)
-        return str(ROOT / "nonexistent")
-
-    def do_GET(self) -> None:
-        if self.path == "/":
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.end_headers()
-            self.wfile.write(PAGE)
-            return
-        super().do_GET()
-
-    def guess_type(self, path) -> str:
-        if str(path).endswith(".js"):
-            return "text/javascript"
-        if str(path).endswith(".wasm"):
-            return "application/wasm"
-        return "application/octet-stream"
-
-    def log_message(self, format, *args) -> None:  # noqa: A002
-        return
+def _site(inputs: Path) -> StaticSite:
+    """The page, the worker runtime, the built kernels and the test inputs, on loopback."""
+    return StaticSite(
+        PAGE,
+        {"/rt/": ROOT / "static" / "worker_frontend", "/k/": WASM_DIR / "build", "/in/": inputs},
+    )
 
 
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")
 def test_wasmtime_and_chromium_agree(kernels, expected, browser) -> None:
     """Chromium, through the worker page's own runtime, gives the same output bytes."""
-    inputs = expected[0][2].parent
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Handler, inputs=inputs)
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _site(expected[0][2].parent) as site:
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.goto(site.url)
         page.wait_for_function("window.ready === true")
         for name in ("logreg", "mlp", "cnn"):
             rows = [r for r in expected if r[0] == name]
@@ -235,10 +196,6 @@ def test_wasmtime_and_chromium_agree(kernels, expected, browser) -> None:
                 ],
             )
             assert digests == [r[3] for r in rows], name
-    finally:
-        with contextlib.suppress(Exception):
-            server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.browser
@@ -258,19 +215,11 @@ def test_browser_worker_trains_like_wasmtime(kernels, expected, browser) -> None
     call = {"op": "train", "sizes": sizes, "weights": w.tolist(), "x": x.ravel().tolist(),
             "y": y.tolist(), "batchSize": 8, "seed": "11", "learningRate": 0.1, "momentum": 0.9}  # fmt: skip
     kernel = {"sha256": entry["sha256"], "url": f"/k/{entry['file']}", "name": "mlp"}
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Handler, inputs=expected[0][2].parent)
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with _site(expected[0][2].parent) as site:
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.goto(site.url)
         page.wait_for_function("window.ready === true")
         got = page.evaluate("([k, c]) => window.workerTrain(k, c)", [kernel, call])
-    finally:
-        with contextlib.suppress(Exception):
-            server.shutdown()
-        server.server_close()
     assert got == {
         "ok": True,
         "samples": 40,

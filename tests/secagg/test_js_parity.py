@@ -3,13 +3,10 @@ Python one: byte-identical primitives and client messages, and a round mixing bo
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ from jobs.secagg import primitives as p
 from jobs.secagg.encoding import encode
 from jobs.secagg.graph import neighbour_count, neighbours
 from jobs.secagg.simulate import run_round
+from tests.static_site import StaticSite
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("js_client.mjs")
@@ -52,29 +50,6 @@ class NodeBridge:
         self.process.stdout.close()
 
 
-class _StaticFiles(http.server.SimpleHTTPRequestHandler):
-    """Serves secagg.js and the test handlers (nothing else) to the page, on loopback."""
-
-    extensions_map = {".js": "text/javascript", ".mjs": "text/javascript", "": "text/html"}
-    allowed = ("/static/worker_frontend/", "/tests/secagg/js_handlers.mjs")
-
-    def do_GET(self) -> None:
-        if self.path == "/":
-            body = b"<!doctype html><title>secagg</title>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        elif self.path.startswith(self.allowed) and ".." not in self.path:
-            super().do_GET()
-        else:
-            self.send_error(404)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
-        pass
-
-
 class ChromiumBridge:
     """The same requests as NodeBridge, answered by secagg.js in a headless Chromium page
     (a secure context on 127.0.0.1, so WebCrypto is available)."""
@@ -82,15 +57,20 @@ class ChromiumBridge:
     def __init__(self) -> None:
         from playwright.sync_api import sync_playwright
 
-        handler = functools.partial(_StaticFiles, directory=str(ROOT))
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # secagg.js and the test handlers, nothing else (127.0.0.1 is a secure context)
+        self.site = StaticSite(
+            "<!doctype html><title>secagg</title>",
+            {
+                "/static/worker_frontend/": ROOT / "static" / "worker_frontend",
+                "/tests/secagg/": ROOT / "tests" / "secagg",
+            },
+        )
         self.playwright = sync_playwright().start()
         self.browser = self.playwright.chromium.launch(
             executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
         )
         self.page = self.browser.new_page()
-        self.page.goto(f"http://127.0.0.1:{self.server.server_address[1]}/")
+        self.page.goto(self.site.url)
 
     def call(self, op: str, **fields) -> dict:
         answer = self.page.evaluate(
@@ -111,8 +91,7 @@ class ChromiumBridge:
     def close(self) -> None:
         self.browser.close()
         self.playwright.stop()
-        self.server.shutdown()
-        self.server.server_close()
+        self.site.close()
 
 
 @pytest.fixture(params=["node", pytest.param("chromium", marks=pytest.mark.browser)])
