@@ -43,6 +43,8 @@ from jobs.services.model_registry import model_version_create, model_version_rea
 # A job fails once this many of its rounds failed (a round with invitations that ended at its
 # deadline below the minimum of reports); a round with nobody to invite is never opened.
 MAX_FAILED_ROUNDS = 3
+# A completed upload not folded after this long lost its Celery task: the sweeper re-queues it.
+FOLD_GRACE_SECONDS = 30
 # The upload protocol: the training kernel's 32-byte v2 metrics header, then f32[d].
 UPDATE_HEADER_BYTES = 32
 MAX_CHUNK_BYTES = 256 * 1024
@@ -392,11 +394,22 @@ def _job_finish(job: Job, status: str, reason: str, now: Any) -> None:
 
 
 def round_sweep(*, now: Any = None) -> int:
-    """Close or fail open rounds past their deadline, and open a round for running FL jobs with
-    none open (the backstop for killed Celery workers and empty cohorts); returns rounds acted
-    on."""
+    """Re-queue folds a killed Celery worker lost, close or fail open rounds past their
+    deadline, and open a round for running FL jobs with none open (empty cohorts); returns the
+    rounds and uploads acted on."""
+    from jobs import tasks  # the task module imports the services
+    from jobs.fl_models import UpdateUpload, UploadStatus
+
     now = now or timezone.now()
     acted = 0
+    # A completed upload is folded within moments; one still waiting after a grace lost its task
+    # (the fold is idempotent, so a duplicate of a slow one is harmless).
+    stuck = UpdateUpload.objects.unscoped().filter(
+        status=UploadStatus.COMPLETE, completed_at__lte=now - timedelta(seconds=FOLD_GRACE_SECONDS)
+    )
+    for upload_id in stuck.values_list("pk", flat=True):
+        tasks.update_fold.delay(str(upload_id))
+        acted += 1
     due = Round.objects.unscoped().filter(status=RoundStatus.OPEN, deadline__lte=now)
     for round_id in due.values_list("pk", flat=True):
         if round_close(round_id=round_id, now=now).status != RoundStatus.OPEN:
