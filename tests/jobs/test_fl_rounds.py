@@ -25,6 +25,7 @@ from jobs.fl_models import (
     UploadStatus,
 )
 from jobs.models import JobEvent, JobStatus
+from jobs.services import fl_rounds
 from jobs.services.fl_rounds import (
     MAX_FAILED_ROUNDS,
     latest_version,
@@ -108,13 +109,21 @@ class Uploader:
             headers={"X-Chunk-SHA256": sha256 or hashlib.sha256(chunk).hexdigest()},
         )
 
-    def send(self, data: bytes, *, only: list[int] | None = None, complete: bool = True, **kw):
-        response = self.create(data, **kw)
+    def send(
+        self,
+        data: bytes,
+        *,
+        only: list[int] | None = None,
+        complete: bool = True,
+        chunk_size: int = CHUNK,
+        **kw,
+    ):
+        response = self.create(data, chunk_size=chunk_size, **kw)
         assert response.status_code == 201, response.content
         upload_id = response.json()["upload"]
         for index in range(response.json()["chunk_count"]):
             if only is None or index in only:
-                chunk = data[index * CHUNK : (index + 1) * CHUNK]
+                chunk = data[index * chunk_size : (index + 1) * chunk_size]
                 assert self.put(upload_id, index, chunk).status_code == 200
         if complete:
             return upload_id, self.client.post(f"/fl/uploads/{upload_id}/complete")
@@ -484,3 +493,98 @@ def test_another_tenants_worker_token_cannot_upload_to_this_round(core, other_te
     assert Client().get(f"/fl/uploads/{upload_id}").status_code == 401
     assert UpdateUpload.objects.for_tenant(core).get().chunks.keys() == {"0"}
     assert UpdateUpload.objects.for_tenant(other_tenant).count() == 0
+
+
+def test_three_rounds_of_the_2nn_trained_by_the_kernel_on_digits(
+    core, wasm_built, django_capture_on_commit_callbacks, monkeypatch
+):
+    """Workers fetch the weights over HTTP, train one epoch with the ABI v2 kernel in wasmtime
+    and upload its output as is; each version is the FedAvg of the updates, and the loss falls."""
+    import json
+    from pathlib import Path
+
+    from sklearn.datasets import load_digits
+
+    from ccgsc_worker import abi
+    from ccgsc_worker.kernel import KernelRunner
+
+    build = Path(__file__).resolve().parents[2] / "wasm" / "build"
+    entry = {
+        k["name"]: k for k in json.loads((build / "manifest.json").read_text())["training_kernels"]
+    }["mlp"]
+    runner = KernelRunner(
+        (build / entry["file"]).read_bytes(),
+        entry["sha256"],
+        limits=abi.limits_for("train", entry["limits"]),
+    )
+    features, labels = load_digits(return_X_y=True)
+    features = (features / 16.0).astype(np.float32)
+    sizes = [64, 200, 200, 10]
+    job = fl_job(
+        core,
+        model_kernel="mlp",
+        model_sizes=sizes,
+        partition="iid",
+        shards_per_client=None,
+        partition_clients=6,
+        cohort_size=3,
+        min_reports=3,
+        rounds=3,
+        learning_rate=0.1,
+        seed=2017,
+    )
+    pool = workers(3)
+    sent: dict[int, dict] = {}  # what the consumer would forward, by participation
+    monkeypatch.setattr(
+        fl_rounds.realtime,
+        "send_on_commit",
+        lambda channel, payload: sent.setdefault(payload["participation"], payload),
+    )
+    round_open(job=job)
+    losses = []
+    for number in (1, 2, 3):
+        round_ = Round.objects.for_tenant(core).get(job=job, number=number)
+        base = latest_version(job=job)
+        w = model_version_read(model_version=base)
+        expected_sum = np.zeros(w.shape[0], np.float64)
+        total = 0
+        with django_capture_on_commit_callbacks(execute=True):
+            for participation in participations(round_):
+                worker = next(x for x in pool if x.pk == participation.worker_id)
+                payload = sent[participation.pk]
+                assert payload["round"] == number
+                uploader = Uploader(worker, participation)
+                fetched = uploader.client.get(payload["model"]["url"])
+                weights = b"".join(fetched.streaming_content)
+                assert hashlib.sha256(weights).hexdigest() == payload["model"]["sha256"]
+                index = payload["data"]["client_index"]
+                x, y = features[index::6], labels[index::6]
+                output = runner.run(
+                    abi.encode_train_input(
+                        op="train",
+                        sizes=sizes,
+                        weights=weights,
+                        x=x,
+                        y=y,
+                        batch_size=10,
+                        seed=payload["seed"],
+                        learning_rate=payload["hyperparameters"]["learning_rate"],
+                    )
+                )
+                result = abi.decode_train_output(output)
+                assert result.ok
+                expected_sum += result.samples * np.frombuffer(result.update, "<f4")
+                total += result.samples
+                _, done = uploader.send(output, chunk_size=64 * 1024, base_version=base.version)
+                assert done.status_code == 202, done.content
+        round_.refresh_from_db()
+        assert round_.status == RoundStatus.CLOSED
+        losses.append(round_.metrics["train_loss"])
+        np.testing.assert_allclose(
+            model_version_read(model_version=latest_version(job=job)),
+            w + expected_sum / total,
+            atol=1e-6,
+        )
+    assert losses[2] < losses[1] < losses[0]
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED
