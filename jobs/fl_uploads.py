@@ -18,7 +18,7 @@ from django.views.decorators.http import require_http_methods
 from jobs import dispatch
 from jobs.fl_models import UpdateUpload
 from jobs.models import Contributor
-from jobs.services.fl_rounds import MAX_CHUNK_BYTES
+from jobs.services.fl_rounds_cohort import MAX_CHUNK_BYTES
 from jobs.services.fl_rounds_uploads import (
     UploadError,
     update_upload_chunk_put,

@@ -11,20 +11,19 @@ online when the last one closed). In buffered-async mode a round is one buffer o
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
+from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from jobs import realtime
 from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, StreamingFold
 from jobs.fl_models import (
-    DataSource,
     FlConfig,
     FlMode,
     ModelVersion,
@@ -35,9 +34,16 @@ from jobs.fl_models import (
     ServerStrategy,
 )
 from jobs.metering import metering
-from jobs.models import Job, JobStatus, Worker
-from jobs.services.fl_admission import fl_cohort_invited
-from jobs.services.lifecycle import job_event
+from jobs.models import Job, JobStatus
+from jobs.services.fl_admission import fl_cohort_invited, fl_job_admit
+from jobs.services.fl_rounds_cohort import (
+    RoundInvitation,
+    data_shards,
+    eligible_workers,
+    round_invite_payload,
+    update_total_bytes,
+)
+from jobs.services.lifecycle import job_event, job_pause_system
 from jobs.services.model_registry import model_version_create, model_version_read
 
 # A job fails once this many of its rounds failed (a round with invitations that ended at its
@@ -45,11 +51,6 @@ from jobs.services.model_registry import model_version_create, model_version_rea
 MAX_FAILED_ROUNDS = 3
 # A completed upload not folded after this long lost its Celery task: the sweeper re-queues it.
 FOLD_GRACE_SECONDS = 30
-# The upload protocol: the training kernel's 32-byte v2 metrics header, then f32[d].
-UPDATE_HEADER_BYTES = 32
-MAX_CHUNK_BYTES = 256 * 1024
-DEFAULT_CHUNK_BYTES = 256 * 1024
-INVITE_EVENT = "worker.round_invite"
 
 # Server steps the streaming fold feeds; robust rules need every update (a spill), SCAFFOLD two
 # folds and q-FFL its own fold: those are refused at round_open until their round paths land.
@@ -60,21 +61,6 @@ _STRATEGIES: dict[str, Any] = {
     ServerStrategy.FEDYOGI: FedYogi,
     ServerStrategy.FEDADAGRAD: FedAdagrad,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class RoundInvitation:
-    """One invited worker: where to send the invite and what it says."""
-
-    worker_id: str
-    channel_name: str
-    participation_id: int
-    payload: dict[str, Any]
-
-
-def update_total_bytes(*, config: FlConfig) -> int:
-    """Exact size of one upload: the metrics header and f32[d]."""
-    return UPDATE_HEADER_BYTES + 4 * config.parameter_count
 
 
 def fold_checkpoint_key(*, round: Round, count: int) -> str:  # noqa: A002 - the model's name
@@ -112,50 +98,6 @@ def latest_version(*, job: Job) -> ModelVersion:
     return ModelVersion.objects.for_tenant(job.tenant).filter(job=job).order_by("-version")[0]
 
 
-def _eligible_workers(*, job: Job, config: FlConfig) -> list[Worker]:
-    """Online, unbanned workers that may serve this job (private pools as for FC), one per
-    contributor, in a stable order."""
-    pool = Q(contributor__pool_tenant_id=job.tenant_id)
-    if not job.private_pool:
-        pool |= Q(contributor__pool_tenant__isnull=True)
-    # The kernels need SIMD128 and room for weights, update and momentum (about 4 copies).
-    needed_mb = (16 * config.parameter_count) // (1024 * 1024)
-    workers = (
-        Worker.objects.filter(pool, is_online=True, is_banned=False, contributor__is_banned=False)
-        .exclude(capabilities__simd=False)
-        .select_related("contributor")
-        .order_by("contributor_id", "id")
-    )
-    chosen: dict[Any, Worker] = {}
-    for worker in workers:
-        memory = (worker.capabilities or {}).get("memory_mb")
-        if isinstance(memory, int | float) and memory < needed_mb:
-            continue
-        chosen.setdefault(worker.contributor_id, worker)
-    return list(chosen.values())
-
-
-def _hyperparameters(config: FlConfig) -> dict[str, Any]:
-    return {
-        "local_epochs": config.local_epochs,
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "client_optimizer": config.client_optimizer,
-        "momentum": config.momentum,
-        "proximal_mu": config.proximal_mu,
-        "compression": config.compression,
-    }
-
-
-def _data_shards(config: FlConfig, count: int, rng: random.Random) -> list[int | None]:
-    """The public partition's client index each invitee trains on (None for local data)."""
-    if config.data_source != DataSource.PUBLIC_PARTITION or not config.partition_clients:
-        return [None] * count
-    clients = config.partition_clients
-    drawn = rng.sample(range(clients), min(count, clients))
-    return [drawn[i % len(drawn)] for i in range(count)]
-
-
 @transaction.atomic
 def round_open(*, job: Job) -> list[RoundInvitation]:
     """Open the job's next round: select the cohort, write the round and its participations,
@@ -183,9 +125,15 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
             message=f"{config.server_strategy} rounds are not available yet",
         )
         return []
+    try:  # every round is admitted by the money plane, not only the first
+        fl_job_admit(job=job)
+    except ValidationError as exc:
+        reason = " ".join(exc.messages)
+        transaction.on_commit(lambda: job_pause_system(job_id=job.pk, reason=reason))
+        return []
     number = (rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
     rng = random.Random(f"{job.seed}:{number}")  # noqa: S311 - a reproducible draw, not a secret
-    eligible = _eligible_workers(job=job, config=config)
+    eligible = eligible_workers(job=job, config=config)
     if not eligible:
         return []
     cohort = rng.sample(eligible, min(len(eligible), fl_cohort_invited(config=config)))
@@ -198,7 +146,7 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         deadline=now + timedelta(seconds=config.round_deadline_seconds),
         cohort_size=len(cohort),
     )
-    shards = _data_shards(config, len(cohort), rng)
+    shards = data_shards(config, len(cohort), rng)
     invitations = []
     for worker, shard in zip(cohort, shards, strict=True):
         participation = Participation.objects.create(
@@ -216,52 +164,6 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
             RoundInvitation(str(worker.pk), worker.channel_name, participation.pk, payload)
         )
     return invitations
-
-
-def round_invite_payload(
-    *,
-    job: Job,
-    round: Round,  # noqa: A002
-    participation: Participation,
-    version: ModelVersion,
-    shard: int | None,
-) -> dict[str, Any]:
-    """The channel event a worker's consumer turns into the ``round_invite`` message."""
-    config = job.fl_config
-    data: dict[str, Any] = {"source": config.data_source, "private": config.data_is_private}
-    if config.data_source == DataSource.PUBLIC_PARTITION:
-        data |= {
-            "dataset": config.dataset,
-            "partition": config.partition,
-            "clients": config.partition_clients,
-            "dirichlet_alpha": config.dirichlet_alpha,
-            "shards_per_client": config.shards_per_client,
-            "client_index": shard,
-            "seed": job.seed,
-        }
-    return {
-        "type": INVITE_EVENT,
-        "job": str(job.pk),
-        "round": round.number,
-        "participation": participation.pk,
-        "deadline": round.deadline.isoformat(),
-        "seed": (job.seed + round.number * 1_000_003 + participation.pk) % (1 << 63),
-        "model": {
-            "version": version.version,
-            "sha256": version.sha256,
-            "url": f"/weights/{version.sha256}.f32",
-            "kernel": config.model_kernel,
-            "sizes": config.model_sizes,
-            "parameter_count": config.parameter_count,
-        },
-        "hyperparameters": _hyperparameters(config),
-        "data": data,
-        "upload": {
-            "url": "/fl/uploads/",
-            "chunk_bytes": DEFAULT_CHUNK_BYTES,
-            "total_bytes": update_total_bytes(config=config),
-        },
-    }
 
 
 def close_condition(*, round: Round, config: FlConfig) -> bool:  # noqa: A002

@@ -34,14 +34,16 @@ from jobs.fl_models import (
 )
 from jobs.models import Contributor, JobStatus
 from jobs.services.fl_rounds import (
-    MAX_CHUNK_BYTES,
-    UPDATE_HEADER_BYTES,
     close_condition,
     fold_checkpoint_key,
     fold_load,
     latest_version,
     round_close,
     storage_put,
+)
+from jobs.services.fl_rounds_cohort import (
+    MAX_CHUNK_BYTES,
+    UPDATE_HEADER_BYTES,
     update_total_bytes,
 )
 
@@ -74,6 +76,7 @@ def chunk_key(*, upload: UpdateUpload, index: int, sha256: str) -> str:
 def _participation_for(*, contributor: Contributor, participation_id: int) -> Participation:
     participation = (
         Participation.objects.unscoped()
+        .select_for_update(of=("self",))
         .select_related("round__job__fl_config")
         .filter(pk=participation_id, contributor=contributor)
         .first()

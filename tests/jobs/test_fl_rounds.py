@@ -588,3 +588,17 @@ def test_three_rounds_of_the_2nn_trained_by_the_kernel_on_digits(
     assert losses[2] < losses[1] < losses[0]
     job.refresh_from_db()
     assert job.status == JobStatus.COMPLETED
+
+
+def test_a_round_the_balance_cannot_cover_is_not_opened_and_the_job_pauses(
+    core, owner, django_capture_on_commit_callbacks
+):
+    job = fl_job(core, cohort_size=1, min_reports=1)
+    workers(1)
+    balance_adjust(tenant=core, amount_cents=-5000, actor=owner, reason="spent", promotional=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert round_open(job=job) == []
+    job.refresh_from_db()
+    assert job.status == JobStatus.PAUSED
+    assert "cannot cover" in job.status_reason
+    assert not Round.objects.for_tenant(core).filter(job=job).exists()
