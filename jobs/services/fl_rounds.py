@@ -85,6 +85,42 @@ def storage_put(key: str, data: bytes) -> None:
         raise RuntimeError(f"storage refused the key {key}")
 
 
+def chunk_key(*, upload: Any, index: int, sha256: str) -> str:
+    """Storage key of one accepted chunk of an update upload."""
+    return f"fl-uploads/{upload.tenant_id}/{upload.pk}/{index:06d}-{sha256}.part"
+
+
+def upload_chunk_keys(upload: Any) -> list[str]:
+    """Every stored chunk of an upload."""
+    return [
+        chunk_key(upload=upload, index=int(index), sha256=digest)
+        for index, digest in upload.chunks.items()
+    ]
+
+
+def storage_delete_on_commit(keys: list[str]) -> None:
+    """Delete storage objects once the transaction that stopped needing them commits."""
+
+    def delete() -> None:
+        for key in keys:
+            default_storage.delete(key)
+
+    if keys:
+        transaction.on_commit(delete)
+
+
+def _release_round_storage(round_: Round, job: Job, folded_ids: list[int]) -> None:
+    # Once a round is closed or failed its updates and fold are no longer needed: the version
+    # (or the failure) is committed. Retention of update bytes is until the round ends.
+    from jobs.fl_models import UpdateUpload
+
+    uploads = UpdateUpload.objects.for_tenant(job.tenant).filter(participation_id__in=folded_ids)
+    keys = [key for upload in uploads for key in upload_chunk_keys(upload)]
+    if round_.fold_checkpoint_key:
+        keys.append(round_.fold_checkpoint_key)
+    storage_delete_on_commit(keys)
+
+
 def fold_load(*, round: Round) -> StreamingFold:  # noqa: A002
     """The round's fold as of its last committed checkpoint (empty if nothing was folded)."""
     if not round.fold_checkpoint_key:
@@ -256,6 +292,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     round_.bytes_down = bytes_down
     round_.metrics = metrics | {"version": version.version}
     round_.save()
+    _release_round_storage(round_, job, folded_ids)
     metering().round_completed(
         job=job,
         round_number=round_.number,
@@ -276,6 +313,8 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
 
 
 def _fail(round_: Round, job: Job, now: Any) -> None:
+    if round_.fold_checkpoint_key:
+        _release_round_storage(round_, job, [int(i) for i in fold_load(round=round_).folded_ids])
     dropouts = _mark_dropouts(round_)
     round_.status = RoundStatus.FAILED
     round_.closed_at = now

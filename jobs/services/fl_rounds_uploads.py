@@ -34,12 +34,15 @@ from jobs.fl_models import (
 )
 from jobs.models import Contributor, JobStatus
 from jobs.services.fl_rounds import (
+    chunk_key,
     close_condition,
     fold_checkpoint_key,
     fold_load,
     latest_version,
     round_close,
+    storage_delete_on_commit,
     storage_put,
+    upload_chunk_keys,
 )
 from jobs.services.fl_rounds_cohort import (
     MAX_CHUNK_BYTES,
@@ -66,11 +69,6 @@ class UploadError(ValueError):
 class ChunkOutcome:
     index: int
     stored: bool  # False: this chunk was already accepted (an idempotent re-send)
-
-
-def chunk_key(*, upload: UpdateUpload, index: int, sha256: str) -> str:
-    """Storage key of one accepted chunk."""
-    return f"fl-uploads/{upload.tenant_id}/{upload.pk}/{index:06d}-{sha256}.part"
 
 
 def _participation_for(*, contributor: Contributor, participation_id: int) -> Participation:
@@ -249,6 +247,7 @@ def update_chunks(*, upload: UpdateUpload) -> Iterator[bytes]:
 
 
 def _reject(upload: UpdateUpload, code: str, message: str) -> None:
+    storage_delete_on_commit(upload_chunk_keys(upload))  # a rejected update is never read again
     upload.status = UploadStatus.REJECTED
     upload.rejection_code = code
     upload.rejection_message = message[:300]
@@ -397,6 +396,8 @@ def update_fold(*, upload_id: str) -> UploadStatus:
 def _set_status(
     upload: UpdateUpload, status: UploadStatus, code: str = "", message: str = ""
 ) -> UploadStatus:
+    if status == UploadStatus.REJECTED:
+        storage_delete_on_commit(upload_chunk_keys(upload))
     upload.status = status
     upload.rejection_code = code
     upload.rejection_message = message[:300]

@@ -130,6 +130,12 @@ class Uploader:
         return upload_id, None
 
 
+def stored(tmp_path, prefix: str) -> list[str]:
+    """Objects under a storage prefix (the tests' media directory)."""
+    root = tmp_path / "media" / prefix
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
 def participations(round_: Round) -> list[Participation]:
     return list(round_.participations.select_related("worker").order_by("pk"))
 
@@ -181,7 +187,7 @@ def test_round_open_selects_eligible_workers_and_builds_invites(core, other_tena
 
 
 def test_round_closes_once_with_the_fedavg_of_the_uploads_and_is_charged_once(
-    core, django_capture_on_commit_callbacks
+    core, django_capture_on_commit_callbacks, tmp_path
 ):
     # Given: a round of three
     job = fl_job(core, cohort_size=3, min_reports=3, rounds=5)
@@ -212,6 +218,9 @@ def test_round_closes_once_with_the_fedavg_of_the_uploads_and_is_charged_once(
     assert round_.metrics["train_loss"] == pytest.approx(6.0 / total)
     assert round_.metrics["participants"] == 3
     assert round_.bytes_up == 3 * 2632
+    # And: the updates' chunks and the fold's checkpoints are gone once the version is written
+    assert stored(tmp_path, "fl-uploads") == []
+    assert stored(tmp_path, f"fl-rounds/{core.pk}/{job.pk}/1") == []
     assert round_.bytes_down == 3 * 4 * D
     # And: charged once, credits for the three contributors, the next round open
     assert UsageRecord.objects.for_tenant(core).filter(job=job).count() == 1
@@ -298,7 +307,9 @@ def test_upload_limits_are_enforced_at_creation(core):
     assert not UpdateUpload.objects.for_tenant(core).exists()
 
 
-def test_a_nan_update_is_rejected_with_its_reason(core, django_capture_on_commit_callbacks):
+def test_a_nan_update_is_rejected_with_its_reason(
+    core, django_capture_on_commit_callbacks, tmp_path
+):
     job = fl_job(core, cohort_size=2, min_reports=2)
     pool = workers(2)
     round_, who = open_round(job, pool)
@@ -315,6 +326,7 @@ def test_a_nan_update_is_rejected_with_its_reason(core, django_capture_on_commit
     assert (upload.status, upload.rejection_code) == (UploadStatus.REJECTED, "non_finite")
     round_.refresh_from_db()
     assert (round_.reports, round_.fold_checkpoint_key) == (0, "")
+    assert stored(tmp_path, "fl-uploads") == []
 
 
 def test_a_wrong_whole_sha256_rejects_the_upload(core, django_capture_on_commit_callbacks):
