@@ -85,12 +85,19 @@ def _participation_for(*, contributor: Contributor, participation_id: int) -> Pa
 
 
 def _late(participation: Participation) -> None:
-    """A sync round closed before this update: a straggler, recorded once."""
-    if participation.status in (ParticipationStatus.INVITED, ParticipationStatus.DROPPED):
-        Participation.objects.unscoped().filter(pk=participation.pk).update(
-            status=ParticipationStatus.LATE, reported_at=timezone.now()
+    """A round closed before this update: a straggler, counted once on its own round."""
+    marked = (
+        Participation.objects.unscoped()
+        .filter(
+            pk=participation.pk,
+            status__in=[ParticipationStatus.INVITED, ParticipationStatus.DROPPED],
         )
-        round_ = Round.objects.unscoped().select_for_update().get(pk=participation.round_id)
+        .update(status=ParticipationStatus.LATE, reported_at=timezone.now())
+    )
+    if marked:
+        round_ = (
+            Round.objects.unscoped().select_for_update(of=("self",)).get(pk=participation.round_id)
+        )
         round_.stragglers += 1
         round_.save(update_fields=["stragglers"])
 
@@ -327,8 +334,11 @@ def update_fold(*, upload_id: str) -> UploadStatus:
     is a no-op. A crash before the commit leaves the round pointing to the previous checkpoint,
     and the retry redoes the fold.
     """
+    # The upload row's lock serialises duplicate tasks of one update (a sweeper's re-queue next
+    # to a slow original): the second finds it folded. Lock order: upload, then round.
     upload = (
         UpdateUpload.objects.unscoped()
+        .select_for_update(of=("self",))
         .select_related("participation__round__job__fl_config", "participation__round__job__tenant")
         .get(pk=upload_id)
     )
@@ -341,7 +351,10 @@ def update_fold(*, upload_id: str) -> UploadStatus:
         if target is None:
             break
         round_ = (
-            Round.objects.unscoped().select_for_update().select_related("job").get(pk=target.pk)
+            Round.objects.unscoped()
+            .select_for_update(of=("self",))
+            .select_related("job")
+            .get(pk=target.pk)
         )
         if round_.status == RoundStatus.OPEN:
             break

@@ -614,3 +614,28 @@ def test_a_round_the_balance_cannot_cover_is_not_opened_and_the_job_pauses(
     assert job.status == JobStatus.PAUSED
     assert "cannot cover" in job.status_reason
     assert not Round.objects.for_tenant(core).filter(job=job).exists()
+
+
+def test_a_duplicated_fold_task_counts_the_update_once(core, django_capture_on_commit_callbacks):
+    from jobs.services.fl_rounds_uploads import update_fold
+
+    job = fl_job(core, cohort_size=2, min_reports=2)
+    pool = workers(2)
+    round_, who = open_round(job, pool)
+    first = next(iter(who))
+    with django_capture_on_commit_callbacks(execute=True):
+        upload_id, _ = Uploader(
+            who[first], Participation.objects.for_tenant(core).get(pk=first)
+        ).send(body(np.ones(D, np.float32), samples=5))
+        # When: the sweeper's re-queue runs after the original
+        assert update_fold(upload_id=upload_id) == UploadStatus.FOLDED
+    # Then
+    round_.refresh_from_db()
+    assert (round_.status, round_.reports, round_.stragglers) == (RoundStatus.OPEN, 1, 0)
+    assert round_.fold_checkpoint_key.endswith("fold-000001.ckpt")
+    # And: a second upload for the same participation is the same upload, not a new one
+    again = Uploader(who[first], Participation.objects.for_tenant(core).get(pk=first)).create(
+        body(np.ones(D, np.float32), samples=5)
+    )
+    assert again.json()["upload"] == upload_id
+    assert again.json()["status"] == UploadStatus.FOLDED
