@@ -547,6 +547,7 @@ def test_three_rounds_of_the_2nn_trained_by_the_kernel_on_digits(
     )
     pool = workers(3)
     sent: dict[int, dict] = {}  # what the consumer would forward, by participation
+    monkeypatch.setattr(fl_rounds, "SEND_INVITES", True)
     monkeypatch.setattr(
         fl_rounds.realtime,
         "send_on_commit",
@@ -639,3 +640,12 @@ def test_a_duplicated_fold_task_counts_the_update_once(core, django_capture_on_c
     )
     assert again.json()["upload"] == upload_id
     assert again.json()["status"] == UploadStatus.FOLDED
+
+
+def test_invites_are_not_sent_until_the_consumer_handles_them(core, monkeypatch):
+    sent = []
+    monkeypatch.setattr(fl_rounds.realtime, "send_on_commit", lambda *args: sent.append(args))
+    job = fl_job(core, cohort_size=1, min_reports=1)
+    workers(1)
+    assert len(round_open(job=job)) == 1
+    assert sent == []
