@@ -159,22 +159,20 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
     if rounds.filter(status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING]).exists():
         return []
     if config.server_strategy not in _STRATEGIES:
-        job_event(
-            job=job,
-            kind="fl.round_refused",
-            message=f"{config.server_strategy} rounds are not available yet",
-        )
+        # Fail once with the reason rather than refuse on every sweep.
+        reason = f"{config.server_strategy} rounds are not available yet"
+        _job_finish(job, JobStatus.FAILED, reason, timezone.now())
+        return []
+    number = (rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+    rng = random.Random(f"{job.seed}:{number}")  # noqa: S311 - a reproducible draw, not a secret
+    eligible = eligible_workers(job=job, config=config)
+    if not eligible:
         return []
     try:  # every round is admitted by the money plane, not only the first
         fl_job_admit(job=job)
     except ValidationError as exc:
         reason = " ".join(exc.messages)
         transaction.on_commit(lambda: job_pause_system(job_id=job.pk, reason=reason))
-        return []
-    number = (rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
-    rng = random.Random(f"{job.seed}:{number}")  # noqa: S311 - a reproducible draw, not a secret
-    eligible = eligible_workers(job=job, config=config)
-    if not eligible:
         return []
     cohort = rng.sample(eligible, min(len(eligible), fl_cohort_invited(config=config)))
     base = latest_version(job=job)

@@ -649,3 +649,29 @@ def test_invites_are_not_sent_until_the_consumer_handles_them(core, monkeypatch)
     workers(1)
     assert len(round_open(job=job)) == 1
     assert sent == []
+
+
+def test_a_strategy_without_a_round_path_fails_the_job_once(enterprise_job):
+    job = enterprise_job
+    workers(1)
+    assert round_open(job=job) == []
+    job.refresh_from_db()
+    assert (job.status, job.status_reason) == (
+        JobStatus.FAILED,
+        "krum rounds are not available yet",
+    )
+    assert round_sweep() == 0
+    assert JobEvent.objects.for_tenant(job.tenant).filter(job=job, kind="fl.failed").count() == 1
+
+
+@pytest.fixture
+def enterprise_job(tenant):
+    tenant.tier = Tier.ENTERPRISE
+    tenant.save(update_fields=["tier"])
+    return fl_job(
+        tenant,
+        cohort_size=5,
+        min_reports=5,
+        server_strategy="krum",
+        strategy_options={"byzantine": 1},
+    )
