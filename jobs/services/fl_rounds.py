@@ -125,6 +125,24 @@ def _release_round_storage(round_: Round, job: Job, folded_ids: list[int]) -> No
     storage_delete_on_commit(keys)
 
 
+def _abandon_receiving(round_: Round, job: Job, config: FlConfig) -> None:
+    # A sync round that ended takes no more updates: uploads still receiving are refused and
+    # their chunks go (in async mode they may still join a later buffer).
+    from jobs.fl_models import UpdateUpload, UploadStatus
+
+    if config.mode == FlMode.ASYNC:
+        return
+    receiving = UpdateUpload.objects.for_tenant(job.tenant).filter(
+        participation__round=round_, status=UploadStatus.RECEIVING
+    )
+    storage_delete_on_commit([key for upload in receiving for key in upload_chunk_keys(upload)])
+    receiving.update(
+        status=UploadStatus.REJECTED,
+        rejection_code="round_closed",
+        rejection_message="the round ended before this upload completed",
+    )
+
+
 def fold_load(*, round: Round) -> StreamingFold:  # noqa: A002
     """The round's fold as of its last committed checkpoint (empty if nothing was folded)."""
     if not round.fold_checkpoint_key:
@@ -296,6 +314,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     round_.metrics = metrics | {"version": version.version}
     round_.save()
     _release_round_storage(round_, job, folded_ids)
+    _abandon_receiving(round_, job, config)
     metering().round_completed(
         job=job,
         round_number=round_.number,
@@ -318,6 +337,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
 def _fail(round_: Round, job: Job, now: Any) -> None:
     if round_.fold_checkpoint_key:
         _release_round_storage(round_, job, [int(i) for i in fold_load(round=round_).folded_ids])
+    _abandon_receiving(round_, job, job.fl_config)
     dropouts = _mark_dropouts(round_)
     round_.status = RoundStatus.FAILED
     round_.closed_at = now

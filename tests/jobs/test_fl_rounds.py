@@ -386,7 +386,7 @@ def test_a_worker_leaving_is_a_dropout_and_its_late_update_a_straggler(
 
 
 def test_the_deadline_closes_a_round_with_min_reports_and_fails_one_below(
-    core, django_capture_on_commit_callbacks
+    core, django_capture_on_commit_callbacks, tmp_path
 ):
     # Given: min reports 2 of 3; only one reports
     job = fl_job(core, cohort_size=3, min_reports=2)
@@ -399,6 +399,12 @@ def test_the_deadline_closes_a_round_with_min_reports_and_fails_one_below(
         )
     round_.refresh_from_db()
     assert round_.status == RoundStatus.OPEN
+    # And: a second invitee has sent one chunk when the deadline comes
+    second = list(who)[1]
+    half, _ = Uploader(who[second], Participation.objects.for_tenant(core).get(pk=second)).send(
+        body(np.ones(D, np.float32), samples=5), only=[0], complete=False
+    )
+    assert len(stored(tmp_path, "fl-uploads")) == 3 + 1  # the folded update and the one chunk
     # When: the sweeper runs before and then after the deadline
     assert round_sweep(now=round_.deadline - timedelta(seconds=1)) == 0
     with django_capture_on_commit_callbacks(execute=True):
@@ -406,6 +412,9 @@ def test_the_deadline_closes_a_round_with_min_reports_and_fails_one_below(
     # Then: failed (no version, no charge), its invitees dropped out, the next round open
     round_.refresh_from_db()
     assert (round_.status, round_.dropouts) == (RoundStatus.FAILED, 2)
+    abandoned = UpdateUpload.objects.for_tenant(core).get(pk=half)
+    assert (abandoned.status, abandoned.rejection_code) == (UploadStatus.REJECTED, "round_closed")
+    assert stored(tmp_path, "fl-uploads") == []
     assert latest_version(job=job).version == 0
     assert not UsageRecord.objects.for_tenant(core).filter(job=job).exists()
     assert Round.objects.for_tenant(core).get(job=job, number=2).status == RoundStatus.OPEN
