@@ -28,7 +28,7 @@ def job_deadline_sweep() -> int:
 @shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
 def update_fold(upload_id: str) -> str:
     """Fold one completed FL update into its round (a re-run after the fold does nothing)."""
-    from jobs.services.fl_rounds_uploads import update_fold as fold
+    from jobs.services.fl_rounds_fold import update_fold as fold
 
     return str(fold(upload_id=upload_id))
 

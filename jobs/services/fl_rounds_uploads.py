@@ -1,4 +1,5 @@
-"""FL update uploads: chunked, resumable, checked per chunk and whole, then folded in Celery.
+"""FL update uploads: chunked, resumable, checked per chunk and whole, then queued for the fold
+(``fl_rounds_fold``).
 
 The body of an upload is the training kernel's v2 output for a successful ``train`` call: a
 32-byte metrics header (status, samples, loss sum, correct, d, update norm) then the update f32[d].
@@ -21,25 +22,18 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.aggregation import UpdateRejected, fold_weight
 from jobs.fl_models import (
     FlMode,
     Participation,
     ParticipationStatus,
     Round,
     RoundStatus,
-    StalenessWeighting,
     UpdateUpload,
     UploadStatus,
 )
 from jobs.models import Contributor, JobStatus
 from jobs.services.fl_rounds import (
     chunk_key,
-    close_condition,
-    fold_checkpoint_key,
-    fold_load,
-    latest_version,
-    round_close,
     storage_delete_on_commit,
     storage_put,
     upload_chunk_keys,
@@ -84,7 +78,7 @@ def _participation_for(*, contributor: Contributor, participation_id: int) -> Pa
     return participation
 
 
-def _late(participation: Participation) -> None:
+def participation_mark_late(participation: Participation) -> None:
     """A round closed before this update: a straggler, counted once on its own round."""
     marked = (
         Participation.objects.unscoped()
@@ -134,7 +128,7 @@ def update_upload_create(
             participation = (
                 Participation.objects.unscoped().select_for_update().get(pk=participation_id)
             )
-            _late(participation)
+            participation_mark_late(participation)
         raise UploadError(
             "round_closed", "the round closed before this update", status=409
         ) from None
@@ -253,7 +247,7 @@ def update_chunks(*, upload: UpdateUpload) -> Iterator[bytes]:
         yield chunk[UPDATE_HEADER_BYTES:] if index == 0 else chunk
 
 
-def _reject(upload: UpdateUpload, code: str, message: str) -> None:
+def upload_reject(upload: UpdateUpload, code: str, message: str) -> None:
     storage_delete_on_commit(upload_chunk_keys(upload))  # a rejected update is never read again
     upload.status = UploadStatus.REJECTED
     upload.rejection_code = code
@@ -289,15 +283,15 @@ def update_upload_complete(*, upload: UpdateUpload) -> UpdateUpload:
         if not header:
             header = chunk[: _METRICS.size]
     if whole.hexdigest() != upload.sha256:
-        _reject(upload, "sha256_mismatch", "the chunks do not hash to the declared sha256")
+        upload_reject(upload, "sha256_mismatch", "the chunks do not hash to the declared sha256")
         return upload
     status, samples, loss_sum, correct, dimension, _norm = _METRICS.unpack(header)
     config = upload.participation.round.job.fl_config
     if status != 0 or dimension != config.parameter_count or samples == 0:
-        _reject(upload, "malformed", f"metrics header: status {status}, d {dimension}")
+        upload_reject(upload, "malformed", f"metrics header: status {status}, d {dimension}")
         return upload
     if not math.isfinite(loss_sum) or correct > samples:
-        _reject(upload, "non_finite", "metrics header: loss not finite or correct > samples")
+        upload_reject(upload, "non_finite", "metrics header: loss not finite or correct > samples")
         return upload
     Participation.objects.unscoped().filter(pk=upload.participation_id).update(
         samples=samples, loss_sum=loss_sum, correct=correct, base_version=upload.base_version
@@ -310,103 +304,7 @@ def update_upload_complete(*, upload: UpdateUpload) -> UpdateUpload:
     return upload
 
 
-def _target_round(participation: Participation) -> Round | None:
-    """The round an update folds into: its own if open; in async mode the job's open round
-    (a late update joins the next buffer, discounted by staleness); otherwise none (late)."""
-    own = participation.round
-    if own.status == RoundStatus.OPEN:
-        return own
-    if own.job.fl_config.mode != FlMode.ASYNC:
-        return None
-    return (
-        Round.objects.for_tenant(own.job.tenant)
-        .filter(job=own.job, status=RoundStatus.OPEN)
-        .first()
-    )
-
-
-@transaction.atomic
-def update_fold(*, upload_id: str) -> UploadStatus:
-    """Fold a completed upload into its round under the round's row lock, checkpoint the fold
-    to storage, and close the round if that was the update it waited for.
-
-    Idempotent per participation (the fold keeps its folded ids): a retried or duplicated task
-    is a no-op. A crash before the commit leaves the round pointing to the previous checkpoint,
-    and the retry redoes the fold.
-    """
-    # The upload row's lock serialises duplicate tasks of one update (a sweeper's re-queue next
-    # to a slow original): the second finds it folded. Lock order: upload, then round.
-    upload = (
-        UpdateUpload.objects.unscoped()
-        .select_for_update(of=("self",))
-        .select_related("participation__round__job__fl_config", "participation__round__job__tenant")
-        .get(pk=upload_id)
-    )
-    if upload.status != UploadStatus.COMPLETE:
-        return UploadStatus(upload.status)
-    participation = upload.participation
-    round_ = None
-    for _ in range(2):  # an async round may close (and the next open) while we wait the lock
-        target = _target_round(participation)
-        if target is None:
-            break
-        round_ = (
-            Round.objects.unscoped()
-            .select_for_update(of=("self",))
-            .select_related("job")
-            .get(pk=target.pk)
-        )
-        if round_.status == RoundStatus.OPEN:
-            break
-        participation.round.refresh_from_db()
-        round_ = None
-    if round_ is None:
-        _late(participation)
-        return _set_status(upload, UploadStatus.REJECTED, "late", "the round closed")
-    config = round_.job.fl_config
-    weight = float(participation.samples)
-    if config.mode == FlMode.ASYNC:
-        staleness = max(0, latest_version(job=round_.job).version - upload.base_version)
-        if staleness > (config.staleness_bound or 0):
-            _late(participation)
-            return _set_status(upload, UploadStatus.REJECTED, "stale", f"staleness {staleness}")
-        exponent = (
-            0.0
-            if config.staleness_weighting == StalenessWeighting.CONSTANT
-            else (config.staleness_exponent or 0.5)
-        )
-        weight = fold_weight(
-            participation.samples, staleness=staleness, staleness_exponent=exponent
-        )
-    fold = fold_load(round=round_)
-    try:
-        folded = fold.fold_chunks(
-            str(participation.pk), lambda: update_chunks(upload=upload), weight
-        )
-    except UpdateRejected as exc:
-        _reject(upload, str(exc.code), exc.message)
-        return UploadStatus.REJECTED
-    if folded:
-        key = fold_checkpoint_key(round=round_, count=fold.count)
-        storage_put(key, fold.checkpoint())
-        previous = round_.fold_checkpoint_key
-        round_.fold_checkpoint_key = key
-        round_.reports = fold.count
-        round_.save(update_fields=["fold_checkpoint_key", "reports"])
-        if previous:
-            transaction.on_commit(lambda: default_storage.delete(previous))
-    Participation.objects.unscoped().filter(pk=participation.pk).update(
-        status=ParticipationStatus.REPORTED,
-        reported_at=timezone.now(),
-        update_key=f"fl-uploads/{upload.tenant_id}/{upload.pk}/",
-    )
-    _set_status(upload, UploadStatus.FOLDED)
-    if close_condition(round=round_, config=config):
-        round_close(round_id=round_.pk)
-    return UploadStatus.FOLDED
-
-
-def _set_status(
+def upload_set_status(
     upload: UpdateUpload, status: UploadStatus, code: str = "", message: str = ""
 ) -> UploadStatus:
     if status == UploadStatus.REJECTED:

@@ -627,7 +627,7 @@ def test_a_round_the_balance_cannot_cover_is_not_opened_and_the_job_pauses(
 
 
 def test_a_duplicated_fold_task_counts_the_update_once(core, django_capture_on_commit_callbacks):
-    from jobs.services.fl_rounds_uploads import update_fold
+    from jobs.services.fl_rounds_fold import update_fold
 
     job = fl_job(core, cohort_size=2, min_reports=2)
     pool = workers(2)
