@@ -253,6 +253,7 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CCGSC_CELERY_QUEUE", "ccgsc")
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "lease-sweep": {"task": "jobs.tasks.lease_sweep", "schedule": 5.0},
     "job-deadline-sweep": {"task": "jobs.tasks.job_deadline_sweep", "schedule": 30.0},
+    "fl-round-sweep": {"task": "jobs.tasks.round_sweep", "schedule": 5.0},
     "ledger-reconcile": {"task": "billing.tasks.ledger_reconcile", "schedule": 3600.0},
     "usage-sweep-stale": {"task": "billing.tasks.usage_sweep_stale", "schedule": 60.0},
     "stripe-reconcile": {"task": "billing.tasks.stripe_reconcile", "schedule": 3600.0},

@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from jobs import services
+from jobs.fl_models import UpdateUpload
 from jobs.models import (
     Assignment,
     Contributor,
@@ -235,3 +236,9 @@ class ParticipationAdmin(ReadOnlyAdmin):
 class ModelVersionAdmin(ReadOnlyAdmin):
     list_display = ("job", "version", "sha256", "size_bytes", "created_at")
     search_fields = ("sha256", "job__name", "job__id")
+
+
+@admin.register(UpdateUpload)
+class UpdateUploadAdmin(ReadOnlyAdmin):
+    list_display = ("participation", "status", "total_bytes", "chunk_size", "created_at")
+    list_filter = ("status",)

@@ -190,6 +190,9 @@ class Round(TenantOwnedModel):
     bytes_down = models.PositiveBigIntegerField(default=0)
     started_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    # The latest checkpoint of the round's streaming fold in storage ("" = nothing folded yet);
+    # written before this pointer moves, so a killed fold resumes from the last committed one.
+    fold_checkpoint_key = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["job", "number"]
@@ -207,6 +210,7 @@ class ParticipationStatus(models.TextChoices):
     REPORTED = "reported", "Reported"
     DROPPED = "dropped", "Dropped out"
     LATE = "late", "Late (straggler)"
+    REJECTED = "rejected", "Rejected (failed validation)"
 
 
 class Participation(TenantOwnedModel):
@@ -226,6 +230,12 @@ class Participation(TenantOwnedModel):
     # Where the update landed in storage; updates never live in PostgreSQL rows.
     update_key = models.CharField(max_length=300, blank=True)
     included = models.BooleanField(default=False)
+    # The model version the client trained from (async staleness = current version - this).
+    base_version = models.PositiveIntegerField(default=0)
+    loss_sum = models.FloatField(default=0.0)
+    correct = models.PositiveIntegerField(default=0)
+    rejection_code = models.CharField(max_length=20, blank=True)
+    rejection_message = models.CharField(max_length=300, blank=True)
     invited_at = models.DateTimeField(auto_now_add=True)
     reported_at = models.DateTimeField(null=True, blank=True)
 
@@ -243,6 +253,56 @@ class Participation(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.contributor_id} in {self.round}"
+
+
+class UploadStatus(models.TextChoices):
+    RECEIVING = "receiving", "Receiving chunks"
+    COMPLETE = "complete", "Complete, queued for the fold"
+    FOLDED = "folded", "Folded into the round"
+    REJECTED = "rejected", "Rejected"
+
+
+class UpdateUpload(TenantOwnedModel):
+    """A chunked, resumable upload of one participation's update (one per participation).
+
+    The body is the training kernel's v2 output: a 32-byte metrics header, then f32[d]. Chunks
+    live in storage, one object per chunk keyed by its index and hash; ``chunks`` maps each
+    accepted index to its SHA-256 (metadata only: the bytes never live in PostgreSQL).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    participation = models.OneToOneField(
+        Participation, on_delete=models.CASCADE, related_name="upload"
+    )
+    total_bytes = models.PositiveBigIntegerField()
+    chunk_size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    base_version = models.PositiveIntegerField(default=0)
+    chunks = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=UploadStatus.choices, default=UploadStatus.RECEIVING
+    )
+    rejection_code = models.CharField(max_length=20, blank=True)
+    rejection_message = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "status"], name="updateupload_tenant_status")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(chunk_size__gt=0) & Q(total_bytes__gt=0), name="updateupload_sizes"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"upload {self.pk} of {self.participation_id}"
+
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.total_bytes // self.chunk_size)
 
 
 class ModelVersion(TenantOwnedModel):
@@ -300,4 +360,6 @@ __all__ = [
     "ServerStrategy",
     "StalenessWeighting",
     "TrainingKernel",
+    "UpdateUpload",
+    "UploadStatus",
 ]

@@ -23,3 +23,19 @@ def lease_sweep() -> int:
 def job_deadline_sweep() -> int:
     """Fail jobs past their deadline."""
     return dispatch.job_deadline_sweep()
+
+
+@shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
+def update_fold(upload_id: str) -> str:
+    """Fold one completed FL update into its round (a re-run after the fold does nothing)."""
+    from jobs.services.fl_rounds_fold import update_fold as fold
+
+    return str(fold(upload_id=upload_id))
+
+
+@shared_task(acks_late=True)
+def round_sweep() -> int:
+    """Close or fail FL rounds past their deadline; open rounds for jobs with none open."""
+    from jobs.services.fl_rounds import round_sweep as sweep
+
+    return sweep()

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from jobs import views
+from jobs import fl_uploads, views
 
 urlpatterns = [
     path("jobs/", views.job_list, name="job_list"),
@@ -24,5 +24,17 @@ urlpatterns = [
         name="model_version_onnx",
     ),
     re_path(r"^weights/(?P<sha256>[0-9a-f]{64})\.f32$", views.model_weights, name="model_weights"),
+    path("fl/uploads/", fl_uploads.upload_create, name="fl_upload_create"),
+    path("fl/uploads/<uuid:upload_id>", fl_uploads.upload_state, name="fl_upload_state"),
+    path(
+        "fl/uploads/<uuid:upload_id>/chunks/<int:index>",
+        fl_uploads.upload_chunk,
+        name="fl_upload_chunk",
+    ),
+    path(
+        "fl/uploads/<uuid:upload_id>/complete",
+        fl_uploads.upload_complete,
+        name="fl_upload_complete",
+    ),
     re_path(r"^kernels/(?P<sha256>[0-9a-f]{64})\.wasm$", views.kernel_module, name="kernel_module"),
 ]

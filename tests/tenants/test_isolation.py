@@ -23,7 +23,16 @@ pytestmark = pytest.mark.django_db
 # Routes that are not tenant-scoped on purpose: admin (staff see every tenant), static files,
 # and kernel modules and FL model weights, which workers of any tenant fetch by content hash with a
 # worker token.
-NOT_TENANT_SCOPED_PREFIXES = ("admin/", "static/", "media/", "^kernels/", "^weights/")
+NOT_TENANT_SCOPED_PREFIXES = (
+    "admin/",
+    "static/",
+    "media/",
+    "^kernels/",
+    "^weights/",
+    # FL update uploads: worker-token routes, scoped to the token's own participations (a 404
+    # otherwise), tested in tests/jobs/test_fl_rounds.py.
+    "fl/uploads/",
+)
 # Path parameters that are capabilities or nonces, not objects: password-reset and invitation
 # tokens, and the test-mode checkout id (it only ever credits the caller's own tenant).
 NOT_TENANT_SCOPED_PARAMS = {"uidb64", "token", "session_id"}

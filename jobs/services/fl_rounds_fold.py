@@ -1,0 +1,133 @@
+"""The fold of FL updates, run by Celery: one task per completed upload folds it into its
+round's streaming fold under the round's row lock, checkpoints the fold to storage, and closes
+the round when that was the update it waited for. Tasks carry the upload id, never tensors."""
+
+from __future__ import annotations
+
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from jobs.aggregation import UpdateRejected, fold_weight
+from jobs.fl_models import (
+    FlMode,
+    Participation,
+    ParticipationStatus,
+    Round,
+    RoundStatus,
+    StalenessWeighting,
+    UpdateUpload,
+    UploadStatus,
+)
+from jobs.services.fl_rounds import (
+    close_condition,
+    fold_checkpoint_key,
+    fold_load,
+    latest_version,
+    round_close,
+    storage_put,
+)
+from jobs.services.fl_rounds_uploads import (
+    participation_mark_late,
+    update_chunks,
+    upload_reject,
+    upload_set_status,
+)
+
+
+def _target_round(participation: Participation) -> Round | None:
+    """The round an update folds into: its own if open; in async mode the job's open round
+    (a late update joins the next buffer, discounted by staleness); otherwise none (late)."""
+    own = participation.round
+    if own.status == RoundStatus.OPEN:
+        return own
+    if own.job.fl_config.mode != FlMode.ASYNC:
+        return None
+    return (
+        Round.objects.for_tenant(own.job.tenant)
+        .filter(job=own.job, status=RoundStatus.OPEN)
+        .first()
+    )
+
+
+@transaction.atomic
+def update_fold(*, upload_id: str) -> UploadStatus:
+    """Fold a completed upload into its round under the round's row lock, checkpoint the fold
+    to storage, and close the round if that was the update it waited for.
+
+    Idempotent per participation (the fold keeps its folded ids): a retried or duplicated task
+    is a no-op. A crash before the commit leaves the round pointing to the previous checkpoint,
+    and the retry redoes the fold.
+    """
+    # The upload row's lock serialises duplicate tasks of one update (a sweeper's re-queue next
+    # to a slow original): the second finds it folded. Lock order: upload, then round.
+    upload = (
+        UpdateUpload.objects.unscoped()
+        .select_for_update(of=("self",))
+        .select_related("participation__round__job__fl_config", "participation__round__job__tenant")
+        .get(pk=upload_id)
+    )
+    if upload.status != UploadStatus.COMPLETE:
+        return UploadStatus(upload.status)
+    participation = upload.participation
+    round_ = None
+    for _ in range(2):  # an async round may close (and the next open) while we wait the lock
+        target = _target_round(participation)
+        if target is None:
+            break
+        round_ = (
+            Round.objects.unscoped()
+            .select_for_update(of=("self",))
+            .select_related("job")
+            .get(pk=target.pk)
+        )
+        if round_.status == RoundStatus.OPEN:
+            break
+        participation.round.refresh_from_db()
+        round_ = None
+    if round_ is None:
+        participation_mark_late(participation)
+        return upload_set_status(upload, UploadStatus.REJECTED, "late", "the round closed")
+    config = round_.job.fl_config
+    weight = float(participation.samples)
+    if config.mode == FlMode.ASYNC:
+        staleness = max(0, latest_version(job=round_.job).version - upload.base_version)
+        if staleness > (config.staleness_bound or 0):
+            participation_mark_late(participation)
+            return upload_set_status(
+                upload, UploadStatus.REJECTED, "stale", f"staleness {staleness}"
+            )
+        exponent = (
+            0.0
+            if config.staleness_weighting == StalenessWeighting.CONSTANT
+            else (config.staleness_exponent or 0.5)
+        )
+        weight = fold_weight(
+            participation.samples, staleness=staleness, staleness_exponent=exponent
+        )
+    fold = fold_load(round=round_)
+    try:
+        folded = fold.fold_chunks(
+            str(participation.pk), lambda: update_chunks(upload=upload), weight
+        )
+    except UpdateRejected as exc:
+        upload_reject(upload, str(exc.code), exc.message)
+        return UploadStatus.REJECTED
+    if folded:
+        key = fold_checkpoint_key(round=round_, count=fold.count)
+        storage_put(key, fold.checkpoint())
+        previous = round_.fold_checkpoint_key
+        round_.fold_checkpoint_key = key
+        round_.reports = fold.count
+        round_.save(update_fields=["fold_checkpoint_key", "reports"])
+        if previous:
+            transaction.on_commit(lambda: default_storage.delete(previous))
+    Participation.objects.unscoped().filter(pk=participation.pk).update(
+        status=ParticipationStatus.REPORTED,
+        reported_at=timezone.now(),
+        update_key=f"fl-uploads/{upload.tenant_id}/{upload.pk}/",
+    )
+    upload_set_status(upload, UploadStatus.FOLDED)
+    if close_condition(round=round_, config=config):
+        round_close(round_id=round_.pk)
+    return UploadStatus.FOLDED
