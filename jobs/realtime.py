@@ -44,6 +44,10 @@ def send_on_commit(channel_name: str, message: dict[str, Any]) -> None:
         transaction.on_commit(lambda: _send(channel_name, message, group=False))
 
 
-def wake_dispatch_on_commit() -> None:
-    """Tell idle workers that tasks became dispatchable."""
-    broadcast_on_commit(DISPATCH_GROUP, {"type": "dispatch.wake"})
+def wake_dispatch_on_commit(*, tasks: int | None = None) -> None:
+    """Tell idle workers that tasks became dispatchable (``tasks`` of them, when known: a
+    process then wakes only that many of its idle consumers)."""
+    message: dict[str, Any] = {"type": "dispatch.wake"}
+    if tasks is not None:
+        message["tasks"] = tasks
+    broadcast_on_commit(DISPATCH_GROUP, message)
