@@ -358,35 +358,27 @@ def _results_store_fast(
     by_index = {a.task_id: index for index, a in fast}
     accepted: list[tuple[Task, Job, list[Assignment], list[Assignment], str]] = []
     waiting: list[Task] = []
+    batch_ids = {str(a.pk) for _, a in fast}
+    late: list[Assignment] = []
     for task_id in sorted(task_ids):
         task, replicas = tasks[task_id], returned[task_id]
         job = jobs[task.job_id]
-        decision = quorum_decide(
-            returned=[
-                ReturnedReplica(
-                    id=r.pk,
-                    sha256=r.output_sha256,
-                    worker_id=r.worker_id,
-                    contributor_id=r.contributor_id,
-                )
-                for r in replicas
-            ],
-            target_replicas=task.target_replicas,
-            quorum=job.quorum,
-            active_replicas=task.active_replicas,
-            max_replicas=job.max_replicas,
-        )
+        decision, used = _decide_in_arrival_order(task, job, replicas, batch_ids)
         if decision.verdict == Verdict.CANONICAL:
             winners = {r.id for r in decision.winners}
+            counted = replicas[:used]
             accepted.append(
                 (
                     task,
                     job,
-                    [r for r in replicas if r.pk in winners],
-                    [r for r in replicas if r.pk not in winners],
+                    [r for r in counted if r.pk in winners],
+                    [r for r in counted if r.pk not in winners],
                     decision.canonical_sha256,
                 )
             )
+            # Results of this batch that came after the quorum: the task was validated
+            # without them, as if they had arrived a moment later (stored, compared, uncredited).
+            late.extend(replicas[used:])
         elif decision.verdict == Verdict.WAIT:
             waiting.append(task)
         else:
@@ -396,7 +388,38 @@ def _results_store_fast(
             _task_validate(task, outcome)
     _tasks_wait(waiting, jobs)
     if accepted:
-        _tasks_accept(accepted, now)
+        _tasks_accept(accepted, now, late)
+
+
+def _decide_in_arrival_order(
+    task: Task, job: Job, replicas: list[Assignment], batch_ids: set[str]
+) -> tuple[Any, int]:
+    """Decide as if the batch's results had arrived one by one: the first canonical decision
+    stands, with how many replicas it used (later ones are late, exactly as item by item)."""
+
+    def decide(count: int) -> Any:
+        return quorum_decide(
+            returned=[
+                ReturnedReplica(
+                    id=r.pk,
+                    sha256=r.output_sha256,
+                    worker_id=r.worker_id,
+                    contributor_id=r.contributor_id,
+                )
+                for r in replicas[:count]
+            ],
+            target_replicas=task.target_replicas,
+            quorum=job.quorum,
+            active_replicas=task.active_replicas,
+            max_replicas=job.max_replicas,
+        )
+
+    first_new = next((i for i, r in enumerate(replicas) if str(r.pk) in batch_ids), len(replicas))
+    for count in range(first_new + 1, len(replicas)):
+        decision = decide(count)
+        if decision.verdict == Verdict.CANONICAL:
+            return decision, count
+    return decide(len(replicas)), len(replicas)
 
 
 def _tasks_wait(tasks: list[Task], jobs: dict[uuid.UUID, Job]) -> None:
@@ -418,11 +441,22 @@ def _tasks_wait(tasks: list[Task], jobs: dict[uuid.UUID, Job]) -> None:
 
 
 def _tasks_accept(
-    accepted: list[tuple[Task, Job, list[Assignment], list[Assignment], str]], now: Any
+    accepted: list[tuple[Task, Job, list[Assignment], list[Assignment], str]],
+    now: Any,
+    late: list[Assignment],
 ) -> None:
     """Validated tasks: credit winners, penalise losers, close tasks, meter, count, finish."""
     winners = [r for _, _, won, _, _ in accepted for r in won]
     losers = [r for _, _, _, lost, _ in accepted for r in lost]
+    if late:
+        canonical = {task.pk: digest for task, _, _, _, digest in accepted}
+        Assignment.objects.unscoped().filter(pk__in=[r.pk for r in late]).update(
+            status=AssignmentStatus.LATE
+        )
+        # A late replica that disagrees with the canonical result loses trust, never credit.
+        losers_late = [r for r in late if r.output_sha256 != canonical[r.task_id]]
+    else:
+        losers_late = []
     Assignment.objects.unscoped().filter(
         pk__in=[r.pk for r in winners], credited_at__isnull=True
     ).update(status=AssignmentStatus.VALID, credited_at=now)
@@ -461,7 +495,7 @@ def _tasks_accept(
         "validated_work_units = t.validated_work_units + v.units",
     )
     # After the increments: a worker that also lost in this batch starts its trust over.
-    invalid = Counter(r.worker_id for r in losers)
+    invalid = Counter(r.worker_id for r in [*losers, *losers_late])
     _update_from_values(
         Worker._meta.db_table,
         [("id", "uuid"), ("n", "bigint")],
