@@ -158,7 +158,7 @@ class WorkerConsumer(GuardedConsumer):
                 await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
             finally:
                 if self.group_commit:
-                    flusher().idle_discard(self.channel_name)
+                    flusher().local_discard(self.channel_name)
                 else:
                     await self.channel_layer.group_discard(
                         realtime.DISPATCH_GROUP, self.channel_name
@@ -228,7 +228,9 @@ class WorkerConsumer(GuardedConsumer):
             await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
             return
         self.slots = message["slots"]
-        if not self.group_commit:
+        if self.group_commit:
+            flusher().local_add(self.channel_name, self.dispatch)
+        else:
             await self.channel_layer.group_add(realtime.DISPATCH_GROUP, self.channel_name)
         await self.send_message(
             protocol.welcome(

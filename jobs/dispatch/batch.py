@@ -8,6 +8,9 @@ runs each item again through the per-item services (``result_submit``, ``assignm
 ``assignment_error``, ``assignment_claim``), each in its own transaction, so one poison item
 cannot sink the others.
 
+Claims (:func:`claims_batch`) take tasks for every claiming worker with one ``SKIP LOCKED``
+select, one UPDATE and one INSERT.
+
 Locks, always in this order: the batch's assignments (id order), then their tasks (id order),
 then jobs and ledger accounts (id order, inside the services). Claims take tasks with SKIP
 LOCKED, so they never wait on a result being stored.
@@ -26,8 +29,9 @@ PostgreSQL only (``UPDATE ... FROM (VALUES ...)``); the flusher is off on other 
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -36,7 +40,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs import realtime
-from jobs.dispatch.claim import Offer, assignment_claim
+from jobs.dispatch.claim import Offer, _trusted_alone, assignment_claim
 from jobs.dispatch.results import (
     _DISCARDED,
     _STORED,
@@ -48,6 +52,7 @@ from jobs.dispatch.results import (
 )
 from jobs.metering import metering
 from jobs.models import (
+    COUNTED_REPLICA_STATUSES,
     Assignment,
     AssignmentStatus,
     Contributor,
@@ -126,10 +131,151 @@ def dispatch_batch(
             )
             for item in errors
         ]
-        outcome.claims = [
-            assignment_claim(worker_id=item.worker_id, count=item.count) for item in claims
-        ]
+        outcome.claims = claims_batch(items=list(claims))
     return outcome
+
+
+# ---------------------------------------------------------------- claims
+
+
+def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
+    """Claim for many workers at once: one ``SKIP LOCKED`` select of dispatchable tasks, one
+    read of what the claimers' contributors already hold, one UPDATE of the tasks and one INSERT
+    of the assignments. Offers in input order.
+
+    Replicas of a task go to distinct contributors (checked here, and by the partial unique
+    index). Private-pool workers, rare, claim through :func:`assignment_claim`."""
+    offers: list[list[Offer]] = [[] for _ in items]
+    wanted = [(index, item) for index, item in enumerate(items) if item.count > 0]
+    if not wanted:
+        return offers
+    workers = {
+        w.pk: w
+        for w in Worker.objects.select_related("contributor").filter(
+            pk__in={item.worker_id for _, item in wanted}
+        )
+    }
+    public = []
+    for index, item in wanted:
+        worker = workers.get(item.worker_id)
+        if worker is None or worker.is_banned or worker.contributor.is_banned:
+            continue
+        if worker.contributor.pool_tenant_id is not None:
+            offers[index] = assignment_claim(worker_id=item.worker_id, count=item.count)
+        else:
+            public.append((index, item, worker))
+    if not public:
+        return offers
+    total = sum(item.count for _, item, _ in public)
+    # Room for the tasks the claimers' own contributors already hold (a task waiting for its
+    # second replica stays dispatchable): they are skipped for them, not for others.
+    tasks = list(
+        Task.objects.unscoped()
+        .filter(dispatchable=True, private_pool=False)
+        .order_by("-priority", "id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .only(
+            "id",
+            "tenant_id",
+            "job_id",
+            "index",
+            "lo",
+            "hi",
+            "work_units",
+            "target_replicas",
+            "active_replicas",
+            "known_answer_sha256",
+        )[: 2 * total + 32]
+    )
+    if not tasks:
+        return offers
+    contributors = {worker.contributor_id for _, _, worker in public}
+    held = set(
+        Assignment.objects.unscoped()
+        .filter(
+            task_id__in=[t.pk for t in tasks],
+            contributor_id__in=contributors,
+            status__in=COUNTED_REPLICA_STATUSES,
+        )
+        .values_list("task_id", "contributor_id")
+    )
+    jobs = {
+        job.pk: job
+        for job in Job.objects.unscoped()
+        .select_related("kernel")
+        .filter(pk__in={t.job_id for t in tasks}, status=JobStatus.RUNNING)
+    }
+    now = timezone.now()
+    rng = random.Random()  # noqa: S311 - spot-check sampling, not secrecy
+    queue = deque((index, item.count, worker) for index, item, worker in public)
+    assignments, changed, stopped = [], [], []
+    for task in tasks:
+        job = jobs.get(task.job_id)
+        if job is None:  # paused or cancelled between the flag and the lock
+            stopped.append(task.pk)
+            continue
+        taken = False
+        for _ in range(len(queue)):
+            if task.active_replicas >= task.target_replicas or not queue:
+                break
+            index, need, worker = queue.popleft()
+            if (task.pk, worker.contributor_id) in held:
+                queue.append((index, need, worker))
+                continue
+            held.add((task.pk, worker.contributor_id))
+            task.active_replicas += 1
+            if (
+                job.adaptive_replication
+                and not task.known_answer_sha256
+                and task.active_replicas == 1
+                and _trusted_alone(worker, rng)
+            ):
+                task.target_replicas = 1
+            assignment = Assignment(
+                tenant_id=task.tenant_id,
+                job_id=job.pk,
+                task_id=task.pk,
+                worker_id=worker.pk,
+                contributor_id=worker.contributor_id,
+                lease_expires_at=now + timedelta(seconds=job.lease_seconds),
+            )
+            assignments.append(assignment)
+            offers[index].append(_offer(assignment, task, job))
+            taken = True
+            if need > 1:
+                queue.append((index, need - 1, worker))
+        if taken:
+            changed.append(task)
+        if not queue:
+            break
+    if stopped:
+        Task.objects.unscoped().filter(pk__in=stopped).update(dispatchable=False)
+    _update_from_values(
+        Task._meta.db_table,
+        [("id", "bigint"), ("active", "integer"), ("target", "integer")],
+        [(t.pk, t.active_replicas, t.target_replicas) for t in changed],
+        "active_replicas = v.active, target_replicas = v.target, "
+        "dispatchable = v.active < v.target",
+    )
+    Assignment.objects.bulk_create(assignments)
+    return offers
+
+
+def _offer(assignment: Assignment, task: Task, job: Job) -> Offer:
+    return Offer(
+        assignment_id=assignment.id,
+        job_id=job.pk,
+        task_index=task.index,
+        kernel_name=job.kernel.name,
+        kernel_version=job.kernel.version,
+        kernel_sha256=job.kernel.sha256,
+        lo=task.lo,
+        hi=task.hi,
+        seed=job.seed,
+        params=job.params,
+        lease_ms=job.lease_seconds * 1000,
+        work_units=task.work_units,
+    )
 
 
 # ---------------------------------------------------------------- heartbeats

@@ -77,20 +77,22 @@ def _run_alone(item: Any) -> Any:
     return assignment_claim(worker_id=item.worker_id, count=item.count)
 
 
-def flush_sync(items: list[Any]) -> list[Any]:
-    """Handle ``items`` in one transaction, or one by one if that fails; outcomes in order.
+def flush_sync(items: list[Any]) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:
+    """Handle ``items`` in one transaction, or one by one if that fails; outcomes in order, and
+    the messages for single consumers the committed batch asked for (to deliver now).
 
     An outcome is the service's return value or the exception the item raised alone."""
     by_kind: dict[type, list[int]] = {kind: [] for kind in _KINDS}
     for index, item in enumerate(items):
         by_kind[type(item)].append(index)
     try:
-        outcome: BatchOutcome = dispatch_batch(
-            results=[items[i] for i in by_kind[ResultItem]],
-            heartbeats=[items[i] for i in by_kind[HeartbeatItem]],
-            errors=[items[i] for i in by_kind[ErrorItem]],
-            claims=[items[i] for i in by_kind[ClaimItem]],
-        )
+        with realtime.sends_collected() as sends:
+            outcome: BatchOutcome = dispatch_batch(
+                results=[items[i] for i in by_kind[ResultItem]],
+                heartbeats=[items[i] for i in by_kind[HeartbeatItem]],
+                errors=[items[i] for i in by_kind[ErrorItem]],
+                claims=[items[i] for i in by_kind[ClaimItem]],
+            )
     except Exception:
         logger.exception("dispatch batch of %d items failed: retrying item by item", len(items))
         if not connection.is_usable():
@@ -103,7 +105,7 @@ def flush_sync(items: list[Any]) -> list[Any]:
                 if not isinstance(exc, ValueError):
                     logger.exception("dispatch item failed alone: %s", type(item).__name__)
                 answers.append(exc)
-        return answers
+        return answers, []
     answers = [None] * len(items)
     for kind, values in (
         (ResultItem, outcome.results),
@@ -113,7 +115,7 @@ def flush_sync(items: list[Any]) -> list[Any]:
     ):
         for index, value in zip(by_kind[kind], values, strict=True):
             answers[index] = value
-    return answers
+    return answers, sends
 
 
 class Flusher:
@@ -126,6 +128,7 @@ class Flusher:
         self.arrived = asyncio.Event()
         self.full = asyncio.Event()
         self.idle: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.local: dict[str, Callable[[dict], Awaitable[None]]] = {}
         self.loop = asyncio.get_running_loop()
         self.runner = self.loop.create_task(self._run(), name="dispatch-flusher")
         self.listener: asyncio.Task | None = None
@@ -135,7 +138,7 @@ class Flusher:
         # (in-process tests). Otherwise one thread of our own with one persistent connection:
         # consumers' other services (hello, disconnect) do not queue behind a flush, and a flush
         # does not pay for a new connection.
-        self.database: Callable[[list[Any]], Awaitable[list[Any]]]
+        self.database: Callable[[list[Any]], Awaitable[tuple[list[Any], list]]]
         if settings.DISPATCH_PARALLEL_DATABASE:
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher")
             self.database = sync_to_async(
@@ -167,8 +170,9 @@ class Flusher:
                 self.arrived.clear()
             if len(self.items) < self.max_items:
                 self.full.clear()
+            sends: list[tuple[str, dict[str, Any]]] = []
             try:
-                answers = await self.database([item for item, _ in batch])
+                answers, sends = await self.database([item for item, _ in batch])
             except Exception as exc:  # the database thread itself failed: nothing committed
                 logger.exception("dispatch flush failed")
                 answers = [exc] * len(batch)
@@ -177,6 +181,32 @@ class Flusher:
             for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():
                     future.set_result(answer)
+            if sends:
+                await self._deliver(sends)
+
+    async def _deliver(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
+        """After commit: this process's sockets directly, others through the channel layer."""
+        layer = None
+        for channel_name, message in sends:
+            consumer = self.local.get(channel_name)
+            if consumer is not None:
+                self.loop.create_task(consumer(message))
+                continue
+            layer = layer or get_channel_layer()
+            if layer is None:
+                continue
+            try:
+                await layer.send(channel_name, message)
+            except Exception:  # a lost notification is recovered by the client; never fail
+                logger.exception("channel layer send to %s failed", channel_name)
+
+    def local_add(self, channel_name: str, handle: Callable[[dict], Awaitable[None]]) -> None:
+        """A consumer of this process: messages for it skip the channel layer."""
+        self.local[channel_name] = handle
+
+    def local_discard(self, channel_name: str) -> None:
+        self.local.pop(channel_name, None)
+        self.idle.pop(channel_name, None)
 
     # ---- targeted wakes
 
@@ -197,7 +227,9 @@ class Flusher:
         layer = get_channel_layer()
         if layer is None:
             return
-        channel = await layer.new_channel("dispatch.process.")
+        # The layer's own prefix: channels_redis reads one process-local queue per layer, so a
+        # channel of another prefix would wait behind the consumers' receive.
+        channel = await layer.new_channel()
         await layer.group_add(realtime.DISPATCH_GROUP, channel)
         try:
             while True:

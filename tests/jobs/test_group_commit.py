@@ -137,7 +137,7 @@ def test_concurrent_batches_for_the_same_tasks_validate_exactly_once(tenant, own
     def flush(part: list[ResultItem]) -> list:
         try:
             barrier.wait()
-            return flusher.flush_sync(part)
+            return flusher.flush_sync(part)[0]
         finally:
             connection.close()
 
@@ -179,9 +179,10 @@ def test_a_failed_commit_answers_nothing_from_the_batch_and_each_item_runs_alone
 
     monkeypatch.setattr(flusher, "dispatch_batch", failing)
     # when the flusher handles it
-    answers = flusher.flush_sync([poison, *items])
+    answers, sends = flusher.flush_sync([poison, *items])
     # then the batch left nothing behind; item by item, the poison is refused and the rest count
     assert isinstance(answers[0], ValueError)
+    assert sends == []  # the failed batch's messages are dropped with it
     assert [a.status for a in answers[1:]] == ["accepted"] * 4
     job.refresh_from_db()
     assert job.tasks_validated == 2
@@ -197,7 +198,7 @@ def test_the_flusher_answers_only_after_the_database_returns():
         async def database(items: list) -> list:
             seen.append(items)
             await release.wait()
-            return [f"done {item}" for item in items]
+            return [f"done {item}" for item in items], []
 
         process = flusher.Flusher(flush_ms=1, max_items=4)
         process.database = database
@@ -220,7 +221,7 @@ def test_the_flusher_answers_only_after_the_database_returns():
 def test_the_flusher_raises_an_items_own_error_to_its_caller_only():
     async def scenario() -> None:
         async def database(items: list) -> list:
-            return [ValueError("bad") if item == "bad" else item for item in items]
+            return [ValueError("bad") if item == "bad" else item for item in items], []
 
         process = flusher.Flusher(flush_ms=1, max_items=8)
         process.database = database
