@@ -385,6 +385,31 @@ class EdgeWorkerConsumer(WorkerConsumer):
 
 DIRECTOR_INTERVAL_S = 1.0
 
+# One snapshot per job per interval in each process, shared by all its viewers of that job:
+# a thousand viewers of one job cost one job_state a second, not a thousand.
+_snapshots: dict[tuple[Any, ...], tuple[float, asyncio.Future]] = {}
+
+
+async def job_state_shared(*, tenant: Any, job_id: Any) -> dict[str, Any]:
+    """The job's director snapshot, reused by every viewer in this process for one interval."""
+    loop = asyncio.get_running_loop()
+    key = (loop, tenant.pk, job_id)
+    now = time.monotonic()
+    cached = _snapshots.get(key)
+    if cached is not None and now - cached[0] < DIRECTOR_INTERVAL_S:
+        return await asyncio.shield(cached[1])
+    for stale in [k for k, (at, _) in _snapshots.items() if now - at >= DIRECTOR_INTERVAL_S]:
+        del _snapshots[stale]
+    future = asyncio.ensure_future(
+        database_sync_to_async(selectors.job_state)(tenant=tenant, job_id=job_id)
+    )
+    _snapshots[key] = (now, future)
+    try:
+        return await asyncio.shield(future)
+    except Exception:
+        _snapshots.pop(key, None)
+        raise
+
 
 class JobDirectorConsumer(GuardedConsumer):
     """Live state of one job for members of its tenant; controls subject to role checks.
@@ -429,13 +454,18 @@ class JobDirectorConsumer(GuardedConsumer):
 
     async def _tick(self) -> None:
         while True:
-            await self.push_state()
+            await self.push_state(shared=True)
             await asyncio.sleep(DIRECTOR_INTERVAL_S)
 
-    async def push_state(self) -> None:
-        state = await database_sync_to_async(selectors.job_state)(
-            tenant=self.access.tenant, job_id=self.access.job_id
-        )
+    async def push_state(self, *, shared: bool = False) -> None:
+        """Send the job's state if it changed; ``shared`` reuses this process's snapshot of the
+        last interval (the ticker), otherwise it is read now (after a control or an event)."""
+        if shared:
+            state = await job_state_shared(tenant=self.access.tenant, job_id=self.access.job_id)
+        else:
+            state = await database_sync_to_async(selectors.job_state)(
+                tenant=self.access.tenant, job_id=self.access.job_id
+            )
         if state != self.last_state:
             self.last_state = state
             await self.send_message(protocol.director_state(state=state))

@@ -33,7 +33,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
-from jobs import realtime
+from jobs import dispatch, realtime
 from jobs.dispatch.batch import (
     BatchOutcome,
     ClaimItem,
@@ -42,8 +42,6 @@ from jobs.dispatch.batch import (
     ResultItem,
     dispatch_batch,
 )
-from jobs.dispatch.claim import assignment_claim, assignment_heartbeat
-from jobs.dispatch.results import assignment_error, result_submit
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +56,7 @@ def group_commit_enabled() -> bool:
 def _run_alone(item: Any) -> Any:
     """One item through its per-item service, in its own transaction (the fallback path)."""
     if isinstance(item, ResultItem):
-        return result_submit(
+        return dispatch.result_submit(
             contributor_id=item.contributor_id,
             assignment_id=item.assignment_id,
             output=item.output,
@@ -66,15 +64,15 @@ def _run_alone(item: Any) -> Any:
             elapsed_ms=item.elapsed_ms,
         )
     if isinstance(item, HeartbeatItem):
-        return assignment_heartbeat(worker_id=item.worker_id, assignment_id=item.assignment_id)
+        return dispatch.assignment_heartbeat(worker_id=item.worker_id, assignment_id=item.assignment_id)
     if isinstance(item, ErrorItem):
-        return assignment_error(
+        return dispatch.assignment_error(
             worker_id=item.worker_id,
             assignment_id=item.assignment_id,
             code=item.code,
             message=item.message,
         )
-    return assignment_claim(worker_id=item.worker_id, count=item.count)
+    return dispatch.assignment_claim(worker_id=item.worker_id, count=item.count)
 
 
 def flush_sync(items: list[Any]) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:

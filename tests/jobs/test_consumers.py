@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import uuid
+from types import SimpleNamespace
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -13,7 +16,7 @@ from django.conf import settings
 from ccgsc_site.asgi import application
 from ccgsc_worker import abi
 from ccgsc_worker.protocol import encode_result_frame
-from jobs import dispatch, services
+from jobs import consumers, dispatch, selectors, services
 from jobs.models import Assignment, AssignmentStatus, JobStatus
 from tenants.roles import Role
 from tests.jobs.helpers import HELLO, _runner
@@ -247,3 +250,22 @@ async def test_foreign_origin_is_refused_for_browser_routes():
     )
     connected, _ = await communicator.connect()
     assert not connected
+
+
+async def test_viewers_of_one_job_share_one_snapshot_per_interval(monkeypatch):
+    # given a process with many viewers of one job
+    calls = []
+
+    def job_state(*, tenant, job_id):  # noqa: ANN001, ANN202
+        calls.append(job_id)
+        return {"job": str(job_id), "n": len(calls)}
+
+    monkeypatch.setattr(selectors, "job_state", job_state)
+    tenant, job_id = SimpleNamespace(pk=1), uuid.uuid4()
+    # when a thousand of them tick in the same interval
+    states = await asyncio.gather(
+        *(consumers.job_state_shared(tenant=tenant, job_id=job_id) for _ in range(1000))
+    )
+    # then the snapshot was read once and every viewer got it
+    assert calls == [job_id]
+    assert {s["n"] for s in states} == {1}
