@@ -329,3 +329,35 @@ def test_a_batch_posts_one_charge_per_tenant_and_one_credit_entry_and_the_books_
     assert {o.status for o in again.results} == {"duplicate"}
     assert JournalEntry.objects.filter(kind=EntryKind.CHARGE).count() - charges_before == 2
     assert ledger.reconcile().ok
+
+
+def test_a_wake_for_two_tasks_wakes_two_idle_consumers_not_all():
+    async def scenario() -> None:
+        process = flusher.Flusher(flush_ms=1, max_items=8)
+        process._listen = lambda: None  # no channel layer here: call wake() directly
+        woken: list[str] = []
+        for name in "abcde":
+
+            async def fill(name: str = name) -> None:
+                woken.append(name)
+
+            process.idle_add(name, fill)
+        # when two tasks became dispatchable
+        assert process.wake(2) == 2
+        await asyncio.sleep(0)
+        # then the two longest idle claim; the others stay registered for the next wake
+        assert woken == ["a", "b"]
+        assert list(process.idle) == ["c", "d", "e"]
+        assert process.wake(None) == 3
+        process.stop()
+
+    asyncio.run(scenario())
+
+
+def test_batched_claims_skip_a_paused_jobs_tasks_and_clear_their_flag(tenant, owner, kernels):
+    job = _job(tenant, owner, kernels["prime_count"], tasks=2)
+    Job.objects.unscoped().filter(pk=job.pk).update(status=JobStatus.PAUSED)
+    worker = new_worker()[0]
+    outcome = dispatch_batch(claims=[ClaimItem(worker_id=worker.worker_id, count=2)])
+    assert outcome.claims == [[]]
+    assert not Task.objects.unscoped().filter(job=job, dispatchable=True).exists()
