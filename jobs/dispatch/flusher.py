@@ -64,7 +64,9 @@ def _run_alone(item: Any) -> Any:
             elapsed_ms=item.elapsed_ms,
         )
     if isinstance(item, HeartbeatItem):
-        return dispatch.assignment_heartbeat(worker_id=item.worker_id, assignment_id=item.assignment_id)
+        return dispatch.assignment_heartbeat(
+            worker_id=item.worker_id, assignment_id=item.assignment_id
+        )
     if isinstance(item, ErrorItem):
         return dispatch.assignment_error(
             worker_id=item.worker_id,
