@@ -390,14 +390,15 @@ DIRECTOR_INTERVAL_S = 1.0
 _snapshots: dict[tuple[Any, ...], tuple[float, asyncio.Future]] = {}
 
 
-async def job_state_shared(*, tenant: Any, job_id: Any) -> dict[str, Any]:
-    """The job's director snapshot, reused by every viewer in this process for one interval."""
+async def job_state_shared(*, tenant: Any, job_id: Any) -> tuple[float, dict[str, Any]]:
+    """The job's director snapshot, reused by every viewer in this process for one interval,
+    with the (monotonic) time its read began."""
     loop = asyncio.get_running_loop()
     key = (loop, tenant.pk, job_id)
     now = time.monotonic()
     cached = _snapshots.get(key)
     if cached is not None and now - cached[0] < DIRECTOR_INTERVAL_S:
-        return await asyncio.shield(cached[1])
+        return cached[0], await asyncio.shield(cached[1])
     for stale in [k for k, (at, _) in _snapshots.items() if now - at >= DIRECTOR_INTERVAL_S]:
         del _snapshots[stale]
     future = asyncio.ensure_future(
@@ -405,7 +406,7 @@ async def job_state_shared(*, tenant: Any, job_id: Any) -> dict[str, Any]:
     )
     _snapshots[key] = (now, future)
     try:
-        return await asyncio.shield(future)
+        return now, await asyncio.shield(future)
     except Exception:
         _snapshots.pop(key, None)
         raise
@@ -438,6 +439,7 @@ class JobDirectorConsumer(GuardedConsumer):
         self.group = realtime.job_group(access.job_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.last_state: dict[str, Any] | None = None
+        self.state_read_at = 0.0
         self.ticker = asyncio.ensure_future(self._tick())
 
     async def disconnect(self, code: int) -> None:
@@ -453,19 +455,27 @@ class JobDirectorConsumer(GuardedConsumer):
         return protocol.director_error(code=code, message=message)
 
     async def _tick(self) -> None:
+        await self.push_state()
         while True:
-            await self.push_state(shared=True)
             await asyncio.sleep(DIRECTOR_INTERVAL_S)
+            await self.push_state(shared=True)
 
     async def push_state(self, *, shared: bool = False) -> None:
-        """Send the job's state if it changed; ``shared`` reuses this process's snapshot of the
-        last interval (the ticker), otherwise it is read now (after a control or an event)."""
+        """Send the job's state if it changed. On connect, after a control or an event it is
+        read now; the ticker (``shared``) reuses this process's snapshot of the last interval,
+        unless that is older than what this viewer already has."""
         if shared:
-            state = await job_state_shared(tenant=self.access.tenant, job_id=self.access.job_id)
+            read_at, state = await job_state_shared(
+                tenant=self.access.tenant, job_id=self.access.job_id
+            )
+            if read_at < self.state_read_at:
+                return
         else:
+            read_at = time.monotonic()
             state = await database_sync_to_async(selectors.job_state)(
                 tenant=self.access.tenant, job_id=self.access.job_id
             )
+        self.state_read_at = max(self.state_read_at, read_at)
         if state != self.last_state:
             self.last_state = state
             await self.send_message(protocol.director_state(state=state))
