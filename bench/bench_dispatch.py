@@ -263,9 +263,11 @@ class Swarm:
 
 
 class Outputs:
-    """Real montecarlo_pi outputs, computed once per distinct task input with the real kernel."""
+    """Real montecarlo_pi outputs, computed once per distinct task input with the real kernel;
+    with ``think_s``, each task also takes that long (an awaited sleep: a ~1 s task)."""
 
-    def __init__(self) -> None:
+    def __init__(self, think_s: float = 0.0) -> None:
+        self.think_s = think_s
         import hashlib
 
         from ccgsc_worker.kernel import KernelRunner
@@ -282,7 +284,142 @@ class Outputs:
         out = self.cache.get(data)
         if out is None:
             out = self.cache[data] = self.runner.run(data)
+        if self.think_s:
+            return self._after_think(out)
         return out
+
+    async def _after_think(self, out: bytes) -> bytes:
+        await asyncio.sleep(self.think_s)
+        return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (and their reaped children), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime are fields 14-17 (1-based) of the whole line
+        total += sum(int(v) for v in fields[11:15]) / tick
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (Celery's prefork children)."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        pids += [int(c) for c in children]
+        frontier += [int(c) for c in children]
+    return pids
+
+
+def backend_pids(conn: psycopg.Connection) -> list[int]:
+    """PostgreSQL backends serving the benchmark database (the servers' connections)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (DB_NAME,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def cpu_snapshot(conn: psycopg.Connection, servers: dict[str, int]) -> dict[str, Any]:
+    """CPU seconds so far per server process tree, and per PostgreSQL backend."""
+    snap: dict[str, Any] = {name: cpu_seconds(process_tree(pid)) for name, pid in servers.items()}
+    snap["self"] = cpu_seconds([os.getpid()])
+    snap["backends"] = {pid: cpu_seconds([pid]) for pid in backend_pids(conn)}
+    return snap
+
+
+def cpu_per_replica(before: dict[str, Any], after: dict[str, Any], per: float) -> dict:
+    """Milliseconds of CPU per validated replica, by process. PostgreSQL counts the backends
+    alive at both ends of the window (persistent connections; short-lived ones are missed)."""
+    out = {
+        name: round((after[name] - before[name]) * 1000 / per, 3)
+        for name in after
+        if name != "backends"
+    }
+    out["postgresql"] = round(
+        sum(
+            cpu - before["backends"][pid]
+            for pid, cpu in after["backends"].items()
+            if pid in before["backends"]
+        )
+        * 1000
+        / per,
+        3,
+    )
+    return out
+
+
+def invariants(conn: psycopg.Connection, job_id: str, quorum: int) -> dict[str, Any]:
+    """After a run: no task lost, exactly ``quorum`` credited replicas per validated task, the
+    books balance, one usage row per validated task."""
+    one = lambda sql, *a: conn.execute(sql, a).fetchone()[0]  # noqa: E731
+    # Known-answer tasks are checks, validated by one matching replica and never metered.
+    validated = one(
+        "SELECT count(*) FROM jobs_task WHERE job_id = %s AND status = 'validated'"
+        " AND known_answer_sha256 = ''",
+        job_id,
+    )
+    wrong_credit = one(
+        "SELECT count(*) FROM (SELECT t.id FROM jobs_task t LEFT JOIN jobs_assignment a"
+        " ON a.task_id = t.id AND a.status = 'valid' AND a.credited_at IS NOT NULL"
+        " WHERE t.job_id = %s AND t.status = 'validated' AND t.known_answer_sha256 = ''"
+        " GROUP BY t.id"
+        " HAVING count(a.id) <> %s) x",
+        job_id,
+        quorum,
+    )
+    credited_elsewhere = one(
+        "SELECT count(*) FROM jobs_assignment a JOIN jobs_task t ON t.id = a.task_id"
+        " WHERE t.job_id = %s AND t.status <> 'validated' AND a.credited_at IS NOT NULL",
+        job_id,
+    )
+    # An open task's live count matches its live replicas: none lost, none double counted.
+    lost = one(
+        "SELECT count(*) FROM jobs_task t WHERE t.job_id = %s AND t.status = 'open' AND"
+        " t.active_replicas <> (SELECT count(*) FROM jobs_assignment a WHERE a.task_id = t.id"
+        " AND a.status IN ('assigned', 'returned'))",
+        job_id,
+    )
+    counter = one("SELECT tasks_validated FROM jobs_job WHERE id = %s", job_id)
+    usage = one("SELECT count(*) FROM billing_usagerecord WHERE job_id = %s", job_id)
+    unbalanced = one(
+        "SELECT count(*) FROM (SELECT currency FROM billing_posting GROUP BY currency"
+        " HAVING sum(amount_cents) <> 0) x"
+    )
+    mismatched = one(
+        "SELECT count(*) FROM billing_account a WHERE a.balance_cents <> COALESCE((SELECT"
+        " sum(amount_cents) FROM billing_posting p WHERE p.account_id = a.id), 0)"
+    )
+    report = {
+        "validated_tasks": validated,
+        "tasks_with_other_than_quorum_credited": wrong_credit,
+        "credited_replicas_of_unvalidated_tasks": credited_elsewhere,
+        "open_tasks_with_lost_replicas": lost,
+        "job_counter_matches": counter == validated,
+        "usage_rows_match": usage == validated,
+        "unbalanced_currencies": unbalanced,
+        "accounts_not_matching_postings": mismatched,
+    }
+    report["ok"] = (
+        wrong_credit == 0
+        and credited_elsewhere == 0
+        and lost == 0
+        and counter == validated
+        and usage == validated
+        and unbalanced == 0
+        and mismatched == 0
+    )
+    return report
 
 
 def pct(values: list[float], p: float) -> float | None:
@@ -303,18 +440,21 @@ async def run_swarm(
     warmup: float,
     duration: float,
     profiler: DaphneServer | None,
+    think_s: float = 0.0,
+    concurrency: int = 1,
+    servers: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Connect the workers, start a job, measure a steady window, stop everything."""
     from ccgsc_worker.client import Backoff, EdgeWorker
 
     base = f"http://127.0.0.1:{port}"
     swarm = Swarm(len(tokens))
-    outputs = Outputs()
+    outputs = Outputs(think_s)
     workers = [
         EdgeWorker(
             base,
             token,
-            1,
+            concurrency,
             executor=outputs,
             inline_executor=True,
             on_event=swarm.hook(i),
@@ -368,15 +508,16 @@ async def run_swarm(
     await asyncio.sleep(warmup)
     if profiler is not None:
         profiler.process.send_signal(signal.SIGUSR1)
+    cpu_before = await asyncio.to_thread(cpu_snapshot, conn, servers or {})
     before = await asyncio.to_thread(pg_stats, conn)
     await asyncio.sleep(duration)
     if profiler is not None:
         profiler.process.send_signal(signal.SIGUSR2)
     after = await asyncio.to_thread(pg_stats, conn)
+    cpu_after = await asyncio.to_thread(cpu_snapshot, conn, servers or {})
     remaining = conn.execute(
         "SELECT count(*) FROM jobs_task WHERE job_id = %s AND status = 'open'", (job["id"],)
     ).fetchone()[0]
-    conn.close()
 
     for w in workers:
         w.stop(abandon=True)
@@ -384,6 +525,7 @@ async def run_swarm(
     for task in pending:
         task.cancel()
     await asyncio.gather(*runs, return_exceptions=True)
+    conn.close()
 
     window = after["t"] - before["t"]
     validated = after["valid"] - before["valid"]
@@ -415,6 +557,10 @@ async def run_swarm(
             "p99": pct(in_window, 99),
             "mean": statistics.fmean(in_window) * 1000 if in_window else None,
         },
+        "think_ms": think_s * 1000,
+        "concurrency": concurrency,
+        "cpu_ms_per_replica": cpu_per_replica(cpu_before, cpu_after, per),
+        "job_id": job["id"],
         "per_validated_replica": {
             k: (after[k] - before[k]) / per
             for k in ("xact_commit", "xact_rollback", "sessions", "tup_returned", "tup_fetched")
@@ -435,6 +581,8 @@ def scenario(
     profile: bool = False,
     extra_env: dict[str, str] | None = None,
     label: str = "default",
+    think_s: float = 0.0,
+    concurrency: int = 1,
 ) -> dict[str, Any]:
     """One run: fresh database, fresh servers, N workers."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -449,7 +597,7 @@ def scenario(
     port = daphne.port
     celery = start_celery(env, queue)
     # Enough tasks that the queue does not run dry during the window (tasks_open_at_end shows it).
-    tasks = 20_000 if duration > 10 else 10_000
+    tasks = max(20_000 if duration > 10 else 10_000, int(1500 * (duration + warmup + 30)))
     try:
         result = asyncio.run(
             run_swarm(
@@ -460,11 +608,19 @@ def scenario(
                 warmup=warmup,
                 duration=duration,
                 profiler=daphne if profile else None,
+                think_s=think_s,
+                concurrency=concurrency,
+                servers={"daphne": daphne.process.pid, "celery": celery.process.pid},
             )
         )
     finally:
         daphne.stop()
         celery.stop()
+    # Checked with the servers stopped: no flush commits between the checks' statements.
+    with psycopg.connect(
+        f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}", autocommit=True
+    ) as conn:
+        result["invariants"] = invariants(conn, result["job_id"], 2)
     result["label"] = label
     result["env"] = extra_env or {}
     if profile_out is not None:
@@ -521,6 +677,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "config", "connections", "validated replicas/s", "credits/s", "push p50 ms",
         "push p99 ms", "turnaround p50 ms", "turnaround p99 ms", "vs BOINC 102/s",
         "vs target 1000/s", "p99 ≤ 100 ms", "commits/replica", "PG sessions/replica",
+        "CPU ms/replica Daphne, PG, Celery", "invariants",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -544,6 +701,10 @@ def table(results: list[dict[str, Any]]) -> str:
                     "yes" if p99 is not None and p99 <= TARGET_P99_MS else "no",
                     fmt(per["xact_commit"], 1),
                     fmt(per["sessions"], 2),
+                    "{daphne:.2f}, {postgresql:.2f}, {celery:.2f}".format(
+                        **r["cpu_ms_per_replica"]
+                    ),
+                    "ok" if r["invariants"]["ok"] else "FAILED",
                 ]
             )
             + " |"
@@ -580,6 +741,16 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="one more profiled run at the largest N"
     )
     parser.add_argument(
+        "--think-ms", type=float, default=0.0, help="how long each task takes (e.g. 1000)"
+    )
+    parser.add_argument("--concurrency", type=int, default=1, help="slots per worker")
+    parser.add_argument(
+        "--per-item",
+        action="store_true",
+        help="turn group commit off (the per-message path, for before/after comparisons)",
+    )
+    parser.add_argument("--label", default=None, help="the table's config column")
+    parser.add_argument(
         "--conn-max-age",
         type=int,
         default=None,
@@ -593,6 +764,9 @@ def main(argv: list[str] | None = None) -> int:
     want = min(hard, max(soft, 4 * max(args.connections) + 1024))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
+    base_env = {"CCGSC_DISPATCH_GROUP_COMMIT": "0" if args.per_item else "1"}
+    label = args.label or ("per-item" if args.per_item else "group commit")
+    label += f", think {args.think_ms:g} ms, slots {args.concurrency}"
     env = bench_env("bench-setup")
     print("building the benchmark database ...", file=sys.stderr)
     build_template(env)
@@ -601,7 +775,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in args.connections:
             print(f"dispatch: {n} connections ...", file=sys.stderr)
-            results.append(scenario(n, duration=duration, warmup=warmup))
+            results.append(
+                scenario(
+                    n,
+                    duration=duration,
+                    warmup=warmup,
+                    extra_env=base_env,
+                    label=label,
+                    think_s=args.think_ms / 1000,
+                    concurrency=args.concurrency,
+                )
+            )
         top = max(args.connections)
         if args.conn_max_age is not None:
             print(f"dispatch: {top} connections, CONN_MAX_AGE ...", file=sys.stderr)
@@ -610,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                     top,
                     duration=duration,
                     warmup=warmup,
-                    extra_env={"DATABASE_CONN_MAX_AGE": str(args.conn_max_age)},
+                    extra_env={**base_env, "DATABASE_CONN_MAX_AGE": str(args.conn_max_age)},
                     label=f"CONN_MAX_AGE={args.conn_max_age}",
                 )
             )

@@ -157,6 +157,15 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql") and DATABASE_POOL_SIZE 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # SQLite has one writer, so dispatch stays on one database thread there.
 DISPATCH_PARALLEL_DATABASE = DATABASES["default"]["ENGINE"].endswith("postgresql")
+# Group commit (jobs.dispatch.flusher): each Daphne process writes what its worker sockets sent
+# in one transaction per flush; the set-based SQL it uses is PostgreSQL's.
+DISPATCH_GROUP_COMMIT = DISPATCH_PARALLEL_DATABASE and _env_bool(
+    "CCGSC_DISPATCH_GROUP_COMMIT", default=True
+)
+DISPATCH_FLUSH_MS = float(os.environ.get("CCGSC_DISPATCH_FLUSH_MS", "5"))
+DISPATCH_FLUSH_ITEMS = int(os.environ.get("CCGSC_DISPATCH_FLUSH_ITEMS", "256"))
+# Tasks a worker holds beyond its slots, so its next task is there when one finishes.
+DISPATCH_PREFETCH = int(os.environ.get("CCGSC_DISPATCH_PREFETCH", "1"))
 
 AUTH_USER_MODEL = "tenants.User"
 AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]

@@ -21,6 +21,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 
 from ccgsc_site.forms import error_text
 from jobs import dispatch, protocol, realtime, selectors, services
+from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
+from jobs.dispatch.flusher import flusher, group_commit_enabled
 from jobs.protocol import ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,12 @@ class GuardedConsumer(AsyncWebsocketConsumer):
 
 class WorkerConsumer(GuardedConsumer):
     """One worker connection. Work is pushed: claims happen on hello, after each result, and
-    whenever the dispatch group is woken because tasks became ready."""
+    whenever the dispatch group is woken because tasks became ready.
+
+    With group commit (PostgreSQL) results, heartbeats, errors and claims go through the
+    process's flusher (one transaction per flush, answers after commit), the worker holds
+    ``DISPATCH_PREFETCH`` tasks beyond its slots, and wakes reach only idle consumers, through
+    the flusher's idle registry rather than a group with every socket in it."""
 
     worker_id: uuid.UUID | None = None
     contributor_id: uuid.UUID | None = None
@@ -112,6 +119,7 @@ class WorkerConsumer(GuardedConsumer):
 
     async def connect(self) -> None:
         self.slots = 0
+        self.group_commit = group_commit_enabled()
         self.in_flight: set[str] = set()
         self.bucket = TokenBucket(protocol.MESSAGES_PER_SECOND, protocol.MESSAGE_BURST)
         self.violations = 0
@@ -149,7 +157,12 @@ class WorkerConsumer(GuardedConsumer):
             try:
                 await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
             finally:
-                await self.channel_layer.group_discard(realtime.DISPATCH_GROUP, self.channel_name)
+                if self.group_commit:
+                    flusher().local_discard(self.channel_name)
+                else:
+                    await self.channel_layer.group_discard(
+                        realtime.DISPATCH_GROUP, self.channel_name
+                    )
 
     async def send_error(self, code: str, message: str, ref: str | None = None) -> None:
         await self.send_message(protocol.error(code=code, message=message, ref=ref))
@@ -215,7 +228,10 @@ class WorkerConsumer(GuardedConsumer):
             await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
             return
         self.slots = message["slots"]
-        await self.channel_layer.group_add(realtime.DISPATCH_GROUP, self.channel_name)
+        if self.group_commit:
+            flusher().local_add(self.channel_name, self.dispatch)
+        else:
+            await self.channel_layer.group_add(realtime.DISPATCH_GROUP, self.channel_name)
         await self.send_message(
             protocol.welcome(
                 worker=session.worker_id,
@@ -235,9 +251,14 @@ class WorkerConsumer(GuardedConsumer):
         await self.send_message(protocol.pong())
 
     async def on_progress(self, message: dict[str, Any]) -> None:
-        held = await db(dispatch.assignment_heartbeat)(
-            worker_id=self.worker_id, assignment_id=message["assignment"]
-        )
+        if self.group_commit:
+            held = await flusher().submit(
+                HeartbeatItem(worker_id=self.worker_id, assignment_id=message["assignment"])
+            )
+        else:
+            held = await db(dispatch.assignment_heartbeat)(
+                worker_id=self.worker_id, assignment_id=message["assignment"]
+            )
         if not held:
             self.in_flight.discard(message["assignment"])
             await self.send_message(
@@ -245,25 +266,44 @@ class WorkerConsumer(GuardedConsumer):
             )
 
     async def on_error(self, message: dict[str, Any]) -> None:
-        await db(dispatch.assignment_error)(
+        item = ErrorItem(
             worker_id=self.worker_id,
             assignment_id=message["assignment"],
             code=message["code"],
             message=message.get("message", ""),
         )
+        if self.group_commit:
+            await flusher().submit(item)
+        else:
+            await db(dispatch.assignment_error)(
+                worker_id=item.worker_id,
+                assignment_id=item.assignment_id,
+                code=item.code,
+                message=item.message,
+            )
         self.in_flight.discard(message["assignment"])
         await self.fill()
 
     async def on_result(self, frame: protocol.ResultFrame) -> None:
         header = frame.header
+        item = ResultItem(
+            contributor_id=self.contributor_id,
+            assignment_id=header["assignment"],
+            output=frame.output,
+            sha256=header["sha256"],
+            elapsed_ms=header.get("elapsed_ms"),
+        )
         try:
-            outcome = await db(dispatch.result_submit)(
-                contributor_id=self.contributor_id,
-                assignment_id=header["assignment"],
-                output=frame.output,
-                sha256=header["sha256"],
-                elapsed_ms=header.get("elapsed_ms"),
-            )
+            if self.group_commit:
+                outcome = await flusher().submit(item)
+            else:
+                outcome = await db(dispatch.result_submit)(
+                    contributor_id=item.contributor_id,
+                    assignment_id=item.assignment_id,
+                    output=item.output,
+                    sha256=item.sha256,
+                    elapsed_ms=item.elapsed_ms,
+                )
         except ValueError as exc:
             raise ProtocolError("invalid_result", str(exc), ref="result") from exc
         self.in_flight.discard(header["assignment"])
@@ -278,11 +318,18 @@ class WorkerConsumer(GuardedConsumer):
             return
         async with self.fill_lock:
             free = self.slots - len(self.in_flight)
+            if self.group_commit and self.slots > 0:
+                free += settings.DISPATCH_PREFETCH
             if free <= 0:
                 return
-            offers = await db(dispatch.assignment_claim)(worker_id=self.worker_id, count=free)
+            if self.group_commit:
+                offers = await flusher().submit(ClaimItem(worker_id=self.worker_id, count=free))
+            else:
+                offers = await db(dispatch.assignment_claim)(worker_id=self.worker_id, count=free)
             if not offers:
                 self._arm_idle_check()
+            if len(offers) < free and self.group_commit and not self.released:
+                flusher().idle_add(self.channel_name, self.fill)
             for offer in offers:
                 self.in_flight.add(str(offer.assignment_id))
                 await self.send_message(
@@ -338,6 +385,32 @@ class EdgeWorkerConsumer(WorkerConsumer):
 
 DIRECTOR_INTERVAL_S = 1.0
 
+# One snapshot per job per interval in each process, shared by all its viewers of that job:
+# a thousand viewers of one job cost one job_state a second, not a thousand.
+_snapshots: dict[tuple[Any, ...], tuple[float, asyncio.Future]] = {}
+
+
+async def job_state_shared(*, tenant: Any, job_id: Any) -> tuple[float, dict[str, Any]]:
+    """The job's director snapshot, reused by every viewer in this process for one interval,
+    with the (monotonic) time its read began."""
+    loop = asyncio.get_running_loop()
+    key = (loop, tenant.pk, job_id)
+    now = time.monotonic()
+    cached = _snapshots.get(key)
+    if cached is not None and now - cached[0] < DIRECTOR_INTERVAL_S:
+        return cached[0], await asyncio.shield(cached[1])
+    for stale in [k for k, (at, _) in _snapshots.items() if now - at >= DIRECTOR_INTERVAL_S]:
+        del _snapshots[stale]
+    future = asyncio.ensure_future(
+        database_sync_to_async(selectors.job_state)(tenant=tenant, job_id=job_id)
+    )
+    _snapshots[key] = (now, future)
+    try:
+        return now, await asyncio.shield(future)
+    except Exception:
+        _snapshots.pop(key, None)
+        raise
+
 
 class JobDirectorConsumer(GuardedConsumer):
     """Live state of one job for members of its tenant; controls subject to role checks.
@@ -366,6 +439,7 @@ class JobDirectorConsumer(GuardedConsumer):
         self.group = realtime.job_group(access.job_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.last_state: dict[str, Any] | None = None
+        self.state_read_at = 0.0
         self.ticker = asyncio.ensure_future(self._tick())
 
     async def disconnect(self, code: int) -> None:
@@ -381,14 +455,27 @@ class JobDirectorConsumer(GuardedConsumer):
         return protocol.director_error(code=code, message=message)
 
     async def _tick(self) -> None:
+        await self.push_state()
         while True:
-            await self.push_state()
             await asyncio.sleep(DIRECTOR_INTERVAL_S)
+            await self.push_state(shared=True)
 
-    async def push_state(self) -> None:
-        state = await database_sync_to_async(selectors.job_state)(
-            tenant=self.access.tenant, job_id=self.access.job_id
-        )
+    async def push_state(self, *, shared: bool = False) -> None:
+        """Send the job's state if it changed. On connect, after a control or an event it is
+        read now; the ticker (``shared``) reuses this process's snapshot of the last interval,
+        unless that is older than what this viewer already has."""
+        if shared:
+            read_at, state = await job_state_shared(
+                tenant=self.access.tenant, job_id=self.access.job_id
+            )
+            if read_at < self.state_read_at:
+                return
+        else:
+            read_at = time.monotonic()
+            state = await database_sync_to_async(selectors.job_state)(
+                tenant=self.access.tenant, job_id=self.access.job_id
+            )
+        self.state_read_at = max(self.state_read_at, read_at)
         if state != self.last_state:
             self.last_state = state
             await self.send_message(protocol.director_state(state=state))

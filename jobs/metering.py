@@ -43,6 +43,10 @@ class Metering(Protocol):
         """An FC task was validated (inside the validating transaction): meter it and credit its
         contributors, once."""
 
+    def tasks_validated(self, *, tasks: list[tuple[Task, Job]]) -> None:
+        """Many FC tasks were validated in one transaction (the dispatch plane's group commit):
+        meter and credit each once, ideally with one ledger entry per tenant for the batch."""
+
     def round_completed(
         self, *, job: Job, round_number: int, bytes_transferred: int, contributor_ids: list
     ) -> None:
@@ -61,6 +65,11 @@ class NoMetering:
 
     def task_validated(self, *, task: Task, job: Job) -> None:
         return None
+
+    def tasks_validated(self, *, tasks: list[tuple[Task, Job]]) -> None:
+        # The default batch path: task by task (an implementation may do better).
+        for task, job in tasks:
+            self.task_validated(task=task, job=job)
 
     def round_completed(
         self, *, job: Job, round_number: int, bytes_transferred: int, contributor_ids: list

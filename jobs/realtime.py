@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -38,12 +41,40 @@ def broadcast_on_commit(group: str, message: dict[str, Any]) -> None:
     transaction.on_commit(lambda: _send(group, message, group=True))
 
 
+_collecting = threading.local()
+
+
+@contextlib.contextmanager
+def sends_collected() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Collect, instead of sending, the messages to single consumers that the enclosed
+    transaction asks for; the caller delivers them once that transaction committed.
+
+    The dispatch flusher uses it: most of a batch's messages go to sockets of its own process,
+    which it reaches directly instead of through Redis, one round trip per message."""
+    collected: list[tuple[str, dict[str, Any]]] = []
+    previous = getattr(_collecting, "sends", None)
+    _collecting.sends = collected
+    try:
+        yield collected
+    finally:
+        _collecting.sends = previous
+
+
 def send_on_commit(channel_name: str, message: dict[str, Any]) -> None:
     """Send ``message`` to one consumer once the current transaction commits."""
-    if channel_name:
-        transaction.on_commit(lambda: _send(channel_name, message, group=False))
+    if not channel_name:
+        return
+    collected = getattr(_collecting, "sends", None)
+    if collected is not None:
+        collected.append((channel_name, message))
+        return
+    transaction.on_commit(lambda: _send(channel_name, message, group=False))
 
 
-def wake_dispatch_on_commit() -> None:
-    """Tell idle workers that tasks became dispatchable."""
-    broadcast_on_commit(DISPATCH_GROUP, {"type": "dispatch.wake"})
+def wake_dispatch_on_commit(*, tasks: int | None = None) -> None:
+    """Tell idle workers that tasks became dispatchable (``tasks`` of them, when known: a
+    process then wakes only that many of its idle consumers)."""
+    message: dict[str, Any] = {"type": "dispatch.wake"}
+    if tasks is not None:
+        message["tasks"] = tasks
+    broadcast_on_commit(DISPATCH_GROUP, message)

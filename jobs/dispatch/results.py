@@ -167,7 +167,7 @@ def _task_validate(task: Task, outcome: ResultOutcome) -> None:
     elif decision.verdict == Verdict.NEED_REPLICA:
         task.target_replicas = decision.target_replicas
         outcome.wake = True
-        realtime.wake_dispatch_on_commit()
+        realtime.wake_dispatch_on_commit(tasks=1)
     task.dispatchable = (
         job.status == JobStatus.RUNNING and task.active_replicas < task.target_replicas
     )
@@ -307,4 +307,4 @@ def replica_release(*, task_id: int) -> None:
         )
     task.save(update_fields=["active_replicas", "dispatchable"])
     if task.dispatchable:
-        realtime.wake_dispatch_on_commit()
+        realtime.wake_dispatch_on_commit(tasks=1)

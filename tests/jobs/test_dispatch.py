@@ -382,5 +382,5 @@ def test_a_disagreement_wakes_idle_workers(
 
     with django_capture_on_commit_callbacks(execute=True):
         submit(second, b, output=struct.pack("<Q", 2))
-    assert {"type": "dispatch.wake"} in async_to_sync(drain)()
+    assert {"type": "dispatch.wake", "tasks": 1} in async_to_sync(drain)()
     async_to_sync(layer.group_discard)(realtime.DISPATCH_GROUP, idle)

@@ -13,6 +13,7 @@ from django.test import Client
 
 from ccgsc_site.asgi import application
 from jobs import dispatch, protocol
+from jobs.dispatch import flusher
 from jobs.models import Worker
 from tests.jobs.test_consumers import _create_job
 from tests.protocol.wire import DIRECTOR_BAD_FRAMES, hello, hello_bad_frames, worker_bad_frames
@@ -70,6 +71,8 @@ async def test_an_unexpected_failure_closes_4011_and_marks_the_worker_offline(mo
         raise RuntimeError("database on fire")
 
     monkeypatch.setattr(dispatch, "assignment_heartbeat", broken)
+    # With group commit the batch fails too, and the item fails again on its own.
+    monkeypatch.setattr(flusher, "dispatch_batch", broken)
     _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
     communicator = await _open("/ws/edge/")
     await communicator.send_to(text_data=hello(token))

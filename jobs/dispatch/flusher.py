@@ -1,0 +1,273 @@
+"""The per-process flusher: group commit for every worker socket of one Daphne process.
+
+Consumers do not write per message. They hand results, heartbeats, errors and claims to the
+process's :class:`Flusher` (an asyncio task on the process's event loop, started by the first
+worker consumer that needs it) and await the item's outcome. The flusher takes what arrived
+while the previous flush ran, or waits up to ``DISPATCH_FLUSH_MS`` after the first item when it
+was idle, and passes up to ``DISPATCH_FLUSH_ITEMS`` items to
+:func:`jobs.dispatch.batch.dispatch_batch`: one transaction, on one database thread. Outcomes
+are delivered only after that returns, so an acknowledgement always follows the commit.
+
+If the batch fails, each of its items runs again through its per-item service in its own
+transaction; an item that fails there too gets its exception (the consumer answers with the
+documented error), and the others go on.
+
+Targeted wakes: with group commit the process, not every socket, listens to the dispatch
+group. Consumers that found no work register as idle here; a wake saying how many tasks became
+dispatchable claims for that many idle consumers (all of them when it does not say), so a
+thousand idle sockets are not all woken for one task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+
+from jobs import dispatch, realtime
+from jobs.dispatch.batch import (
+    BatchOutcome,
+    ClaimItem,
+    ErrorItem,
+    HeartbeatItem,
+    ResultItem,
+    dispatch_batch,
+)
+
+logger = logging.getLogger(__name__)
+
+_KINDS = (ResultItem, HeartbeatItem, ErrorItem, ClaimItem)
+
+
+def group_commit_enabled() -> bool:
+    """Whether worker consumers go through the flusher (PostgreSQL deployments)."""
+    return bool(getattr(settings, "DISPATCH_GROUP_COMMIT", False))
+
+
+def _run_alone(item: Any) -> Any:
+    """One item through its per-item service, in its own transaction (the fallback path)."""
+    if isinstance(item, ResultItem):
+        return dispatch.result_submit(
+            contributor_id=item.contributor_id,
+            assignment_id=item.assignment_id,
+            output=item.output,
+            sha256=item.sha256,
+            elapsed_ms=item.elapsed_ms,
+        )
+    if isinstance(item, HeartbeatItem):
+        return dispatch.assignment_heartbeat(
+            worker_id=item.worker_id, assignment_id=item.assignment_id
+        )
+    if isinstance(item, ErrorItem):
+        return dispatch.assignment_error(
+            worker_id=item.worker_id,
+            assignment_id=item.assignment_id,
+            code=item.code,
+            message=item.message,
+        )
+    return dispatch.assignment_claim(worker_id=item.worker_id, count=item.count)
+
+
+def flush_sync(items: list[Any]) -> tuple[list[Any], list[tuple[str, dict[str, Any]]]]:
+    """Handle ``items`` in one transaction, or one by one if that fails; outcomes in order, and
+    the messages for single consumers the committed batch asked for (to deliver now).
+
+    An outcome is the service's return value or the exception the item raised alone."""
+    by_kind: dict[type, list[int]] = {kind: [] for kind in _KINDS}
+    for index, item in enumerate(items):
+        by_kind[type(item)].append(index)
+    try:
+        with realtime.sends_collected() as sends:
+            outcome: BatchOutcome = dispatch_batch(
+                results=[items[i] for i in by_kind[ResultItem]],
+                heartbeats=[items[i] for i in by_kind[HeartbeatItem]],
+                errors=[items[i] for i in by_kind[ErrorItem]],
+                claims=[items[i] for i in by_kind[ClaimItem]],
+            )
+    except Exception:
+        logger.exception("dispatch batch of %d items failed: retrying item by item", len(items))
+        if not connection.is_usable():
+            connection.close()
+        answers: list[Any] = []
+        for item in items:
+            try:
+                answers.append(_run_alone(item))
+            except Exception as exc:  # the item's own failure, reported to its socket
+                if not isinstance(exc, ValueError):
+                    logger.exception("dispatch item failed alone: %s", type(item).__name__)
+                answers.append(exc)
+        return answers, []
+    answers = [None] * len(items)
+    for kind, values in (
+        (ResultItem, outcome.results),
+        (HeartbeatItem, outcome.heartbeats),
+        (ErrorItem, outcome.errors),
+        (ClaimItem, outcome.claims),
+    ):
+        for index, value in zip(by_kind[kind], values, strict=True):
+            answers[index] = value
+    return answers, sends
+
+
+class Flusher:
+    """Collects items from this process's sockets and flushes them in batches."""
+
+    def __init__(self, *, flush_ms: float, max_items: int) -> None:
+        self.flush_s = flush_ms / 1000
+        self.max_items = max_items
+        self.items: list[tuple[Any, asyncio.Future]] = []
+        self.arrived = asyncio.Event()
+        self.full = asyncio.Event()
+        self.idle: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.local: dict[str, Callable[[dict], Awaitable[None]]] = {}
+        self.loop = asyncio.get_running_loop()
+        self.runner = self.loop.create_task(self._run(), name="dispatch-flusher")
+        self.listener: asyncio.Task | None = None
+        self.flushes = 0
+        self.flushed_items = 0
+        # Channels' single database thread where the database cannot take parallel threads
+        # (in-process tests). Otherwise one thread of our own with one persistent connection:
+        # consumers' other services (hello, disconnect) do not queue behind a flush, and a flush
+        # does not pay for a new connection.
+        self.database: Callable[[list[Any]], Awaitable[tuple[list[Any], list]]]
+        if settings.DISPATCH_PARALLEL_DATABASE:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flusher")
+            self.database = sync_to_async(
+                flush_sync, thread_sensitive=False, executor=self.executor
+            )
+        else:
+            self.database = database_sync_to_async(flush_sync)
+
+    async def submit(self, item: Any) -> Any:
+        """Queue one item and return its outcome once its batch committed (or raise its error)."""
+        future = self.loop.create_future()
+        self.items.append((item, future))
+        self.arrived.set()
+        if len(self.items) >= self.max_items:
+            self.full.set()
+        answer = await future
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def _run(self) -> None:
+        while True:
+            await self.arrived.wait()
+            if len(self.items) < self.max_items:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.full.wait(), self.flush_s)
+            batch, self.items = self.items[: self.max_items], self.items[self.max_items :]
+            if not self.items:
+                self.arrived.clear()
+            if len(self.items) < self.max_items:
+                self.full.clear()
+            sends: list[tuple[str, dict[str, Any]]] = []
+            try:
+                answers, sends = await self.database([item for item, _ in batch])
+            except Exception as exc:  # the database thread itself failed: nothing committed
+                logger.exception("dispatch flush failed")
+                answers = [exc] * len(batch)
+            self.flushes += 1
+            self.flushed_items += len(batch)
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
+            if sends:
+                await self._deliver(sends)
+
+    async def _deliver(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
+        """After commit: this process's sockets directly, others through the channel layer."""
+        layer = None
+        for channel_name, message in sends:
+            consumer = self.local.get(channel_name)
+            if consumer is not None:
+                self.loop.create_task(consumer(message))
+                continue
+            layer = layer or get_channel_layer()
+            if layer is None:
+                continue
+            try:
+                await layer.send(channel_name, message)
+            except Exception:  # a lost notification is recovered by the client; never fail
+                logger.exception("channel layer send to %s failed", channel_name)
+
+    def local_add(self, channel_name: str, handle: Callable[[dict], Awaitable[None]]) -> None:
+        """A consumer of this process: messages for it skip the channel layer."""
+        self.local[channel_name] = handle
+
+    def local_discard(self, channel_name: str) -> None:
+        self.local.pop(channel_name, None)
+        self.idle.pop(channel_name, None)
+
+    # ---- targeted wakes
+
+    def idle_add(self, channel_name: str, fill: Callable[[], Awaitable[None]]) -> None:
+        """A consumer found no work: wake it when work appears."""
+        self.idle[channel_name] = fill
+        self._listen()
+
+    def idle_discard(self, channel_name: str) -> None:
+        self.idle.pop(channel_name, None)
+
+    def _listen(self) -> None:
+        if self.listener is None or self.listener.done():
+            self.listener = self.loop.create_task(self._listen_wakes(), name="dispatch-wakes")
+
+    async def _listen_wakes(self) -> None:
+        """This process's one member of the dispatch group: wake idle consumers on demand."""
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        # The layer's own prefix: channels_redis reads one process-local queue per layer, so a
+        # channel of another prefix would wait behind the consumers' receive.
+        channel = await layer.new_channel()
+        await layer.group_add(realtime.DISPATCH_GROUP, channel)
+        try:
+            while True:
+                message = await layer.receive(channel)
+                if message.get("type") == "dispatch.wake":
+                    self.wake(message.get("tasks"))
+        finally:
+            with contextlib.suppress(Exception):
+                await layer.group_discard(realtime.DISPATCH_GROUP, channel)
+
+    def wake(self, tasks: int | None) -> int:
+        """Let up to ``tasks`` idle consumers (all, if None) claim; returns how many."""
+        count = len(self.idle) if tasks is None else min(int(tasks), len(self.idle))
+        woken = list(self.idle.items())[:count]
+        for channel_name, fill in woken:
+            del self.idle[channel_name]
+            self.loop.create_task(fill())
+        return len(woken)
+
+    def stop(self) -> None:
+        for task in (self.runner, self.listener):
+            if task is not None:
+                task.cancel()
+
+
+_flushers: dict[asyncio.AbstractEventLoop, Flusher] = {}
+
+
+def flusher() -> Flusher:
+    """This event loop's flusher, started on first use."""
+    loop = asyncio.get_running_loop()
+    current = _flushers.get(loop)
+    if current is None or current.runner.done():
+        for stale in [other for other in _flushers if other.is_closed()]:
+            del _flushers[stale]
+        current = Flusher(
+            flush_ms=getattr(settings, "DISPATCH_FLUSH_MS", 5),
+            max_items=getattr(settings, "DISPATCH_FLUSH_ITEMS", 256),
+        )
+        _flushers[loop] = current
+    return current
