@@ -40,7 +40,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs import realtime
-from jobs.dispatch.claim import Offer, _trusted_alone, assignment_claim
+from jobs.dispatch.claim import (
+    CLAIM_FIELDS,
+    Offer,
+    assignment_claim,
+    replica_take,
+    running_jobs_of,
+)
 from jobs.dispatch.results import (
     _DISCARDED,
     _STORED,
@@ -174,18 +180,7 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
         .filter(dispatchable=True, private_pool=False)
         .order_by("-priority", "id")
         .select_for_update(skip_locked=True, of=("self",))
-        .only(
-            "id",
-            "tenant_id",
-            "job_id",
-            "index",
-            "lo",
-            "hi",
-            "work_units",
-            "target_replicas",
-            "active_replicas",
-            "known_answer_sha256",
-        )[: 2 * total + 32]
+        .only(*CLAIM_FIELDS)[: 2 * total + 32]
     )
     if not tasks:
         return offers
@@ -199,12 +194,7 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
         )
         .values_list("task_id", "contributor_id")
     )
-    jobs = {
-        job.pk: job
-        for job in Job.objects.unscoped()
-        .select_related("kernel")
-        .filter(pk__in={t.job_id for t in tasks}, status=JobStatus.RUNNING)
-    }
+    jobs = running_jobs_of(tasks)
     now = timezone.now()
     rng = random.Random()  # noqa: S311 - spot-check sampling, not secrecy
     queue = deque((index, item.count, worker) for index, item, worker in public)
@@ -223,24 +213,9 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
                 queue.append((index, need, worker))
                 continue
             held.add((task.pk, worker.contributor_id))
-            task.active_replicas += 1
-            if (
-                job.adaptive_replication
-                and not task.known_answer_sha256
-                and task.active_replicas == 1
-                and _trusted_alone(worker, rng)
-            ):
-                task.target_replicas = 1
-            assignment = Assignment(
-                tenant_id=task.tenant_id,
-                job_id=job.pk,
-                task_id=task.pk,
-                worker_id=worker.pk,
-                contributor_id=worker.contributor_id,
-                lease_expires_at=now + timedelta(seconds=job.lease_seconds),
-            )
+            assignment = replica_take(task=task, job=job, worker=worker, rng=rng, now=now)
             assignments.append(assignment)
-            offers[index].append(_offer(assignment, task, job))
+            offers[index].append(Offer.for_assignment(assignment, task, job))
             taken = True
             if need > 1:
                 queue.append((index, need - 1, worker))
@@ -259,23 +234,6 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     )
     Assignment.objects.bulk_create(assignments)
     return offers
-
-
-def _offer(assignment: Assignment, task: Task, job: Job) -> Offer:
-    return Offer(
-        assignment_id=assignment.id,
-        job_id=job.pk,
-        task_index=task.index,
-        kernel_name=job.kernel.name,
-        kernel_version=job.kernel.version,
-        kernel_sha256=job.kernel.sha256,
-        lo=task.lo,
-        hi=task.hi,
-        seed=job.seed,
-        params=job.params,
-        lease_ms=job.lease_seconds * 1000,
-        work_units=task.work_units,
-    )
 
 
 # ---------------------------------------------------------------- heartbeats

@@ -10,8 +10,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef
@@ -51,29 +50,23 @@ class Offer:
     lease_ms: int
     work_units: int
 
-    def message(self) -> dict[str, Any]:
-        """The ``assign`` protocol message."""
-        return {
-            "v": 1,
-            "type": "assign",
-            "assignment": str(self.assignment_id),
-            "job": str(self.job_id),
-            "task": self.task_index,
-            "kernel": {
-                "name": self.kernel_name,
-                "version": self.kernel_version,
-                "sha256": self.kernel_sha256,
-                "url": f"/kernels/{self.kernel_sha256}.wasm",
-            },
-            "input": {
-                "lo": str(self.lo),
-                "hi": str(self.hi),
-                "seed": str(self.seed),
-                "params": self.params,
-            },
-            "lease_ms": self.lease_ms,
-            "work_units": self.work_units,
-        }
+    @classmethod
+    def for_assignment(cls, assignment: Assignment, task: Task, job: Job) -> Offer:
+        """The offer of a new replica (``job`` loaded with its kernel)."""
+        return cls(
+            assignment_id=assignment.id,
+            job_id=job.pk,
+            task_index=task.index,
+            kernel_name=job.kernel.name,
+            kernel_version=job.kernel.version,
+            kernel_sha256=job.kernel.sha256,
+            lo=task.lo,
+            hi=task.hi,
+            seed=job.seed,
+            params=job.params,
+            lease_ms=job.lease_seconds * 1000,
+            work_units=task.work_units,
+        )
 
 
 def _trusted_alone(worker: Worker, rng: random.Random) -> bool:
@@ -84,6 +77,55 @@ def _trusted_alone(worker: Worker, rng: random.Random) -> bool:
         SPOT_CHECK_FLOOR, TRUST_THRESHOLD / (worker.consecutive_valid + TRUST_THRESHOLD)
     )
     return rng.random() >= spot_check
+
+
+# The task columns a claim reads (the per-item claim and the batched one alike).
+CLAIM_FIELDS = (
+    "id",
+    "tenant_id",
+    "job_id",
+    "index",
+    "lo",
+    "hi",
+    "work_units",
+    "target_replicas",
+    "active_replicas",
+    "known_answer_sha256",
+)
+
+
+def running_jobs_of(tasks: list[Task]) -> dict[uuid.UUID, Job]:
+    """The running jobs of ``tasks``, with their kernels (a paused or cancelled job is absent)."""
+    return {
+        job.pk: job
+        for job in Job.objects.unscoped()
+        .select_related("kernel")
+        .filter(pk__in={t.job_id for t in tasks}, status=JobStatus.RUNNING)
+    }
+
+
+def replica_take(
+    *, task: Task, job: Job, worker: Worker, rng: random.Random, now: datetime
+) -> Assignment:
+    """One more replica of ``task`` for ``worker`` (unsaved), counted on the task in memory;
+    adaptive replication may let a trusted worker's replica stand alone. Caller holds the
+    task's row lock and writes the task and the assignment."""
+    task.active_replicas += 1
+    if (
+        job.adaptive_replication
+        and not task.known_answer_sha256
+        and task.active_replicas == 1
+        and _trusted_alone(worker, rng)
+    ):
+        task.target_replicas = 1
+    return Assignment(
+        tenant_id=task.tenant_id,
+        job_id=job.pk,
+        task_id=task.pk,
+        worker_id=worker.pk,
+        contributor_id=worker.contributor_id,
+        lease_expires_at=now + timedelta(seconds=job.lease_seconds),
+    )
 
 
 @transaction.atomic
@@ -107,27 +149,11 @@ def assignment_claim(*, worker_id: uuid.UUID, count: int) -> list[Offer]:
     tasks = list(
         candidates.order_by("-priority", "id")
         .select_for_update(skip_locked=True, of=("self",))
-        .only(
-            "id",
-            "tenant_id",
-            "job_id",
-            "index",
-            "lo",
-            "hi",
-            "work_units",
-            "target_replicas",
-            "active_replicas",
-            "known_answer_sha256",
-        )[:count]
+        .only(*CLAIM_FIELDS)[:count]
     )
     if not tasks:
         return []
-    jobs = {
-        job.pk: job
-        for job in Job.objects.unscoped()
-        .select_related("kernel")
-        .filter(pk__in={t.job_id for t in tasks}, status=JobStatus.RUNNING)
-    }
+    jobs = running_jobs_of(tasks)
     now = timezone.now()
     rng = random.Random()  # noqa: S311 - spot-check sampling, not secrecy
     offers, assignments = [], []
@@ -136,44 +162,14 @@ def assignment_claim(*, worker_id: uuid.UUID, count: int) -> list[Offer]:
         if job is None:  # paused or cancelled between the flag and the lock
             Task.objects.unscoped().filter(pk=task.pk).update(dispatchable=False)
             continue
-        task.active_replicas += 1
-        if (
-            job.adaptive_replication
-            and not task.known_answer_sha256
-            and task.active_replicas == 1
-            and _trusted_alone(worker, rng)
-        ):
-            task.target_replicas = 1
+        assignment = replica_take(task=task, job=job, worker=worker, rng=rng, now=now)
         Task.objects.unscoped().filter(pk=task.pk).update(
             active_replicas=task.active_replicas,
             target_replicas=task.target_replicas,
             dispatchable=task.active_replicas < task.target_replicas,
         )
-        assignment = Assignment(
-            tenant_id=task.tenant_id,
-            job_id=job.pk,
-            task_id=task.pk,
-            worker_id=worker.pk,
-            contributor_id=contributor.pk,
-            lease_expires_at=now + timedelta(seconds=job.lease_seconds),
-        )
         assignments.append(assignment)
-        offers.append(
-            Offer(
-                assignment_id=assignment.id,
-                job_id=job.pk,
-                task_index=task.index,
-                kernel_name=job.kernel.name,
-                kernel_version=job.kernel.version,
-                kernel_sha256=job.kernel.sha256,
-                lo=task.lo,
-                hi=task.hi,
-                seed=job.seed,
-                params=job.params,
-                lease_ms=job.lease_seconds * 1000,
-                work_units=task.work_units,
-            )
-        )
+        offers.append(Offer.for_assignment(assignment, task, job))
     Assignment.objects.bulk_create(assignments)
     return offers
 
