@@ -178,7 +178,9 @@ class PrivacyOutput(serializers.Serializer):
     adaptive_clipping = serializers.BooleanField()
     target_quantile = serializers.FloatField(allow_null=True)
     rounds_planned = serializers.IntegerField()
-    rounds_allowed = serializers.IntegerField(help_text="Rounds the budget allows in all.")
+    rounds_allowed = serializers.IntegerField(
+        help_text="Rounds the budget allows in all, at most the planned rounds."
+    )
     rounds_spending = serializers.IntegerField(help_text="Rounds opened that did not fail.")
     epsilon_spent = serializers.FloatField()
     rounds_left_in_budget = serializers.IntegerField()

@@ -431,7 +431,7 @@ def _check_privacy(spec: FlJobSpec, invited: int, min_reports: int, errors: dict
 
 def _check_budget(config: FlConfig, invited: int) -> None:
     """Derive the rounds the budget allows; refuse a job whose first round alone exceeds ε."""
-    allowed = fl_rounds_allowed(config=config, invited=invited, limit=MAX_ROUNDS)
+    allowed = fl_rounds_allowed(config=config, invited=invited, limit=config.rounds)
     if allowed == 0:
         one = fl_epsilon_after(config=config, invited=invited, rounds=1)
         raise ValidationError(

@@ -78,6 +78,17 @@ def fl_rounds_allowed(*, config: FlConfig, invited: int, limit: int) -> int:
     def fits(rounds: int) -> bool:
         return fl_epsilon_after(config=config, invited=invited, rounds=rounds) <= budget
 
+    # The common case, a budget that covers the whole plan, in one evaluation; RDP (cheap, and
+    # above PLD in practice) first keeps PLD away from a large ε.
+    rdp_at_limit = epsilon_spent(
+        noise_multiplier=config.dp_noise_multiplier,
+        sampling_probability=fl_sampling_probability(config=config, invited=invited),
+        rounds=limit,
+        delta=config.dp_delta,
+        accountant="rdp",
+    )
+    if rdp_at_limit <= 2 * budget and fits(limit):
+        return limit
     if not fits(1):
         return 0
     low, high = 1, 2
