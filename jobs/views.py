@@ -80,7 +80,14 @@ def fl_job_create(request: HttpRequest) -> HttpResponse:
         except PermissionDenied as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Training job “{job.name}” created with its initial model.")
+            note = f"Training job “{job.name}” created with its initial model."
+            config = job.fl_config
+            if config.differential_privacy and config.dp_rounds_allowed < config.rounds:
+                note += (
+                    f" Its privacy budget allows {config.dp_rounds_allowed} of the "
+                    f"{config.rounds} planned rounds: the job stops there."
+                )
+            messages.success(request, note)
             return redirect("job_detail", job_id=job.pk)
     return render(
         request,

@@ -305,6 +305,25 @@ def test_resuming_a_job_whose_budget_is_spent_is_refused_with_no_side_effects(co
     assert Round.objects.for_tenant(core).filter(job=job).count() == 11
 
 
+def test_starting_a_draft_whose_budget_is_spent_is_refused_with_no_side_effects(core):
+    job = services.fl_job_create(
+        tenant=core,
+        actor=None,
+        actor_role=Role.OWNER,
+        spec=services.FlJobSpec(name="draft", model_kernel="logreg", model_sizes=[64, 10], **DP),
+        start=False,
+    )
+    _rounds(job, [RoundStatus.CLOSED] * 11)
+    events = JobEvent.objects.for_tenant(core).count()
+
+    with pytest.raises(ValidationError, match="round 12 would reach ε = 3.12"):
+        services.job_control(tenant=core, job_id=job.pk, role=Role.OWNER, action="start")
+
+    job.refresh_from_db()
+    assert (job.status, job.started_at) == (JobStatus.DRAFT, None)
+    assert JobEvent.objects.for_tenant(core).count() == events
+
+
 # ----------------------------------------------------------------------------- form and page
 
 FORM = {
@@ -356,6 +375,8 @@ def test_the_form_sets_privacy_and_the_page_shows_epsilon_being_spent(owner_clie
     assert response.status_code == 302
     job = Job.objects.for_tenant(core).get()
     config = job.fl_config
+    notice = owner_client.get(response["Location"]).content.decode()
+    assert "Its privacy budget allows 11 of the 20 planned rounds" in notice
     assert (config.dp_epsilon, config.dp_delta, config.dp_mode, config.dp_clip_norm) == (
         3.0,
         1e-5,
