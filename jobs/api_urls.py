@@ -20,6 +20,7 @@ urlpatterns = [
         name="api_job_model_versions",
     ),
     path("fl-jobs/", fl_apis.FlJobListApi.as_view(), name="api_fl_job_list"),
+    path("fl-jobs/<uuid:job_id>/", fl_apis.FlJobDetailApi.as_view(), name="api_fl_job_detail"),
     path(
         "model-versions/<uuid:model_version_id>/download/",
         fl_apis.ModelVersionDownloadApi.as_view(),

@@ -7,8 +7,9 @@ import uuid
 from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -25,12 +26,16 @@ from jobs.fl_models import (
     ClientOptimizer,
     Compression,
     DataSource,
+    DpAccountant,
+    DpMode,
+    DpSampling,
     FlMode,
     Partition,
     ServerStrategy,
     StalenessWeighting,
     TrainingKernel,
 )
+from jobs.services.fl_privacy import fl_privacy_state
 from tenants.roles import Action
 from tenants.tiers import JobKind
 
@@ -91,6 +96,45 @@ class FlJobCreateInput(serializers.Serializer):
     differential_privacy = serializers.BooleanField(default=False)
     dp_noise_multiplier = serializers.FloatField(required=False, allow_null=True, default=None)
     dp_clip_norm = serializers.FloatField(required=False, allow_null=True, default=None)
+    dp_epsilon = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The budget ε; required with differential privacy. Rounds past it are refused.",
+    )
+    dp_delta = serializers.FloatField(
+        default=1e-5, help_text="δ: below 1e-3, and below 1/dp_population when one is stated."
+    )
+    dp_accountant = serializers.ChoiceField(choices=DpAccountant.choices, default="rdp")
+    dp_mode = serializers.ChoiceField(
+        choices=DpMode.choices,
+        default="central",
+        help_text="distributed: each client adds a noise share; needs secure aggregation.",
+    )
+    dp_sampling = serializers.ChoiceField(
+        choices=DpSampling.choices,
+        default="volunteer",
+        help_text="volunteer: accounted at q = 1 (volunteers are not a random sample of a known "
+        "population); enrolled: Poisson sampling at q = invited cohort / dp_population.",
+    )
+    dp_population = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=1_000_000_000
+    )
+    dp_adaptive_clipping = serializers.BooleanField(default=False)
+    dp_target_quantile = serializers.FloatField(
+        default=0.5, help_text="Adaptive clipping: the quantile γ of update norms C tracks."
+    )
+    secagg_threshold_fraction = serializers.FloatField(
+        default=0.5, help_text="t/k in [0.5, 1): t = floor(fraction·k) + 1 of k neighbours."
+    )
+    secagg_min_survivors = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=3,
+        max_value=1_000_000,
+        help_text="Fewer masked inputs abort the round; default the minimum reports (at least 3).",
+    )
     mode = serializers.ChoiceField(choices=FlMode.choices, default="sync")
     buffer_size = serializers.IntegerField(
         required=False, allow_null=True, default=None, min_value=1, max_value=1_000_000
@@ -113,17 +157,58 @@ class FlJobCreateInput(serializers.Serializer):
         return attrs
 
 
+class PrivacyRoundOutput(serializers.Serializer):
+    number = serializers.IntegerField()
+    status = serializers.CharField()
+    epsilon_spent = serializers.FloatField(
+        allow_null=True, help_text="The job's cumulative ε after this round (null until recorded)."
+    )
+
+
+class PrivacyOutput(serializers.Serializer):
+    """A differentially private job's budget and what it has spent."""
+
+    epsilon_budget = serializers.FloatField()
+    delta = serializers.FloatField()
+    accountant = serializers.CharField()
+    mode = serializers.CharField()
+    sampling = serializers.CharField()
+    sampling_probability = serializers.FloatField(help_text="q: 1 for a volunteer cohort.")
+    population = serializers.IntegerField(allow_null=True)
+    adaptive_clipping = serializers.BooleanField()
+    target_quantile = serializers.FloatField(allow_null=True)
+    rounds_planned = serializers.IntegerField()
+    rounds_allowed = serializers.IntegerField(
+        help_text="Rounds the budget allows in all, at most the planned rounds."
+    )
+    rounds_spending = serializers.IntegerField(help_text="Rounds opened that did not fail.")
+    epsilon_spent = serializers.FloatField()
+    rounds_left_in_budget = serializers.IntegerField()
+    rounds = PrivacyRoundOutput(many=True, help_text="The last 100 rounds, oldest first.")
+
+
+class FlJobOutput(JobOutput):
+    """An FL job with its privacy budget (null without differential privacy)."""
+
+    privacy = serializers.SerializerMethodField()
+
+    @extend_schema_field(PrivacyOutput(allow_null=True))
+    def get_privacy(self, job) -> dict | None:  # noqa: ANN001
+        state = fl_privacy_state(job=job)
+        return None if state is None else PrivacyOutput(state).data
+
+
 class FlJobListApi(TenantApi):
     """List or create federated learning jobs."""
 
     actions = {"POST": Action.RUN_JOBS}
 
-    @extend_schema(responses=JobOutput(many=True))
+    @extend_schema(responses=FlJobOutput(many=True))
     def get(self, request: Request) -> Response:
         jobs = selectors.job_list(tenant=self.tenant).filter(kind=JobKind.FL)
-        return self.paginated(jobs, JobOutput)
+        return self.paginated(jobs, FlJobOutput)
 
-    @extend_schema(request=FlJobCreateInput, responses={201: JobOutput})
+    @extend_schema(request=FlJobCreateInput, responses={201: FlJobOutput})
     def post(self, request: Request) -> Response:
         payload = FlJobCreateInput(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -136,7 +221,18 @@ class FlJobListApi(TenantApi):
             spec=services.FlJobSpec(**data),
             start=start,
         )
-        return Response(JobOutput(job).data, status=status.HTTP_201_CREATED)
+        return Response(FlJobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+class FlJobDetailApi(TenantApi):
+    """One federated learning job with its privacy budget, ε spent and rounds left."""
+
+    @extend_schema(responses=FlJobOutput)
+    def get(self, request: Request, job_id: uuid.UUID) -> Response:
+        job = selectors.job_get(tenant=self.tenant, job_id=job_id)
+        if job.kind != JobKind.FL:
+            raise NotFound("No such federated learning job.")
+        return Response(FlJobOutput(job).data)
 
 
 class RoundOutput(serializers.Serializer):

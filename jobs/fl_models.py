@@ -84,6 +84,24 @@ class StalenessWeighting(models.TextChoices):
     POLYNOMIAL = "polynomial", "Polynomial 1/(1+s)^a"
 
 
+class DpAccountant(models.TextChoices):
+    RDP = "rdp", "Rényi DP (RDP)"
+    PLD = "pld", "Privacy loss distributions (PLD, tighter, slower)"
+
+
+class DpMode(models.TextChoices):
+    CENTRAL = "central", "Central: the server noises the sum"
+    DISTRIBUTED = (
+        "distributed",
+        "Distributed: each client adds a noise share under secure aggregation",
+    )
+
+
+class DpSampling(models.TextChoices):
+    VOLUNTEER = "volunteer", "Volunteer cohort, accounted at q = 1"
+    ENROLLED = "enrolled", "Enrolled population, Poisson sampling with q = cohort / population"
+
+
 class FlConfig(TenantOwnedModel):
     """How an FL job trains: model, data, rounds, cohort, client and server optimisation, mode."""
 
@@ -130,6 +148,22 @@ class FlConfig(TenantOwnedModel):
     differential_privacy = models.BooleanField(default=False)
     dp_noise_multiplier = models.FloatField(null=True, blank=True)
     dp_clip_norm = models.FloatField(null=True, blank=True)
+    # The tenant's budget (ε, δ) and how each round spends it (docs/security.md). Set only with
+    # differential privacy; ``dp_rounds_allowed`` is derived once at creation from these (they
+    # never change), so admission compares integers instead of re-running the accountant.
+    dp_epsilon = models.FloatField(null=True, blank=True)
+    dp_delta = models.FloatField(null=True, blank=True)
+    dp_accountant = models.CharField(max_length=4, choices=DpAccountant.choices, blank=True)
+    dp_mode = models.CharField(max_length=12, choices=DpMode.choices, blank=True)
+    dp_sampling = models.CharField(max_length=10, choices=DpSampling.choices, blank=True)
+    dp_population = models.PositiveIntegerField(null=True, blank=True)
+    dp_adaptive_clipping = models.BooleanField(default=False)
+    dp_target_quantile = models.FloatField(null=True, blank=True)
+    dp_rounds_allowed = models.PositiveIntegerField(null=True, blank=True)
+    # Secure aggregation: t = ⌊fraction·k⌋ + 1 of a client's k neighbours must help to unmask it
+    # (k derived from the invited cohort); fewer survivors than the minimum abort the round.
+    secagg_threshold_fraction = models.FloatField(null=True, blank=True)
+    secagg_min_survivors = models.PositiveIntegerField(null=True, blank=True)
     # Mode: synchronous rounds, or buffered asynchronous aggregation of K updates.
     mode = models.CharField(max_length=10, choices=FlMode.choices, default=FlMode.SYNC)
     buffer_size = models.PositiveIntegerField(null=True, blank=True)
@@ -154,6 +188,22 @@ class FlConfig(TenantOwnedModel):
             models.CheckConstraint(
                 condition=Q(rounds__gte=1) & Q(min_reports__gte=1) & Q(local_epochs__gte=1),
                 name="flconfig_counts_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(differential_privacy=False)
+                | Q(
+                    dp_epsilon__gt=0,
+                    dp_delta__gt=0,
+                    dp_delta__lt=1,
+                    dp_noise_multiplier__gt=0,
+                    dp_clip_norm__gt=0,
+                    dp_rounds_allowed__isnull=False,
+                ),
+                name="flconfig_dp_has_budget",
+            ),
+            models.CheckConstraint(
+                condition=~Q(dp_mode="distributed") | Q(secure_aggregation=True),
+                name="flconfig_distributed_noise_needs_secagg",
             ),
         ]
 
@@ -188,6 +238,9 @@ class Round(TenantOwnedModel):
     metrics = models.JSONField(default=dict, blank=True)
     bytes_up = models.PositiveBigIntegerField(default=0)
     bytes_down = models.PositiveBigIntegerField(default=0)
+    # Cumulative ε of the job after this round (differential privacy only), stored by
+    # ``fl_privacy_record`` when the round closes or fails.
+    epsilon_spent = models.FloatField(null=True, blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     # The latest checkpoint of the round's streaming fold in storage ("" = nothing folded yet);
@@ -349,6 +402,9 @@ __all__ = [
     "ClientOptimizer",
     "Compression",
     "DataSource",
+    "DpAccountant",
+    "DpMode",
+    "DpSampling",
     "FlConfig",
     "FlMode",
     "ModelVersion",

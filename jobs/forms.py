@@ -13,6 +13,9 @@ from jobs.fl_models import (
     ClientOptimizer,
     Compression,
     DataSource,
+    DpAccountant,
+    DpMode,
+    DpSampling,
     FlMode,
     Partition,
     ServerStrategy,
@@ -118,6 +121,24 @@ class JobForm(forms.Form):
         return value
 
 
+PRIVACY_FIELDS = (
+    "secure_aggregation",
+    "secagg_threshold_fraction",
+    "secagg_min_survivors",
+    "differential_privacy",
+    "dp_epsilon",
+    "dp_delta",
+    "dp_noise_multiplier",
+    "dp_clip_norm",
+    "dp_accountant",
+    "dp_mode",
+    "dp_sampling",
+    "dp_population",
+    "dp_adaptive_clipping",
+    "dp_target_quantile",
+)
+
+
 class FlJobForm(forms.Form):
     """A federated learning job. The defaults are the demo: the 2NN of McMahan et al. 2017 on the
     digits partition, two label shards per client (non-IID), FedAvg, E = 1, B = 10."""
@@ -179,10 +200,68 @@ class FlJobForm(forms.Form):
     )
     compression = forms.ChoiceField(choices=Compression.choices, initial="none")
     topk_fraction = forms.FloatField(required=False, help_text="Top-k: fraction kept.")
-    secure_aggregation = forms.BooleanField(required=False)
-    differential_privacy = forms.BooleanField(required=False)
-    dp_noise_multiplier = forms.FloatField(required=False)
-    dp_clip_norm = forms.FloatField(required=False)
+    # Privacy (the template draws these as their own section: PRIVACY_FIELDS).
+    secure_aggregation = forms.BooleanField(
+        required=False,
+        help_text="Masks every update so the server learns only the cohort's sum. Cannot combine "
+        "with robust strategies, which need each update.",
+    )
+    secagg_threshold_fraction = forms.FloatField(
+        required=False,
+        initial=0.5,
+        label="Threshold t/k",
+        help_text="t = ⌊(t/k)·k⌋ + 1 of a client's k neighbours unmask it; k = 2⌈log₂ n⌉ for n "
+        "invited clients (all of them when that is not smaller). 0.5 to below 1.",
+    )
+    secagg_min_survivors = forms.IntegerField(
+        required=False,
+        min_value=3,
+        label="Minimum survivors",
+        help_text="Fewer masked inputs abort the round; default the minimum reports.",
+    )
+    differential_privacy = forms.BooleanField(
+        required=False, help_text="Clip each update and add Gaussian noise to the sum."
+    )
+    dp_epsilon = forms.FloatField(
+        required=False, label="Budget ε", help_text="The job stops admitting rounds past it."
+    )
+    dp_delta = forms.FloatField(
+        required=False,
+        initial=1e-5,
+        label="δ",
+        help_text="Below 10⁻³, and below 1/population for an enrolled population.",
+    )
+    dp_noise_multiplier = forms.FloatField(
+        required=False, label="Noise multiplier z", help_text="Noise std on the sum is z·C."
+    )
+    dp_clip_norm = forms.FloatField(
+        required=False, label="Clip norm C", help_text="L2 bound on each update."
+    )
+    dp_accountant = forms.ChoiceField(
+        choices=DpAccountant.choices, initial=DpAccountant.RDP, required=False, label="Accountant"
+    )
+    dp_mode = forms.ChoiceField(
+        choices=DpMode.choices, initial=DpMode.CENTRAL, required=False, label="Noise"
+    )
+    dp_sampling = forms.ChoiceField(
+        choices=DpSampling.choices,
+        initial=DpSampling.VOLUNTEER,
+        required=False,
+        label="Sampling rule",
+        help_text="Volunteers who happen to be online are not a random sample of a known "
+        "population, so no privacy amplification by sampling is claimed for them: each round "
+        "is accounted at q = 1. Only a stated, enrolled population sampled independently at "
+        "q = cohort / population may claim less.",
+    )
+    dp_population = forms.IntegerField(
+        required=False, min_value=1, label="Enrolled population", help_text="Enrolled rule only."
+    )
+    dp_adaptive_clipping = forms.BooleanField(
+        required=False,
+        label="Adaptive clipping",
+        help_text="C follows a quantile of update norms (Andrew et al. 2021).",
+    )
+    dp_target_quantile = forms.FloatField(required=False, initial=0.5, label="Target quantile γ")
     mode = forms.ChoiceField(choices=FlMode.choices, initial="sync")
     buffer_size = forms.IntegerField(required=False, help_text="Async: K updates per step.")
     staleness_bound = forms.IntegerField(required=False, help_text="Async: oldest version kept.")
@@ -192,6 +271,14 @@ class FlJobForm(forms.Form):
     seed = forms.IntegerField(
         min_value=0, required=False, help_text="Leave empty for a random seed."
     )
+
+    def training_fields(self) -> list[forms.BoundField]:
+        """Every field but the privacy section's, in order."""
+        return [field for field in self if field.name not in PRIVACY_FIELDS]
+
+    def privacy_fields(self) -> list[forms.BoundField]:
+        """The privacy section's fields, in order."""
+        return [self[name] for name in PRIVACY_FIELDS]
 
     def clean_model_sizes(self) -> list[int]:
         raw = self.cleaned_data.get("model_sizes") or ""
@@ -213,7 +300,7 @@ class FlJobForm(forms.Form):
     def spec_fields(self) -> dict:
         """The cleaned data as ``FlJobSpec`` keyword arguments (blank optional fields dropped)."""
         data = {k: v for k, v in self.cleaned_data.items() if v is not None}
-        for name in ("dataset", "partition"):
+        for name in ("dataset", "partition", "dp_accountant", "dp_mode", "dp_sampling"):
             if not data.get(name):
                 data.pop(name, None)
         if "cohort_fraction" in data:

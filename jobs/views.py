@@ -17,6 +17,7 @@ from jobs import dispatch, exports, selectors, services
 from jobs.fl_exports import model_version_filename, model_version_response, onnx_response
 from jobs.forms import FlJobForm, JobForm
 from jobs.kernels import KernelUnavailable, kernel_module_bytes
+from jobs.services.fl_privacy import fl_privacy_state, fl_secagg_plan
 from tenants.middleware import active_membership_or_404
 from tenants.tiers import JobKind
 
@@ -79,7 +80,14 @@ def fl_job_create(request: HttpRequest) -> HttpResponse:
         except PermissionDenied as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Training job “{job.name}” created with its initial model.")
+            note = f"Training job “{job.name}” created with its initial model."
+            config = job.fl_config
+            if config.differential_privacy and config.dp_rounds_allowed < config.rounds:
+                note += (
+                    f" Its privacy budget allows {config.dp_rounds_allowed} of the "
+                    f"{config.rounds} planned rounds: the job stops there."
+                )
+            messages.success(request, note)
             return redirect("job_detail", job_id=job.pk)
     return render(
         request,
@@ -101,6 +109,8 @@ def job_detail(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         context["model_versions"] = selectors.model_version_list(
             tenant=membership.tenant, job=job
         ).select_related("round")[:100]
+        context["privacy"] = fl_privacy_state(job=job)
+        context["secagg"] = fl_secagg_plan(job=job)
     return render(request, "jobs/job_detail.html", context)
 
 

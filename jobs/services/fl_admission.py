@@ -10,7 +10,7 @@ import math
 
 from django.core.exceptions import ValidationError
 
-from jobs.fl_models import Compression, FlConfig, ServerStrategy
+from jobs.fl_models import Compression, FlConfig, Round, ServerStrategy
 from jobs.metering import WorkQuote, WorkRefused, metering
 from jobs.models import Job
 
@@ -53,8 +53,15 @@ def fl_round_bytes_estimate(*, config: FlConfig) -> int:
 
 
 def fl_job_admit(*, job: Job) -> None:
-    """Ask the money plane whether the job's next round can be paid for; a refusal becomes a
-    ``ValidationError`` carrying the money plane's message (the balance)."""
+    """Admit the job's next round: within its privacy budget (``fl_privacy_admit``), then paid
+    for by the money plane; a refusal becomes a ``ValidationError`` carrying the reason (the
+    budget spent, or the balance)."""
+    # fl_privacy needs fl_cohort_invited from here: imported on use to keep one direction.
+    from jobs.services.fl_privacy import fl_privacy_admit
+
+    rounds = Round.objects.for_tenant(job.tenant).filter(job=job)
+    last = rounds.order_by("-number").values_list("number", flat=True).first() or 0
+    fl_privacy_admit(job=job, round_number=last + 1)
     quote = WorkQuote(rounds=1, bytes_transferred=fl_round_bytes_estimate(config=job.fl_config))
     try:
         metering().admit(tenant=job.tenant, quote=quote)

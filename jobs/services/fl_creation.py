@@ -22,6 +22,9 @@ from jobs.fl_models import (
     ClientOptimizer,
     Compression,
     DataSource,
+    DpAccountant,
+    DpMode,
+    DpSampling,
     FlConfig,
     FlMode,
     Partition,
@@ -33,6 +36,11 @@ from jobs.models import ACTIVE_JOB_STATUSES, Job
 from jobs.services.creation import MAX_SEED
 from jobs.services.fl_admission import fl_cohort_invited
 from jobs.services.fl_init import initial_weights, parameter_count
+from jobs.services.fl_privacy import (
+    COUNT_NOISE_CLIENTS_PER_STD,
+    fl_epsilon_after,
+    fl_rounds_allowed,
+)
 from jobs.services.lifecycle import job_event, job_start
 from jobs.services.model_registry import model_version_create
 from tenants.models import Tenant, User
@@ -66,6 +74,10 @@ MAX_COHORT = 1_000_000  # far above any tier's cap: the tier's own limit is chec
 MAX_LAYER = 4096
 MAX_PARAMETERS = 4_000_000  # 16 MB of float32: the training kernels' input limits allow it
 MAX_DEADLINE_SECONDS = 24 * 3600
+MAX_EPSILON = 100.0  # past this a budget protects nothing, and PLD accounting gets slow
+MAX_DELTA = 1e-3
+MAX_POPULATION = 1_000_000_000
+MIN_SECURE_COHORT = 3  # with two, each client learns the other's update from the sum
 
 # Each strategy's options, with their admissible ranges (lo, hi, inclusive) and defaults.
 STRATEGY_OPTIONS: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -133,6 +145,16 @@ class FlJobSpec:
     differential_privacy: bool = False
     dp_noise_multiplier: float | None = None
     dp_clip_norm: float | None = None
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_accountant: str = DpAccountant.RDP
+    dp_mode: str = DpMode.CENTRAL
+    dp_sampling: str = DpSampling.VOLUNTEER
+    dp_population: int | None = None
+    dp_adaptive_clipping: bool = False
+    dp_target_quantile: float | None = 0.5
+    secagg_threshold_fraction: float = 0.5
+    secagg_min_survivors: int | None = None
     mode: str = FlMode.SYNC
     buffer_size: int | None = None
     staleness_bound: int | None = None
@@ -346,6 +368,85 @@ def _check_combinations(
             errors["strategy_options"] = "Multi-Krum selects at most cohort − f updates."
 
 
+def _check_privacy(spec: FlJobSpec, invited: int, min_reports: int, errors: dict[str, str]) -> None:
+    """The budget, the mechanism and secure aggregation's parameters (docs/security.md)."""
+    if spec.secure_aggregation:
+        fraction = spec.secagg_threshold_fraction
+        if not _number(fraction) or not 0.5 <= fraction < 1:
+            errors["secagg_threshold_fraction"] = (
+                "The threshold t/k is in [0.5, 1): a strict majority of a client's neighbours "
+                "unmasks it, and t = k would abort the round on any dropout."
+            )
+        survivors = spec.secagg_min_survivors
+        if invited < MIN_SECURE_COHORT:
+            errors["secure_aggregation"] = (
+                f"Secure aggregation needs at least {MIN_SECURE_COHORT} clients a round: with "
+                "two, each learns the other's update from the sum."
+            )
+        elif survivors is not None and not MIN_SECURE_COHORT <= survivors <= invited:
+            errors["secagg_min_survivors"] = (
+                f"The minimum survivors is {MIN_SECURE_COHORT} to the invited cohort ({invited})."
+            )
+    if not spec.differential_privacy:
+        return
+    if not _number(spec.dp_epsilon) or not 0 < spec.dp_epsilon <= MAX_EPSILON:
+        errors["dp_epsilon"] = f"Give the budget ε in (0, {MAX_EPSILON:g}]."
+    if spec.dp_accountant not in DpAccountant.values:
+        errors["dp_accountant"] = f"Choose one of {', '.join(DpAccountant.values)}."
+    if spec.dp_mode not in DpMode.values:
+        errors["dp_mode"] = f"Choose one of {', '.join(DpMode.values)}."
+    elif spec.dp_mode == DpMode.DISTRIBUTED and not spec.secure_aggregation:
+        errors["dp_mode"] = (
+            "Distributed noise needs secure aggregation: without masks the server would see "
+            "each client's barely-noised update."
+        )
+    delta_cap = MAX_DELTA
+    if spec.dp_sampling == DpSampling.ENROLLED:
+        population = spec.dp_population
+        if not isinstance(population, int) or not invited <= population <= MAX_POPULATION:
+            errors["dp_population"] = (
+                f"State the enrolled population: {invited} (the invited cohort) to "
+                f"{MAX_POPULATION:,} members."
+            )
+        else:
+            delta_cap = min(delta_cap, 1 / population)
+    elif spec.dp_sampling != DpSampling.VOLUNTEER:
+        errors["dp_sampling"] = f"Choose one of {', '.join(DpSampling.values)}."
+    if not _number(spec.dp_delta) or not 0 < spec.dp_delta < delta_cap:
+        errors["dp_delta"] = (
+            f"δ is in (0, {delta_cap:.3g}): below 10⁻³ and below 1/population when one is stated."
+        )
+    if spec.dp_adaptive_clipping:
+        quantile = spec.dp_target_quantile
+        if not _number(quantile) or not 0 < quantile < 1:
+            errors["dp_target_quantile"] = "Give the target quantile γ of update norms in (0, 1)."
+        z = spec.dp_noise_multiplier
+        if _number(z) and z > 0 and 2 * min_reports / COUNT_NOISE_CLIENTS_PER_STD <= z:
+            errors["dp_adaptive_clipping"] = (
+                f"Adaptive clipping noises the clipped count with σ_b = m/20 (m = {min_reports} "
+                f"minimum reports) and needs 2σ_b > z: with z = {z:g}, at least "
+                f"{math.floor(COUNT_NOISE_CLIENTS_PER_STD * z / 2) + 1} minimum reports."
+            )
+
+
+def _check_budget(config: FlConfig, invited: int) -> None:
+    """Derive the rounds the budget allows; refuse a job whose first round alone exceeds ε."""
+    allowed = fl_rounds_allowed(config=config, invited=invited, limit=config.rounds)
+    if allowed == 0:
+        one = fl_epsilon_after(config=config, invited=invited, rounds=1)
+        raise ValidationError(
+            {
+                "dp_epsilon": (
+                    f"One round at z = {config.dp_noise_multiplier:g} spends ε = {one:.3g} "
+                    f"(δ = {config.dp_delta:g}, {config.dp_accountant.upper()}): above the "
+                    f"budget ε = {config.dp_epsilon:g}, so the budget allows 0 rounds. Raise ε "
+                    "or the noise multiplier z."
+                )
+            }
+        )
+    config.dp_rounds_allowed = allowed
+
+
 def _check_mode(spec: FlJobSpec, cohort: int, errors: dict[str, str]) -> None:
     if spec.mode == FlMode.SYNC:
         return
@@ -363,6 +464,28 @@ def _check_mode(spec: FlJobSpec, cohort: int, errors: dict[str, str]) -> None:
         and spec.staleness_exponent is not None
     ) and (not _number(spec.staleness_exponent) or not 0 < spec.staleness_exponent <= 4):
         errors["staleness_exponent"] = "The staleness exponent a is in (0, 4]."
+
+
+def _privacy_fields(spec: FlJobSpec) -> dict[str, Any]:
+    """The budget and mechanism fields as stored: blank unless their feature is on."""
+    fields: dict[str, Any] = {}
+    if spec.secure_aggregation:
+        fields["secagg_threshold_fraction"] = spec.secagg_threshold_fraction
+        fields["secagg_min_survivors"] = spec.secagg_min_survivors
+    if spec.differential_privacy:
+        enrolled = spec.dp_sampling == DpSampling.ENROLLED
+        adaptive = spec.dp_adaptive_clipping
+        fields |= {
+            "dp_epsilon": spec.dp_epsilon,
+            "dp_delta": spec.dp_delta,
+            "dp_accountant": spec.dp_accountant,
+            "dp_mode": spec.dp_mode,
+            "dp_sampling": spec.dp_sampling,
+            "dp_population": spec.dp_population if enrolled else None,
+            "dp_adaptive_clipping": adaptive,
+            "dp_target_quantile": spec.dp_target_quantile if adaptive else None,
+        }
+    return fields
 
 
 def _unsaved_config(spec: FlJobSpec, tenant: Tenant, sizes: list[int], options: dict) -> FlConfig:
@@ -406,6 +529,7 @@ def _unsaved_config(spec: FlJobSpec, tenant: Tenant, sizes: list[int], options: 
         differential_privacy=spec.differential_privacy,
         dp_noise_multiplier=spec.dp_noise_multiplier if spec.differential_privacy else None,
         dp_clip_norm=spec.dp_clip_norm if spec.differential_privacy else None,
+        **_privacy_fields(spec),
         mode=spec.mode,
         buffer_size=spec.buffer_size if asynchronous else None,
         staleness_bound=spec.staleness_bound if asynchronous else None,
@@ -438,8 +562,11 @@ def fl_job_validate(*, tenant: Tenant, spec: FlJobSpec) -> FlConfig:
     config.min_reports = spec.min_reports or cohort
     _check_combinations(spec, cohort, options, errors)
     _check_mode(spec, cohort, errors)
+    _check_privacy(spec, invited, config.min_reports, errors)
     if errors:
         raise ValidationError(errors)
+    if config.secure_aggregation and config.secagg_min_survivors is None:
+        config.secagg_min_survivors = max(MIN_SECURE_COHORT, config.min_reports)
     refusals = tenant.policy.fl_refusals(
         cohort_size=invited,
         robust_aggregation=config.is_robust,
@@ -448,6 +575,8 @@ def fl_job_validate(*, tenant: Tenant, spec: FlJobSpec) -> FlConfig:
     )
     if refusals:
         raise ValidationError(refusals)
+    if config.differential_privacy:
+        _check_budget(config, invited)
     return config
 
 

@@ -241,7 +241,9 @@ def test_privacy_flags_are_stored_where_the_tier_has_them(core):
     job = fl_job(core, secure_aggregation=True)
     assert job.fl_config.secure_aggregation is True
 
-    job = fl_job(core, differential_privacy=True, dp_noise_multiplier=1.1, dp_clip_norm=1.0)
+    job = fl_job(
+        core, differential_privacy=True, dp_epsilon=10.0, dp_noise_multiplier=1.1, dp_clip_norm=1.0
+    )
     assert (job.fl_config.dp_noise_multiplier, job.fl_config.dp_clip_norm) == (1.1, 1.0)
 
 
