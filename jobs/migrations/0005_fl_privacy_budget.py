@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0003_fl_jobs_rounds_model_versions"),
+        ("jobs", "0004_fl_round_uploads"),
         ("tenants", "0001_initial"),
     ]
 

@@ -36,6 +36,7 @@ from jobs.fl_models import (
 from jobs.metering import metering
 from jobs.models import Job, JobStatus
 from jobs.services.fl_admission import fl_cohort_invited, fl_job_admit
+from jobs.services.fl_privacy import fl_privacy_admit, fl_privacy_record
 from jobs.services.fl_rounds_cohort import (
     RoundInvitation,
     data_shards,
@@ -186,6 +187,11 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
     eligible = eligible_workers(job=job, config=config)
     if not eligible:
         return []
+    try:  # a spent privacy budget ends the job: no top-up can buy more ε
+        fl_privacy_admit(job=job, round_number=number)
+    except ValidationError as exc:
+        _job_finish(job, JobStatus.COMPLETED, " ".join(exc.messages)[:300], timezone.now())
+        return []
     try:  # every round is admitted by the money plane, not only the first
         fl_job_admit(job=job)
     except ValidationError as exc:
@@ -264,6 +270,7 @@ def round_close(*, round_id: int, now: Any = None) -> Round:
         _fail(round_, job, now)
     else:
         return round_
+    fl_privacy_record(round=round_)  # ε spent so far, in the transaction that decided the round
     if job.status == JobStatus.RUNNING:
         round_open(job=job)
     return round_

@@ -684,3 +684,47 @@ def enterprise_job(tenant):
         server_strategy="krum",
         strategy_options={"byzantine": 1},
     )
+
+
+def test_rounds_record_epsilon_and_a_spent_budget_completes_the_job(
+    core, django_capture_on_commit_callbacks
+):
+    # given a DP job (z = 5, q = 1, δ = 1e-5) whose ε allows exactly two rounds of one client
+    from jobs.privacy import epsilon_spent
+
+    def rdp(rounds: int) -> float:
+        return epsilon_spent(
+            noise_multiplier=5.0, sampling_probability=1.0, rounds=rounds, delta=1e-5
+        )
+
+    job = fl_job(
+        core,
+        cohort_size=1,
+        min_reports=1,
+        rounds=5,
+        differential_privacy=True,
+        dp_epsilon=(rdp(2) + rdp(3)) / 2,
+        dp_delta=1e-5,
+        dp_noise_multiplier=5.0,
+        dp_clip_norm=1.0,
+    )
+    assert job.fl_config.dp_rounds_allowed == 2
+    (worker,) = workers(1)
+    open_round(job, [worker])
+    # when both rounds close with an update each
+    for number in (1, 2):
+        participation = Round.objects.for_tenant(core).get(job=job, number=number).participations
+        with django_capture_on_commit_callbacks(execute=True):
+            Uploader(worker, participation.get()).send(
+                body(np.ones(D, np.float32) * 0.01, samples=2), base_version=number - 1
+            )
+    # then each closed round carries the accountant's cumulative ε
+    spent = [
+        r.epsilon_spent for r in Round.objects.for_tenant(core).filter(job=job).order_by("number")
+    ]
+    assert spent == pytest.approx([rdp(1), rdp(2)])
+    # and the third round is never opened: the job completes with the budget's reason
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED
+    assert "privacy budget is spent" in job.status_reason
+    assert Round.objects.for_tenant(core).filter(job=job).count() == 2
