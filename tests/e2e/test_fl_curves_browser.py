@@ -3,6 +3,8 @@ phone-sized page, then a round closed in the database reaches the chart without 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jobs.fl_models import Round, RoundStatus
@@ -12,6 +14,7 @@ from tests.jobs.test_fl_curves import closed_round
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+VENDOR = Path(__file__).resolve().parents[2] / "static" / "vendor" / "uplot" / "uPlot.esm.js"
 QUALITY_DATA = "() => window.ccgscCurves.charts.quality.data.map((series) => Array.from(series))"
 COHORT_DATA = "() => window.ccgscCurves.charts.cohort.data.map((series) => Array.from(series))"
 
@@ -19,6 +22,7 @@ COHORT_DATA = "() => window.ccgscCurves.charts.cohort.data.map((series) => Array
 def test_the_director_draws_the_curves_and_a_closed_round_appears_live(
     daphne, browser, tenant, owner
 ):
+    assert VENDOR.exists(), "the charting library is installed by the set-up: run `make vendor`"
     # Given: an FL job with three closed rounds and the fourth open
     job, _ = fl_job_unchecked(tenant)
     for number in (1, 2, 3):
