@@ -9,6 +9,7 @@ import json
 import uuid
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -17,13 +18,16 @@ from django.http import Http404
 from django.test import Client
 from django.utils import timezone
 
+from billing.operations import balance_adjust
 from ccgsc_site.asgi import application
 from jobs import consumers, protocol, realtime, selectors
-from jobs.fl_models import Round, RoundStatus
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import JobEvent
 from jobs.selectors import FL_CURVE_ROUNDS, job_state
 from jobs.services.fl_rounds import _client_accuracy_std
-from tests.jobs.fl_helpers import fl_job_unchecked
+from tenants.tiers import Tier
+from tests.jobs.fl_helpers import fl_job, fl_job_unchecked
+from tests.jobs.test_fl_rounds import D, Uploader, body, open_round, workers
 
 SERIES = (
     "train_loss",
@@ -233,3 +237,82 @@ async def test_a_round_close_reaches_a_viewer_with_the_new_point(tenant, owner, 
     assert message["state"]["fl"]["round"] == [1, 2]
     assert json.dumps(message["state"]["fl"]["train_loss"]) == "[2.0, 1.0]"
     await communicator.disconnect()
+
+
+# Rounds closed by the real services: what round_close stores is what the curves show.
+
+
+@pytest.fixture
+def media_in_tmp(settings, tmp_path):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "media")},
+        },
+    }
+
+
+@pytest.fixture
+def core(tenant, owner, media_in_tmp):
+    tenant.tier = Tier.CORE
+    tenant.save(update_fields=["tier"])
+    balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
+    return tenant
+
+
+@pytest.mark.django_db
+def test_a_closed_sync_round_shows_its_accuracy_spread_and_no_staleness(
+    core, django_capture_on_commit_callbacks
+):
+    # Given: a round of three clients at accuracies 0.5, 0.5 and 1.0
+    job = fl_job(core, cohort_size=3, min_reports=3, rounds=5)
+    round_, who = open_round(job, workers(3))
+    results = dict(zip(who, ((10, 5), (30, 15), (60, 60)), strict=True))
+    # When: they report and the round closes
+    with django_capture_on_commit_callbacks(execute=True):
+        for participation_id, worker in who.items():
+            samples, correct = results[participation_id]
+            participation = Participation.objects.for_tenant(core).get(pk=participation_id)
+            update = np.full(D, 0.01, np.float32)
+            data = body(update, samples=samples, loss_sum=1.0, correct=correct)
+            assert Uploader(worker, participation).send(data)[1].status_code == 202
+    # Then: the curves show the round with the population σ of the three accuracies
+    fl = selectors.fl_curves(tenant=core, job=job)
+    assert (fl["round"], fl["round_open"], fl["participants"]) == ([1], 2, [3])
+    assert fl["train_accuracy"] == [0.8]
+    assert fl["client_accuracy_std"] == [0.235702]
+    assert fl["staleness_mean"] == [None]
+
+
+@pytest.mark.django_db
+def test_async_rounds_show_the_mean_staleness_of_their_updates(
+    core, django_capture_on_commit_callbacks
+):
+    # Given: buffered async with K = 1; a fast client closes round 1
+    job = fl_job(
+        core,
+        cohort_size=2,
+        min_reports=1,
+        mode="async",
+        buffer_size=1,
+        staleness_bound=1,
+        staleness_weighting="polynomial",
+        rounds=10,
+    )
+    _, who = open_round(job, workers(2))
+    fast, slow = list(who)
+    with django_capture_on_commit_callbacks(execute=True):
+        Uploader(who[fast], Participation.objects.for_tenant(core).get(pk=fast)).send(
+            body(np.ones(D, np.float32), samples=4)
+        )
+    # When: the slow client, trained on version 0, closes round 2
+    with django_capture_on_commit_callbacks(execute=True):
+        Uploader(who[slow], Participation.objects.for_tenant(core).get(pk=slow)).send(
+            body(np.ones(D, np.float32), samples=4), base_version=0
+        )
+    # Then: staleness 0 then 1; one client per round has no spread
+    fl = selectors.fl_curves(tenant=core, job=job)
+    assert fl["round"] == [1, 2]
+    assert fl["staleness_mean"] == [0.0, 1.0]
+    assert fl["client_accuracy_std"] == [None, None]
