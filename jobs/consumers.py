@@ -390,14 +390,30 @@ DIRECTOR_INTERVAL_S = 1.0
 _snapshots: dict[tuple[Any, ...], tuple[float, asyncio.Future]] = {}
 
 
-async def job_state_shared(*, tenant: Any, job_id: Any) -> tuple[float, dict[str, Any]]:
+# When this process first heard of each FL round close: its viewers then share one read begun
+# after that moment, so a close reaches every chart at once and costs one job_state.
+_round_closes_seen: dict[tuple[Any, ...], float] = {}
+
+
+def round_close_seen_at(*, job_id: Any, round_number: int) -> float:
+    """The (monotonic) time this process first received the close of ``round_number``."""
+    now = time.monotonic()
+    for old in [k for k, at in _round_closes_seen.items() if now - at > 60 * DIRECTOR_INTERVAL_S]:
+        del _round_closes_seen[old]
+    return _round_closes_seen.setdefault((job_id, round_number), now)
+
+
+async def job_state_shared(
+    *, tenant: Any, job_id: Any, not_before: float = 0.0
+) -> tuple[float, dict[str, Any]]:
     """The job's director snapshot, reused by every viewer in this process for one interval,
-    with the (monotonic) time its read began."""
+    with the (monotonic) time its read began; a snapshot begun before ``not_before`` is not
+    reused."""
     loop = asyncio.get_running_loop()
     key = (loop, tenant.pk, job_id)
     now = time.monotonic()
     cached = _snapshots.get(key)
-    if cached is not None and now - cached[0] < DIRECTOR_INTERVAL_S:
+    if cached is not None and now - cached[0] < DIRECTOR_INTERVAL_S and cached[0] >= not_before:
         return cached[0], await asyncio.shield(cached[1])
     for stale in [k for k, (at, _) in _snapshots.items() if now - at >= DIRECTOR_INTERVAL_S]:
         del _snapshots[stale]
@@ -460,13 +476,14 @@ class JobDirectorConsumer(GuardedConsumer):
             await asyncio.sleep(DIRECTOR_INTERVAL_S)
             await self.push_state(shared=True)
 
-    async def push_state(self, *, shared: bool = False) -> None:
+    async def push_state(self, *, shared: bool = False, not_before: float = 0.0) -> None:
         """Send the job's state if it changed. On connect, after a control or an event it is
-        read now; the ticker (``shared``) reuses this process's snapshot of the last interval,
-        unless that is older than what this viewer already has."""
+        read now; the ticker and round closes (``shared``) reuse this process's snapshot of the
+        last interval (begun after ``not_before``), unless that is older than what this viewer
+        already has."""
         if shared:
             read_at, state = await job_state_shared(
-                tenant=self.access.tenant, job_id=self.access.job_id
+                tenant=self.access.tenant, job_id=self.access.job_id, not_before=not_before
             )
             if read_at < self.state_read_at:
                 return
@@ -520,3 +537,11 @@ class JobDirectorConsumer(GuardedConsumer):
             protocol.director_event(kind=event["kind"], message=event["message"], at=event["at"])
         )
         await self.push_state()
+
+    async def job_round_closed(self, event: dict[str, Any]) -> None:
+        """An FL round closed (sent after commit): the curves gain a point now, not at the next
+        tick, and all this process's viewers of the job share one read."""
+        await self.push_state(
+            shared=True,
+            not_before=round_close_seen_at(job_id=self.access.job_id, round_number=event["round"]),
+        )

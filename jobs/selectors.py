@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from jobs.fl_models import RoundStatus
 from jobs.models import (
     Assignment,
     AssignmentStatus,
@@ -25,8 +26,23 @@ from jobs.models import (
 )
 from tenants.models import Tenant
 from tenants.selectors import membership_list_for_user
+from tenants.tiers import JobKind
 
 THROUGHPUT_WINDOW = timedelta(seconds=60)
+# The director charts the last FL_CURVE_ROUNDS closed rounds: with every series at full width
+# the state message stays well under the text-frame limit (tests/jobs/test_fl_curves.py).
+FL_CURVE_ROUNDS = 100
+# Per-round series of the director's FL section, each aligned with ``round`` (null = not
+# measured in that round: evaluation before server-side evaluation lands, staleness in sync mode).
+FL_METRIC_SERIES = (
+    "train_loss",
+    "train_accuracy",
+    "eval_accuracy",
+    "client_accuracy_std",
+    "staleness_mean",
+    "duration_seconds",
+)
+FL_ROUND_SERIES = ("participants", "dropouts", "stragglers", "bytes_up", "bytes_down")
 
 
 def job_list(*, tenant: Tenant) -> QuerySet[Job]:
@@ -152,7 +168,47 @@ def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:
         "events": [
             {"kind": e.kind, "message": e.message, "at": e.created_at.isoformat()} for e in events
         ],
+    } | ({"fl": fl_curves(tenant=tenant, job=job)} if job.kind == JobKind.FL else {})
+
+
+def _significant(value: Any) -> float | None:
+    """A metric rounded to 6 significant digits (the curves need no more; the frame stays small)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(f"{value:.6g}")
+
+
+def fl_curves(*, tenant: Tenant, job: Job) -> dict[str, Any]:
+    """The director's FL section: per closed round (the last FL_CURVE_ROUNDS), column-wise
+    series aligned with ``round``, read from what ``round_close`` stored, one query of the
+    rounds plus one aggregate."""
+    rounds = Round.objects.for_tenant(tenant).filter(job=job)
+    totals = rounds.aggregate(
+        closed=Count("id", filter=Q(status=RoundStatus.CLOSED)),
+        failed=Count("id", filter=Q(status=RoundStatus.FAILED)),
+        current=Max("number", filter=Q(status=RoundStatus.OPEN)),
+    )
+    rows = list(
+        rounds.filter(status=RoundStatus.CLOSED)
+        .order_by("-number")
+        .values("number", "dropouts", "stragglers", "bytes_up", "bytes_down", "metrics")[
+            :FL_CURVE_ROUNDS
+        ]
+    )[::-1]
+    curves: dict[str, Any] = {
+        "rounds_closed": totals["closed"],
+        "rounds_failed": totals["failed"],
+        "round_open": totals["current"],
+        "round": [row["number"] for row in rows],
     }
+    for name in FL_METRIC_SERIES:
+        curves[name] = [_significant((row["metrics"] or {}).get(name)) for row in rows]
+    for name in FL_ROUND_SERIES:
+        curves[name] = [
+            (row["metrics"] or {}).get("participants") if name == "participants" else row[name]
+            for row in rows
+        ]
+    return curves
 
 
 def fl_round_list(*, tenant: Tenant, job: Job) -> QuerySet[Round]:

@@ -308,7 +308,12 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         "samples": samples,
         "base_version": base.version,
         "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
+        "client_accuracy_std": _client_accuracy_std(included),
     }
+    if config.mode == FlMode.ASYNC and included:
+        metrics["staleness_mean"] = sum(base.version - p.base_version for p in included) / len(
+            included
+        )
     version = model_version_create(
         job=job, weights=new_weights, version=base.version + 1, round=round_, metrics=metrics
     )
@@ -339,6 +344,13 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         # The clients' weighted train accuracy on the version they trained from, until
         # server-side evaluation on a held-out set lands.
         _job_finish(job, JobStatus.COMPLETED, f"target accuracy {accuracy:.4f} reached", now)
+
+
+def _client_accuracy_std(included: list[Participation]) -> float | None:
+    """The population standard deviation of the included clients' train accuracy (the spread
+    the director charts); None below two clients with samples."""
+    accuracies = [p.correct / p.samples for p in included if p.samples]
+    return float(np.std(accuracies)) if len(accuracies) >= 2 else None
 
 
 def _fail(round_: Round, job: Job, now: Any) -> None:

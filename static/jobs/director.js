@@ -1,6 +1,7 @@
 // The job director: live state over /ws/jobs/<id>/, controls sent over the same socket.
 // Close codes and their meaning come from the protocol definition (docs/protocol.md).
 import { DEFINITION } from '../worker_frontend/protocol-defs.js';
+import { createCurves } from './curves.js';
 
 const CLOSE_CODES = DEFINITION.close_codes;
 const NOT_FOUND = Number(Object.keys(CLOSE_CODES).find((code) => CLOSE_CODES[code].name === 'not_found'));
@@ -20,6 +21,9 @@ const $ = (id) => document.getElementById(id);
 const liveState = $('live-state');
 let socket = null;
 let retryMs = 500;
+// FL jobs: the curves (wired asynchronously, as the charting library loads) and the last data.
+let updateCurves = null;
+let latestFl = null;
 
 function text(id, value) {
   const el = $(id);
@@ -34,6 +38,10 @@ function formatEta(seconds) {
 }
 
 function render(state) {
+  if (state.fl) {
+    latestFl = state.fl;
+    updateCurves?.(state.fl);
+  }
   const status = $('job-status');
   status.textContent = state.status;
   status.className = `badge badge-${state.status}`;
@@ -117,3 +125,9 @@ document.getElementById('controls').addEventListener('submit', (event) => {
 
 render(JSON.parse(document.getElementById('initial-state').textContent));
 connect();
+const curvesSection = document.getElementById('fl-curves');
+if (curvesSection) {
+  const update = await createCurves(curvesSection);
+  if (latestFl) update(latestFl);
+  updateCurves = update;
+}
