@@ -180,6 +180,7 @@ def test_the_client_accuracy_spread_is_the_population_deviation_of_included_clie
     assert _client_accuracy_std(clients[:1]) is None
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_viewers_hearing_a_round_close_share_one_read_begun_after_it(monkeypatch):
     # Given: a process whose viewers just shared a tick's snapshot
     calls = []
