@@ -81,7 +81,7 @@ def partition_shards(
         split = partitions.shard_partition(
             train.y, clients=clients, shards_per_client=per_client, seed=seed
         )
-    return [(train.x[part], train.y[part], train.classes) for part in split.parts]
+    return [(train.x[part], train.y[part], train.classes) for part in split.clients]
 
 
 _cache: OrderedDict[str, list[Shard]] = OrderedDict()
