@@ -216,3 +216,46 @@ def test_private_data_is_never_fetched(digits_shard: bytes) -> None:
     invite["data"] = {"source": "contributor_local", "private": True}
     assert _run(server, invite)[0] == "bad_shard"
     assert server.log == []
+
+
+class WasmSource:
+    """The kernel source the driver asks: the built module, whatever the URL."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def get(self, ref) -> bytes:  # noqa: ANN001
+        self.asked.append(ref.sha256)
+        return (BUILD / "logreg.wasm").read_bytes()
+
+
+async def test_the_driver_trains_an_invite_off_the_loop_and_reports_its_end(
+    digits_shard: bytes,
+) -> None:
+    # given a connected edge worker whose HTTP goes to the in-memory server
+    from tests.edge_worker.test_edge_client import connected, echo_executor, inline
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    worker = inline(echo_executor, on_event=lambda name, info: events.append((name, info)))
+    weights = _weights()
+    server = FakeServer(weights, digits_shard)
+    worker.trainer = RoundTrainer(server)  # type: ignore[arg-type]
+    worker.kernel_source = WasmSource()
+    transport = await connected(worker)
+    # when the server invites it to a round
+    invite = {
+        "v": 1,
+        "type": "round_invite",
+        "job": "00000000-0000-4000-8000-0000000000f1",
+        "round": 1,
+        **_invite(weights),
+        "deadline_ms": 60_000,
+    }
+    await worker.handle_message(json.dumps(invite))
+    assert worker.session.rounds == [7]
+    # then it trains, uploads, and the session forgets the round; nothing goes on the socket
+    assert await worker.wait_idle(timeout=60)
+    assert ("round_finished", {"participation": 7, "outcome": "uploaded", "message": ""}) in events
+    assert server.log[-1] == "POST /fl/uploads/u1/complete"
+    assert worker.kernel_source.asked == [invite["kernel"]["sha256"]]
+    assert not [m for m in transport.sent if "round" in str(m)]
