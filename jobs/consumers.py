@@ -370,7 +370,11 @@ class WorkerConsumer(GuardedConsumer):
     async def worker_round_invite(self, event: dict[str, Any]) -> None:
         deadline = datetime.fromisoformat(event["deadline"])
         left_ms = int((deadline - datetime.now(UTC)).total_seconds() * 1000)
-        kernel_sha256 = fl_shards.training_kernel_sha256(event["model"]["kernel"])
+        try:
+            kernel_sha256 = fl_shards.training_kernel_sha256(event["model"]["kernel"])
+        except (OSError, KeyError):  # no build of that kernel here: the invitee drops out
+            logger.exception("round invite without a built %s kernel", event["model"]["kernel"])
+            return
         await self.send_message(
             protocol.round_invite(event=event, kernel_sha256=kernel_sha256, deadline_ms=left_ms)
         )
