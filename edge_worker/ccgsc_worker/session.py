@@ -162,9 +162,10 @@ class Session:
         if participation not in self._rounds:
             return []
         self._rounds.discard(participation)
-        return [
-            notify("round_finished", participation=participation, outcome=outcome, message=message)
-        ]
+        note = notify(
+            "round_finished", participation=participation, outcome=outcome, message=message
+        )
+        return [note, *self.end_stop_if_done()]
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -375,8 +376,9 @@ class Session:
         return [send(proto.capacity(wanted))]
 
     def end_stop_if_done(self) -> list[Effect]:
-        """During a graceful stop, end once nothing is held and every result is acknowledged."""
-        if not self.stopping or self._tasks or len(self.outbox):
+        """During a graceful stop, end once nothing is held, every result is acknowledged and
+        no FL round is still training or uploading."""
+        if not self.stopping or self._tasks or len(self.outbox) or self._rounds:
             return []
         self.stopping = False
         self.phase = IDLE

@@ -259,3 +259,45 @@ async def test_the_driver_trains_an_invite_off_the_loop_and_reports_its_end(
     assert server.log[-1] == "POST /fl/uploads/u1/complete"
     assert worker.kernel_source.asked == [invite["kernel"]["sha256"]]
     assert not [m for m in transport.sent if "round" in str(m)]
+
+
+def test_a_graceful_stop_waits_for_the_round_being_uploaded() -> None:
+    from ccgsc_worker import protocol as proto
+    from ccgsc_worker.session import Session
+
+    # given a session training round 7
+    session = Session(
+        concurrency=1,
+        build_hello=lambda slots, resume: proto.hello(
+            "t" * 40, client_version="1", capabilities={}, slots=slots, resume=resume
+        ),
+    )
+    session.start()
+    session.opened()
+    session.message(
+        json.dumps(
+            {
+                "v": 1,
+                "type": "welcome",
+                "worker": "00000000-0000-4000-8000-0000000000b1",
+                "contributor": "00000000-0000-4000-8000-0000000000c1",
+                "heartbeat_ms": 10_000,
+                "limits": {"max_json_bytes": 1, "max_result_bytes": 1, "messages_per_second": 1},
+                "outstanding": [],
+            }
+        )
+    )
+    invite = {
+        "v": 1,
+        "type": "round_invite",
+        "job": "00000000-0000-4000-8000-0000000000f1",
+        "round": 1,
+        **_invite(b"\0" * 4 * D),
+        "deadline_ms": 1000,
+    }
+    assert [e["do"] for e in session.message(json.dumps(invite))] == ["notify", "train"]
+    # when the worker is asked to stop, it keeps going until the round ends
+    assert not [e for e in session.stop() if e["do"] == "end"]
+    effects = session.round_finished(7, "uploaded")
+    # then it ends
+    assert [e["do"] for e in effects] == ["notify", "heartbeat", "close", "end"]
