@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -20,7 +21,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 
 from ccgsc_site.forms import error_text
-from jobs import dispatch, protocol, realtime, selectors, services
+from jobs import dispatch, fl_shards, protocol, realtime, selectors, services
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
 from jobs.dispatch.flusher import flusher, group_commit_enabled
 from jobs.protocol import ProtocolError
@@ -364,6 +365,18 @@ class WorkerConsumer(GuardedConsumer):
     async def worker_credit(self, event: dict[str, Any]) -> None:
         await self.send_message(
             protocol.credit(validated=event["validated"], work_units=event["work_units"])
+        )
+
+    async def worker_round_invite(self, event: dict[str, Any]) -> None:
+        deadline = datetime.fromisoformat(event["deadline"])
+        left_ms = int((deadline - datetime.now(UTC)).total_seconds() * 1000)
+        try:
+            kernel_sha256 = fl_shards.training_kernel_sha256(event["model"]["kernel"])
+        except (OSError, KeyError):  # no build of that kernel here: the invitee drops out
+            logger.exception("round invite without a built %s kernel", event["model"]["kernel"])
+            return
+        await self.send_message(
+            protocol.round_invite(event=event, kernel_sha256=kernel_sha256, deadline_ms=left_ms)
         )
 
 

@@ -317,6 +317,46 @@ def error(*, code: str, message: str, ref: str | None = None) -> dict[str, Any]:
     return _build("worker", "error", code=code, message=message[:1000], ref=ref)
 
 
+def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int) -> dict[str, Any]:
+    """An FL round invitation, from the ``worker.round_invite`` event the round service sent.
+
+    ``kernel_sha256`` pins the training kernel's module; ``deadline_ms`` is the time left when
+    sent (clocks of worker and server need not agree)."""
+    model, hyper, data = event["model"], event["hyperparameters"], dict(event["data"])
+    if data.get("client_index") is not None:
+        data["url"] = f"/fl/shards/{event['job']}/{data['client_index']}.bin"
+    return _build(
+        "worker",
+        "round_invite",
+        job=str(event["job"]),
+        round=event["round"],
+        participation=event["participation"],
+        seed=str(event["seed"]),
+        model={
+            "version": model["version"],
+            "sha256": model["sha256"],
+            "url": model["url"],
+            "parameters": model["parameter_count"],
+            "sizes": list(model["sizes"]),
+        },
+        kernel={
+            "name": model["kernel"],
+            "sha256": kernel_sha256,
+            "url": f"/fl/kernels/{kernel_sha256}.wasm",
+        },
+        hyperparameters={
+            "epochs": hyper["local_epochs"],
+            "batch_size": hyper["batch_size"],
+            "learning_rate": hyper["learning_rate"],
+            "momentum": hyper["momentum"],
+            "proximal_mu": hyper["proximal_mu"],
+        },
+        data={key: value for key, value in data.items() if value is not None},
+        upload=dict(event["upload"]),
+        deadline_ms=max(0, deadline_ms),
+    )
+
+
 def director_state(*, state: dict[str, Any]) -> dict[str, Any]:
     """A director snapshot (``selectors.job_state``)."""
     return _build("director", "state", state=state)

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from jobs import fl_uploads, views
+from jobs import fl_shards, fl_uploads, views
 
 urlpatterns = [
     path("jobs/", views.job_list, name="job_list"),
@@ -37,4 +37,14 @@ urlpatterns = [
         name="fl_upload_complete",
     ),
     re_path(r"^kernels/(?P<sha256>[0-9a-f]{64})\.wasm$", views.kernel_module, name="kernel_module"),
+    path(
+        "fl/shards/<uuid:job_id>/<int:client_index>.bin",
+        fl_shards.shard,
+        name="fl_shard",
+    ),
+    re_path(
+        r"^fl/kernels/(?P<sha256>[0-9a-f]{64})\.wasm$",
+        fl_shards.training_kernel,
+        name="fl_training_kernel",
+    ),
 ]

@@ -112,6 +112,21 @@ class ProgressPrinter:
             "task %s failed (%s): %s", _short(info["assignment"]), info["code"], info["message"]
         )
 
+    def _round_invite(self, info: dict[str, Any]) -> None:
+        log.info("training round %s of job %s", info["round"], _short(info["job"]))
+
+    def _round_declined(self, info: dict[str, Any]) -> None:
+        log.info(
+            "declined round %s of job %s (%s)", info["round"], _short(info["job"]), info["reason"]
+        )
+
+    def _round_finished(self, info: dict[str, Any]) -> None:
+        level = logging.INFO if info["outcome"] == "uploaded" else logging.WARNING
+        detail = f": {info['message']}" if info["message"] else ""
+        log.log(
+            level, "round participation %s %s%s", info["participation"], info["outcome"], detail
+        )
+
     def _cancel(self, info: dict[str, Any]) -> None:
         log.info("task %s cancelled by the server (%s)", _short(info["assignment"]), info["reason"])
 

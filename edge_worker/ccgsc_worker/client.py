@@ -35,6 +35,7 @@ from ccgsc_worker.kernel_store import KernelFetchError, KernelStore
 from ccgsc_worker.outbox import Outbox
 from ccgsc_worker.pool import TaskExecutor, TaskPool, error_code_for
 from ccgsc_worker.session import Session, SessionCounters
+from ccgsc_worker.training import Http, RoundTrainer
 
 __all__ = [
     "Backoff",
@@ -142,7 +143,8 @@ class EdgeWorker(SessionDriver):
             heartbeat_floor_ms=HEARTBEAT_FLOOR_MS,
             heartbeat_override_ms=heartbeat_override,
         )
-        super().__init__(session, self.pool, on_event)
+        trainer = RoundTrainer(Http(self.server_url, token))
+        super().__init__(session, self.pool, on_event, trainer=trainer, kernels=self.kernels)
         self._stop_requested = False
         self._abandon = False
         self._close_reason = ""

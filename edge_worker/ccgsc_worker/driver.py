@@ -21,8 +21,9 @@ from ccgsc_worker import protocol as proto
 from ccgsc_worker.backoff import Backoff
 from ccgsc_worker.outbox import Outbox
 from ccgsc_worker.pool import Heartbeat, TaskPool, error_code_for
-from ccgsc_worker.protocol import Assignment
+from ccgsc_worker.protocol import Assignment, KernelRef
 from ccgsc_worker.session import Effect, Session, SessionCounters
+from ccgsc_worker.training import RoundTrainer
 
 log = logging.getLogger("ccgsc_worker")
 
@@ -36,12 +37,29 @@ class Transport(Protocol):
         """Send one WebSocket message."""
 
 
+class KernelSource(Protocol):
+    """Where training kernels come from (the kernel store): bytes checked against the hash."""
+
+    async def get(self, ref: KernelRef, /) -> bytes:
+        """The module bytes of ``ref``."""
+
+
 class SessionDriver:
     """Carries out a session's effects on the attached transport and the task pool."""
 
-    def __init__(self, session: Session, pool: TaskPool, on_event: EventHook | None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        pool: TaskPool,
+        on_event: EventHook | None,
+        *,
+        trainer: RoundTrainer | None = None,
+        kernels: KernelSource | None = None,
+    ) -> None:
         self.session = session
         self.pool = pool
+        self.trainer = trainer
+        self.kernel_source = kernels
         self._on_event = on_event
         self._transport: Transport | None = None
         self._heartbeat = Heartbeat(self._beat)
@@ -88,9 +106,9 @@ class SessionDriver:
         return self.session.contributor
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no assignment is queued or running; False on timeout."""
+        """Wait until no assignment or FL round is queued or running; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.session.tasks or self.pool.busy:
+        while self.session.tasks or self.session.rounds or self.pool.busy:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
@@ -160,6 +178,9 @@ class SessionDriver:
                 self._ended = effect
             if self._wake is not None:
                 self._wake.set()
+        elif kind == "train":
+            invite = effect["invite"]
+            self._spawn(self._train(invite, time.monotonic() + invite["deadline_ms"] / 1000))
         elif kind == "notify":
             self._notify_event(effect)
 
@@ -197,6 +218,22 @@ class SessionDriver:
                 effect["output_bytes"] = len(output)
         await self._apply(effects)
         self._held.pop(assignment.id, None)
+
+    async def _train(self, invite: dict[str, Any], deadline: float) -> None:
+        """One FL round off the event loop; its end goes back to the session."""
+        participation = invite["participation"]
+        if self.trainer is None or self.kernel_source is None:
+            code, message = "declined", "this worker does not train"
+        else:
+            kernel = invite["kernel"]
+            ref = KernelRef(kernel["name"], "", kernel["sha256"], kernel["url"])
+            try:
+                wasm = await self.kernel_source.get(ref)
+                code, message = await asyncio.to_thread(self.trainer.run, invite, wasm, deadline)
+            except Exception as exc:  # a fetch or compile failure ends this round only
+                log.warning("round %s failed: %s", participation, exc)
+                code, message = "kernel_failed", str(exc)[:300] or type(exc).__name__
+        await self._apply(self.session.round_finished(participation, code, message))
 
     async def _beat(self) -> None:
         await self._apply(self.session.tick())

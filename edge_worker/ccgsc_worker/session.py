@@ -13,7 +13,10 @@ the effects the client must carry out, in order, as plain dicts:
 - ``{"do": "close", "code": 1000}``: close the socket;
 - ``{"do": "end", "reason": ..., "code": n | None}``: the session is over (``requested``, or a
   fatal close code after which reconnecting cannot help);
-- ``{"do": "notify", "event": name, ...}``: something happened (logs, counters on screen).
+- ``{"do": "notify", "event": name, ...}``: something happened (logs, counters on screen);
+- ``{"do": "train", "invite": {...}}``: train one FL round (the parsed ``round_invite``) and
+  upload the update; the driver reports the end with ``round_finished`` (edge worker only: the
+  browser session declines invites for now).
 
 What each server message does is in ``session_messages``. The twins are
 ``static/worker_frontend/session.js`` and ``session-messages.js``;
@@ -104,6 +107,7 @@ class Session:
         self._heartbeat_override_ms = heartbeat_override_ms
         self._tasks: dict[str, str] = {}  # assignment id -> queued | running, in arrival order
         self._assignments: dict[str, Assignment] = {}
+        self._rounds: set[int] = set()  # participations being trained
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -139,6 +143,29 @@ class Session:
         """Forget a held task; return the state it was in (None when it was not held)."""
         self._assignments.pop(assignment_id, None)
         return self._tasks.pop(assignment_id, None)
+
+    @property
+    def rounds(self) -> list[int]:
+        """Participations being trained, in id order."""
+        return sorted(self._rounds)
+
+    def begin_round(self, participation: int) -> bool:
+        """Start training ``participation``; False when it is already being trained."""
+        if participation in self._rounds:
+            return False
+        self._rounds.add(participation)
+        return True
+
+    def round_finished(self, participation: int, outcome: str, message: str = "") -> list[Effect]:
+        """A round's training and upload ended (``uploaded``, ``rejected``, ``late`` or an
+        error code): forget it and say so."""
+        if participation not in self._rounds:
+            return []
+        self._rounds.discard(participation)
+        note = notify(
+            "round_finished", participation=participation, outcome=outcome, message=message
+        )
+        return [note, *self.end_stop_if_done()]
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -349,8 +376,9 @@ class Session:
         return [send(proto.capacity(wanted))]
 
     def end_stop_if_done(self) -> list[Effect]:
-        """During a graceful stop, end once nothing is held and every result is acknowledged."""
-        if not self.stopping or self._tasks or len(self.outbox):
+        """During a graceful stop, end once nothing is held, every result is acknowledged and
+        no FL round is still training or uploading."""
+        if not self.stopping or self._tasks or len(self.outbox) or self._rounds:
             return []
         self.stopping = False
         self.phase = IDLE
@@ -374,6 +402,9 @@ _INPUTS: dict[str, Callable[[Session, Mapping[str, Any]], list[Effect]]] = {
     "resume": lambda s, e: s.resume(e["reason"]),
     "concurrency": lambda s, e: s.set_concurrency(e["concurrency"]),
     "stop": lambda s, e: s.stop(abandon=bool(e.get("abandon", False))),
+    "round_finished": lambda s, e: s.round_finished(
+        e["participation"], e["outcome"], e.get("message", "")
+    ),
 }
 
 

@@ -170,6 +170,18 @@ def pong(session: Session, message: dict[str, Any]) -> list[Effect]:
     return []
 
 
+def round_invite(session: Session, message: dict[str, Any]) -> list[Effect]:
+    """An FL round invitation: train it (the driver fetches, trains and uploads off the loop)
+    unless the worker is paused or stopping, or already trains this participation."""
+    participation = message["participation"]
+    info = {"job": message["job"], "round": message["round"], "participation": participation}
+    if session.pause_reasons:
+        return [notify("round_declined", **info, reason="paused")]
+    if not session.begin_round(participation):
+        return []
+    return [notify("round_invite", **info), {"do": "train", "invite": message}]
+
+
 SERVER_MESSAGES: dict[str, Callable[[Session, dict[str, Any]], list[Effect]]] = {
     "welcome": welcome,
     "assign": assign,
@@ -178,4 +190,5 @@ SERVER_MESSAGES: dict[str, Callable[[Session, dict[str, Any]], list[Effect]]] = 
     "cancel": cancel,
     "error": error,
     "pong": pong,
+    "round_invite": round_invite,
 }

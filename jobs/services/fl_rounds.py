@@ -50,10 +50,10 @@ from jobs.services.model_registry import model_version_create, model_version_rea
 # A job fails once this many of its rounds failed (a round with invitations that ended at its
 # deadline below the minimum of reports); a round with nobody to invite is never opened.
 MAX_FAILED_ROUNDS = 3
-# The worker consumer has no ``worker_round_invite`` handler yet (client wiring pending), and an
-# event without a handler closes the worker's socket with an internal error: invites are built,
-# stored and returned, but sent only once the handler lands and this is switched on.
-SEND_INVITES = False
+# Invites go to each invitee's channel after commit; the consumer's ``worker_round_invite`` turns
+# them into ``round_invite`` messages. Edge workers train; browser pages decline for now (their
+# participations end as dropouts at the deadline). Off, invites are only built and returned.
+SEND_INVITES = True
 # A completed upload not folded after this long lost its Celery task: the sweeper re-queues it.
 FOLD_GRACE_SECONDS = 30
 

@@ -145,4 +145,20 @@ function pong() {
   return [];
 }
 
-export const SERVER_MESSAGES = Object.freeze({ welcome, assign, ack, credit, cancel, error, pong });
+/** An FL round invitation: browser pages do not train yet (edge-only training for now), so
+ * the invite is declined without an error; the round counts this participation as a dropout. */
+function round_invite(session, message) {
+  const info = { job: message.job, round: message.round, participation: message.participation };
+  return [notify("round_declined", { ...info, reason: "browser_training_pending" })];
+}
+
+export const SERVER_MESSAGES = Object.freeze({
+  welcome,
+  assign,
+  ack,
+  credit,
+  cancel,
+  error,
+  pong,
+  round_invite,
+});

@@ -135,6 +135,7 @@ def test_every_input_kind_and_effect_kind_is_covered() -> None:
         "heartbeat",
         "close",
         "end",
+        "train",
     }
 
 

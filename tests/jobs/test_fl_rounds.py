@@ -651,13 +651,14 @@ def test_a_duplicated_fold_task_counts_the_update_once(core, django_capture_on_c
     assert again.json()["status"] == UploadStatus.FOLDED
 
 
-def test_invites_are_not_sent_until_the_consumer_handles_them(core, monkeypatch):
+def test_each_invitee_is_sent_its_invite_once_on_its_own_channel(core, monkeypatch):
     sent = []
     monkeypatch.setattr(fl_rounds.realtime, "send_on_commit", lambda *args: sent.append(args))
     job = fl_job(core, cohort_size=1, min_reports=1)
     workers(1)
-    assert len(round_open(job=job)) == 1
-    assert sent == []
+    invitations = round_open(job=job)
+    assert len(invitations) == 1
+    assert sent == [(invitations[0].channel_name, invitations[0].payload)]
 
 
 def test_a_strategy_without_a_round_path_fails_the_job_once(enterprise_job):

@@ -308,7 +308,7 @@ describe("constants come from the generated definition", () => {
       { ...CLOSE },
       { UNAUTHORIZED: 4001, PROTOCOL_VERSION: 4002, HELLO_TIMEOUT: 4003, NOT_FOUND: 4004, RATE_LIMITED: 4008, TOO_LARGE: 4009 },
     );
-    assert.deepEqual(Object.keys(SERVER_SCHEMAS), ["welcome", "assign", "ack", "credit", "cancel", "error", "pong"]);
+    assert.deepEqual(Object.keys(SERVER_SCHEMAS), ["welcome", "assign", "ack", "credit", "cancel", "error", "pong", "round_invite"]);
     assert.ok(Object.isFrozen(DEFINITION.limits));
   });
 });

@@ -96,7 +96,49 @@ def server_messages() -> list[dict]:
         server.error(code="invalid_message", message="x" * 5000, ref="progress"),
         server.error(code="rate_limited", message="slow down"),
         server.pong(),
+        server.round_invite(event=_invite_event(), kernel_sha256=SHA, deadline_ms=30_000),
     ]
+
+
+def _invite_event() -> dict:
+    """A ``worker.round_invite`` channel event as the round service builds it."""
+    return {
+        "type": "worker.round_invite",
+        "job": A,
+        "round": 3,
+        "participation": 41,
+        "deadline": "2026-12-01T10:00:30+00:00",
+        "seed": 2**62,
+        "model": {
+            "version": 2,
+            "sha256": SHA,
+            "url": f"/weights/{SHA}.f32",
+            "kernel": "logreg",
+            "sizes": [64, 10],
+            "parameter_count": 650,
+        },
+        "hyperparameters": {
+            "local_epochs": 2,
+            "batch_size": 10,
+            "learning_rate": 0.1,
+            "client_optimizer": "sgd",
+            "momentum": 0.9,
+            "proximal_mu": 0.0,
+            "compression": "none",
+        },
+        "data": {
+            "source": "public_partition",
+            "private": False,
+            "dataset": "digits",
+            "partition": "shards",
+            "clients": 4,
+            "dirichlet_alpha": None,
+            "shards_per_client": 2,
+            "client_index": 3,
+            "seed": 7,
+        },
+        "upload": {"url": "/fl/uploads/", "chunk_bytes": 262_144, "total_bytes": 2632},
+    }
 
 
 def director_messages() -> list[dict]:

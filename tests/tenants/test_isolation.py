@@ -32,6 +32,10 @@ NOT_TENANT_SCOPED_PREFIXES = (
     # FL update uploads: worker-token routes, scoped to the token's own participations (a 404
     # otherwise), tested in tests/jobs/test_fl_rounds.py.
     "fl/uploads/",
+    # FL worker downloads: public shards of running jobs (never private data) and training
+    # kernels by hash, for any worker token, tested in tests/jobs/test_fl_shards.py.
+    "fl/shards/",
+    "^fl/kernels/",
 )
 # Path parameters that are capabilities or nonces, not objects: password-reset and invitation
 # tokens, and the test-mode checkout id (it only ever credits the caller's own tenant).

@@ -1,0 +1,199 @@
+"""What an FL worker downloads besides the weights: its public data shard and the training
+kernel's module, both same-origin and for worker tokens (``Authorization: Worker <token>``).
+
+A shard is a client's part of a job's *public* partition (``DataSource.PUBLIC_PARTITION``,
+marked not private): contributors' own data never passes through here. It is rebuilt
+deterministically from the job's data set, partition and seed with ``jobs.federated`` (the
+train part of a stratified 80/20 split; the 20 % stay held out for evaluation), so every
+Daphne process serves the same bytes; they are kept per job in a small in-process cache and
+named by their sha256 (the ETag).
+
+Body (little endian, docs/federated-learning.md): a 16-byte header ``b"CCSD"``, u32 samples n,
+u32 features f, u32 classes; then X as f32[n·f] (row-major, values in [0, 1]) and Y as i32[n].
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_http_methods
+
+from jobs import dispatch
+from jobs.fl_models import DataSource
+from jobs.models import Job, JobStatus
+
+SHARD_MAGIC = b"CCSD"
+SHARD_HEADER = struct.Struct("<4sIII")
+TEST_FRACTION = 0.2
+CACHED_JOBS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One client's encoded shard and its hash."""
+
+    body: bytes
+    sha256: str
+
+
+def encode_shard(x: np.ndarray, y: np.ndarray, classes: int) -> bytes:
+    """Header, X (f32[n, f]) and Y (i32[n]) as one little-endian body."""
+    x32 = np.ascontiguousarray(x, dtype="<f4")
+    y32 = np.ascontiguousarray(y, dtype="<i4")
+    n, features = x32.shape
+    return SHARD_HEADER.pack(SHARD_MAGIC, n, features, classes) + x32.tobytes() + y32.tobytes()
+
+
+def decode_shard(body: bytes) -> tuple[np.ndarray, np.ndarray, int]:
+    """The inverse of ``encode_shard``: X f32[n, f], Y i32[n] and the class count."""
+    magic, n, features, classes = SHARD_HEADER.unpack_from(body)
+    if magic != SHARD_MAGIC or len(body) != SHARD_HEADER.size + 4 * n * features + 4 * n:
+        raise ValueError("not a shard body")
+    x = np.frombuffer(body, "<f4", n * features, SHARD_HEADER.size).reshape(n, features)
+    y = np.frombuffer(body, "<i4", n, SHARD_HEADER.size + 4 * n * features)
+    return x, y, classes
+
+
+def partition_shards(
+    *, dataset: str, partition: str, clients: int, seed: int, alpha: float | None, per_client: int
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Every client's (X, Y, classes) of a public partition, deterministic for its arguments."""
+    from jobs.federated import data, partitions  # heavy imports (scikit-learn), only when used
+
+    source = data.load_digits() if dataset == "digits" else data.load_mnist()
+    train, _ = data.train_test_split(source, test_fraction=TEST_FRACTION, seed=seed)
+    if partition == "iid":
+        split = partitions.iid_partition(len(train), clients=clients, seed=seed)
+    elif partition == "dirichlet":
+        split = partitions.dirichlet_partition(
+            train.y, clients=clients, alpha=alpha or 1.0, seed=seed
+        )
+    else:
+        split = partitions.shard_partition(
+            train.y, clients=clients, shards_per_client=per_client, seed=seed
+        )
+    return [(train.x[part], train.y[part], train.classes) for part in split.clients]
+
+
+_cache: OrderedDict[str, list[Shard]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def job_shards(job: Job) -> list[Shard]:
+    """A job's encoded shards, built once per process and kept for the last few jobs."""
+    key = str(job.pk)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
+    config = job.fl_config
+    built = [
+        encode_shard(x, y, classes)
+        for x, y, classes in partition_shards(
+            dataset=config.dataset,
+            partition=config.partition,
+            clients=config.partition_clients,
+            seed=job.seed,
+            alpha=config.dirichlet_alpha,
+            per_client=config.shards_per_client or 2,
+        )
+    ]
+    shards = [Shard(body, hashlib.sha256(body).hexdigest()) for body in built]
+    with _cache_lock:
+        _cache[key] = shards
+        while len(_cache) > CACHED_JOBS:
+            _cache.popitem(last=False)
+    return shards
+
+
+@functools.cache
+def _training_manifest() -> dict[str, dict[str, Any]]:
+    from jobs.federated.client import DEFAULT_BUILD_DIR
+
+    manifest = json.loads((DEFAULT_BUILD_DIR / "manifest.json").read_text())
+    return {entry["name"]: entry for entry in manifest.get("training_kernels", [])}
+
+
+def training_kernel_sha256(name: str) -> str:
+    """The sha256 of the built training kernel ``name`` (logreg, mlp, cnn)."""
+    return _training_manifest()[name]["sha256"]
+
+
+def _unauthorized(request: HttpRequest) -> JsonResponse | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme == "Worker" and dispatch.worker_token_verify(token=token.strip()) is not None:
+        return None
+    return JsonResponse(
+        {"error": {"code": "unauthorized", "message": "worker token required"}}, status=401
+    )
+
+
+def _not_found(message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": "not_found", "message": message}}, status=404)
+
+
+def _running_fl_job_unscoped(job_id: Any) -> Job | None:
+    """A running FL job of any tenant: the worker plane crosses tenants, as for the weights."""
+    return (
+        Job.objects.unscoped()
+        .select_related("fl_config")
+        .filter(pk=job_id, status=JobStatus.RUNNING, fl_config__isnull=False)
+        .first()
+    )
+
+
+@require_http_methods(["GET"])
+def shard(request: HttpRequest, job_id: Any, client_index: int) -> HttpResponse:
+    """A client's shard of a running job's public partition (404 for anything else)."""
+    denied = _unauthorized(request)
+    if denied is not None:
+        return denied
+    job = _running_fl_job_unscoped(job_id)
+    config = getattr(job, "fl_config", None)
+    if (
+        job is None
+        or config is None
+        or config.data_source != DataSource.PUBLIC_PARTITION
+        or config.data_is_private
+        or not 0 <= client_index < (config.partition_clients or 0)
+    ):
+        return _not_found("no such shard")
+    chosen = job_shards(job)[client_index]
+    etag = f'"{chosen.sha256}"'
+    if request.headers.get("If-None-Match") == etag:
+        return HttpResponse(status=304)
+    response = HttpResponse(chosen.body, content_type="application/octet-stream")
+    response["ETag"] = etag
+    response["X-Content-SHA256"] = chosen.sha256
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_http_methods(["GET"])
+def training_kernel(request: HttpRequest, sha256: str) -> HttpResponse:
+    """A built training kernel's module by hash (the ``round_invite`` names it)."""
+    denied = _unauthorized(request)
+    if denied is not None:
+        return denied
+    from jobs.federated.client import DEFAULT_BUILD_DIR
+
+    entry = next((e for e in _training_manifest().values() if e["sha256"] == sha256), None)
+    if entry is None:
+        return _not_found("no such training kernel")
+    data = (DEFAULT_BUILD_DIR / entry["file"]).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return _not_found("the build does not match its manifest")
+    response = HttpResponse(data, content_type="application/wasm")
+    response["ETag"] = f'"{sha256}"'
+    response["Cache-Control"] = "private, max-age=31536000, immutable"
+    return response

@@ -1,0 +1,59 @@
+"""Round invites reach the invited worker's socket as ``round_invite`` messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from billing.operations import balance_adjust
+from ccgsc_site.asgi import application
+from ccgsc_worker import protocol as edge
+from jobs import dispatch
+from jobs.fl_shards import training_kernel_sha256
+from jobs.services.fl_rounds import round_open
+from tenants.tiers import Tier
+from tests.factories import ContributorFactory
+from tests.jobs.fl_helpers import fl_job
+from tests.jobs.helpers import HELLO
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _token() -> str:
+    return dispatch.worker_token_issue(contributor=ContributorFactory())
+
+
+def _core_job(tenant, owner):  # noqa: ANN001, ANN202
+    tenant.tier = Tier.CORE
+    tenant.save(update_fields=["tier"])
+    balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
+    return fl_job(tenant, cohort_size=1, min_reports=1, partition_clients=4, seed=5)
+
+
+async def test_an_invited_edge_worker_receives_its_round_invite(tenant, owner):
+    # given an edge worker online and a running FL job
+    token = await sync_to_async(_token)()
+    communicator = WebsocketCommunicator(application, "/ws/edge/")
+    assert (await communicator.connect())[0]
+    await communicator.send_to(text_data=json.dumps({**HELLO, "token": token}))
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    job = await sync_to_async(_core_job)(tenant, owner)
+    # when a round opens (the job's start may have opened it already)
+    invitations = await sync_to_async(round_open)(job=job)
+    # then the worker is sent the invite: the pinned kernel, its shard, the upload
+    text = await communicator.receive_from(timeout=5)
+    message = edge.parse_server_message(text)
+    assert message["type"] == "round_invite"
+    assert message["job"] == str(job.pk)
+    assert message["kernel"]["sha256"] == training_kernel_sha256("logreg")
+    assert message["kernel"]["url"] == f"/fl/kernels/{message['kernel']['sha256']}.wasm"
+    index = message["data"]["client_index"]
+    assert message["data"]["url"] == f"/fl/shards/{job.pk}/{index}.bin"
+    assert message["data"]["private"] is False
+    assert 0 < message["deadline_ms"] <= 120_000
+    if invitations:
+        assert message["participation"] == invitations[0].participation_id
+    await communicator.disconnect()
