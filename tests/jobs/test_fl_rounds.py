@@ -729,3 +729,16 @@ def test_rounds_record_epsilon_and_a_spent_budget_completes_the_job(
     assert job.status == JobStatus.COMPLETED
     assert "privacy budget is spent" in job.status_reason
     assert Round.objects.for_tenant(core).filter(job=job).count() == 2
+
+
+def test_browser_pages_are_not_invited_until_they_train(core):
+    # given an FL job, one online edge worker and one online browser page
+    from jobs.models import WorkerKind
+
+    job = fl_job(core, cohort_size=2, min_reports=1)
+    (edge,) = workers(1)
+    WorkerFactory(kind=WorkerKind.BROWSER, capabilities={"simd": True, "memory_mb": 4096})
+    # when a round opens
+    invitations = round_open(job=job)
+    # then only the edge worker is invited
+    assert [i.worker_id for i in invitations] == [str(edge.pk)]
