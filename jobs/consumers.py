@@ -25,6 +25,7 @@ from jobs import dispatch, fl_shards, protocol, realtime, selectors, services
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
 from jobs.dispatch.flusher import flusher, group_commit_enabled
 from jobs.protocol import ProtocolError
+from jobs.services.fl_rounds import fl_invites_pending_unscoped
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class WorkerConsumer(GuardedConsumer):
         self.bucket = TokenBucket(protocol.MESSAGES_PER_SECOND, protocol.MESSAGE_BURST)
         self.violations = 0
         self.fill_lock = asyncio.Lock()
+        self.invites_sent: set[int] = set()
         await self.accept()
         loop = asyncio.get_running_loop()
         self.hello_timer = loop.call_later(protocol.HELLO_TIMEOUT_S, self._hello_timeout)
@@ -135,8 +137,21 @@ class WorkerConsumer(GuardedConsumer):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         self.idle_timer = asyncio.get_running_loop().call_later(
-            IDLE_RECHECK_S, lambda: asyncio.ensure_future(self.fill())
+            IDLE_RECHECK_S, lambda: asyncio.ensure_future(self._recheck())
         )
+
+    async def _recheck(self) -> None:
+        await self.invites_resend()
+        await self.fill()
+
+    async def invites_resend(self) -> None:
+        """Send the open rounds' invites this worker has not had on this connection (an invite
+        pushed from another process, or lost on the way, would otherwise wait for nobody)."""
+        if self.worker_id is None or self.released or self.scope.get("worker_kind") != "edge":
+            return
+        for invite in await db(fl_invites_pending_unscoped)(worker_id=self.worker_id):
+            if invite.get("participation") not in self.invites_sent:
+                await self.worker_round_invite(invite)
 
     def _hello_timeout(self) -> None:
         if self.worker_id is None:
@@ -241,6 +256,7 @@ class WorkerConsumer(GuardedConsumer):
                 outstanding=session.outstanding,
             )
         )
+        await self.invites_resend()
         await self.fill()
 
     async def on_capacity(self, message: dict[str, Any]) -> None:
@@ -378,6 +394,7 @@ class WorkerConsumer(GuardedConsumer):
         await self.send_message(
             protocol.round_invite(event=event, kernel_sha256=kernel_sha256, deadline_ms=left_ms)
         )
+        self.invites_sent.add(event.get("participation"))
 
 
 class BrowserWorkerConsumer(WorkerConsumer):

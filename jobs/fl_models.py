@@ -289,6 +289,9 @@ class Participation(TenantOwnedModel):
     correct = models.PositiveIntegerField(default=0)
     rejection_code = models.CharField(max_length=20, blank=True)
     rejection_message = models.CharField(max_length=300, blank=True)
+    # The invite as sent: a worker whose invite was lost (another process's channel layer, a
+    # Redis blip, a reconnect) is sent it again from here while the round is open.
+    invite = models.JSONField(default=dict, blank=True)
     invited_at = models.DateTimeField(auto_now_add=True)
     reported_at = models.DateTimeField(null=True, blank=True)
 

@@ -221,6 +221,8 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         payload = round_invite_payload(
             job=job, round=round_, participation=participation, version=base, shard=shard
         )
+        participation.invite = payload
+        participation.save(update_fields=["invite"])
         if SEND_INVITES:
             realtime.send_on_commit(worker.channel_name, payload)
         invitations.append(
@@ -407,3 +409,21 @@ def round_sweep(*, now: Any = None) -> int:
         if round_open(job=Job.objects.unscoped().get(pk=job_id)):
             acted += 1
     return acted
+
+
+def fl_invites_pending_unscoped(*, worker_id: Any) -> list[dict[str, Any]]:
+    """The invites of open rounds this worker was invited to and has not reported in, as sent
+    (the consumer re-sends them: an invite sent from another process or lost on the way would
+    otherwise leave the invitee idle until the round's deadline)."""
+    return list(
+        Participation.objects.unscoped()
+        .filter(
+            worker_id=worker_id,
+            status=ParticipationStatus.INVITED,
+            round__status=RoundStatus.OPEN,
+            round__deadline__gt=timezone.now(),
+        )
+        .exclude(invite={})
+        .order_by("pk")
+        .values_list("invite", flat=True)
+    )

@@ -57,3 +57,35 @@ async def test_an_invited_edge_worker_receives_its_round_invite(tenant, owner):
     if invitations:
         assert message["participation"] == invitations[0].participation_id
     await communicator.disconnect()
+
+
+async def test_an_invite_the_worker_never_got_is_sent_when_it_connects(tenant, owner, monkeypatch):
+    # given an open round whose invite was pushed to nobody (sent from another process, or
+    # before the worker reconnected)
+    from jobs.services import fl_rounds
+
+    monkeypatch.setattr(fl_rounds, "SEND_INVITES", False)
+    token = await sync_to_async(_token)()
+    first = WebsocketCommunicator(application, "/ws/edge/")
+    assert (await first.connect())[0]
+    await first.send_to(text_data=json.dumps({**HELLO, "token": token}))
+    welcome = await first.receive_json_from(timeout=5)
+    job = await sync_to_async(_core_job)(tenant, owner)
+    invitations = await sync_to_async(round_open)(job=job)
+    await first.disconnect()
+    assert await first.receive_nothing(timeout=0.2)
+    # when the worker comes back
+    again = WebsocketCommunicator(application, "/ws/edge/")
+    assert (await again.connect())[0]
+    await again.send_to(
+        text_data=json.dumps({**HELLO, "token": token, "resume": welcome["worker"]})
+    )
+    assert (await again.receive_json_from(timeout=5))["type"] == "welcome"
+    # then it is sent its invite, once
+    message = edge.parse_server_message(await again.receive_from(timeout=5))
+    assert message["type"] == "round_invite"
+    participation = message["participation"]
+    if invitations:
+        assert participation == invitations[0].participation_id
+    assert await again.receive_nothing(timeout=0.3)
+    await again.disconnect()
