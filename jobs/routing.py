@@ -9,7 +9,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
-from jobs import consumers
+from jobs import consumers, director
 
 
 def browser(consumer):  # noqa: ANN001, ANN201
@@ -20,5 +20,5 @@ def browser(consumer):  # noqa: ANN001, ANN201
 websocket_urlpatterns = [
     path("ws/edge/", consumers.EdgeWorkerConsumer.as_asgi()),
     path("ws/worker/", browser(consumers.BrowserWorkerConsumer.as_asgi())),
-    path("ws/jobs/<uuid:job_id>/", browser(consumers.JobDirectorConsumer.as_asgi())),
+    path("ws/jobs/<uuid:job_id>/", browser(director.JobDirectorConsumer.as_asgi())),
 ]

@@ -16,7 +16,7 @@ from django.conf import settings
 from ccgsc_site.asgi import application
 from ccgsc_worker import abi
 from ccgsc_worker.protocol import encode_result_frame
-from jobs import consumers, dispatch, selectors, services
+from jobs import director, dispatch, selectors, services
 from jobs.models import Assignment, AssignmentStatus, JobStatus
 from tenants.roles import Role
 from tests.jobs.helpers import HELLO, _runner
@@ -264,7 +264,7 @@ async def test_viewers_of_one_job_share_one_snapshot_per_interval(monkeypatch):
     tenant, job_id = SimpleNamespace(pk=1), uuid.uuid4()
     # when a thousand of them tick in the same interval
     states = await asyncio.gather(
-        *(consumers.job_state_shared(tenant=tenant, job_id=job_id) for _ in range(1000))
+        *(director.job_state_shared(tenant=tenant, job_id=job_id) for _ in range(1000))
     )
     # then the snapshot was read once and every viewer got it, with the time of its read
     assert calls == [job_id]

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from billing.operations import balance_adjust
 from ccgsc_site.asgi import application
-from jobs import consumers, protocol, realtime, selectors
+from jobs import director, protocol, realtime, selectors
 from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import JobEvent
 from jobs.selectors import FL_CURVE_ROUNDS, job_state
@@ -191,11 +191,11 @@ async def test_viewers_hearing_a_round_close_share_one_read_begun_after_it(monke
 
     monkeypatch.setattr(selectors, "job_state", fake_job_state)
     tenant, job_id = SimpleNamespace(pk=1), uuid.uuid4()
-    _, before = await consumers.job_state_shared(tenant=tenant, job_id=job_id)
+    _, before = await director.job_state_shared(tenant=tenant, job_id=job_id)
     # When: a round closes and a hundred viewers hear it
-    seen = [consumers.round_close_seen_at(job_id=job_id, round_number=7) for _ in range(100)]
+    seen = [director.round_close_seen_at(job_id=job_id, round_number=7) for _ in range(100)]
     states = await asyncio.gather(
-        *(consumers.job_state_shared(tenant=tenant, job_id=job_id, not_before=at) for at in seen)
+        *(director.job_state_shared(tenant=tenant, job_id=job_id, not_before=at) for at in seen)
     )
     # Then: one more read, not the tick's snapshot, shared by all of them
     assert before == {"n": 1}
@@ -208,7 +208,7 @@ async def test_viewers_hearing_a_round_close_share_one_read_begun_after_it(monke
 async def test_a_round_close_reaches_a_viewer_with_the_new_point(tenant, owner, monkeypatch):
     # Given: the owner watches an FL job with one closed round (no tick during the test: the
     # new point can only come from the round-closed handler)
-    monkeypatch.setattr(consumers, "DIRECTOR_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(director, "DIRECTOR_INTERVAL_S", 3600.0)
     job, _ = await sync_to_async(fl_job_unchecked)(tenant)
     await sync_to_async(closed_round)(job, 1)
 
