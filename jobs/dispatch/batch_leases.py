@@ -1,0 +1,192 @@
+"""Group commit's leases: claims for many workers in one statement each, and heartbeats for
+every held lease in one UPDATE (see :mod:`jobs.dispatch.batch` for the transaction they run in).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+from django.utils import timezone
+
+from jobs.dispatch.claim import (
+    CLAIM_FIELDS,
+    Offer,
+    assignment_claim,
+    replica_take,
+    running_jobs_of,
+)
+from jobs.models import (
+    COUNTED_REPLICA_STATUSES,
+    Assignment,
+    AssignmentStatus,
+    Job,
+    Task,
+    Worker,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatItem:
+    worker_id: uuid.UUID
+    assignment_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimItem:
+    worker_id: uuid.UUID
+    count: int
+
+
+# ---------------------------------------------------------------- claims
+
+
+def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
+    """Claim for many workers at once: one ``SKIP LOCKED`` select of dispatchable tasks, one
+    read of what the claimers' contributors already hold, one UPDATE of the tasks and one INSERT
+    of the assignments. Offers in input order.
+
+    Replicas of a task go to distinct contributors (checked here, and by the partial unique
+    index). Private-pool workers, rare, claim through :func:`assignment_claim`."""
+    offers: list[list[Offer]] = [[] for _ in items]
+    wanted = [(index, item) for index, item in enumerate(items) if item.count > 0]
+    if not wanted:
+        return offers
+    workers = {
+        w.pk: w
+        for w in Worker.objects.select_related("contributor").filter(
+            pk__in={item.worker_id for _, item in wanted}
+        )
+    }
+    public = []
+    for index, item in wanted:
+        worker = workers.get(item.worker_id)
+        if worker is None or worker.is_banned or worker.contributor.is_banned:
+            continue
+        if worker.contributor.pool_tenant_id is not None:
+            offers[index] = assignment_claim(worker_id=item.worker_id, count=item.count)
+        else:
+            public.append((index, item, worker))
+    if not public:
+        return offers
+    total = sum(item.count for _, item, _ in public)
+    # Room for the tasks the claimers' own contributors already hold (a task waiting for its
+    # second replica stays dispatchable): they are skipped for them, not for others.
+    tasks = list(
+        Task.objects.unscoped()
+        .filter(dispatchable=True, private_pool=False)
+        .order_by("-priority", "id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .only(*CLAIM_FIELDS)[: 2 * total + 32]
+    )
+    if not tasks:
+        return offers
+    contributors = {worker.contributor_id for _, _, worker in public}
+    held = set(
+        Assignment.objects.unscoped()
+        .filter(
+            task_id__in=[t.pk for t in tasks],
+            contributor_id__in=contributors,
+            status__in=COUNTED_REPLICA_STATUSES,
+        )
+        .values_list("task_id", "contributor_id")
+    )
+    jobs = running_jobs_of(tasks)
+    now = timezone.now()
+    rng = random.Random()  # noqa: S311 - spot-check sampling, not secrecy
+    queue = deque((index, item.count, worker) for index, item, worker in public)
+    assignments, changed, stopped = [], [], []
+    for task in tasks:
+        job = jobs.get(task.job_id)
+        if job is None:  # paused or cancelled between the flag and the lock
+            stopped.append(task.pk)
+            continue
+        taken = False
+        for _ in range(len(queue)):
+            if task.active_replicas >= task.target_replicas or not queue:
+                break
+            index, need, worker = queue.popleft()
+            if (task.pk, worker.contributor_id) in held:
+                queue.append((index, need, worker))
+                continue
+            held.add((task.pk, worker.contributor_id))
+            assignment = replica_take(task=task, job=job, worker=worker, rng=rng, now=now)
+            assignments.append(assignment)
+            offers[index].append(Offer.for_assignment(assignment, task, job))
+            taken = True
+            if need > 1:
+                queue.append((index, need - 1, worker))
+        if taken:
+            changed.append(task)
+        if not queue:
+            break
+    if stopped:
+        Task.objects.unscoped().filter(pk__in=stopped).update(dispatchable=False)
+    update_from_values(
+        Task._meta.db_table,
+        [("id", "bigint"), ("active", "integer"), ("target", "integer")],
+        [(t.pk, t.active_replicas, t.target_replicas) for t in changed],
+        "active_replicas = v.active, target_replicas = v.target, "
+        "dispatchable = v.active < v.target",
+    )
+    Assignment.objects.bulk_create(assignments)
+    return offers
+
+
+# ---------------------------------------------------------------- heartbeats
+
+
+def heartbeats_extend_batch(*, items: list[HeartbeatItem]) -> list[bool]:
+    """Extend every held lease named in ``items`` with one UPDATE; False where none is held."""
+    if not items:
+        return []
+    now = timezone.now()
+    values = ", ".join(["(%s::uuid, %s::uuid)"] * len(items))
+    params: list[Any] = []
+    valid = []
+    for item in items:
+        try:
+            params.extend([str(uuid.UUID(item.assignment_id)), str(item.worker_id)])
+            valid.append(True)
+        except ValueError:
+            params.extend([str(uuid.UUID(int=0)), str(item.worker_id)])
+            valid.append(False)
+    assignment, job = Assignment._meta.db_table, Job._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {assignment} AS a SET heartbeat_at = %s, "  # noqa: S608 - table names only
+            f"lease_expires_at = %s + j.lease_seconds * interval '1 second' "
+            f"FROM {job} AS j, (VALUES {values}) AS v(id, worker_id) "
+            "WHERE a.id = v.id AND a.worker_id = v.worker_id AND a.status = %s "
+            "AND j.id = a.job_id RETURNING a.id",
+            [now, now, *params, AssignmentStatus.ASSIGNED],
+        )
+        held = {str(row[0]) for row in cursor.fetchall()}
+    return [
+        ok and str(uuid.UUID(item.assignment_id)) in held
+        for ok, item in zip(valid, items, strict=True)
+    ]
+
+
+# ---------------------------------------------------------------- results
+
+
+def update_from_values(table: str, columns: list[tuple[str, str]], rows: list[tuple], sets: str):
+    """``UPDATE table AS t SET <sets> FROM (VALUES rows) AS v(columns) WHERE t.id = v.id``.
+
+    ``columns`` are (name, SQL type) pairs, the first being ``id``; ``sets`` reads ``v.<name>``.
+    """
+    if not rows:
+        return
+    row_sql = "(" + ", ".join(f"%s::{kind}" for _, kind in columns) + ")"
+    names = ", ".join(name for name, _ in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS t SET {sets} "  # noqa: S608 - table and column names only
+            f"FROM (VALUES {', '.join([row_sql] * len(rows))}) AS v({names}) WHERE t.id = v.id",
+            [value for row in rows for value in row],
+        )
