@@ -14,7 +14,8 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 if [ -n "${REDIS_URL:-}" ]; then
   PROCESSES=${CCGSC_DAPHNE_PROCESSES:-$(nproc 2>/dev/null || echo 1)}
-  "$PY" -m celery -A ccgsc_site worker -B -l INFO --concurrency 2 &
+  mkdir -p var
+  "$PY" -m celery -A ccgsc_site worker -B -s var/celerybeat-schedule -l INFO --concurrency 2 &
   pids+=($!)
 else
   PROCESSES=1
