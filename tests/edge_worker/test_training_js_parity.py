@@ -131,7 +131,8 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
         assert uploaded == body
         status, samples, loss_sum, _correct, d, norm = METRICS.unpack(body[:32])
         assert (status, samples, d) == (0, len(y), len(body[32:]) // 4)
-        assert np.isfinite(loss_sum) and norm > 0
+        assert np.isfinite(loss_sum)
+        assert norm > 0
         # and each chunk carried its own SHA-256
         chunks = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
         digests = {hashlib.sha256(chunk).hexdigest() for chunk in chunks}
