@@ -195,7 +195,7 @@ export class Http {
       body,
       headers: { Authorization: `Worker ${this.token}`, ...headers },
       credentials: "omit",
-      cache: "no-store",
+      cache: method === "GET" ? "default" : "no-store", // GETs are content-addressed or ETagged
       signal: AbortSignal.timeout(this.timeoutMs),
     });
     return new HttpAnswer(response.status, new Uint8Array(await response.arrayBuffer()));

@@ -1,14 +1,14 @@
 // The contribute page: wires the session (what to do), the connection (WebSocket), the kernel
-// pool (one Web Worker per lent core), FL rounds (training.js, in a Web Worker of their own), the
-// device signals (battery, metered network) and the view (DOM). Protocol: docs/protocol.md; the
-// modules: docs/worker-page.md.
+// pool (one Web Worker per lent core), FL rounds (rounds.js: training.js with a Web Worker of
+// their own), the device signals (battery, metered network) and the view (DOM).
+// Protocol: docs/protocol.md; the modules: docs/worker-page.md.
 import { Backoff, CLOSE, fatalCloseReason, helloMessage, isUuid, pingMessage, resolveKernelUrl, websocketUrl } from "./protocol.js";
 import { Connection, obtainToken } from "./connection.js";
 import { Device, hardwareCores, loadOptions, saveOptions, unsupportedReason } from "./device.js";
 import { Outbox, readJson, safeStorage } from "./outbox.js";
 import { Clock, KernelPool } from "./pool.js";
 import { PHASE, Session } from "./session.js";
-import { Http, runRound } from "./training.js";
+import { RoundRunner } from "./rounds.js";
 import { View } from "./view.js";
 
 const KEYS = {
@@ -51,10 +51,8 @@ const page = {
   connectTimer: null,
   countdown: null,
   running: new Map(), // assignment id -> decoded task, while the pool has it
-  rounds: new Map(), // participation -> {info, controller}, while training.js has it
   lastRound: null, // the last round's info with its outcome and message
   roundOutcomes: {}, // outcome code -> rounds that ended with it
-  trainer: null, // the training Web Worker: {worker, pending, sequence}
 };
 
 const device = new Device({ onChange: (reason, paused) => apply(paused ? session.pause(reason) : session.resume(reason)) });
@@ -75,6 +73,12 @@ const pool = new KernelPool({
   onDone: (task, { output, sha256, elapsedMs }) => apply(session.finished(task.assignment, output, sha256, elapsedMs)),
   onFailed: (task, code, message) => apply(session.failed(task.assignment, code, message)),
   onProblem: (text) => recordError(text),
+});
+const rounds = new RoundRunner({
+  workerUrl: cfg.kernelWorkerUrl,
+  origin: window.location.origin,
+  onProgress: () => view.render(),
+  onFinished: roundFinished,
 });
 const clock = new Clock({ workerUrl: cfg.kernelWorkerUrl, onTick: heartbeat });
 const connection = new Connection({
@@ -122,7 +126,7 @@ function apply(effects) {
         onEnd(effect);
         break;
       case "train":
-        startRound(effect.invite);
+        rounds.start(effect.invite, { token: page.token, capabilities: device.capabilities() });
         break;
       case "notify":
         onNotify(effect);
@@ -166,7 +170,7 @@ function onNotify(note) {
 function onEnd({ reason, code }) {
   stopConnecting();
   pool.teardown();
-  stopTraining();
+  rounds.stop();
   clock.stop();
   page.running.clear();
   page.joined = false;
@@ -192,88 +196,12 @@ function runTask(id) {
 
 // -- FL rounds --------------------------------------------------------------------------------
 
-/** Train one round (fetch, E epochs in the training Web Worker, chunked upload), then report. */
-function startRound(invite) {
-  const info = {
-    job: invite.job,
-    round: invite.round,
-    participation: invite.participation,
-    stage: "starting",
-    epoch: 0,
-    epochs: invite.hyperparameters.epochs,
-    sentBytes: 0,
-    totalBytes: invite.upload.total_bytes,
-  };
-  const controller = new AbortController();
-  page.rounds.set(invite.participation, { info, controller });
-  const capabilities = device.capabilities();
-  runRound(invite, {
-    http: new Http({ origin: window.location.origin, token: page.token }),
-    openKernel: openTrainingKernel,
-    deadline: performance.now() + invite.deadline_ms,
-    clock: () => performance.now(),
-    capabilities: { simd: capabilities.simd, memoryMb: capabilities.memory_mb },
-    signal: controller.signal,
-    onProgress: (progress) => {
-      Object.assign(info, progress);
-      view.render();
-    },
-  }).then(({ code, message }) => {
-    page.rounds.delete(invite.participation);
-    page.lastRound = { ...info, stage: "done", outcome: code, message };
-    page.roundOutcomes[code] = (page.roundOutcomes[code] || 0) + 1;
-    if (!["uploaded", "late", "cancelled"].includes(code)) recordError(`Training round ${info.round}: ${message || code}`);
-    apply(session.roundFinished(invite.participation, code, message));
-  });
-}
-
-/** The training Web Worker (kernel-worker.js, apart from the pool's cores), started on demand. */
-function trainingWorker() {
-  if (!page.trainer) {
-    const worker = new Worker(cfg.kernelWorkerUrl, { type: "module", name: "ccgsc-training" });
-    const trainer = { worker, pending: new Map(), sequence: 0 };
-    worker.onmessage = ({ data }) => {
-      const waiting = trainer.pending.get(data?.id);
-      if (!waiting || data.type === "stage") return;
-      trainer.pending.delete(data.id);
-      if (data.type === "trained") waiting.resolve(data.result);
-      else waiting.reject(new Error(data.message || data.code || "training failed"));
-    };
-    worker.onerror = (event) => {
-      event.preventDefault?.();
-      dropTrainer(`the training worker crashed: ${event.message || "unknown error"}`);
-    };
-    page.trainer = trainer;
-  }
-  return page.trainer;
-}
-
-/** `runEpoch(call)` for a kernel module training.js fetched and checked. */
-async function openTrainingKernel(bytes, kernel) {
-  const module = bytes.slice().buffer;
-  return (call) =>
-    new Promise((resolve, reject) => {
-      const trainer = trainingWorker();
-      const id = ++trainer.sequence;
-      trainer.pending.set(id, { resolve, reject });
-      trainer.worker.postMessage({ type: "train", id, kernel: { name: kernel.name, sha256: kernel.sha256, url: kernel.url, bytes: module }, call });
-    });
-}
-
-/** Abandon every round: cancel them and stop the training worker. */
-function stopTraining() {
-  for (const { controller } of page.rounds.values()) controller.abort();
-  dropTrainer("the page stopped training");
-}
-
-/** Terminate the training worker; the calls it had fail with `reason` (kernel_failed). */
-function dropTrainer(reason) {
-  const trainer = page.trainer;
-  page.trainer = null;
-  if (!trainer) return;
-  trainer.worker.terminate();
-  for (const { reject } of trainer.pending.values()) reject(new Error(reason));
-  trainer.pending.clear();
+/** A round ended: remember how, list an error under Problems, and tell the session. */
+function roundFinished(info, code, message) {
+  page.lastRound = { ...info, outcome: code, message };
+  page.roundOutcomes[code] = (page.roundOutcomes[code] || 0) + 1;
+  if (!["uploaded", "late", "cancelled"].includes(code)) recordError(`Training round ${info.round}: ${message || code}`);
+  apply(session.roundFinished(info.participation, code, message));
 }
 
 function heartbeat() {
@@ -399,7 +327,7 @@ function model() {
     errors: page.errors,
     slots: pool.slots,
     estimate: (busy) => pool.estimate(busy),
-    rounds: [...page.rounds.values()].map((r) => r.info),
+    rounds: rounds.active,
     lastRound: page.lastRound,
     fatal: page.fatal,
   };
@@ -435,7 +363,7 @@ window.ccgscWorker = Object.freeze({
       lastError: page.lastError,
       reconnects: c.reconnects,
       reconnectInMs: connectionState() === "reconnecting" ? Math.max(0, page.waitingUntil - Date.now()) : null,
-      rounds: [...page.rounds.values()].map((r) => ({ ...r.info })),
+      rounds: rounds.active,
       lastRound: page.lastRound && { ...page.lastRound },
       roundOutcomes: { ...page.roundOutcomes },
       fatal: page.fatal,
