@@ -24,6 +24,7 @@ from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
 from jobs.dispatch.flusher import flusher, group_commit_enabled
 from jobs.protocol import ProtocolError
 from jobs.services.fl_rounds import fl_invites_pending_unscoped
+from jobs.services.fl_rounds_declines import participation_decline
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class WorkerConsumer(GuardedConsumer):
     async def invites_resend(self) -> None:
         """Send the open rounds' invites this worker has not had on this connection (an invite
         pushed from another process, or lost on the way, would otherwise wait for nobody)."""
-        if self.worker_id is None or self.released or self.scope.get("worker_kind") != "edge":
+        if self.worker_id is None or self.released:
             return
         for invite in await db(fl_invites_pending_unscoped)(worker_id=self.worker_id):
             if invite.get("participation") not in self.invites_sent:
@@ -279,6 +280,15 @@ class WorkerConsumer(GuardedConsumer):
             await self.send_message(
                 protocol.cancel(assignment=message["assignment"], reason="lease_lost")
             )
+
+    async def on_round_declined(self, message: dict[str, Any]) -> None:
+        # Nothing is answered: a decline that crossed the round's close changes nothing.
+        await db(participation_decline)(
+            worker_id=self.worker_id,
+            participation_id=message["participation"],
+            reason=message["reason"],
+            message=message.get("message", ""),
+        )
 
     async def on_error(self, message: dict[str, Any]) -> None:
         item = ErrorItem(

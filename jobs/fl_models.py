@@ -264,10 +264,12 @@ class ParticipationStatus(models.TextChoices):
     DROPPED = "dropped", "Dropped out"
     LATE = "late", "Late (straggler)"
     REJECTED = "rejected", "Rejected (failed validation)"
+    # The worker said it will not train (paused, no SIMD, no local data...): not a dropout.
+    DECLINED = "declined", "Declined by the worker"
 
 
 class Participation(TenantOwnedModel):
-    """One contributor's part in one round: invited, then reported, dropped or late."""
+    """One contributor's part in one round: invited, then reported, dropped, late or declined."""
 
     id = models.BigAutoField(primary_key=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")

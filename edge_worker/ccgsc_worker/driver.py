@@ -223,7 +223,7 @@ class SessionDriver:
         """One FL round off the event loop; its end goes back to the session."""
         participation = invite["participation"]
         if self.trainer is None or self.kernel_source is None:
-            code, message = "declined", "this worker does not train"
+            code, message = "unsupported", "this worker does not train"
         else:
             kernel = invite["kernel"]
             ref = KernelRef(kernel["name"], "", kernel["sha256"], kernel["url"])

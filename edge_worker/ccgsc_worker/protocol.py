@@ -46,6 +46,9 @@ FATAL_CLOSE_CODES = frozenset(
 
 ERROR_CODES = tuple(DEFINITION["error_codes"]["task"])
 ACK_STATUSES = tuple(DEFINITION["ack_statuses"])
+# Why a worker declines an FL round (``round_declined``); ``paused`` comes from the session.
+DECLINE_REASONS = tuple(_WORKER["inbound"]["round_declined"]["properties"]["reason"]["enum"])
+MAX_DECLINE_MESSAGE = _WORKER["inbound"]["round_declined"]["properties"]["message"]["maxLength"]
 
 # Server → worker message schemas, and the fields each must carry (beyond "v" and "type").
 SERVER_SCHEMAS: dict[str, dict[str, Any]] = _WORKER["outbound"]
@@ -118,6 +121,14 @@ def error(assignment: str, code: str, message: str = "") -> dict[str, Any]:
         raise ValueError(f"unknown error code {code!r}")
     text = message.replace("\x00", "")[:MAX_ERROR_MESSAGE]
     return _message("error", assignment=assignment, code=code, message=text)
+
+
+def round_declined(participation: int, reason: str, message: str = "") -> dict[str, Any]:
+    """Build a ``round_declined``: this worker will not train the round it was invited to."""
+    if reason not in DECLINE_REASONS:
+        raise ValueError(f"unknown decline reason {reason!r}")
+    text = _CONTROL_CHARACTERS.sub("", message)[:MAX_DECLINE_MESSAGE]
+    return _message("round_declined", participation=participation, reason=reason, message=text)
 
 
 def ping() -> dict[str, Any]:

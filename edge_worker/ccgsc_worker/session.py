@@ -15,8 +15,8 @@ the effects the client must carry out, in order, as plain dicts:
   fatal close code after which reconnecting cannot help);
 - ``{"do": "notify", "event": name, ...}``: something happened (logs, counters on screen);
 - ``{"do": "train", "invite": {...}}``: train one FL round (the parsed ``round_invite``) and
-  upload the update; the driver reports the end with ``round_finished`` (edge worker only: the
-  browser session declines invites for now).
+  upload the update; the driver reports the end with ``round_finished`` (the browser's session
+  emits the same effect and its page trains with ``training.js``).
 
 What each server message does is in ``session_messages``. The twins are
 ``static/worker_frontend/session.js`` and ``session-messages.js``;
@@ -157,15 +157,19 @@ class Session:
         return True
 
     def round_finished(self, participation: int, outcome: str, message: str = "") -> list[Effect]:
-        """A round's training and upload ended (``uploaded``, ``rejected``, ``late`` or an
-        error code): forget it and say so."""
+        """A round's training and upload ended (``uploaded``, ``rejected``, ``late``, an error
+        code, or a decline reason such as ``no_local_data``): forget it and say so; a decline
+        reason is also sent to the server as ``round_declined`` (not a dropout, then)."""
         if participation not in self._rounds:
             return []
         self._rounds.discard(participation)
         note = notify(
             "round_finished", participation=participation, outcome=outcome, message=message
         )
-        return [note, *self.end_stop_if_done()]
+        effects = [note]
+        if outcome in proto.DECLINE_REASONS and self.connected:
+            effects.append(send(proto.round_declined(participation, outcome, message)))
+        return [*effects, *self.end_stop_if_done()]
 
     @property
     def heartbeat_interval_ms(self) -> int:
@@ -186,6 +190,7 @@ class Session:
             "stopping": self.stopping,
             "tasks": self.tasks,
             "outbox": list(self.outbox),
+            "rounds": self.rounds,
             "counters": asdict(self.counters),
         }
 

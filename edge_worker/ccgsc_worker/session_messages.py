@@ -172,14 +172,26 @@ def pong(session: Session, message: dict[str, Any]) -> list[Effect]:
 
 def round_invite(session: Session, message: dict[str, Any]) -> list[Effect]:
     """An FL round invitation: train it (the driver fetches, trains and uploads off the loop)
-    unless the worker is paused or stopping, or already trains this participation."""
+    unless this participation is already being trained (a re-sent invite: nothing to do) or the
+    worker is paused or stopping (then it declines, so the round does not wait for it)."""
     participation = message["participation"]
     info = {"job": message["job"], "round": message["round"], "participation": participation}
-    if session.pause_reasons:
-        return [notify("round_declined", **info, reason="paused")]
-    if not session.begin_round(participation):
+    if participation in session.rounds:
         return []
+    if session.pause_reasons:
+        return decline_round(session, info, "paused", ",".join(sorted(session.pause_reasons)))
+    session.begin_round(participation)
     return [notify("round_invite", **info), {"do": "train", "invite": message}]
+
+
+def decline_round(
+    session: Session, info: dict[str, Any], reason: str, message: str = ""
+) -> list[Effect]:
+    """Say (and tell the server, when connected) that this worker will not train a round."""
+    effects = [notify("round_declined", **info, reason=reason)]
+    if session.connected:
+        effects.append(send(proto.round_declined(info["participation"], reason, message)))
+    return effects
 
 
 SERVER_MESSAGES: dict[str, Callable[[Session, dict[str, Any]], list[Effect]]] = {

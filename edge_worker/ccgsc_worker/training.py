@@ -10,7 +10,9 @@ round then counts this worker as a dropout); nothing is retried past the deadlin
 Codes: ``uploaded`` (queued for the fold), ``rejected`` (the server refused the update; its
 reason in the message), ``late`` (the round closed first), and the errors ``deadline``,
 ``fetch_failed``, ``hash_mismatch``, ``bad_shard``, ``kernel_failed``, ``non_finite`` and
-``upload_failed``.
+``upload_failed``; ``no_local_data`` (a private-data job: this worker has none) is a decline,
+which the session reports to the server as ``round_declined``. The browser's twin is
+``static/worker_frontend/training.js``.
 """
 
 from __future__ import annotations
@@ -321,7 +323,8 @@ class RoundTrainer:
         try:
             model, data = invite["model"], invite["data"]
             if data.get("private") or "url" not in data:
-                raise RoundError("bad_shard", "only public shards served by the site are trained")
+                # A decline reason: the session tells the server (not a dropout).
+                raise RoundError("no_local_data", "this worker has no local data for this job")
             weights = self.fetch(model["url"], sha256=model["sha256"])
             if len(weights) != 4 * model["parameters"]:
                 raise RoundError("hash_mismatch", "weights do not have the model's length")

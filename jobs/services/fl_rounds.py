@@ -51,8 +51,8 @@ from jobs.services.model_registry import model_version_create, model_version_rea
 # deadline below the minimum of reports); a round with nobody to invite is never opened.
 MAX_FAILED_ROUNDS = 3
 # Invites go to each invitee's channel after commit; the consumer's ``worker_round_invite`` turns
-# them into ``round_invite`` messages. Edge workers train; browser pages decline for now (their
-# participations end as dropouts at the deadline). Off, invites are only built and returned.
+# them into ``round_invite`` messages. Edge workers and browser pages train; one that cannot says
+# so (``round_declined``) and is not counted a dropout. Off, invites are only built and returned.
 SEND_INVITES = True
 # A completed upload not folded after this long lost its Celery task: the sweeper re-queues it.
 FOLD_GRACE_SECONDS = 30

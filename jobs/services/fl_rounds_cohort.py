@@ -10,7 +10,7 @@ from typing import Any
 from django.db.models import Q
 
 from jobs.fl_models import DataSource, FlConfig, ModelVersion, Participation, Round
-from jobs.models import Job, Worker, WorkerKind
+from jobs.models import Job, Worker
 
 UPDATE_HEADER_BYTES = 32  # the training kernel's v2 metrics header, before f32[d]
 MAX_CHUNK_BYTES = 256 * 1024
@@ -35,7 +35,7 @@ def update_total_bytes(*, config: FlConfig) -> int:
 
 def eligible_workers(*, job: Job, config: FlConfig) -> list[Worker]:
     """Online, unbanned workers that may serve this job (private pools as for FC), one per
-    contributor, in a stable order."""
+    contributor, in a stable order: edge workers and browser pages alike (both train)."""
     pool = Q(contributor__pool_tenant_id=job.tenant_id)
     if not job.private_pool:
         pool |= Q(contributor__pool_tenant__isnull=True)
@@ -43,9 +43,6 @@ def eligible_workers(*, job: Job, config: FlConfig) -> list[Worker]:
     needed_mb = (16 * config.parameter_count) // (1024 * 1024)
     workers = (
         Worker.objects.filter(pool, is_online=True, is_banned=False, contributor__is_banned=False)
-        # Only the edge worker trains so far; browser pages decline invites (and would only
-        # become dropouts) until the page's training loop lands.
-        .filter(kind=WorkerKind.EDGE)
         .exclude(capabilities__simd=False)
         .select_related("contributor")
         .order_by("contributor_id", "id")

@@ -4,7 +4,9 @@
 //   {type: "init", token}                       worker token for kernel downloads
 //   {type: "run", id, assignment, kernel: {sha256, url, name, limits?}, input: ArrayBuffer}
 //                                               an ABI v1 task or an encoded ABI v2 call
-//   {type: "train", id, kernel: {...}, call}    an ABI v2 call as fields (encodeTrainInput)
+//   {type: "train", id, kernel: {...}, call}    an ABI v2 call as fields (encodeTrainInput);
+//                                               kernel.bytes (ArrayBuffer), when given, are the
+//                                               module the page fetched (checked again here)
 //   {type: "clock", intervalMs}                 (clock role only) post "tick" every intervalMs
 // Worker → page:
 //   {type: "stage", id, stage: "fetching" | "compiling" | "running"}
@@ -85,6 +87,10 @@ async function download(url) {
 }
 
 async function loadModule(kernel, report) {
+  if (kernel.bytes) {
+    report("compiling");
+    return compileVerified(new Uint8Array(kernel.bytes), kernel.sha256); // hash checked first
+  }
   const cached = await cachedBytes(kernel.sha256);
   if (cached) {
     try {

@@ -34,6 +34,10 @@ export const CLOSE = Object.freeze({
 });
 
 export const ERROR_CODES = Object.freeze(Object.keys(DEFINITION.error_codes.task));
+const DECLINED_SCHEMA = DEFINITION.routes.worker.inbound.round_declined;
+/** Why a worker declines an FL round (`round_declined`); `paused` comes from the session. */
+export const DECLINE_REASONS = Object.freeze([...DECLINED_SCHEMA.properties.reason.enum]);
+const MAX_DECLINE_MESSAGE = DECLINED_SCHEMA.properties.message.maxLength;
 
 /** Server → worker message schemas, by type. */
 export const SERVER_SCHEMAS = DEFINITION.routes.worker.outbound;
@@ -121,6 +125,21 @@ export function errorMessage(assignment, code, message = "") {
   };
   if (message) msg.message = truncate(String(message).replaceAll("\u0000", ""), MAX_ERROR_MESSAGE);
   return msg;
+}
+
+/**
+ * `round_declined`: this worker will not train the round it was invited to. Unknown reasons
+ * become `unsupported`; the message loses control characters and is cut to its limit (the
+ * same as the edge worker's builder, so both sessions send the same bytes).
+ */
+export function roundDeclinedMessage(participation, reason, message = "") {
+  return {
+    v: PROTOCOL_VERSION,
+    type: "round_declined",
+    participation,
+    reason: DECLINE_REASONS.includes(reason) ? reason : "unsupported",
+    message: String(message ?? "").replace(/[\u0000-\u001f\u007f]/g, "").slice(0, MAX_DECLINE_MESSAGE),
+  };
 }
 
 export function pingMessage() {

@@ -3,7 +3,7 @@
 // One function per message type, called by `Session.message` with the parsed message; each
 // returns the session's effects and throws on a malformed message (the session turns that into
 // a `bad_message` notification). Also the small vocabulary both modules share.
-import { MAX_RESULT_BYTES, ProtocolError, decodeAssign, errorMessage } from "./protocol.js";
+import { MAX_RESULT_BYTES, ProtocolError, decodeAssign, errorMessage, roundDeclinedMessage } from "./protocol.js";
 
 export const QUEUED = "queued";
 export const RUNNING = "running";
@@ -145,11 +145,25 @@ function pong() {
   return [];
 }
 
-/** An FL round invitation: browser pages do not train yet (edge-only training for now), so
- * the invite is declined without an error; the round counts this participation as a dropout. */
+/**
+ * An FL round invitation: train it (the page fetches, trains and uploads with training.js)
+ * unless this participation is already being trained (a re-sent invite: nothing to do) or the
+ * worker is paused or stopping (then it declines, so the round does not wait for it).
+ */
 function round_invite(session, message) {
-  const info = { job: message.job, round: message.round, participation: message.participation };
-  return [notify("round_declined", { ...info, reason: "browser_training_pending" })];
+  const participation = message.participation;
+  const info = { job: message.job, round: message.round, participation };
+  if (session.rounds.has(participation)) return [];
+  if (session.pauseReasons.size) return declineRound(session, info, "paused", [...session.pauseReasons].sort().join(","));
+  session.rounds.add(participation);
+  return [notify("round_invite", info), { do: "train", invite: message }];
+}
+
+/** Say (and tell the server, when connected) that this worker will not train a round. */
+export function declineRound(session, info, reason, message = "") {
+  const effects = [notify("round_declined", { ...info, reason })];
+  if (session.connected) effects.push(send(roundDeclinedMessage(info.participation, reason, message)));
+  return effects;
 }
 
 export const SERVER_MESSAGES = Object.freeze({

@@ -13,12 +13,16 @@
 //   {do: "end", reason, code}             the session is over ("requested", "unauthorized",
 //                                         "protocol_version")
 //   {do: "notify", event, ...}            something happened (counters, the problems list)
+//   {do: "train", invite}                 train one FL round (the parsed round_invite) and upload
+//                                         the update (training.js); report its end with
+//                                         roundFinished(participation, outcome, message)
 //
 // What each server message does is in session-messages.js. The twins are
 // edge_worker/ccgsc_worker/session.py and session_messages.py; tests/scenarios/worker_session.json
 // drives both with the same inputs and expects the same effects.
 import {
   Backoff,
+  DECLINE_REASONS,
   MAX_RESULT_BYTES,
   MAX_SLOTS,
   PROTOCOL_VERSION,
@@ -28,6 +32,7 @@ import {
   errorMessage,
   parseServerMessage,
   progressMessage,
+  roundDeclinedMessage,
 } from "./protocol.js";
 import { Outbox } from "./outbox.js";
 import { CONNECTED, QUEUED, RUNNING, SERVER_MESSAGES, notify, refuseAssign, send } from "./session-messages.js";
@@ -86,6 +91,7 @@ export class Session {
     this.heartbeatFloorMs = heartbeatFloorMs;
     this.tasks = new Map(); // assignment id -> queued | running, in arrival order
     this.assignments = new Map(); // assignment id -> decoded assign
+    this.rounds = new Set(); // participations being trained
   }
 
   // -- reading ---------------------------------------------------------------------------
@@ -140,6 +146,7 @@ export class Session {
       stopping: this.stopping,
       tasks: Object.fromEntries(this.tasks),
       outbox: this.outbox.pending().map((p) => p.assignment),
+      rounds: [...this.rounds].sort((a, b) => a - b),
       counters: { ...this.counters, acks: { ...this.counters.acks } },
     };
   }
@@ -171,6 +178,8 @@ export class Session {
         return this.setConcurrency(event.concurrency);
       case "stop":
         return this.stop({ abandon: !!event.abandon });
+      case "round_finished":
+        return this.roundFinished(event.participation, event.outcome, event.message ?? "");
       default:
         throw new Error(`unknown session input ${event.event}`);
     }
@@ -261,6 +270,21 @@ export class Session {
   failed(id, code, message = "") {
     if (this.release(id) === undefined) return [];
     return this.reportFailure(id, code, message);
+  }
+
+  /**
+   * A round's training and upload ended (`uploaded`, `rejected`, `late`, an error code, or a
+   * decline reason such as `no_local_data`): forget it and say so; a decline reason is also sent
+   * to the server as `round_declined` (not a dropout, then).
+   */
+  roundFinished(participation, outcome, message = "") {
+    if (!this.rounds.has(participation)) return [];
+    this.rounds.delete(participation);
+    const effects = [notify("round_finished", { participation, outcome, message })];
+    if (DECLINE_REASONS.includes(outcome) && this.connected) {
+      effects.push(send(roundDeclinedMessage(participation, outcome, message)));
+    }
+    return [...effects, ...this.endStopIfDone()];
   }
 
   /** Heartbeat: a `progress` for every held task (queued ones hold a lease as well). */
@@ -361,7 +385,7 @@ export class Session {
   }
 
   endStopIfDone() {
-    if (!this.stopping || this.tasks.size || this.outbox.size) return [];
+    if (!this.stopping || this.tasks.size || this.outbox.size || this.rounds.size) return [];
     this.stopping = false;
     this.phase = PHASE.IDLE;
     this.sentSlots = null;

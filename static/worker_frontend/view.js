@@ -1,4 +1,5 @@
-// The contribute page's DOM: status, buttons, options, counters, per-core activity, problems.
+// The contribute page's DOM: status, buttons, options, counters, per-core activity, the FL round
+// being trained, problems.
 // It reads a model (a plain object the page builds) and reports clicks; it holds no logic.
 
 const MAX_ERRORS_SHOWN = 8;
@@ -13,6 +14,19 @@ const STATE_LABELS = {
 };
 
 const STAGE_LABELS = { starting: "starting", fetching: "downloading kernel", compiling: "preparing kernel", running: "running" };
+
+const ROUND_STAGES = { starting: "starting", fetching: "downloading the model and data", training: "training", uploading: "uploading the update" };
+const ROUND_OUTCOMES = {
+  uploaded: "update sent; it counts when the round closes",
+  late: "the round closed before the update arrived",
+  rejected: "the server refused the update",
+  cancelled: "stopped",
+  paused: "declined: paused",
+  no_simd: "declined: this browser lacks WebAssembly SIMD",
+  low_memory: "declined: not enough memory for this model",
+  no_local_data: "declined: no local data for this job",
+  unsupported: "declined: this device cannot train",
+};
 
 const numberFormat = new Intl.NumberFormat();
 const fmt = (n) => numberFormat.format(n);
@@ -53,6 +67,15 @@ export class View {
       fatal: $("wf-fatal"),
       fatalText: $("wf-fatal-text"),
       unsupported: $("wf-unsupported"),
+      roundIdle: $("wf-round-idle"),
+      round: $("wf-round"),
+      roundName: $("wf-round-name"),
+      roundStage: $("wf-round-stage"),
+      roundEpochs: $("wf-round-epochs"),
+      roundEpochsText: $("wf-round-epochs-text"),
+      roundUpload: $("wf-round-upload"),
+      roundUploadText: $("wf-round-upload-text"),
+      roundOutcome: $("wf-round-outcome"),
     };
   }
 
@@ -181,6 +204,7 @@ export class View {
     el.errorsCount.textContent = fmt(m.errors);
 
     this.renderSlots(m);
+    this.renderRound(m);
     el.fatal.hidden = !m.fatal;
     if (m.fatal) el.fatalText.textContent = m.fatal;
   }
@@ -237,5 +261,33 @@ export class View {
     });
     el.idle.hidden = anyBusy;
     el.idle.textContent = m.joined ? (m.slots.length ? "Waiting for tasks." : "Starting…") : "Nothing is running.";
+  }
+
+  /** The round being trained (the first, if several), and how the last one ended. */
+  renderRound(m) {
+    const { el } = this;
+    const r = m.rounds[0];
+    el.round.hidden = !r;
+    el.roundIdle.hidden = !!r || !!m.lastRound;
+    if (r) {
+      el.roundName.textContent = `Job ${r.job.slice(0, 8)} · round ${r.round}`;
+      el.roundStage.textContent = ROUND_STAGES[r.stage] || r.stage;
+      const epochsDone = r.stage === "uploading" ? r.epochs : Math.min(r.epoch, r.epochs);
+      el.roundEpochs.value = r.epochs ? epochsDone / r.epochs : 0;
+      el.roundEpochsText.textContent = `${epochsDone} of ${r.epochs}`;
+      el.roundEpochs.setAttribute("aria-valuetext", `${epochsDone} of ${r.epochs} epochs`);
+      const sent = r.sentBytes || 0;
+      el.roundUpload.value = r.totalBytes ? Math.min(1, sent / r.totalBytes) : 0;
+      el.roundUploadText.textContent = `${fmt(Math.round(sent / 1024))} of ${fmt(Math.round(r.totalBytes / 1024))} KiB`;
+      el.roundUpload.setAttribute("aria-valuetext", el.roundUploadText.textContent);
+    }
+    const last = m.lastRound;
+    const text = last
+      ? `Last round: job ${last.job.slice(0, 8)}, round ${last.round}: ${ROUND_OUTCOMES[last.outcome] || `ended (${last.outcome})`}` +
+        (last.message && last.outcome !== "uploaded" ? ` (${last.message})` : "") +
+        "."
+      : "";
+    if (el.roundOutcome.textContent !== text) el.roundOutcome.textContent = text;
+    el.roundOutcome.dataset.outcome = last ? last.outcome : "";
   }
 }

@@ -1,12 +1,14 @@
 // The contribute page: wires the session (what to do), the connection (WebSocket), the kernel
-// pool (one Web Worker per lent core), the device signals (battery, metered network) and the
-// view (DOM). Protocol: docs/protocol.md; the modules: docs/worker-page.md.
+// pool (one Web Worker per lent core), FL rounds (rounds.js: training.js with a Web Worker of
+// their own), the device signals (battery, metered network) and the view (DOM).
+// Protocol: docs/protocol.md; the modules: docs/worker-page.md.
 import { Backoff, CLOSE, fatalCloseReason, helloMessage, isUuid, pingMessage, resolveKernelUrl, websocketUrl } from "./protocol.js";
 import { Connection, obtainToken } from "./connection.js";
 import { Device, hardwareCores, loadOptions, saveOptions, unsupportedReason } from "./device.js";
 import { Outbox, readJson, safeStorage } from "./outbox.js";
 import { Clock, KernelPool } from "./pool.js";
 import { PHASE, Session } from "./session.js";
+import { RoundRunner } from "./rounds.js";
 import { View } from "./view.js";
 
 const KEYS = {
@@ -49,6 +51,8 @@ const page = {
   connectTimer: null,
   countdown: null,
   running: new Map(), // assignment id -> decoded task, while the pool has it
+  lastRound: null, // the last round's info with its outcome and message
+  roundOutcomes: {}, // outcome code -> rounds that ended with it
 };
 
 const device = new Device({ onChange: (reason, paused) => apply(paused ? session.pause(reason) : session.resume(reason)) });
@@ -69,6 +73,12 @@ const pool = new KernelPool({
   onDone: (task, { output, sha256, elapsedMs }) => apply(session.finished(task.assignment, output, sha256, elapsedMs)),
   onFailed: (task, code, message) => apply(session.failed(task.assignment, code, message)),
   onProblem: (text) => recordError(text),
+});
+const rounds = new RoundRunner({
+  workerUrl: cfg.kernelWorkerUrl,
+  origin: window.location.origin,
+  onProgress: () => view.render(),
+  onFinished: roundFinished,
 });
 const clock = new Clock({ workerUrl: cfg.kernelWorkerUrl, onTick: heartbeat });
 const connection = new Connection({
@@ -115,6 +125,9 @@ function apply(effects) {
       case "end":
         onEnd(effect);
         break;
+      case "train":
+        rounds.start(effect.invite, { token: page.token, capabilities: device.capabilities() });
+        break;
       case "notify":
         onNotify(effect);
         break;
@@ -157,6 +170,7 @@ function onNotify(note) {
 function onEnd({ reason, code }) {
   stopConnecting();
   pool.teardown();
+  rounds.stop();
   clock.stop();
   page.running.clear();
   page.joined = false;
@@ -178,6 +192,16 @@ function runTask(id) {
   }
   page.running.set(id, task);
   pool.run({ ...task, kernel: { ...task.kernel, url } });
+}
+
+// -- FL rounds --------------------------------------------------------------------------------
+
+/** A round ended: remember how, list an error under Problems, and tell the session. */
+function roundFinished(info, code, message) {
+  page.lastRound = { ...info, outcome: code, message };
+  page.roundOutcomes[code] = (page.roundOutcomes[code] || 0) + 1;
+  if (!["uploaded", "late", "cancelled"].includes(code)) recordError(`Training round ${info.round}: ${message || code}`);
+  apply(session.roundFinished(info.participation, code, message));
 }
 
 function heartbeat() {
@@ -303,6 +327,8 @@ function model() {
     errors: page.errors,
     slots: pool.slots,
     estimate: (busy) => pool.estimate(busy),
+    rounds: rounds.active,
+    lastRound: page.lastRound,
     fatal: page.fatal,
   };
 }
@@ -337,6 +363,9 @@ window.ccgscWorker = Object.freeze({
       lastError: page.lastError,
       reconnects: c.reconnects,
       reconnectInMs: connectionState() === "reconnecting" ? Math.max(0, page.waitingUntil - Date.now()) : null,
+      rounds: rounds.active,
+      lastRound: page.lastRound && { ...page.lastRound },
+      roundOutcomes: { ...page.roundOutcomes },
       fatal: page.fatal,
     };
   },

@@ -214,7 +214,7 @@ def test_private_data_is_never_fetched(digits_shard: bytes) -> None:
     server = FakeServer(weights, digits_shard)
     invite = _invite(weights)
     invite["data"] = {"source": "contributor_local", "private": True}
-    assert _run(server, invite)[0] == "bad_shard"
+    assert _run(server, invite)[0] == "no_local_data"
     assert server.log == []
 
 

@@ -24,6 +24,8 @@ SEQUENCES = 150
 STEPS = 40
 IDS = [resolve(f"@A{n}") for n in range(1, 5)]
 CODES = [None, 1000, 1006, 1011, 4003, 4008, 4009, 4001, 4002]
+PARTICIPATIONS = [11, 12, 13]
+OUTCOMES = ["uploaded", "late", "rejected", "deadline", "no_local_data", "unsupported", "paused"]
 
 
 def random_input(rng: random.Random) -> dict[str, Any]:
@@ -55,6 +57,13 @@ def random_input(rng: random.Random) -> dict[str, Any]:
         {"event": "resume", "reason": rng.choice(["user", "battery", "metered"])},
         {"event": "concurrency", "concurrency": rng.randint(1, 4)},
         {"event": "stop", "abandon": rng.random() < 0.5},
+        {"server": "round_invite", "participation": rng.choice(PARTICIPATIONS)},
+        {
+            "event": "round_finished",
+            "participation": rng.choice(PARTICIPATIONS),
+            "outcome": rng.choice(OUTCOMES),
+            "message": rng.choice(["", "why\nnot"]),
+        },
     ]
     return rng.choice(choices)
 

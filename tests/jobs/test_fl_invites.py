@@ -89,3 +89,67 @@ async def test_an_invite_the_worker_never_got_is_sent_when_it_connects(tenant, o
         assert participation == invitations[0].participation_id
     assert await again.receive_nothing(timeout=0.3)
     await again.disconnect()
+
+
+async def _browser_connected(token: str) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        application, "/ws/worker/", headers=[(b"origin", b"http://127.0.0.1")]
+    )
+    assert (await communicator.connect())[0]
+    hello = {**HELLO, "token": token, "client": {"kind": "browser", "version": "test"}}
+    await communicator.send_to(text_data=json.dumps(hello))
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    return communicator
+
+
+async def test_a_browser_page_that_cannot_train_declines_and_is_not_a_dropout(tenant, owner):
+    # given a browser page online and a running FL job whose round invited it
+    from jobs.fl_models import Participation
+
+    token = await sync_to_async(_token)()
+    page = await _browser_connected(token)
+    job = await sync_to_async(_core_job)(tenant, owner)
+    await sync_to_async(round_open)(job=job)
+    message = edge.parse_server_message(await page.receive_from(timeout=5))
+    assert message["type"] == "round_invite"
+    participation = message["participation"]
+    # when the page declines it (its contributor paused it)
+    declined = edge.round_declined(participation, "paused", "user")
+    await page.send_to(text_data=edge.encode_text(declined))
+    # then the participation is declined with the reason, and the page is told nothing
+    assert await page.receive_nothing(timeout=0.5)
+    row = await sync_to_async(Participation.objects.unscoped().get)(pk=participation)
+    assert (row.status, row.rejection_code, row.rejection_message) == ("declined", "paused", "user")
+    # and a second decline, or one for a participation that is not this worker's, changes nothing
+    await page.send_to(text_data=edge.encode_text(edge.round_declined(participation, "no_simd")))
+    await page.send_to(
+        text_data=edge.encode_text(edge.round_declined(participation + 999, "paused"))
+    )
+    assert await page.receive_nothing(timeout=0.5)
+    row = await sync_to_async(Participation.objects.unscoped().get)(pk=participation)
+    assert row.rejection_code == "paused"
+    await page.disconnect()
+
+
+async def test_a_malformed_decline_is_answered_with_an_error_and_changes_nothing(tenant, owner):
+    # given a browser page invited to a round
+    from jobs.fl_models import Participation
+
+    token = await sync_to_async(_token)()
+    page = await _browser_connected(token)
+    job = await sync_to_async(_core_job)(tenant, owner)
+    await sync_to_async(round_open)(job=job)
+    participation = edge.parse_server_message(await page.receive_from(timeout=5))["participation"]
+    # when it declines with a reason the protocol does not know
+    bad = {"v": 1, "type": "round_declined", "participation": participation, "reason": "bored"}
+    await page.send_to(text_data=json.dumps(bad))
+    # then it gets an invalid_message error and the participation is still invited
+    answer = await page.receive_json_from(timeout=5)
+    assert (answer["type"], answer["code"], answer["ref"]) == (
+        "error",
+        "invalid_message",
+        "round_declined",
+    )
+    row = await sync_to_async(Participation.objects.unscoped().get)(pk=participation)
+    assert row.status == "invited"
+    await page.disconnect()

@@ -731,14 +731,16 @@ def test_rounds_record_epsilon_and_a_spent_budget_completes_the_job(
     assert Round.objects.for_tenant(core).filter(job=job).count() == 2
 
 
-def test_browser_pages_are_not_invited_until_they_train(core):
-    # given an FL job, one online edge worker and one online browser page
+def test_browser_pages_are_invited_beside_edge_workers_when_they_can_train(core):
+    # given an FL job, an edge worker, a browser page with SIMD and memory, and a page
+    # without SIMD (the kernels need it)
     from jobs.models import WorkerKind
 
-    job = fl_job(core, cohort_size=2, min_reports=1)
+    job = fl_job(core, cohort_size=5, min_reports=1)
     (edge,) = workers(1)
-    WorkerFactory(kind=WorkerKind.BROWSER, capabilities={"simd": True, "memory_mb": 4096})
+    page = WorkerFactory(kind=WorkerKind.BROWSER, capabilities={"simd": True, "memory_mb": 4096})
+    WorkerFactory(kind=WorkerKind.BROWSER, capabilities={"simd": False, "memory_mb": 4096})
     # when a round opens
     invitations = round_open(job=job)
-    # then only the edge worker is invited
-    assert [i.worker_id for i in invitations] == [str(edge.pk)]
+    # then the edge worker and the capable page are invited, and nobody else
+    assert sorted(i.worker_id for i in invitations) == sorted([str(edge.pk), str(page.pk)])

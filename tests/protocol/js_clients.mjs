@@ -17,6 +17,7 @@ import {
   parseServerMessage,
   pingMessage,
   progressMessage,
+  roundDeclinedMessage,
 } from "../../static/worker_frontend/protocol.js";
 
 const A = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
@@ -52,6 +53,8 @@ function built() {
     error_nul: errorMessage(A, "timeout", "a\u0000b"),
     error_empty: errorMessage(A, "internal"),
     ping: pingMessage(),
+    round_declined_paused: roundDeclinedMessage(7, "paused", "user"),
+    round_declined_unknown: roundDeclinedMessage(0, "gremlins", "line\nbreak\u0000" + "x".repeat(400)),
   };
   const out = Object.entries(messages).map(([name, message]) => ({ name, text: JSON.stringify(message) }));
   const frames = {

@@ -27,6 +27,7 @@ SAMPLES: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"v": 1, "type": "progress", "assignment": A, "fraction": 0.5},
         {"v": 1, "type": "error", "assignment": A, "code": "timeout", "message": "slow\nly"},
         {"v": 1, "type": "ping"},
+        {"v": 1, "type": "round_declined", "participation": 3, "reason": "paused", "message": "u"},
         {"v": 1, "type": "result", "assignment": A, "sha256": SHA, "elapsed_ms": 5},
     ],
     ("worker", "outbound"): [

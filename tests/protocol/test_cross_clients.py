@@ -34,7 +34,7 @@ def _node(mode: str, stdin: str = "") -> list[dict]:
 
 def test_browser_builders_pass_the_server_validators():
     built = _node("build")
-    assert len(built) == 20
+    assert len(built) == 22
     for item in built:
         if "text" in item:
             message = server.parse_text(item["text"])
@@ -47,6 +47,9 @@ def test_browser_builders_pass_the_server_validators():
     assert hello["client"]["user_agent"] == "Mozilla/5.0(evil)"  # control characters removed
     assert json.loads(names["hello_clamped"]["text"])["resume"] is None  # "<uuid>\n" dropped
     assert json.loads(names["error_unknown_code"]["text"])["code"] == "internal"
+    declined = json.loads(names["round_declined_unknown"]["text"])
+    assert declined["reason"] == "unsupported"  # an unknown reason is not sent as is
+    assert declined["message"] == ("linebreak" + "x" * 400)[:300]
 
 
 def test_edge_builders_pass_the_server_validators():
@@ -64,6 +67,7 @@ def test_edge_builders_pass_the_server_validators():
         edge.progress(A, float("inf")),
         edge.error(A, "timeout", "a\x00b" * 400),
         edge.ping(),
+        edge.round_declined(7, "no_local_data", "no data\n" + "y" * 400),
     ]
     for message in messages:
         assert server.parse_text(edge.encode_text(message)) == message

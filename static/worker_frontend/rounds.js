@@ -1,0 +1,106 @@
+// FL rounds on the worker page: runs training.js for each `train` effect the session emits, with
+// the page's origin, worker token and device, the epochs in a module Web Worker of its own
+// (kernel-worker.js named `ccgsc-training`, started on the first round, so the cores lent to FC
+// tasks keep their tasks), the progress for the view and the outcome for the session. No DOM.
+//
+//   onProgress(info)                        a round's stage, epoch or upload bytes changed
+//   onFinished(info, code, message)         a round ended (give it to session.roundFinished)
+import { Http, runRound } from "./training.js";
+
+export class RoundRunner {
+  constructor({ workerUrl, origin, onProgress = () => {}, onFinished = () => {}, createWorker = null, fetch = null }) {
+    this.workerUrl = workerUrl;
+    this.origin = origin;
+    this.fetch = fetch; // tests give their own; the page uses the browser's
+    this.callbacks = { onProgress, onFinished };
+    this.createWorker = createWorker || ((name) => new Worker(this.workerUrl, { type: "module", name }));
+    this.rounds = new Map(); // participation -> {info, controller}
+    this.trainer = null; // {worker, pending: Map(id -> {resolve, reject}), sequence}
+  }
+
+  /** What the rounds being trained look like: {job, round, participation, stage, epoch, epochs, sentBytes, totalBytes}. */
+  get active() {
+    return [...this.rounds.values()].map((r) => ({ ...r.info }));
+  }
+
+  /** Train one round (fetch, E epochs, chunked upload); `onFinished` reports its end. */
+  start(invite, { token, capabilities = {} }) {
+    const info = {
+      job: invite.job,
+      round: invite.round,
+      participation: invite.participation,
+      stage: "starting",
+      epoch: 0,
+      epochs: invite.hyperparameters.epochs,
+      sentBytes: 0,
+      totalBytes: invite.upload.total_bytes,
+    };
+    const controller = new AbortController();
+    this.rounds.set(invite.participation, { info, controller });
+    runRound(invite, {
+      http: new Http({ origin: this.origin, token, ...(this.fetch ? { fetch: this.fetch } : {}) }),
+      openKernel: (bytes, kernel) => this.openKernel(bytes, kernel),
+      deadline: performance.now() + invite.deadline_ms,
+      clock: () => performance.now(),
+      capabilities: { simd: capabilities.simd, memoryMb: capabilities.memory_mb },
+      signal: controller.signal,
+      onProgress: (progress) => {
+        Object.assign(info, progress);
+        this.callbacks.onProgress({ ...info });
+      },
+    }).then(({ code, message }) => {
+      this.rounds.delete(invite.participation);
+      this.callbacks.onFinished({ ...info, stage: "done" }, code, message);
+    });
+  }
+
+  /** Abandon every round: cancel them (they end `cancelled`) and stop the training worker. */
+  stop() {
+    for (const { controller } of this.rounds.values()) controller.abort();
+    this.dropTrainer("the page stopped training");
+  }
+
+  // -- internals -------------------------------------------------------------------------
+
+  /** `runEpoch(call)` for a module training.js fetched and checked (checked again there). */
+  async openKernel(bytes, kernel) {
+    const module = bytes.slice().buffer;
+    return (call) =>
+      new Promise((resolve, reject) => {
+        const trainer = this.trainingWorker();
+        const id = ++trainer.sequence;
+        trainer.pending.set(id, { resolve, reject });
+        const ref = { name: kernel.name, sha256: kernel.sha256, url: kernel.url, bytes: module };
+        trainer.worker.postMessage({ type: "train", id, kernel: ref, call });
+      });
+  }
+
+  trainingWorker() {
+    if (this.trainer) return this.trainer;
+    const worker = this.createWorker("ccgsc-training");
+    const trainer = { worker, pending: new Map(), sequence: 0 };
+    worker.onmessage = ({ data }) => {
+      const waiting = trainer.pending.get(data?.id);
+      if (!waiting || data.type === "stage") return;
+      trainer.pending.delete(data.id);
+      if (data.type === "trained") waiting.resolve(data.result);
+      else waiting.reject(new Error(data.message || data.code || "training failed"));
+    };
+    worker.onerror = (event) => {
+      event.preventDefault?.();
+      if (this.trainer === trainer) this.dropTrainer(`the training worker crashed: ${event.message || "unknown error"}`);
+    };
+    this.trainer = trainer;
+    return trainer;
+  }
+
+  /** Terminate the training worker; the epochs it had fail with `reason` (kernel_failed). */
+  dropTrainer(reason) {
+    const trainer = this.trainer;
+    this.trainer = null;
+    if (!trainer) return;
+    trainer.worker.terminate();
+    for (const { reject } of trainer.pending.values()) reject(new Error(reason));
+    trainer.pending.clear();
+  }
+}

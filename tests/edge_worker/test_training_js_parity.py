@@ -1,0 +1,149 @@
+"""The worker page trains FL rounds exactly like the edge worker: for the same invite (weights,
+shard, kernel, seed, hyperparameters) the body the page's ``training.js`` uploads, chunk by chunk
+through its resumable upload, is byte-identical to the edge worker's ``train_update`` body.
+
+The Python side is computed here with wasmtime; the JavaScript side runs under Node
+(tests/js/training-replay.mjs) through the same kernels against an in-memory site that follows
+the upload protocol (a chunk lost in transit, a chunk damaged on the way)."""
+
+from __future__ import annotations
+
+import array
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ccgsc_worker.kernel import KernelRunner
+from ccgsc_worker.training import METRICS, decode_shard, train_update
+from jobs.fl_shards import encode_shard, partition_shards
+from jobs.services.fl_init import initial_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "wasm" / "build"
+NODE = shutil.which("node")
+CHUNK_BYTES = 16 * 1024
+
+# (kernel, sizes, epochs, momentum, proximal mu, learning rate, seed): one epoch (the kernel's own
+# output), several epochs with momentum carried and a proximal term (the page sums the steps and
+# takes the norm with an exact sum), and the demo job's 2NN.
+CASES = [
+    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "99"),
+    ("logreg", [64, 10], 3, 0.9, 0.01, 0.05, "18446744073709551615"),
+    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "4034321"),
+]
+
+
+def _invite(kernel: str, sizes: list[int], weights: bytes, wasm: bytes, **hyper: Any) -> dict:
+    return {
+        "type": "round_invite",
+        "job": "00000000-0000-4000-8000-0000000000f1",
+        "round": 1,
+        "participation": 7,
+        "seed": hyper.pop("seed"),
+        "model": {
+            "version": 4,
+            "sha256": hashlib.sha256(weights).hexdigest(),
+            "url": "/weights/w.f32",
+            "parameters": len(weights) // 4,
+            "sizes": sizes,
+        },
+        "kernel": {
+            "name": kernel,
+            "sha256": hashlib.sha256(wasm).hexdigest(),
+            "url": f"/fl/kernels/{kernel}.wasm",
+        },
+        "hyperparameters": {"batch_size": 10, **hyper},
+        "data": {"source": "public_partition", "private": False, "url": "/fl/shards/j/1.bin"},
+        "upload": {"url": "/fl/uploads/", "chunk_bytes": CHUNK_BYTES, "total_bytes": 0},
+        "deadline_ms": 60_000,
+    }
+
+
+def _python_body(invite: dict, wasm: bytes, weights: bytes, shard: bytes) -> bytes:
+    x, y, _n, _features = decode_shard(shard)
+    return train_update(
+        KernelRunner(wasm, invite["kernel"]["sha256"]),
+        sizes=invite["model"]["sizes"],
+        weights=weights,
+        x=x,
+        y=y,
+        hyperparameters=invite["hyperparameters"],
+        seed=int(invite["seed"]),
+        time_left=lambda: 1e9,
+    )
+
+
+@pytest.mark.skipif(not (BUILD / "mlp.wasm").exists(), reason="the WASM kernels are not built")
+def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) -> None:
+    if NODE is None:
+        pytest.fail("node is needed for the worker page's training tests")
+    # given one public shard of the 2-shard non-IID digits partition and several invites
+    x, y, classes = partition_shards(
+        dataset="digits", partition="shards", clients=2, seed=3, alpha=None, per_client=2
+    )[1]
+    shard = encode_shard(x, y, classes)
+    (tmp_path / "shard.bin").write_bytes(shard)
+    cases, expected = [], []
+    for number, (kernel, sizes, epochs, momentum, mu, rate, seed) in enumerate(CASES):
+        wasm = (BUILD / f"{kernel}.wasm").read_bytes()
+        weights = initial_weights(kernel, sizes, seed=number + 1).astype("<f4").tobytes()
+        (tmp_path / f"w{number}.f32").write_bytes(weights)
+        hyper = {"epochs": epochs, "momentum": momentum, "proximal_mu": mu, "learning_rate": rate}
+        invite = _invite(kernel, sizes, weights, wasm, seed=seed, **hyper)
+        # when the edge worker computes its body here
+        expected.append(_python_body(invite, wasm, weights, shard))
+        invite["upload"]["total_bytes"] = len(expected[-1])
+        cases.append(
+            {
+                "invite": invite,
+                "files": {
+                    "/weights/w.f32": str(tmp_path / f"w{number}.f32"),
+                    "/fl/shards/j/1.bin": str(tmp_path / "shard.bin"),
+                    f"/fl/kernels/{kernel}.wasm": str(BUILD / f"{kernel}.wasm"),
+                },
+                "drop": [1] if number == 2 else [],
+                "corrupt": [0] if number == 1 else [],
+            }
+        )
+    # and the page's training.js trains and uploads the same rounds under Node
+    done = subprocess.run(
+        [NODE, str(ROOT / "tests" / "js" / "training-replay.mjs")],
+        input=json.dumps({"cases": cases}),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    # then every round is uploaded and the assembled bodies are identical, byte for byte
+    for number, (result, body) in enumerate(zip(results, expected, strict=True)):
+        assert (result["code"], result["message"]) == ("uploaded", ""), number
+        uploaded = base64.b64decode(result["body_b64"])
+        assert hashlib.sha256(uploaded).hexdigest() == hashlib.sha256(body).hexdigest(), number
+        assert uploaded == body
+        status, samples, loss_sum, _correct, d, norm = METRICS.unpack(body[:32])
+        assert (status, samples, d) == (0, len(y), len(body[32:]) // 4)
+        assert np.isfinite(loss_sum)
+        assert norm > 0
+        # and each chunk carried its own SHA-256
+        chunks = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
+        digests = {hashlib.sha256(chunk).hexdigest() for chunk in chunks}
+        assert digests <= set(result["chunk_headers"])
+    # and the multi-epoch norm is the exact norm of the summed update, as Python's fsum gives it
+    update = array.array("f", expected[1][32:])
+    assert METRICS.unpack(expected[1][:32])[5] == pytest.approx(
+        float(np.linalg.norm(np.asarray(update, dtype=np.float64))), rel=1e-12
+    )
+    # and the resumable upload did its job: a lost chunk asked for the state again, a damaged
+    # one was sent twice
+    assert results[2]["log"].count("POST /fl/uploads/") == 2
+    assert results[2]["log"].count("PUT /fl/uploads/u1/chunks/0") == 1
+    assert results[1]["log"].count("PUT /fl/uploads/u1/chunks/0") == 2

@@ -1,0 +1,131 @@
+// The page's round runner (static/worker_frontend/rounds.js): epochs go to the training Web
+// Worker, its failures and crashes end the round `kernel_failed`, and stopping cancels rounds.
+// A fake Web Worker and site stand in for the browser. Run: node --test tests/js/
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { describe, it } from "node:test";
+
+import { RoundRunner } from "../../static/worker_frontend/rounds.js";
+import { deriveSeed } from "../../static/worker_frontend/training.js";
+
+const sha = (bytes) => createHash("sha256").update(bytes).digest("hex");
+const weights = new Uint8Array(16);
+const module = new Uint8Array([0, 97, 115, 109]);
+
+function shard() {
+  const bytes = new Uint8Array(16 + 4 * 4 + 4 * 2);
+  const view = new DataView(bytes.buffer);
+  [0x44534343, 2, 2, 2].forEach((v, i) => view.setUint32(4 * i, v, true));
+  return bytes;
+}
+
+const invite = {
+  job: "00000000-0000-4000-8000-0000000000f1",
+  round: 2,
+  participation: 9,
+  seed: "1",
+  model: { version: 1, sha256: sha(weights), url: "/weights/w.f32", parameters: 4, sizes: [2, 2] },
+  kernel: { name: "logreg", sha256: sha(module), url: "/fl/kernels/k.wasm" },
+  hyperparameters: { epochs: 2, batch_size: 10, learning_rate: 0.1, momentum: 0, proximal_mu: 0 },
+  data: { source: "public_partition", private: false, url: "/fl/shards/j/0.bin" },
+  upload: { url: "/fl/uploads/", chunk_bytes: 1024, total_bytes: 48 },
+  deadline_ms: 60_000,
+};
+
+const files = { "/weights/w.f32": weights, "/fl/shards/j/0.bin": shard(), "/fl/kernels/k.wasm": module };
+const fetch = async (url) => {
+  const body = files[new URL(url).pathname];
+  return body ? new Response(body) : new Response("{}", { status: 404 });
+};
+
+/** A Web Worker stand-in: `answer(message, worker)` decides what it posts back. */
+function fakeWorkers(answer) {
+  const made = [];
+  const create = (name) => {
+    const worker = {
+      name,
+      terminated: false,
+      messages: [],
+      postMessage(message) {
+        this.messages.push(message);
+        queueMicrotask(() => answer(message, worker));
+      },
+      terminate() {
+        this.terminated = true;
+      },
+    };
+    made.push(worker);
+    return worker;
+  };
+  return { made, create };
+}
+
+function runner(workers, onProgress = () => {}) {
+  let finish;
+  const finished = new Promise((resolve) => (finish = resolve));
+  const rounds = new RoundRunner({
+    workerUrl: "kernel-worker.js",
+    origin: "http://site.test",
+    createWorker: workers.create,
+    fetch,
+    onProgress,
+    onFinished: (info, code, message) => finish({ info, code, message }),
+  });
+  return { rounds, finished };
+}
+
+describe("RoundRunner", () => {
+  it("sends each epoch to the training worker with the checked module, and reports its failure", async () => {
+    const workers = fakeWorkers((message, worker) =>
+      worker.onmessage({ data: { type: "failed", id: message.id, code: "kernel_failed", message: "trap: unreachable" } }),
+    );
+    const stages = [];
+    const { rounds, finished } = runner(workers, (info) => stages.push(info.stage));
+    rounds.start(invite, { token: "t".repeat(40), capabilities: { simd: true, memory_mb: 4096 } });
+    assert.deepEqual(rounds.active.map((r) => r.participation), [9]);
+    const { info, code, message } = await finished;
+    assert.equal(code, "kernel_failed");
+    assert.match(message, /trap: unreachable/);
+    assert.equal(info.participation, 9);
+    assert.deepEqual(rounds.active, []);
+    assert.equal(workers.made.length, 1);
+    assert.equal(workers.made[0].name, "ccgsc-training");
+    const [sent] = workers.made[0].messages;
+    assert.equal(sent.type, "train");
+    assert.equal(sent.kernel.sha256, invite.kernel.sha256);
+    assert.deepEqual([...new Uint8Array(sent.kernel.bytes)], [...module]);
+    assert.equal(sent.call.seed, deriveSeed(1n, 0)); // epoch 0 of the invite's seed
+    assert.deepEqual([sent.call.op, sent.call.batchSize, sent.call.nParams], ["train", 2, 4]);
+    assert.ok(stages.includes("fetching") && stages.includes("training"));
+  });
+
+  it("cancels the rounds and fails their pending epochs when stopped", async () => {
+    const workers = fakeWorkers(() => {}); // never answers
+    const { rounds, finished } = runner(workers);
+    rounds.start(invite, { token: "t".repeat(40), capabilities: { simd: true } });
+    while (!workers.made.length || !workers.made[0].messages.length) await new Promise((resolve) => setTimeout(resolve, 1));
+    rounds.stop();
+    const { code } = await finished;
+    assert.equal(code, "cancelled");
+    assert.equal(workers.made[0].terminated, true);
+  });
+
+  it("ends a round kernel_failed when the training worker crashes, and starts a new one next time", async () => {
+    const workers = fakeWorkers((message, worker) => worker.onerror({ message: "out of memory" }));
+    const { rounds, finished } = runner(workers);
+    rounds.start(invite, { token: "t".repeat(40), capabilities: { simd: true } });
+    const { code, message } = await finished;
+    assert.equal(code, "kernel_failed");
+    assert.match(message, /crashed: out of memory/);
+    assert.equal(workers.made[0].terminated, true);
+    assert.equal(rounds.trainer, null);
+  });
+
+  it("declines without SIMD before fetching anything", async () => {
+    const workers = fakeWorkers(() => {});
+    const { rounds, finished } = runner(workers);
+    rounds.start(invite, { token: "t".repeat(40), capabilities: { simd: false } });
+    assert.equal((await finished).code, "no_simd");
+    assert.equal(workers.made.length, 0);
+  });
+});
