@@ -8,6 +8,7 @@ import { Outbox, readJson, safeStorage } from "./outbox.js";
 import { Clock, KernelPool } from "./pool.js";
 import { PHASE, Session } from "./session.js";
 import { View } from "./view.js";
+import { mountLocalData } from "./local-data-view.js";
 
 const KEYS = {
   token: "ccgsc.workerToken",
@@ -374,6 +375,7 @@ document.addEventListener("visibilitychange", () => {
 });
 const reason = unsupportedReason(window);
 view.setUnsupported(reason);
+mountLocalData(document);
 device.setOptions({ onlyCharging: options.onlyCharging, pauseMetered: options.pauseMetered });
 device.watch().finally(() => {
   view.setDeviceSupport(device.supports);
