@@ -170,3 +170,76 @@ def test_a_csv_is_kept_on_the_device_with_consent_used_for_training_and_erased(
             assert secret.decode() not in url
     assert not errors, errors
     context.close()
+
+
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A solid-colour 8-bit RGB PNG."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_an_image_folder_is_decoded_to_grey_pixels_on_the_device(
+    daphne, browser, enterprise, tmp_path
+):
+    # Given: a job on 4×4 grey images of cats and dogs, and a picked folder with a stray file
+    # and a folder that is no class of the job
+    schema = {
+        "format": "images",
+        "features": 16,
+        "classes": 2,
+        "image_width": 4,
+        "image_height": 4,
+        "class_names": ["cat", "dog"],
+    }
+    job = fl_job(
+        enterprise, model_sizes=[16, 2], data_source="contributor_local", local_data=schema
+    )
+    folder = tmp_path / "pets"
+    for name, rgb in {"cat/white.png": (255, 255, 255), "cat/black.png": (0, 0, 0)}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(_png(12, 9, rgb))
+    (folder / "dog").mkdir()
+    (folder / "dog" / "red.png").write_bytes(_png(5, 5, (255, 0, 0)))
+    (folder / "cow").mkdir()
+    (folder / "cow" / "green.png").write_bytes(_png(5, 5, (0, 255, 0)))
+    (folder / "notes.txt").write_text("not an image")
+    page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(daphne.url + "/contribute/")
+    page.wait_for_function("() => document.querySelector('#wf-local-data').dataset.ready === '1'")
+    card = page.locator(f'[data-testid="local-data-job"][data-job="{job.pk}"]')
+    # When: the contributor picks the folder, consents and keeps it
+    card.get_by_label("Pick a folder of images").set_input_files(str(folder))
+    card.get_by_test_id("local-data-summary").wait_for()
+    assert card.get_by_test_id("local-data-rows").inner_text() == "3"
+    assert card.get_by_test_id("local-data-classes").inner_text() == "cat: 2 · dog: 1"
+    parse = card.get_by_test_id("local-data-parse").inner_text()
+    assert "2 other files were left out (folders cow are not classes of this job)" in parse
+    card.get_by_label("I agree that this job trains on this data here").check()
+    card.get_by_test_id("local-data-save").click()
+    page.wait_for_function("() => document.querySelector('#wf-local-data').dataset.kept === '1'")
+    # Then: training gets 4×4 grey pixels in [0, 1] per image, labelled by folder
+    shard = page.evaluate(SHARD, [str(job.pk), {"private": True, "schema": schema}])
+    assert (shard["n"], shard["features"], len(shard["x"])) == (3, 16, 48)
+    images = sorted(
+        (label, shard["x"][i * 16 : (i + 1) * 16]) for i, label in enumerate(shard["y"])
+    )
+    expected = [(0, 0.0), (0, 1.0), (1, 0.299)]
+    assert [label for label, _ in images] == [0, 0, 1]
+    for (_, pixels), (_, grey) in zip(images, expected, strict=True):
+        assert pixels == [pytest.approx(grey, abs=0.005)] * 16
+    assert not errors, errors
