@@ -270,12 +270,12 @@ def test_the_invite_carries_the_schema_and_cap_and_passes_the_protocol(enterpris
         "schema": CSV,
         "max_samples": 40,
     }
-    protocol.set_outbound_checks(True)
-    try:
-        message = protocol.round_invite(event=event, kernel_sha256="a" * 64, deadline_ms=1000)
-    finally:
-        protocol.set_outbound_checks(False)
+    # The suite checks every built message against the protocol definition (tests/conftest.py).
+    message = protocol.round_invite(event=event, kernel_sha256="a" * 64, deadline_ms=1000)
     assert message["data"]["schema"] == CSV
+    bad = {**event, "data": {**event["data"], "schema": {**CSV, "format": "xlsx"}}}
+    with pytest.raises(protocol.OutboundMessageError):
+        protocol.round_invite(event=bad, kernel_sha256="a" * 64, deadline_ms=1000)
     assert participation.invite["data"]["max_samples"] == 40
 
 
