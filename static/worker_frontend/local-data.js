@@ -52,8 +52,22 @@ export function* csvRecords(text) {
   let i = text.charCodeAt(0) === 0xfeff ? 1 : 0;
   let line = 1;
   const n = text.length;
+  let quoteAt = text.indexOf('"', i);
   while (i < n) {
     const start = line;
+    // Fast path: a line without quotes or lone carriage returns is one record split at commas.
+    if (quoteAt >= 0 && quoteAt < i) quoteAt = text.indexOf('"', i);
+    const end = text.indexOf("\n", i);
+    const stop = end < 0 ? n : end;
+    if (quoteAt < 0 || quoteAt > stop) {
+      const raw = text.slice(i, stop > i && text[stop - 1] === "\r" ? stop - 1 : stop);
+      if (!raw.includes("\r")) {
+        i = stop + 1;
+        line += 1;
+        if (raw.trim() !== "") yield { line: start, fields: raw.split(",") };
+        continue;
+      }
+    }
     const fields = [];
     let field = "";
     let quoted = false;

@@ -209,3 +209,14 @@ describe("localShard", () => {
     await assert.rejects(localShard(job, {}, { store: store(kept({ n: 4 })) }), { code: "bad_data", message: /damaged/ });
   });
 });
+
+describe("csvRecords line endings", () => {
+  it("reads old Mac (CR only) files and mixes quoted and plain lines", () => {
+    assert.deepEqual([...csvRecords('a,b\r1,2\r"x,y",3\n4,5')].map((r) => [r.line, r.fields]), [
+      [1, ["a", "b"]],
+      [2, ["1", "2"]],
+      [3, ["x,y", "3"]],
+      [4, ["4", "5"]],
+    ]);
+  });
+});
