@@ -105,6 +105,10 @@ class FlConfigOutput(serializers.Serializer):
     shards_per_client = serializers.IntegerField(allow_null=True)
     partition_clients = serializers.IntegerField(allow_null=True)
     data_is_private = serializers.BooleanField()
+    local_data = serializers.JSONField(
+        help_text="contributor_local: the schema contributors' data must match ({} otherwise)."
+    )
+    max_local_samples = serializers.IntegerField(allow_null=True)
     rounds = serializers.IntegerField()
     cohort_size = serializers.IntegerField(allow_null=True)
     cohort_fraction = serializers.FloatField(allow_null=True)

@@ -40,6 +40,47 @@ from tenants.roles import Action
 from tenants.tiers import JobKind
 
 
+class LocalDataSchemaInput(serializers.Serializer):
+    """What each contributor's own data must hold (``data_source = contributor_local``): a CSV
+    with a header row, numeric features and one label column (named, or by 0-based index), or a
+    folder of images with one sub-folder per class, resized to grey width × height pixels."""
+
+    format = serializers.ChoiceField(choices=["csv", "images"])
+    features = serializers.IntegerField(
+        min_value=1, max_value=4096, help_text="Must equal the model's input size."
+    )
+    classes = serializers.IntegerField(
+        min_value=2, max_value=4096, help_text="Must equal the model's output size."
+    )
+    label_column = serializers.CharField(
+        required=False, max_length=60, help_text="CSV: the label column's header name."
+    )
+    label_index = serializers.IntegerField(
+        required=False, min_value=0, max_value=4096, help_text="CSV: or its 0-based index."
+    )
+    image_width = serializers.IntegerField(required=False, min_value=1, max_value=64)
+    image_height = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=64,
+        help_text="Images: width × height must equal the features (grey pixels in [0, 1]).",
+    )
+    class_names = serializers.ListField(
+        child=serializers.CharField(max_length=60),
+        required=False,
+        min_length=2,
+        max_length=4096,
+        help_text="Images: the folder names, in label order (label i = class_names[i]).",
+    )
+
+    def to_internal_value(self, data: object) -> dict:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(f"Unknown fields: {', '.join(unknown)}.")
+        return super().to_internal_value(data)
+
+
 class FlJobCreateInput(serializers.Serializer):
     """An FL job. Every field but the name has a default: the 2NN of McMahan et al. 2017 sized
     for the digits partition ([64, 200, 200, 10]), 2 label shards per client over 100 clients,
@@ -68,6 +109,20 @@ class FlJobCreateInput(serializers.Serializer):
     )
     partition_clients = serializers.IntegerField(
         required=False, allow_null=True, default=100, min_value=1, max_value=1_000_000
+    )
+    local_data = LocalDataSchemaInput(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Required with contributor_local data: the schema contributors must match.",
+    )
+    max_local_samples = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=1,
+        max_value=1_000_000,
+        help_text="contributor_local: the most samples one update may declare (default 10,000).",
     )
     rounds = serializers.IntegerField(default=50, min_value=1, max_value=10_000)
     cohort_size = serializers.IntegerField(

@@ -120,6 +120,11 @@ class FlConfig(TenantOwnedModel):
     partition_clients = models.PositiveIntegerField(null=True, blank=True)
     # A public partition is, by definition, not private: the director and docs say so.
     data_is_private = models.BooleanField(default=True)
+    # Contributors' own data: the schema each contributor's file must match (format, features,
+    # classes, label column or image size and class names; jobs/services/fl_local_data.py), sent
+    # in every invite, and the most samples an update may declare (no shard to check it against).
+    local_data = models.JSONField(default=dict, blank=True)
+    max_local_samples = models.PositiveIntegerField(null=True, blank=True)
     # Rounds and cohort.
     rounds = models.PositiveIntegerField()
     cohort_size = models.PositiveIntegerField(null=True, blank=True)
@@ -204,6 +209,11 @@ class FlConfig(TenantOwnedModel):
             models.CheckConstraint(
                 condition=~Q(dp_mode="distributed") | Q(secure_aggregation=True),
                 name="flconfig_distributed_noise_needs_secagg",
+            ),
+            models.CheckConstraint(
+                condition=~Q(data_source="contributor_local")
+                | Q(max_local_samples__gte=1, data_is_private=True),
+                name="flconfig_local_data_is_private_and_capped",
             ),
         ]
 

@@ -170,6 +170,43 @@ class FlJobForm(forms.Form):
         required=False, help_text="Dirichlet(α): smaller α, more label skew."
     )
     partition_clients = forms.IntegerField(min_value=1, initial=100, required=False)
+    # Contributors' own data: the schema their file must match (LOCAL_DATA_FIELDS).
+    local_format = forms.ChoiceField(
+        choices=[("", "—"), ("csv", "CSV file"), ("images", "Folder of images, one per class")],
+        required=False,
+        label="Local data format",
+        help_text="Contributors' own data only: what each contributor picks on the worker page.",
+    )
+    local_features = forms.IntegerField(
+        min_value=1, required=False, help_text="Local data: features; default the model's inputs."
+    )
+    local_classes = forms.IntegerField(
+        min_value=2, required=False, help_text="Local data: classes; default the model's outputs."
+    )
+    local_label = forms.CharField(
+        max_length=60,
+        required=False,
+        label="CSV label column",
+        help_text="Its header name, or its 0-based index written as digits.",
+    )
+    local_image_size = forms.CharField(
+        max_length=9,
+        required=False,
+        label="Image size",
+        help_text="Grey width×height, e.g. 8x8 or 28x28 (their product is the features).",
+    )
+    local_class_names = forms.CharField(
+        max_length=4000,
+        required=False,
+        label="Class names",
+        help_text="Images: the folder names in label order, separated by commas.",
+    )
+    max_local_samples = forms.IntegerField(
+        min_value=1,
+        max_value=1_000_000,
+        required=False,
+        help_text="Local data: the most samples one update may declare (default 10,000).",
+    )
     rounds = forms.IntegerField(min_value=1, max_value=10_000, initial=50)
     cohort_size = forms.IntegerField(
         min_value=1, initial=10, required=False, help_text="Clients per round (or a fraction)."
@@ -297,9 +334,50 @@ class FlJobForm(forms.Form):
             raise forms.ValidationError("Give an object.")
         return value
 
+    def clean_local_image_size(self) -> tuple[int, int] | None:
+        raw = (self.cleaned_data.get("local_image_size") or "").lower().replace("×", "x")
+        if not raw.strip():
+            return None
+        try:
+            width, height = (int(part) for part in raw.split("x"))
+        except ValueError as exc:
+            raise forms.ValidationError("Give the size as width x height, e.g. 28x28.") from exc
+        return width, height
+
+    def local_data_schema(self) -> dict[str, Any] | None:
+        """The local data schema from the form's fields (checked by the service), or None."""
+        data = self.cleaned_data
+        if not data.get("local_format"):
+            return None
+        sizes = data.get("model_sizes") or [None]
+        schema: dict[str, Any] = {
+            "format": data["local_format"],
+            "features": data.get("local_features") or sizes[0],
+            "classes": data.get("local_classes") or sizes[-1],
+        }
+        label = (data.get("local_label") or "").strip()
+        size = data.get("local_image_size")
+        if data["local_format"] == "csv":
+            schema["label_index" if label.isdigit() else "label_column"] = (
+                int(label) if label.isdigit() else label or None
+            )
+        elif size:
+            schema["image_width"], schema["image_height"] = size
+        if data["local_format"] == "images":
+            names = data.get("local_class_names") or ""
+            schema["class_names"] = [name.strip() for name in names.split(",") if name.strip()]
+        return {key: value for key, value in schema.items() if value is not None}
+
     def spec_fields(self) -> dict:
         """The cleaned data as ``FlJobSpec`` keyword arguments (blank optional fields dropped)."""
-        data = {k: v for k, v in self.cleaned_data.items() if v is not None}
+        local_data = self.local_data_schema()
+        data = {
+            k: v
+            for k, v in self.cleaned_data.items()
+            if v is not None and not k.startswith("local_")
+        }
+        if local_data is not None:
+            data["local_data"] = local_data
         for name in ("dataset", "partition", "dp_accountant", "dp_mode", "dp_sampling"):
             if not data.get(name):
                 data.pop(name, None)

@@ -239,3 +239,33 @@ def model_version_get_for_workers_unscoped(*, sha256: str) -> ModelVersion | Non
         .order_by("created_at")
         .first()
     )
+
+
+def fl_local_data_jobs_unscoped(*, pool_tenant_id: Any = None) -> list[dict[str, Any]]:
+    """Running or paused FL jobs that train on contributors' own data, across tenants, with the
+    schema a contributor's file must match: the worker page lists them so a contributor can pick
+    and consent to data before an invite arrives. Private-pool jobs only for their pool."""
+    pool = Q(private_pool=False)
+    if pool_tenant_id is not None:
+        pool |= Q(tenant_id=pool_tenant_id)
+    jobs = (
+        Job.objects.unscoped()
+        .filter(
+            pool,
+            kind=JobKind.FL,
+            status__in=(JobStatus.RUNNING, JobStatus.PAUSED),
+            fl_config__data_source="contributor_local",
+        )
+        .select_related("fl_config", "tenant")
+        .order_by("-created_at")[:50]
+    )
+    return [
+        {
+            "job": str(job.pk),
+            "name": job.name,
+            "organisation": job.tenant.name,
+            "schema": dict(job.fl_config.local_data),
+            "max_samples": job.fl_config.max_local_samples,
+        }
+        for job in jobs
+    ]

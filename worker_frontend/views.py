@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 
 from billing import ledger
 from billing.models import AccountKind, Payout
 from billing.pricing import MIN_PAYOUT_CENTS
-from jobs import dispatch
+from jobs import dispatch, selectors
 
 
 def contribute(request: HttpRequest) -> HttpResponse:
@@ -26,8 +26,21 @@ def contribute(request: HttpRequest) -> HttpResponse:
             "ws_path": "/ws/worker/",
             "anonymous_token_url": reverse("api_contributor_anonymous"),
             "user_token": user_token,
+            "local_data_jobs_url": reverse("contribute_local_data_jobs"),
         },
     )
+
+
+def local_data_jobs(request: HttpRequest) -> JsonResponse:
+    """The jobs that train on contributors' own data and the schema each asks for (the worker
+    page's "Your local data" section). Nothing about a contributor's data is ever sent here."""
+    pool_tenant_id = None
+    if request.user.is_authenticated:
+        pool_tenant_id = dispatch.contributor_for_user(user=request.user).pool_tenant_id
+    jobs = selectors.fl_local_data_jobs_unscoped(pool_tenant_id=pool_tenant_id)
+    response = JsonResponse({"jobs": jobs})
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 @login_required

@@ -98,6 +98,9 @@ def round_invite_payload(
             "client_index": shard,
             "seed": job.seed,
         }
+    elif config.data_source == DataSource.CONTRIBUTOR_LOCAL:
+        # What the contributor's own file must look like, and how many rows to train on at most.
+        data |= {"schema": dict(config.local_data), "max_samples": config.max_local_samples}
     return {
         "type": INVITE_EVENT,
         "job": str(job.pk),

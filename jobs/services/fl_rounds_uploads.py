@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.fl_models import (
+    DataSource,
     FlMode,
     Participation,
     ParticipationStatus,
@@ -32,6 +33,7 @@ from jobs.fl_models import (
     UploadStatus,
 )
 from jobs.models import Contributor, JobStatus
+from jobs.services.fl_local_data import local_sample_problem
 from jobs.services.fl_rounds import (
     chunk_key,
     storage_delete_on_commit,
@@ -293,6 +295,11 @@ def update_upload_complete(*, upload: UpdateUpload) -> UpdateUpload:
     if not math.isfinite(loss_sum) or correct > samples:
         upload_reject(upload, "non_finite", "metrics header: loss not finite or correct > samples")
         return upload
+    if config.data_source == DataSource.CONTRIBUTOR_LOCAL:
+        too_many = local_sample_problem(samples=samples, max_local_samples=config.max_local_samples)
+        if too_many:
+            upload_reject(upload, "too_many_samples", too_many)
+            return upload
     Participation.objects.unscoped().filter(pk=upload.participation_id).update(
         samples=samples, loss_sum=loss_sum, correct=correct, base_version=upload.base_version
     )

@@ -28,6 +28,7 @@ from jobs.fl_models import (
 from jobs.services.creation import MAX_SEED
 from jobs.services.fl_admission import fl_cohort_invited
 from jobs.services.fl_init import parameter_count
+from jobs.services.fl_local_data import local_data_check
 from jobs.services.fl_privacy_rules import (
     MIN_SECURE_COHORT,
     check_budget,
@@ -109,6 +110,9 @@ class FlJobSpec:
     dirichlet_alpha: float | None = None
     shards_per_client: int | None = 2
     partition_clients: int | None = 100
+    # Contributors' own data: the schema they must provide (fl_local_data) and the sample cap.
+    local_data: dict[str, Any] | None = None
+    max_local_samples: int | None = None
     rounds: int = 50
     cohort_size: int | None = 10
     cohort_fraction: float | None = None
@@ -177,21 +181,26 @@ def _check_model(spec: FlJobSpec, errors: dict[str, str]) -> list[int]:
     return sizes
 
 
-def _check_data(spec: FlJobSpec, sizes: list[int], errors: dict[str, str]) -> None:
+def _check_data(
+    spec: FlJobSpec, sizes: list[int], errors: dict[str, str]
+) -> tuple[dict[str, Any], int | None]:
+    """The public partition's fields, or the local data's schema and sample cap (returned)."""
     if spec.data_source == DataSource.CONTRIBUTOR_LOCAL:
         if spec.cohort_fraction is not None:
             errors["cohort_fraction"] = (
                 "With contributors' local data the number of clients is unknown: give a cohort "
                 "size, not a fraction."
             )
-        return
+        return local_data_check(
+            schema=spec.local_data, max_samples=spec.max_local_samples, sizes=sizes, errors=errors
+        )
     if spec.data_source != DataSource.PUBLIC_PARTITION:
         errors["data_source"] = f"Choose one of {', '.join(DataSource.values)}."
-        return
+        return {}, None
     dataset = PUBLIC_DATASETS.get(spec.dataset)
     if dataset is None:
         errors["dataset"] = f"Choose one of {', '.join(PUBLIC_DATASETS)}."
-        return
+        return {}, None
     if sizes and (sizes[0] != dataset.features or sizes[-1] != dataset.classes):
         errors["model_sizes"] = (
             f"{dataset.name} has {dataset.features} features and {dataset.classes} classes: the "
@@ -200,7 +209,7 @@ def _check_data(spec: FlJobSpec, sizes: list[int], errors: dict[str, str]) -> No
     clients = spec.partition_clients
     if not isinstance(clients, int) or not 1 <= clients <= dataset.samples:
         errors["partition_clients"] = f"Split {dataset.name} among 1 to {dataset.samples} clients."
-        return
+        return {}, None
     if spec.partition == Partition.DIRICHLET:
         if not is_number(spec.dirichlet_alpha) or not 0 < spec.dirichlet_alpha <= 1000:
             errors["dirichlet_alpha"] = "Dirichlet partitions need α in (0, 1000]."
@@ -214,6 +223,7 @@ def _check_data(spec: FlJobSpec, sizes: list[int], errors: dict[str, str]) -> No
             )
     elif spec.partition != Partition.IID:
         errors["partition"] = f"Choose one of {', '.join(Partition.values)}."
+    return {}, None
 
 
 def _check_rounds_and_cohort(spec: FlJobSpec, errors: dict[str, str]) -> None:
@@ -426,7 +436,7 @@ def fl_job_validate(*, tenant: Tenant, spec: FlJobSpec) -> FlConfig:
     if not spec.name.strip():
         errors["name"] = "Give the job a name."
     sizes = _check_model(spec, errors)
-    _check_data(spec, sizes, errors)
+    local_data, max_local_samples = _check_data(spec, sizes, errors)
     _check_rounds_and_cohort(spec, errors)
     _check_client(spec, errors)
     options = _strategy_options(spec, errors)
@@ -435,6 +445,7 @@ def fl_job_validate(*, tenant: Tenant, spec: FlJobSpec) -> FlConfig:
     if errors:
         raise ValidationError(errors)
     config = _unsaved_config(spec, tenant, sizes, options)
+    config.local_data, config.max_local_samples = local_data, max_local_samples
     invited = fl_cohort_invited(config=config)
     cohort = math.ceil(invited / config.over_selection)
     if spec.min_reports is not None and not 1 <= spec.min_reports <= cohort:

@@ -10,6 +10,7 @@ import { Clock, KernelPool } from "./pool.js";
 import { PHASE, Session } from "./session.js";
 import { RoundRunner } from "./rounds.js";
 import { View } from "./view.js";
+import { mountLocalData } from "./local-data-view.js";
 
 const KEYS = {
   token: "ccgsc.workerToken",
@@ -403,6 +404,7 @@ document.addEventListener("visibilitychange", () => {
 });
 const reason = unsupportedReason(window);
 view.setUnsupported(reason);
+mountLocalData(document);
 device.setOptions({ onlyCharging: options.onlyCharging, pauseMetered: options.pauseMetered });
 device.watch().finally(() => {
   view.setDeviceSupport(device.supports);

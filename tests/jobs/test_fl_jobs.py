@@ -163,7 +163,10 @@ def test_invalid_fields_are_refused_by_name_and_nothing_is_written(
 
 
 def test_contributor_local_data_is_private_and_needs_a_cohort_count(enterprise):
-    job = fl_job(enterprise, data_source="contributor_local", model_sizes=[20, 3])
+    schema = {"format": "csv", "features": 20, "classes": 3, "label_column": "y"}
+    job = fl_job(
+        enterprise, data_source="contributor_local", model_sizes=[20, 3], local_data=schema
+    )
     assert job.fl_config.data_is_private is True
     assert (job.fl_config.dataset, job.fl_config.partition_clients) == ("", None)
 
