@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0006_participation_invite"),
+        ("jobs", "0012_participation_declined"),
     ]
 
     operations = [
