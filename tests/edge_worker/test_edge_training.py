@@ -16,7 +16,8 @@ import pytest
 from ccgsc_worker import abi
 from ccgsc_worker.training import METRICS, Response, RoundTrainer
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
-from jobs.fl_shards import decode_shard, encode_shard, partition_shards
+from jobs.fl_shards import decode_shard, encode_shard
+from jobs.services.fl_data import partition_shards
 
 BUILD = Path(__file__).resolve().parents[2] / "wasm" / "build"
 pytestmark = pytest.mark.skipif(
