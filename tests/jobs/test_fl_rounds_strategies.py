@@ -173,6 +173,8 @@ def test_a_scaffold_round_serves_its_control_variates_and_folds_both_vectors(
     assert served.status_code == 200
     assert np.frombuffer(served.content, "<f4").tolist() == [0.0] * D
     assert Client().get(first["control"]["url"]).status_code == 401  # workers only
+    unknown = f"/fl/controls/{job.pk}/{'0' * 64}.f32"
+    assert worker_client.get(unknown).status_code == 404
     # And: an upload is [Δy ‖ Δc], twice the dense size
     assert next(iter(invites.values()))["upload"]["total_bytes"] == 32 + 8 * D
     # When: both upload [Δy ‖ Δc]
