@@ -217,7 +217,9 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         cohort_size=len(cohort),
     )
     shards = data_shards(config, len(cohort), rng)
-    invite_controls = scaffold_invite_controls(job=job, base=base, state=_strategy_state(job, base))
+    invite_controls = scaffold_invite_controls(
+        job=job, base=base, read_state=lambda: _strategy_state(job, base)
+    )
     invitations = []
     for worker, shard in zip(cohort, shards, strict=True):
         participation = Participation.objects.create(
