@@ -23,14 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import realtime
-from jobs.aggregation import (
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedYogi,
-    StreamingFold,
-)
+from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, StreamingFold
 from jobs.fl_models import (
     FlConfig,
     FlMode,
