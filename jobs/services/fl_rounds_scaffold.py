@@ -74,11 +74,11 @@ def _url(job: Job, sha256: str) -> dict[str, str]:
 def scaffold_invite_controls(
     *, job: Job, base: ModelVersion, read_state: Callable[[], bytes | None]
 ) -> Callable[[int | None], dict[str, Any] | None]:
-    """What each invite of a round from ``base`` adds to its ``model``: for SCAFFOLD, ``control``
-    (c, from the strategy state stored with ``base``, read only for SCAFFOLD; zeros before the
-    first round) and,
-    when the server holds one for the invitee's partition client, ``client_control`` (cᵢ);
-    for any other strategy nothing."""
+    """What each invite of a round from ``base`` adds to its ``model``.
+
+    SCAFFOLD: ``control`` (c, from the strategy state stored with ``base``; zeros before the
+    first round) and, when the server holds one for the invitee's partition client,
+    ``client_control`` (cᵢ). Any other strategy: nothing (its state is never read)."""
     config = job.fl_config
     if config.server_strategy != ServerStrategy.SCAFFOLD:
         return lambda shard: None
