@@ -40,17 +40,18 @@ def model_version_evaluate(*, version_id: str) -> dict[str, Any] | None:
     round and the version, and complete the job if it reached its target accuracy.
 
     Idempotent: a version already evaluated is returned as stored. Returns None when the job
-    has no held-out set. The evaluation itself runs outside any transaction (no row is locked
+    has no held-out set (or the version is gone). The evaluation itself runs outside any transaction (no row is locked
     while the kernel runs); the write locks the round.
     """
     version = (
         ModelVersion.objects.unscoped()
         .select_related("job__fl_config", "job__tenant")
-        .get(pk=version_id)
+        .filter(pk=version_id)
+        .first()
     )
+    if version is None or version.round_id is None or not evaluation_available(job=version.job):
+        return None  # deleted with its job, the initial model, or no held-out set
     job = version.job
-    if version.round_id is None or not evaluation_available(job=job):
-        return None
     if "eval_accuracy" in (version.metrics or {}):
         return {k: v for k, v in version.metrics.items() if k.startswith("eval_")}
     from jobs.federated.client import evaluate
