@@ -24,16 +24,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.core.files.storage import default_storage
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
 from jobs import dispatch
 from jobs.fl_models import DataSource
 from jobs.models import Job, JobStatus
+from jobs.services.fl_data import job_partition_shards
+from jobs.services.fl_rounds_scaffold import control_key
 
 SHARD_MAGIC = b"CCSD"
 SHARD_HEADER = struct.Struct("<4sIII")
-TEST_FRACTION = 0.2
 CACHED_JOBS = 8
 
 
@@ -63,27 +65,6 @@ def decode_shard(body: bytes) -> tuple[np.ndarray, np.ndarray, int]:
     return x, y, classes
 
 
-def partition_shards(
-    *, dataset: str, partition: str, clients: int, seed: int, alpha: float | None, per_client: int
-) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Every client's (X, Y, classes) of a public partition, deterministic for its arguments."""
-    from jobs.federated import data, partitions  # heavy imports (scikit-learn), only when used
-
-    source = data.load_digits() if dataset == "digits" else data.load_mnist()
-    train, _ = data.train_test_split(source, test_fraction=TEST_FRACTION, seed=seed)
-    if partition == "iid":
-        split = partitions.iid_partition(len(train), clients=clients, seed=seed)
-    elif partition == "dirichlet":
-        split = partitions.dirichlet_partition(
-            train.y, clients=clients, alpha=alpha or 1.0, seed=seed
-        )
-    else:
-        split = partitions.shard_partition(
-            train.y, clients=clients, shards_per_client=per_client, seed=seed
-        )
-    return [(train.x[part], train.y[part], train.classes) for part in split.clients]
-
-
 _cache: OrderedDict[str, list[Shard]] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -96,18 +77,7 @@ def job_shards(job: Job) -> list[Shard]:
         if hit is not None:
             _cache.move_to_end(key)
             return hit
-    config = job.fl_config
-    built = [
-        encode_shard(x, y, classes)
-        for x, y, classes in partition_shards(
-            dataset=config.dataset,
-            partition=config.partition,
-            clients=config.partition_clients,
-            seed=job.seed,
-            alpha=config.dirichlet_alpha,
-            per_client=config.shards_per_client or 2,
-        )
-    ]
+    built = [encode_shard(x, y, classes) for x, y, classes in job_partition_shards(job)]
     shards = [Shard(body, hashlib.sha256(body).hexdigest()) for body in built]
     with _cache_lock:
         _cache[key] = shards
@@ -195,5 +165,28 @@ def training_kernel(request: HttpRequest, sha256: str) -> HttpResponse:
         return _not_found("the build does not match its manifest")
     response = HttpResponse(data, content_type="application/wasm")
     response["ETag"] = f'"{sha256}"'
+    response["Cache-Control"] = "private, max-age=31536000, immutable"
+    return response
+
+
+@require_http_methods(["GET"])
+def control_variate(request: HttpRequest, job_id: Any, sha256: str) -> HttpResponse:
+    """A SCAFFOLD control variate (c or a partition client's cᵢ, f32[d]) of a running job, by
+    hash: the invite names it next to the weights."""
+    denied = _unauthorized(request)
+    if denied is not None:
+        return denied
+    job = _running_fl_job_unscoped(job_id)
+    if job is None:
+        return _not_found("no such control variate")
+    key = control_key(job=job, sha256=sha256)
+    if not default_storage.exists(key):
+        return _not_found("no such control variate")
+    etag = f'"{sha256}"'
+    if request.headers.get("If-None-Match") == etag:
+        return HttpResponse(status=304)
+    with default_storage.open(key, "rb") as handle:
+        response = HttpResponse(handle.read(), content_type="application/octet-stream")
+    response["ETag"] = etag
     response["Cache-Control"] = "private, max-age=31536000, immutable"
     return response

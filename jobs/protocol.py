@@ -338,7 +338,8 @@ def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int)
             "url": model["url"],
             "parameters": model["parameter_count"],
             "sizes": list(model["sizes"]),
-        },
+        }
+        | {name: dict(model[name]) for name in ("control", "client_control") if name in model},
         kernel={
             "name": model["kernel"],
             "sha256": kernel_sha256,

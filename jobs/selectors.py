@@ -37,12 +37,15 @@ FL_CURVE_ROUNDS = 100
 FL_METRIC_SERIES = (
     "train_loss",
     "train_accuracy",
+    "eval_loss",
     "eval_accuracy",
     "client_accuracy_std",
     "staleness_mean",
     "duration_seconds",
 )
-FL_ROUND_SERIES = ("participants", "dropouts", "stragglers", "bytes_up", "bytes_down")
+FL_ROUND_SERIES = ("participants", "dropouts", "stragglers", "rejected", "bytes_up", "bytes_down")
+# Round series kept in the round's metrics rather than in a column of their own.
+_FL_METRIC_COUNTS = frozenset({"participants", "rejected"})
 
 
 def job_list(*, tenant: Tenant) -> QuerySet[Job]:
@@ -205,7 +208,7 @@ def fl_curves(*, tenant: Tenant, job: Job) -> dict[str, Any]:
         curves[name] = [_significant((row["metrics"] or {}).get(name)) for row in rows]
     for name in FL_ROUND_SERIES:
         curves[name] = [
-            (row["metrics"] or {}).get("participants") if name == "participants" else row[name]
+            (row["metrics"] or {}).get(name) if name in _FL_METRIC_COUNTS else row[name]
             for row in rows
         ]
     return curves

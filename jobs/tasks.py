@@ -39,3 +39,12 @@ def round_sweep() -> int:
     from jobs.services.fl_rounds import round_sweep as sweep
 
     return sweep()
+
+
+@shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
+def model_version_evaluate(version_id: str) -> dict | None:
+    """Evaluate an FL model version on its job's held-out set (a re-run returns the stored
+    result)."""
+    from jobs.services.fl_evaluation import model_version_evaluate as evaluate
+
+    return evaluate(version_id=version_id)

@@ -43,6 +43,11 @@ urlpatterns = [
         name="fl_shard",
     ),
     re_path(
+        r"^fl/controls/(?P<job_id>[0-9a-f-]{36})/(?P<sha256>[0-9a-f]{64})\.f32$",
+        fl_shards.control_variate,
+        name="fl_control_variate",
+    ),
+    re_path(
         r"^fl/kernels/(?P<sha256>[0-9a-f]{64})\.wasm$",
         fl_shards.training_kernel,
         name="fl_training_kernel",

@@ -32,6 +32,9 @@ class TierPolicy:
     secure_aggregation: bool
     differential_privacy: bool
     robust_aggregation: bool
+    # Robust rules hold every update of a round (a spill of n·d floats) and take time in n·d
+    # (about 4 s for the median of 100 × 1M), so their cohorts are capped separately.
+    max_robust_cohort_size: int
     private_worker_pools: bool
     custom_kernels: bool
     max_api_keys: int
@@ -67,6 +70,12 @@ class TierPolicy:
             refusals["server_strategy"] = (
                 f"Robust aggregation is part of FL Enterprise, not {self.label}."
             )
+        elif robust_aggregation and cohort_size > self.max_robust_cohort_size:
+            refusals["cohort_size"] = (
+                f"Robust aggregation keeps every update of a round: {self.label} invites at most "
+                f"{self.max_robust_cohort_size} clients per round with it (this job would invite "
+                f"{cohort_size}, over-selection included)."
+            )
         if secure_aggregation and not self.secure_aggregation:
             refusals["secure_aggregation"] = f"{self.label} does not include secure aggregation."
         if differential_privacy and not self.differential_privacy:
@@ -88,6 +97,7 @@ POLICIES: dict[str, TierPolicy] = {
         secure_aggregation=False,
         differential_privacy=False,
         robust_aggregation=False,
+        max_robust_cohort_size=0,
         private_worker_pools=False,
         custom_kernels=False,
         max_api_keys=5,
@@ -105,6 +115,7 @@ POLICIES: dict[str, TierPolicy] = {
         secure_aggregation=True,
         differential_privacy=True,
         robust_aggregation=False,
+        max_robust_cohort_size=0,
         private_worker_pools=False,
         custom_kernels=True,
         max_api_keys=25,
@@ -122,6 +133,7 @@ POLICIES: dict[str, TierPolicy] = {
         secure_aggregation=True,
         differential_privacy=True,
         robust_aggregation=True,
+        max_robust_cohort_size=100,
         private_worker_pools=True,
         custom_kernels=True,
         max_api_keys=200,

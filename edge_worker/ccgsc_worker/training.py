@@ -142,12 +142,14 @@ def train_update(
     hyperparameters: Mapping[str, Any],
     seed: int,
     time_left: Callable[[], float],
+    control: bytes | None = None,
 ) -> bytes:
     """E local epochs from ``weights`` → the upload body: metrics header, then update f32[d].
 
     One kernel call per epoch with its own shuffle seed; momentum carries over. With E = 1 the
     body is the kernel's output unchanged; with more, the update is the sum of the epochs' steps
-    and the metrics are those of the last epoch (as in the simulator)."""
+    and the metrics are those of the last epoch (as in the simulator). ``control`` (SCAFFOLD:
+    the correction c − cᵢ as f32[d] bytes) is added to every minibatch gradient."""
     epochs = int(hyperparameters["epochs"])
     momentum = float(hyperparameters["momentum"])
     n = len(y)
@@ -175,6 +177,7 @@ def train_update(
             prox_mu=float(hyperparameters["proximal_mu"]),
             momentum_buffer=buffer,
             return_momentum=carry,
+            control=control,
             n_params=len(start),
         )
         try:
@@ -200,6 +203,35 @@ def train_update(
         abi.STATUS_OK, result.samples, result.loss_sum, result.correct, len(start), norm
     )
     return header + update
+
+
+def scaffold_body(body: bytes, *, control: bytes, hyperparameters: Mapping[str, Any]) -> bytes:
+    """SCAFFOLD's upload: the body of ``train_update`` followed by Δc f32[d].
+
+    Option II of Karimireddy et al. 2020: cᵢ⁺ = cᵢ − c − Δy / (K·η) with K the local steps
+    (E · ⌈n / B⌉), so Δc = cᵢ⁺ − cᵢ = −c − Δy / (K·η), computed in float64 per coordinate and
+    stored as float32. Δc does not depend on cᵢ: only the training correction c − cᵢ does."""
+    samples = METRICS.unpack_from(body)[1]
+    epochs = int(hyperparameters["epochs"])
+    batch = min(int(hyperparameters["batch_size"]), samples)
+    steps = epochs * -(-samples // batch)
+    scale = 1.0 / (steps * float(hyperparameters["learning_rate"]))
+    update = array.array("f")
+    update.frombytes(body[METRICS.size :])
+    server = array.array("f")
+    server.frombytes(control)
+    delta = array.array("f", (-c - u * scale for c, u in zip(server, update, strict=True)))
+    return body + delta.tobytes()
+
+
+def control_correction(control: bytes, client_control: bytes | None) -> bytes:
+    """c − cᵢ as f32[d] bytes (cᵢ = zeros when the server holds none for this client)."""
+    if client_control is None:
+        return control
+    server, client = array.array("f"), array.array("f")
+    server.frombytes(control)
+    client.frombytes(client_control)
+    return array.array("f", (c - ci for c, ci in zip(server, client, strict=True))).tobytes()
 
 
 def upload_update(
@@ -314,6 +346,13 @@ class RoundTrainer:
             return answer.body
         raise AssertionError("unreachable")
 
+    def _fetch_vector(self, reference: Mapping[str, Any], parameters: int) -> bytes:
+        """A control variate f32[d] by hash (checked, and of the model's length)."""
+        data = self.fetch(reference["url"], sha256=reference["sha256"])
+        if len(data) != 4 * parameters:
+            raise RoundError("hash_mismatch", "a control variate does not have the model's length")
+        return data
+
     def run(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> tuple[str, str]:
         """Train and upload one round → (code, message); ``deadline`` is on ``clock``."""
 
@@ -331,6 +370,13 @@ class RoundTrainer:
             x, y, _n, features = decode_shard(self.fetch(data["url"]))
             if features != model["sizes"][0]:
                 raise RoundError("bad_shard", "shard features do not match the model's inputs")
+            control = client_control = None
+            if "control" in model:  # SCAFFOLD: c, and this partition client's cᵢ when held
+                control = self._fetch_vector(model["control"], model["parameters"])
+                if "client_control" in model:
+                    client_control = self._fetch_vector(
+                        model["client_control"], model["parameters"]
+                    )
             runner = KernelRunner(wasm, invite["kernel"]["sha256"])
             body = train_update(
                 runner,
@@ -341,7 +387,12 @@ class RoundTrainer:
                 hyperparameters=invite["hyperparameters"],
                 seed=int(invite.get("seed", "0")),
                 time_left=time_left,
+                control=None if control is None else control_correction(control, client_control),
             )
+            if control is not None:
+                body = scaffold_body(
+                    body, control=control, hyperparameters=invite["hyperparameters"]
+                )
             return upload_update(
                 self.http,
                 url=invite["upload"]["url"],

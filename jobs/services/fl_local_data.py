@@ -126,9 +126,3 @@ def local_data_check(
         return {}, None
     return normal | extra, int(max_samples)
 
-
-def local_sample_problem(*, samples: int, max_local_samples: int | None) -> str | None:
-    """Why a private-data update's declared sample count is refused (None when it is not)."""
-    if max_local_samples is not None and samples > max_local_samples:
-        return f"declared {samples} samples; this job accepts at most {max_local_samples}"
-    return None

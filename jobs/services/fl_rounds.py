@@ -11,6 +11,7 @@ online when the last one closed). In buffered-async mode a round is one buffer o
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import fields
 from datetime import timedelta
 from typing import Any
@@ -36,6 +37,7 @@ from jobs.fl_models import (
 from jobs.metering import metering
 from jobs.models import Job, JobStatus
 from jobs.services.fl_admission import fl_cohort_invited, fl_job_admit
+from jobs.services.fl_evaluation import evaluation_available
 from jobs.services.fl_privacy import fl_privacy_admit, fl_privacy_record
 from jobs.services.fl_rounds_cohort import (
     RoundInvitation,
@@ -43,7 +45,9 @@ from jobs.services.fl_rounds_cohort import (
     eligible_workers,
     round_invite_payload,
     update_total_bytes,
+    update_vectors,
 )
+from jobs.services.fl_rounds_scaffold import scaffold_invite_controls
 from jobs.services.lifecycle import job_event, job_pause_system
 from jobs.services.model_registry import model_version_create, model_version_read
 
@@ -57,8 +61,9 @@ SEND_INVITES = True
 # A completed upload not folded after this long lost its Celery task: the sweeper re-queues it.
 FOLD_GRACE_SECONDS = 30
 
-# Server steps the streaming fold feeds; robust rules need every update (a spill), SCAFFOLD two
-# folds and q-FFL its own fold: those are refused at round_open until their round paths land.
+# Server steps on the streaming fold's mean; the robust rules (a spill of every update), q-FFL
+# (each client's loss) and SCAFFOLD (two means, control variates) run at close instead
+# (``fl_rounds_aggregate``).
 _STRATEGIES: dict[str, Any] = {
     ServerStrategy.FEDAVG: FedAvg,
     ServerStrategy.FEDAVGM: FedAvgM,
@@ -147,7 +152,8 @@ def _abandon_receiving(round_: Round, job: Job, config: FlConfig) -> None:
 def fold_load(*, round: Round) -> StreamingFold:  # noqa: A002
     """The round's fold as of its last committed checkpoint (empty if nothing was folded)."""
     if not round.fold_checkpoint_key:
-        return StreamingFold(round.job.fl_config.parameter_count)
+        config = round.job.fl_config
+        return StreamingFold(config.parameter_count * update_vectors(config=config))
     with default_storage.open(round.fold_checkpoint_key, "rb") as handle:
         return StreamingFold.restore(handle.read())
 
@@ -163,7 +169,7 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
     and send each invitee ``worker.round_invite`` after commit; returns the invitations.
 
     Locks the job row. Does nothing (returns []) if the job is not running, a round is open,
-    the strategy has no streaming round path, or no worker is eligible (the sweeper retries).
+    or no worker is eligible (the sweeper retries).
     """
     job = (
         Job.objects.unscoped()
@@ -176,11 +182,6 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         return []
     rounds = Round.objects.for_tenant(job.tenant).filter(job=job)
     if rounds.filter(status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING]).exists():
-        return []
-    if config.server_strategy not in _STRATEGIES:
-        # Fail once with the reason rather than refuse on every sweep.
-        reason = f"{config.server_strategy} rounds are not available yet"
-        _job_finish(job, JobStatus.FAILED, reason, timezone.now())
         return []
     number = (rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
     rng = random.Random(f"{job.seed}:{number}")  # noqa: S311 - a reproducible draw, not a secret
@@ -209,6 +210,9 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         cohort_size=len(cohort),
     )
     shards = data_shards(config, len(cohort), rng)
+    invite_controls = scaffold_invite_controls(
+        job=job, base=base, read_state=lambda: _strategy_state(job, base)
+    )
     invitations = []
     for worker, shard in zip(cohort, shards, strict=True):
         participation = Participation.objects.create(
@@ -219,7 +223,12 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
             base_version=base.version,
         )
         payload = round_invite_payload(
-            job=job, round=round_, participation=participation, version=base, shard=shard
+            job=job,
+            round=round_,
+            participation=participation,
+            version=base,
+            shard=shard,
+            controls=invite_controls(shard),
         )
         participation.invite = payload
         participation.save(update_fields=["invite"])
@@ -229,6 +238,20 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
             RoundInvitation(str(worker.pk), worker.channel_name, participation.pk, payload)
         )
     return invitations
+
+
+def _close_time_strategy(config: FlConfig) -> bool:
+    from jobs.services.fl_rounds_aggregate import CLOSE_TIME_STRATEGIES
+
+    return config.server_strategy in CLOSE_TIME_STRATEGIES
+
+
+def _strategy_state(job: Job, base: ModelVersion) -> bytes | None:
+    key = strategy_state_key(job=job, version=base.version)
+    if not default_storage.exists(key):
+        return None
+    with default_storage.open(key, "rb") as handle:
+        return handle.read()
 
 
 def close_condition(*, round: Round, config: FlConfig) -> bool:  # noqa: A002
@@ -242,10 +265,9 @@ def _strategy(config: FlConfig, job: Job, base: ModelVersion) -> Any:
     cls = _STRATEGIES[config.server_strategy]
     known = {f.name for f in fields(cls)}
     strategy = cls(**{name: value for name, value in options.items() if name in known})
-    key = strategy_state_key(job=job, version=base.version)
-    if default_storage.exists(key):
-        with default_storage.open(key, "rb") as handle:
-            strategy.load_state(handle.read())
+    state = _strategy_state(job, base)
+    if state is not None:
+        strategy.load_state(state)
     return strategy
 
 
@@ -285,13 +307,36 @@ def _mark_dropouts(round_: Round) -> int:
 
 
 def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
+    from jobs import tasks  # the task module imports the services
+
     fold = fold_load(round=round_)
     base = latest_version(job=job)
     weights = model_version_read(model_version=base)
-    strategy = _strategy(config, job, base)
-    new_weights = strategy.step(weights=weights, mean_delta=fold.finish()).astype(np.float32)
     folded_ids = [int(i) for i in fold.folded_ids]
-    included = list(Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids))
+    included = list(
+        Participation.objects.for_tenant(job.tenant)
+        .filter(pk__in=folded_ids)
+        .select_related("upload")
+        .order_by("pk")
+    )
+    if _close_time_strategy(config):
+        from jobs.services.fl_rounds_aggregate import close_step
+
+        step = close_step(
+            job=job,
+            round_=round_,
+            config=config,
+            base=base,
+            weights=weights,
+            fold=fold,
+            included=included,
+            state=_strategy_state(job, base),
+        )
+        new_weights, state_bytes = step.weights.astype(np.float32), step.state
+    else:
+        strategy = _strategy(config, job, base)
+        new_weights = strategy.step(weights=weights, mean_delta=fold.finish()).astype(np.float32)
+        state_bytes = strategy.state_bytes()
     Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids).update(included=True)
     dropouts = _mark_dropouts(round_)
     samples = sum(p.samples for p in included)
@@ -311,7 +356,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         "base_version": base.version,
         "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
         "client_accuracy_std": _client_accuracy_std(included),
-    }
+    } | round_rejection_metrics(round_=round_)
     if config.mode == FlMode.ASYNC and included:
         metrics["staleness_mean"] = sum(base.version - p.base_version for p in included) / len(
             included
@@ -319,7 +364,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     version = model_version_create(
         job=job, weights=new_weights, version=base.version + 1, round=round_, metrics=metrics
     )
-    storage_put(strategy_state_key(job=job, version=version.version), strategy.state_bytes())
+    storage_put(strategy_state_key(job=job, version=version.version), state_bytes)
     round_.status = RoundStatus.CLOSED
     round_.closed_at = now
     round_.dropouts = dropouts
@@ -339,12 +384,20 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         realtime.job_group(job.pk),
         {"type": "job.round_closed", "round": round_.number, "metrics": round_.metrics},
     )
+    if evaluation_available(job=job):
+        # Evaluated on the held-out set in Celery, which then decides the target accuracy.
+        version_id = str(version.pk)
+        transaction.on_commit(lambda: tasks.model_version_evaluate.delay(version_id))
     closed = Round.objects.for_tenant(job.tenant).filter(job=job, status=RoundStatus.CLOSED)
     if closed.count() >= config.rounds:
         _job_finish(job, JobStatus.COMPLETED, f"{config.rounds} rounds done", now)
-    elif config.target_accuracy is not None and (accuracy or 0.0) >= config.target_accuracy:
-        # The clients' weighted train accuracy on the version they trained from, until
-        # server-side evaluation on a held-out set lands.
+    elif (
+        not evaluation_available(job=job)
+        and config.target_accuracy is not None
+        and (accuracy or 0.0) >= config.target_accuracy
+    ):
+        # No held-out set (contributors' own data): the clients' weighted train accuracy on the
+        # version they trained from.
         _job_finish(job, JobStatus.COMPLETED, f"target accuracy {accuracy:.4f} reached", now)
 
 
@@ -355,7 +408,17 @@ def _client_accuracy_std(included: list[Participation]) -> float | None:
     return float(np.std(accuracies)) if len(accuracies) >= 2 else None
 
 
-def _fail(round_: Round, job: Job, now: Any) -> None:
+def round_rejection_metrics(*, round_: Round) -> dict[str, Any]:
+    """The round's rejected updates: how many, and how many per rejection code."""
+    codes = Counter(
+        round_.participations.filter(status=ParticipationStatus.REJECTED).values_list(
+            "rejection_code", flat=True
+        )
+    )
+    return {"rejected": sum(codes.values()), "rejections": dict(sorted(codes.items()))}
+
+
+def _fail(round_: Round, job: Job, now: Any, *, reason: str = "deadline") -> None:
     if round_.fold_checkpoint_key:
         _release_round_storage(round_, job, [int(i) for i in fold_load(round=round_).folded_ids])
     _abandon_receiving(round_, job, job.fl_config)
@@ -363,10 +426,14 @@ def _fail(round_: Round, job: Job, now: Any) -> None:
     round_.status = RoundStatus.FAILED
     round_.closed_at = now
     round_.dropouts = dropouts
-    round_.metrics = {"reports": round_.reports, "dropouts": dropouts, "reason": "deadline"}
+    round_.metrics = {
+        "reports": round_.reports,
+        "dropouts": dropouts,
+        "reason": reason,
+    } | round_rejection_metrics(round_=round_)
     round_.save()
     failed = Round.objects.for_tenant(job.tenant).filter(job=job, status=RoundStatus.FAILED)
-    if failed.count() >= MAX_FAILED_ROUNDS:
+    if job.status == JobStatus.RUNNING and failed.count() >= MAX_FAILED_ROUNDS:
         _job_finish(job, JobStatus.FAILED, f"{MAX_FAILED_ROUNDS} rounds failed", now)
 
 

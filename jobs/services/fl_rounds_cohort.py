@@ -9,7 +9,14 @@ from typing import Any
 
 from django.db.models import Q
 
-from jobs.fl_models import DataSource, FlConfig, ModelVersion, Participation, Round
+from jobs.fl_models import (
+    DataSource,
+    FlConfig,
+    ModelVersion,
+    Participation,
+    Round,
+    ServerStrategy,
+)
 from jobs.models import Job, Worker
 
 UPDATE_HEADER_BYTES = 32  # the training kernel's v2 metrics header, before f32[d]
@@ -28,9 +35,15 @@ class RoundInvitation:
     payload: dict[str, Any]
 
 
+def update_vectors(*, config: FlConfig) -> int:
+    """How many f32[d] vectors an upload carries after its header: SCAFFOLD clients send their
+    update and their control-variate delta [Δy ‖ Δc]; every other strategy the update alone."""
+    return 2 if config.server_strategy == ServerStrategy.SCAFFOLD else 1
+
+
 def update_total_bytes(*, config: FlConfig) -> int:
-    """Exact size of one upload: the metrics header and f32[d]."""
-    return UPDATE_HEADER_BYTES + 4 * config.parameter_count
+    """Exact size of one upload: the metrics header, then f32[d] (SCAFFOLD: two of them)."""
+    return UPDATE_HEADER_BYTES + 4 * config.parameter_count * update_vectors(config=config)
 
 
 def eligible_workers(*, job: Job, config: FlConfig) -> list[Worker]:
@@ -84,8 +97,12 @@ def round_invite_payload(
     participation: Participation,
     version: ModelVersion,
     shard: int | None,
+    controls: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The channel event a worker's consumer turns into the ``round_invite`` message."""
+    """The channel event a worker's consumer turns into the ``round_invite`` message.
+
+    ``controls`` (SCAFFOLD only) names the server's control variate c and, when the server
+    holds one for this partition client, the client's own cᵢ, both served by hash."""
     config = job.fl_config
     data: dict[str, Any] = {"source": config.data_source, "private": config.data_is_private}
     if config.data_source == DataSource.PUBLIC_PARTITION:
@@ -115,7 +132,8 @@ def round_invite_payload(
             "kernel": config.model_kernel,
             "sizes": config.model_sizes,
             "parameter_count": config.parameter_count,
-        },
+        }
+        | (controls or {}),
         "hyperparameters": _hyperparameters(config),
         "data": data,
         "upload": {

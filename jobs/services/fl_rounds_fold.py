@@ -15,6 +15,7 @@ from jobs.fl_models import (
     ParticipationStatus,
     Round,
     RoundStatus,
+    ServerStrategy,
     StalenessWeighting,
     UpdateUpload,
     UploadStatus,
@@ -89,7 +90,11 @@ def update_fold(*, upload_id: str) -> UploadStatus:
         participation_mark_late(participation)
         return upload_set_status(upload, UploadStatus.REJECTED, "late", "the round closed")
     config = round_.job.fl_config
-    weight = float(participation.samples)
+    # The declared sample count (capped at completion by the client's shard) is the fold weight;
+    # SCAFFOLD averages its two vectors with equal weights (Karimireddy et al., Algorithm 1).
+    weight = (
+        1.0 if config.server_strategy == ServerStrategy.SCAFFOLD else float(participation.samples)
+    )
     if config.mode == FlMode.ASYNC:
         staleness = max(0, latest_version(job=round_.job).version - upload.base_version)
         if staleness > (config.staleness_bound or 0):

@@ -33,7 +33,7 @@ from jobs.fl_models import (
     UploadStatus,
 )
 from jobs.models import Contributor, JobStatus
-from jobs.services.fl_local_data import local_sample_problem
+from jobs.services.fl_data import has_public_partition, partition_sizes
 from jobs.services.fl_rounds import (
     chunk_key,
     storage_delete_on_commit,
@@ -47,6 +47,8 @@ from jobs.services.fl_rounds_cohort import (
 )
 
 _METRICS = struct.Struct("<IIdII d")  # the kernel ABI v2 metrics header
+# A declared sample count above the client's shard: the fold weight would be a lie.
+SAMPLES_EXCEEDED = "samples_exceeded"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MIN_CHUNK_BYTES = 64
 
@@ -249,6 +251,20 @@ def update_chunks(*, upload: UpdateUpload) -> Iterator[bytes]:
         yield chunk[UPDATE_HEADER_BYTES:] if index == 0 else chunk
 
 
+def samples_cap(*, participation: Participation) -> int | None:
+    """The most samples this participation may declare: the size of the public partition
+    client it was invited to train, or the job's ``max_local_samples`` for contributors' own
+    data (which the server cannot see)."""
+    config = participation.round.job.fl_config
+    if config.data_source == DataSource.CONTRIBUTOR_LOCAL:
+        return config.max_local_samples
+    index = (participation.invite.get("data") or {}).get("client_index")
+    if not has_public_partition(config) or not isinstance(index, int):
+        return None
+    sizes = partition_sizes(participation.round.job)
+    return sizes[index] if 0 <= index < len(sizes) else 0
+
+
 def upload_reject(upload: UpdateUpload, code: str, message: str) -> None:
     storage_delete_on_commit(upload_chunk_keys(upload))  # a rejected update is never read again
     upload.status = UploadStatus.REJECTED
@@ -295,11 +311,14 @@ def update_upload_complete(*, upload: UpdateUpload) -> UpdateUpload:
     if not math.isfinite(loss_sum) or correct > samples:
         upload_reject(upload, "non_finite", "metrics header: loss not finite or correct > samples")
         return upload
-    if config.data_source == DataSource.CONTRIBUTOR_LOCAL:
-        too_many = local_sample_problem(samples=samples, max_local_samples=config.max_local_samples)
-        if too_many:
-            upload_reject(upload, "too_many_samples", too_many)
-            return upload
+    cap = samples_cap(participation=upload.participation)
+    if cap is not None and samples > cap:
+        upload_reject(
+            upload,
+            SAMPLES_EXCEEDED,
+            f"metrics header declares {samples} samples; this client may declare at most {cap}",
+        )
+        return upload
     Participation.objects.unscoped().filter(pk=upload.participation_id).update(
         samples=samples, loss_sum=loss_sum, correct=correct, base_version=upload.base_version
     )

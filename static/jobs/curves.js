@@ -27,11 +27,13 @@ const COLUMNS = [
   ['round', 'Round', plain],
   ['train_loss', 'Train loss', fixed(4)],
   ['train_accuracy', 'Train accuracy', percent],
+  ['eval_loss', 'Evaluation loss', fixed(4)],
   ['eval_accuracy', 'Evaluation accuracy', percent],
   ['client_accuracy_std', 'Client accuracy spread (σ)', percent],
   ['participants', 'Participants', plain],
   ['dropouts', 'Dropouts', plain],
   ['stragglers', 'Stragglers', plain],
+  ['rejected', 'Rejected', plain],
   ['staleness_mean', 'Mean staleness', fixed(2)],
   ['bytes_up', 'Up', bytes],
   ['bytes_down', 'Down', bytes],
@@ -52,6 +54,8 @@ export function curveSummary(fl) {
   if (last >= 0) {
     parts.push(`round ${fl.round[last]}: loss ${fixed(4)(fl.train_loss[last])}`);
     parts.push(`accuracy ${percent(fl.train_accuracy[last])}`);
+    if (fl.eval_accuracy[last] != null) parts.push(`evaluation ${percent(fl.eval_accuracy[last])}`);
+    if (fl.rejected[last]) parts.push(`${fl.rejected[last]} rejected`);
   }
   if (fl.round_open != null) parts.push(`round ${fl.round_open} open`);
   return parts.join(' · ');
@@ -61,7 +65,7 @@ export function curveSummary(fl) {
 export function chartData(fl) {
   return {
     quality: [fl.round, fl.train_loss, fl.train_accuracy, fl.eval_accuracy],
-    cohort: [fl.round, fl.participants, fl.dropouts, fl.stragglers],
+    cohort: [fl.round, fl.participants, fl.dropouts, fl.stragglers, fl.rejected],
   };
 }
 
@@ -95,6 +99,7 @@ function cohortOptions(width) {
       { label: 'Participants', stroke: '#1971c2', width: 2, points: { show: true } },
       { label: 'Dropouts', stroke: '#e03131', width: 2, points: { show: true } },
       { label: 'Stragglers', stroke: '#f08c00', width: 2, points: { show: true } },
+      { label: 'Rejected', stroke: '#862e9c', width: 2, dash: [2, 3], points: { show: true } },
     ],
   };
 }
@@ -112,7 +117,7 @@ export async function createCurves(section) {
     const { default: uPlot } = await import('../vendor/uplot/uPlot.esm.js');
     const width = (el) => Math.max(240, el.clientWidth);
     charts.quality = new uPlot(qualityOptions(width(quality)), [[], [], [], []], quality);
-    charts.cohort = new uPlot(cohortOptions(width(cohort)), [[], [], [], []], cohort);
+    charts.cohort = new uPlot(cohortOptions(width(cohort)), [[], [], [], [], []], cohort);
     // Responsive: the charts follow their containers (a phone gets one chart per row).
     const observer = new ResizeObserver(() => {
       for (const [name, el] of [['quality', quality], ['cohort', cohort]]) {

@@ -26,7 +26,7 @@ def test_the_director_draws_the_curves_and_a_closed_round_appears_live(
     # Given: an FL job with three closed rounds and the fourth open
     job, _ = fl_job_unchecked(tenant)
     for number in (1, 2, 3):
-        closed_round(job, number)
+        closed_round(job, number, rejected=number - 1)
     Round.objects.create(tenant=tenant, job=job, number=4, status=RoundStatus.OPEN)
     # When: its owner opens the director on a phone-sized screen
     page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
@@ -57,7 +57,13 @@ def test_the_director_draws_the_curves_and_a_closed_round_appears_live(
         [0.51, 0.52, 0.53],
         [None, None, None],
     ]
-    assert page.evaluate(COHORT_DATA) == [[1, 2, 3], [3, 3, 3], [1, 1, 1], [1, 0, 1]]
+    assert page.evaluate(COHORT_DATA) == [
+        [1, 2, 3],
+        [3, 3, 3],
+        [1, 1, 1],
+        [1, 0, 1],
+        [0, 1, 2],
+    ]
     assert page.locator("#curve-rows tr").count() == 3
     # When: round 4 closes in the database (the next open)
     Round.objects.for_tenant(tenant).filter(job=job, number=4).delete()

@@ -79,3 +79,12 @@ def test_three_edge_workers_train_logreg_on_two_shard_digits_for_three_rounds(
         y=test.y,
     )
     assert result.accuracy > ACCURACY_THRESHOLD, result
+    # and the server evaluated every version on the same held-out digits (in Celery, after each
+    # close): the last one finds exactly that accuracy
+    deadline = time.monotonic() + 60
+    while not all("eval_accuracy" in r.metrics for r in rounds.all()):
+        assert time.monotonic() < deadline, fc_stack.logs()
+        time.sleep(0.2)
+    final = rounds.get(number=ROUNDS)
+    assert final.metrics["eval_accuracy"] == result.accuracy
+    assert final.metrics["eval_samples"] == len(test)

@@ -14,9 +14,16 @@ import numpy as np
 import pytest
 
 from ccgsc_worker import abi
-from ccgsc_worker.training import METRICS, Response, RoundTrainer
+from ccgsc_worker.training import (
+    METRICS,
+    Response,
+    RoundTrainer,
+    control_correction,
+    scaffold_body,
+)
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
-from jobs.fl_shards import decode_shard, encode_shard, partition_shards
+from jobs.fl_shards import decode_shard, encode_shard
+from jobs.services.fl_data import partition_shards
 
 BUILD = Path(__file__).resolve().parents[2] / "wasm" / "build"
 pytestmark = pytest.mark.skipif(
@@ -301,3 +308,27 @@ def test_a_graceful_stop_waits_for_the_round_being_uploaded() -> None:
     effects = session.round_finished(7, "uploaded")
     # then it ends
     assert [e["do"] for e in effects] == ["notify", "heartbeat", "close", "end"]
+
+
+def test_scaffold_appends_the_control_delta_of_option_two() -> None:
+    # Given: a body of 7 samples trained for E = 2 epochs of B = 3 (K = 2·3 = 6 steps, η = 0.5)
+    update = np.array([0.6, -1.2, 0.0], np.float32)
+    body = METRICS.pack(0, 7, 1.0, 3, 3, 1.0) + update.tobytes()
+    control = np.array([0.25, 0.0, -1.0], np.float32)
+    # When
+    sent = scaffold_body(
+        body,
+        control=control.tobytes(),
+        hyperparameters={"epochs": 2, "batch_size": 3, "learning_rate": 0.5},
+    )
+    # Then: [header ‖ Δy ‖ Δc] with Δc = −c − Δy / (K·η) = −c − Δy / 3
+    assert sent[: len(body)] == body
+    delta = np.frombuffer(sent[len(body) :], "<f4")
+    np.testing.assert_allclose(delta, [-0.45, 0.4, 1.0], rtol=1e-6)
+
+
+def test_the_training_correction_is_c_minus_the_clients_own() -> None:
+    control = np.array([1.0, 2.0], np.float32).tobytes()
+    mine = np.array([0.5, -1.0], np.float32).tobytes()
+    assert np.frombuffer(control_correction(control, mine), "<f4").tolist() == [0.5, 3.0]
+    assert control_correction(control, None) == control  # no cᵢ held: zeros

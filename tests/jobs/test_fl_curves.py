@@ -27,11 +27,12 @@ from jobs.selectors import FL_CURVE_ROUNDS, job_state
 from jobs.services.fl_rounds import _client_accuracy_std
 from tenants.tiers import Tier
 from tests.jobs.fl_helpers import fl_job, fl_job_unchecked
-from tests.jobs.test_fl_rounds import D, Uploader, body, open_round, workers
+from tests.jobs.test_fl_rounds import D, Uploader, body, open_round, shard_size, workers
 
 SERIES = (
     "train_loss",
     "train_accuracy",
+    "eval_loss",
     "eval_accuracy",
     "client_accuracy_std",
     "staleness_mean",
@@ -39,6 +40,7 @@ SERIES = (
     "participants",
     "dropouts",
     "stragglers",
+    "rejected",
     "bytes_up",
     "bytes_down",
 )
@@ -82,7 +84,15 @@ def test_the_fl_section_holds_each_closed_round_in_order_with_exact_values(tenan
     Round.objects.create(
         tenant=tenant, job=job, number=2, status=RoundStatus.FAILED, metrics={"reports": 1}
     )
-    closed_round(job, 3, eval_accuracy=0.71234567, staleness_mean=1.5, train_loss=2.0 / 3)
+    closed_round(
+        job,
+        3,
+        eval_loss=0.4,
+        eval_accuracy=0.71234567,
+        staleness_mean=1.5,
+        train_loss=2.0 / 3,
+        rejected=2,
+    )
     Round.objects.create(tenant=tenant, job=job, number=4, status=RoundStatus.OPEN)
     # When
     fl = job_state(tenant=tenant, job_id=job.pk)["fl"]
@@ -94,6 +104,7 @@ def test_the_fl_section_holds_each_closed_round_in_order_with_exact_values(tenan
         "round": [1, 3],
         "train_loss": [2.0, 0.666667],
         "train_accuracy": [0.51, 0.53],
+        "eval_loss": [None, 0.4],
         "eval_accuracy": [None, 0.712346],
         "client_accuracy_std": [0.0625, 0.0625],
         "staleness_mean": [None, 1.5],
@@ -101,6 +112,7 @@ def test_the_fl_section_holds_each_closed_round_in_order_with_exact_values(tenan
         "participants": [3, 3],
         "dropouts": [1, 1],
         "stragglers": [1, 1],
+        "rejected": [None, 2],
         "bytes_up": [7896, 7896],
         "bytes_down": [10400, 10400],
     }
@@ -133,7 +145,9 @@ def test_many_rounds_keep_the_last_hundred_inside_the_schema_and_the_frame_limit
         closed_round(
             job,
             number,
+            eval_loss=1 / 3,
             eval_accuracy=1 / 3,
+            rejected=1000,
             staleness_mean=2 / 3,
             client_accuracy_std=1 / 7,
             train_accuracy=1 / 9,
@@ -266,10 +280,11 @@ def core(tenant, owner, media_in_tmp):
 def test_a_closed_sync_round_shows_its_accuracy_spread_and_no_staleness(
     core, django_capture_on_commit_callbacks
 ):
-    # Given: a round of three clients at accuracies 0.5, 0.5 and 1.0
+    # Given: a round of three clients at accuracies 0, 0 and 1, each declaring its shard's size
     job = fl_job(core, cohort_size=3, min_reports=3, rounds=5)
     round_, who = open_round(job, workers(3))
-    results = dict(zip(who, ((10, 5), (30, 15), (60, 60)), strict=True))
+    sizes = [shard_size(job, participation_id) for participation_id in who]
+    results = dict(zip(who, ((sizes[0], 0), (sizes[1], 0), (sizes[2], sizes[2])), strict=True))
     # When: they report and the round closes
     with django_capture_on_commit_callbacks(execute=True):
         for participation_id, worker in who.items():
@@ -281,8 +296,8 @@ def test_a_closed_sync_round_shows_its_accuracy_spread_and_no_staleness(
     # Then: the curves show the round with the population σ of the three accuracies
     fl = selectors.fl_curves(tenant=core, job=job)
     assert (fl["round"], fl["round_open"], fl["participants"]) == ([1], 2, [3])
-    assert fl["train_accuracy"] == [0.8]
-    assert fl["client_accuracy_std"] == [0.235702]
+    assert fl["train_accuracy"] == [float(f"{sizes[2] / sum(sizes):.6g}")]
+    assert fl["client_accuracy_std"] == [0.471405]
     assert fl["staleness_mean"] == [None]
 
 

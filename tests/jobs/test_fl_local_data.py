@@ -293,7 +293,7 @@ def test_a_private_update_declaring_more_samples_than_the_cap_is_rejected(
         _, accepted = Uploader(who[at_cap.pk], at_cap).send(
             body(np.zeros(D, np.float32), samples=50)
         )
-    assert (refused.status_code, refused.json()["rejection"]["code"]) == (422, "too_many_samples")
+    assert (refused.status_code, refused.json()["rejection"]["code"]) == (422, "samples_exceeded")
     over.refresh_from_db()
     assert (over.status, over.samples) == (ParticipationStatus.REJECTED, 0)
     assert "at most 50" in over.rejection_message

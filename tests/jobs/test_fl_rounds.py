@@ -26,6 +26,7 @@ from jobs.fl_models import (
 )
 from jobs.models import JobEvent, JobStatus
 from jobs.services import fl_rounds
+from jobs.services.fl_data import job_partition_shards, partition_sizes
 from jobs.services.fl_rounds import (
     MAX_FAILED_ROUNDS,
     latest_version,
@@ -136,6 +137,12 @@ def stored(tmp_path, prefix: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+def shard_size(job, participation_id: int) -> int:  # noqa: ANN001
+    """The real size of the partition client a participation was invited to train."""
+    participation = Participation.objects.for_tenant(job.tenant).get(pk=participation_id)
+    return partition_sizes(job)[participation.invite["data"]["client_index"]]
+
+
 def participations(round_: Round) -> list[Participation]:
     return list(round_.participations.select_related("worker").order_by("pk"))
 
@@ -189,14 +196,24 @@ def test_round_open_selects_eligible_workers_and_builds_invites(core, other_tena
 def test_round_closes_once_with_the_fedavg_of_the_uploads_and_is_charged_once(
     core, django_capture_on_commit_callbacks, tmp_path
 ):
-    # Given: a round of three
-    job = fl_job(core, cohort_size=3, min_reports=3, rounds=5)
+    # Given: a round of three on a Dirichlet partition (unequal shards)
+    job = fl_job(
+        core,
+        cohort_size=3,
+        min_reports=3,
+        rounds=5,
+        partition="dirichlet",
+        dirichlet_alpha=0.5,
+        partition_clients=10,
+    )
     pool = workers(3)
     round_, who = open_round(job, pool)
     w0 = model_version_read(model_version=latest_version(job=job))
     rng = np.random.default_rng(3)
     updates = {p: rng.normal(0, 0.01, D).astype(np.float32) for p in who}
-    samples = dict(zip(who, (10, 30, 60), strict=True))
+    # Each declares its shard's real size, the fold weight
+    samples = {p: shard_size(job, p) for p in who}
+    assert len(set(samples.values())) > 1
     # When: each uploads its update in chunks; the folds run in Celery
     with django_capture_on_commit_callbacks(execute=True):
         for participation_id, worker in who.items():
@@ -524,8 +541,6 @@ def test_three_rounds_of_the_2nn_trained_by_the_kernel_on_digits(
     import json
     from pathlib import Path
 
-    from sklearn.datasets import load_digits
-
     from ccgsc_worker import abi
     from ccgsc_worker.kernel import KernelRunner
 
@@ -538,8 +553,6 @@ def test_three_rounds_of_the_2nn_trained_by_the_kernel_on_digits(
         entry["sha256"],
         limits=abi.limits_for("train", entry["limits"]),
     )
-    features, labels = load_digits(return_X_y=True)
-    features = (features / 16.0).astype(np.float32)
     sizes = [64, 200, 200, 10]
     job = fl_job(
         core,
@@ -554,6 +567,7 @@ def test_three_rounds_of_the_2nn_trained_by_the_kernel_on_digits(
         learning_rate=0.1,
         seed=2017,
     )
+    shards = job_partition_shards(job)  # the public shards the site serves
     pool = workers(3)
     sent: dict[int, dict] = {}  # what the consumer would forward, by participation
     monkeypatch.setattr(fl_rounds, "SEND_INVITES", True)
@@ -579,8 +593,7 @@ def test_three_rounds_of_the_2nn_trained_by_the_kernel_on_digits(
                 fetched = uploader.client.get(payload["model"]["url"])
                 weights = b"".join(fetched.streaming_content)
                 assert hashlib.sha256(weights).hexdigest() == payload["model"]["sha256"]
-                index = payload["data"]["client_index"]
-                x, y = features[index::6], labels[index::6]
+                x, y, _ = shards[payload["data"]["client_index"]]
                 output = runner.run(
                     abi.encode_train_input(
                         op="train",
@@ -659,32 +672,6 @@ def test_each_invitee_is_sent_its_invite_once_on_its_own_channel(core, monkeypat
     invitations = round_open(job=job)
     assert len(invitations) == 1
     assert sent == [(invitations[0].channel_name, invitations[0].payload)]
-
-
-def test_a_strategy_without_a_round_path_fails_the_job_once(enterprise_job):
-    job = enterprise_job
-    workers(1)
-    assert round_open(job=job) == []
-    job.refresh_from_db()
-    assert (job.status, job.status_reason) == (
-        JobStatus.FAILED,
-        "krum rounds are not available yet",
-    )
-    assert round_sweep() == 0
-    assert JobEvent.objects.for_tenant(job.tenant).filter(job=job, kind="fl.failed").count() == 1
-
-
-@pytest.fixture
-def enterprise_job(tenant):
-    tenant.tier = Tier.ENTERPRISE
-    tenant.save(update_fields=["tier"])
-    return fl_job(
-        tenant,
-        cohort_size=5,
-        min_reports=5,
-        server_strategy="krum",
-        strategy_options={"byzantine": 1},
-    )
 
 
 def test_rounds_record_epsilon_and_a_spent_budget_completes_the_job(

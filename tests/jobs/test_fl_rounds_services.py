@@ -25,6 +25,7 @@ from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from jobs import dispatch
 from jobs.fl_models import Participation, Round, RoundStatus, UpdateUpload, UploadStatus
+from jobs.services.fl_data import partition_sizes
 from jobs.services.fl_rounds import latest_version, round_open, round_sweep
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
@@ -134,7 +135,14 @@ def test_a_celery_worker_killed_mid_fold_resumes_from_the_checkpoint(tenant, own
     tenant.tier = Tier.CORE
     tenant.save(update_fields=["tier"])
     balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
-    job = fl_job(tenant, cohort_size=2, min_reports=2)
+    job = fl_job(
+        tenant,
+        cohort_size=2,
+        min_reports=2,
+        partition="dirichlet",
+        dirichlet_alpha=0.5,
+        partition_clients=10,
+    )
     pool = [WorkerFactory(capabilities={"simd": True}) for _ in range(2)]
     round_open(job=job)
     round_ = Round.objects.for_tenant(tenant).get(job=job)
@@ -142,7 +150,9 @@ def test_a_celery_worker_killed_mid_fold_resumes_from_the_checkpoint(tenant, own
     rng = np.random.default_rng(5)
     parts = list(round_.participations.order_by("pk"))
     updates = [rng.normal(0, 0.01, D).astype(np.float32) for _ in parts]
-    samples = [7, 21]
+    # Each declares its shard's real size (the cap), unequal on a Dirichlet partition
+    sizes = partition_sizes(job)
+    samples = [sizes[p.invite["data"]["client_index"]] for p in parts]
     tokens = {w.pk: dispatch.worker_token_issue(contributor=w.contributor) for w in pool}
     doomed = real_celery()
     # When: the first update is folded and checkpointed

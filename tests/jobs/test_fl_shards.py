@@ -11,8 +11,9 @@ import pytest
 from django.test import Client
 
 from jobs import dispatch
-from jobs.fl_shards import decode_shard, partition_shards, training_kernel_sha256
+from jobs.fl_shards import decode_shard, training_kernel_sha256
 from jobs.models import JobStatus
+from jobs.services.fl_data import partition_shards
 from tests.factories import ContributorFactory
 from tests.jobs.fl_helpers import fl_job_unchecked
 

@@ -36,6 +36,9 @@ NOT_TENANT_SCOPED_PREFIXES = (
     # kernels by hash, for any worker token, tested in tests/jobs/test_fl_shards.py.
     "fl/shards/",
     "^fl/kernels/",
+    # SCAFFOLD control variates of running jobs by hash, for any worker token, as the weights;
+    # tested in tests/jobs/test_fl_rounds_strategies.py.
+    "^fl/controls/",
 )
 # Path parameters that are capabilities or nonces, not objects: password-reset and invitation
 # tokens, and the test-mode checkout id (it only ever credits the caller's own tenant).
