@@ -125,4 +125,3 @@ def local_data_check(
     if "max_local_samples" in errors:
         return {}, None
     return normal | extra, int(max_samples)
-

@@ -22,7 +22,8 @@ import pytest
 
 from ccgsc_worker.kernel import KernelRunner
 from ccgsc_worker.training import METRICS, decode_shard, train_update
-from jobs.fl_shards import encode_shard, partition_shards
+from jobs.fl_shards import encode_shard
+from jobs.services.fl_data import partition_shards
 from jobs.services.fl_init import initial_weights
 
 ROOT = Path(__file__).resolve().parents[2]

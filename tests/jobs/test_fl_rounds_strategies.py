@@ -242,7 +242,7 @@ def test_a_declared_sample_count_above_the_shard_is_rejected_and_counted(
     assert lie.json()["rejection"]["code"] == "samples_exceeded"
     liar_row = Participation.objects.for_tenant(core).get(pk=liar)
     assert (liar_row.status, liar_row.rejection_code) == ("rejected", "samples_exceeded")
-    assert f"holds {cap}" in liar_row.rejection_message
+    assert f"at most {cap}" in liar_row.rejection_message
     round_.refresh_from_db()
     assert round_.reports == 0
     # When: the honest client declares exactly its shard's size, which closes the round
