@@ -210,12 +210,17 @@ def upload_update(
     chunk_bytes: int,
     time_left: Callable[[], float],
     sleep: Callable[[float], None] = time.sleep,
+    max_bytes_per_second: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[str, str]:
     """Upload ``body`` in chunks and complete it → (code, message).
 
     Creating again with the same values resumes; after any failed chunk the server's state says
-    which chunks are still missing; a chunk refused for its checksum is sent again."""
+    which chunks are still missing; a chunk refused for its checksum is sent again. With
+    ``max_bytes_per_second`` the chunks are paced so the upload averages at most that rate (a
+    contributor on a slow or metered uplink keeps it usable for everything else)."""
     base = url.rstrip("/") + "/"
+    pace = _Pacer(max_bytes_per_second, clock=clock, sleep=sleep, time_left=time_left)
     digest = hashlib.sha256(body).hexdigest()
     create = json.dumps(
         {
@@ -249,6 +254,7 @@ def upload_update(
                 chunk = body[index * chunk_bytes : (index + 1) * chunk_bytes]
                 if not _put_chunk(http, upload, index, chunk):
                     break
+                pace.sent(len(chunk))
             else:
                 done = http.request("POST", f"{upload}/complete")
                 if done.status == 202:
@@ -263,6 +269,37 @@ def upload_update(
         except OSError:
             continue  # the connection failed: ask for the state again and send what is missing
     raise RoundError("upload_failed", f"upload did not complete in {UPLOAD_ATTEMPTS} attempts")
+
+
+class _Pacer:
+    """Keeps an upload's average rate at or under a limit by sleeping after each chunk sent."""
+
+    def __init__(
+        self,
+        max_bytes_per_second: int | None,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        time_left: Callable[[], float],
+    ) -> None:
+        if max_bytes_per_second is not None and max_bytes_per_second <= 0:
+            raise ValueError("max_bytes_per_second must be positive")
+        self.rate = max_bytes_per_second
+        self.clock = clock
+        self.sleep = sleep
+        self.time_left = time_left
+        self.started = clock()
+        self.total = 0
+
+    def sent(self, size: int) -> None:
+        """``size`` more bytes went out: wait until the average is back under the limit (never
+        past the deadline)."""
+        if self.rate is None:
+            return
+        self.total += size
+        wait = self.total / self.rate - (self.clock() - self.started)
+        if wait > 0:
+            self.sleep(min(wait, max(0.0, self.time_left())))
 
 
 def _put_chunk(http: Http, upload: str, index: int, chunk: bytes) -> bool:
@@ -291,9 +328,16 @@ def _message(answer: Response) -> str:
 class RoundTrainer:
     """Carries out ``train`` effects: one blocking ``run`` per invite, in a worker thread."""
 
-    def __init__(self, http: Http, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        http: Http,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_upload_bytes_per_second: int | None = None,
+    ) -> None:
         self.http = http
         self.clock = clock
+        self.max_upload_bytes_per_second = max_upload_bytes_per_second
 
     def fetch(self, path: str, *, sha256: str | None = None) -> bytes:
         """GET ``path`` (retrying network errors), checked against ``sha256`` when given."""
@@ -347,6 +391,8 @@ class RoundTrainer:
                 body=body,
                 chunk_bytes=invite["upload"]["chunk_bytes"],
                 time_left=time_left,
+                max_bytes_per_second=self.max_upload_bytes_per_second,
+                clock=self.clock,
             )
         except RoundError as exc:
             return exc.code, exc.message

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ccgsc_worker import abi
-from ccgsc_worker.training import METRICS, Response, RoundTrainer
+from ccgsc_worker.training import METRICS, Response, RoundTrainer, upload_update
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
 from jobs.fl_shards import decode_shard, encode_shard, partition_shards
 
@@ -183,6 +183,51 @@ def test_a_chunk_refused_for_its_checksum_is_resent(digits_shard: bytes) -> None
     assert _run(server, _invite(weights)) == ("uploaded", "")
     assert server.log.count("PUT /fl/uploads/u1/chunks/2") == 2
     assert server.log.count("POST /fl/uploads/") == 1
+
+
+def test_an_upload_rate_limit_paces_the_chunks_and_delays_completion(
+    digits_shard: bytes,
+) -> None:
+    # given a worker limited to 1,000 bytes/s on a clock that moves only when it sleeps
+    weights = _weights()
+    server = FakeServer(weights, digits_shard)
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    def logged_put(method: str, path: str, **kwargs: Any) -> Response:
+        server.log.append(f"t={now[0]:.3f}")
+        return FakeServer.request(server, method, path, **kwargs)
+
+    server.request = logged_put  # type: ignore[method-assign]
+    body = b"\x01" * (32 + 4 * D)  # 2,632 bytes: chunks of 1,024, 1,024 and 584
+    # when it uploads
+    outcome = upload_update(
+        server,  # type: ignore[arg-type]
+        url="/fl/uploads/",
+        participation=7,
+        base_version=4,
+        body=body,
+        chunk_bytes=1024,
+        time_left=lambda: 1e9,
+        sleep=sleep,
+        max_bytes_per_second=1000,
+        clock=lambda: now[0],
+    )
+    # then each chunk waits for the bytes before it, and the upload completes after 2.632 s
+    assert outcome == ("uploaded", "")
+    assert slept == [1.024, 1.024, 0.584]
+    assert [line for line in server.log if line.startswith(("t=", "PUT", "POST"))] == [
+        "t=0.000", "POST /fl/uploads/",
+        "t=0.000", "PUT /fl/uploads/u1/chunks/0",
+        "t=1.024", "PUT /fl/uploads/u1/chunks/1",
+        "t=2.048", "PUT /fl/uploads/u1/chunks/2",
+        "t=2.632", "POST /fl/uploads/u1/complete",
+    ]  # fmt: skip
+    assert server.body() == body
 
 
 def test_a_closed_round_makes_the_update_late(digits_shard: bytes) -> None:
