@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from jobs import realtime
 from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, StreamingFold
+from jobs.federated.fedbuff import buffer_mean
 from jobs.fl_models import (
     FlConfig,
     FlMode,
@@ -289,12 +290,17 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     base = latest_version(job=job)
     weights = model_version_read(model_version=base)
     strategy = _strategy(config, job, base)
-    new_weights = strategy.step(weights=weights, mean_delta=fold.finish()).astype(np.float32)
     folded_ids = [int(i) for i in fold.folded_ids]
     included = list(Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids))
+    samples = sum(p.samples for p in included)
+    # Async: FedBuff's step divides the staleness-discounted sum by the examples (as the core's
+    # BufferedAsyncServer does), so a buffer of stale updates takes a shorter step.
+    mean_delta = (
+        buffer_mean(fold, examples=samples) if config.mode == FlMode.ASYNC else fold.finish()
+    )
+    new_weights = strategy.step(weights=weights, mean_delta=mean_delta).astype(np.float32)
     Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids).update(included=True)
     dropouts = _mark_dropouts(round_)
-    samples = sum(p.samples for p in included)
     loss = sum(p.loss_sum for p in included) / samples if samples else None
     correct = sum(p.correct for p in included)
     accuracy = correct / samples if samples else None
