@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,16 +84,25 @@ class ManagedProcess:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
+        # A session of its own: a kill takes the process's children with it (a Celery worker's
+        # embedded beat, the launcher's Daphnes), as when a machine or container dies.
         self.process = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            self.args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
 
     def stop(self, *, kill: bool = False) -> None:
+        """Stop gracefully (SIGTERM to the process), or SIGKILL its whole process group."""
         if self.process is None or self.process.poll() is not None:
             return
         if kill:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         else:
             self.process.terminate()
         try:

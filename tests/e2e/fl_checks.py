@@ -67,9 +67,10 @@ def assert_charged_and_credited_once(
     balance.refresh_from_db()
     assert balance.balance_cents == balance_before_cents - spent
     included = Participation.objects.for_tenant(job.tenant).filter(round__job=job, included=True)
+    assert not included.filter(folded_round__isnull=True).exists()
     expected = {
-        f"credit:round:{job.pk}:{p.round.number}:{p.contributor_id}"
-        for p in included.select_related("round")
+        f"credit:round:{job.pk}:{p.folded_round.number}:{p.contributor_id}"
+        for p in included.select_related("folded_round")
     }
     credits = JournalEntry.objects.filter(idempotency_key__startswith=f"credit:round:{job.pk}:")
     wait_until(
@@ -83,13 +84,13 @@ def assert_charged_and_credited_once(
 
 
 def recomputed_weights(job: Job, round_: Round) -> np.ndarray:
-    """The sync round's new model from scratch: each included participation's training call
-    (the edge worker's is bit for bit the platform's), folded by samples, plus FedAvg's step."""
+    """The round's new model from scratch: each update its buffer folded, retrained from the
+    version its client started from (the edge worker's training is bit for bit the platform's),
+    weighted by samples, discounted by (1 + staleness)^-a in async mode, plus FedAvg's step.
+    Written from the papers' formulas, not from the platform's code."""
     config = job.fl_config
-    base = ModelVersion.objects.for_tenant(job.tenant).get(
-        job=job, version=round_.metrics["base_version"]
-    )
-    weights = np.asarray(model_version_read(model_version=base), dtype=np.float32)
+    versions = ModelVersion.objects.for_tenant(job.tenant).filter(job=job)
+    base_version = round_.metrics["base_version"]
     shards = partition_shards(
         dataset=config.dataset,
         partition=config.partition,
@@ -99,16 +100,21 @@ def recomputed_weights(job: Job, round_: Round) -> np.ndarray:
         per_client=config.shards_per_client or 2,
     )
     kernel = load_training_kernel(config.model_kernel)
-    total = np.zeros(weights.shape[0], dtype=np.float64)
-    samples = 0
-    for participation in round_.participations.filter(included=True).order_by("pk"):
+    total = None
+    total_weight = 0.0
+    examples = 0
+    for participation in round_.folded_participations.order_by("pk"):
+        start = np.asarray(
+            model_version_read(model_version=versions.get(version=participation.base_version)),
+            dtype=np.float32,
+        )
         invite = participation.invite
         x, y, _ = shards[invite["data"]["client_index"]]
         hyper = invite["hyperparameters"]
         update = client_train(
             kernel,
             sizes=tuple(config.model_sizes),
-            weights=weights,
+            weights=start,
             x=x,
             y=y,
             config=TrainConfig(
@@ -120,6 +126,29 @@ def recomputed_weights(job: Job, round_: Round) -> np.ndarray:
             ),
             seed=int(invite["seed"]),
         )
-        total += update.samples * update.update.astype(np.float64)
-        samples += update.samples
-    return (weights.astype(np.float64) + (total / samples).astype(np.float32)).astype(np.float32)
+        weight = float(update.samples)
+        if config.mode == "async" and config.staleness_weighting != "constant":
+            staleness = base_version - participation.base_version
+            weight *= (1.0 + staleness) ** -(config.staleness_exponent or 0.5)
+        contribution = weight * update.update.astype(np.float64)
+        total = contribution if total is None else total + contribution
+        total_weight += weight
+        examples += update.samples
+    assert total is not None, f"round {round_.number} folded nothing"
+    base = np.asarray(
+        model_version_read(model_version=versions.get(version=base_version)), dtype=np.float32
+    )
+    # FedBuff (async) divides the discounted sum by the examples; FedAvg by the weights.
+    mean = (total / (examples if config.mode == "async" else total_weight)).astype(np.float32)
+    return (base.astype(np.float64) + mean).astype(np.float32)
+
+
+def assert_versions_recompute(job: Job) -> None:
+    """Each closed round's version is the FedAvg of exactly the updates its buffer folded (an
+    update folded twice, lost, or weighted otherwise would give other weights)."""
+    for round_ in closed_rounds(job):
+        version = ModelVersion.objects.for_tenant(job.tenant).get(
+            job=job, version=round_.metrics["version"]
+        )
+        stored = np.asarray(model_version_read(model_version=version), dtype=np.float32)
+        np.testing.assert_allclose(stored, recomputed_weights(job, round_), rtol=1e-6, atol=1e-6)

@@ -10,7 +10,6 @@ import os
 import signal
 from collections import Counter
 
-import numpy as np
 import pytest
 from django.core.files.storage import default_storage
 
@@ -28,14 +27,13 @@ from jobs.fl_models import (
 )
 from jobs.models import Worker
 from jobs.services.fl_rounds import upload_chunk_keys
-from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
 from tests.e2e.fl_checks import (
     MINIMAL_MLP,
     assert_charged_and_credited_once,
+    assert_versions_recompute,
     closed_rounds,
-    recomputed_weights,
     wait_until,
 )
 from tests.jobs.fl_helpers import fl_job
@@ -91,17 +89,6 @@ def _upload_of(job, contributor_id, *, chunks: int):  # noqa: ANN001, ANN202
         .first()
     )
     return upload if upload is not None and len(upload.chunks) >= chunks else None
-
-
-def _assert_every_round_recomputes(job) -> None:  # noqa: ANN001
-    """Each closed version is the FedAvg of exactly its round's included updates (an update
-    folded twice, or lost, would give other weights)."""
-    for round_ in closed_rounds(job):
-        version = ModelVersion.objects.for_tenant(job.tenant).get(
-            job=job, version=round_.metrics["version"]
-        )
-        stored = np.asarray(model_version_read(model_version=version), dtype=np.float32)
-        np.testing.assert_allclose(stored, recomputed_weights(job, round_), rtol=0, atol=1e-6)
 
 
 def test_a_worker_killed_mid_upload_is_a_dropout_and_the_rounds_go_on(fl_stack, tenant, owner):
@@ -197,7 +184,7 @@ def test_a_worker_cut_off_mid_upload_reconnects_and_resumes_without_resending(
     assert proxy.request_lines.count("GET /ws/edge/ HTTP/1.1") >= 2  # connected, reconnected
     (round_,) = closed_rounds(job)
     assert (round_.reports, round_.dropouts) == (3, 0)
-    _assert_every_round_recomputes(job)
+    assert_versions_recompute(job)
     assert_charged_and_credited_once(job, balance_before_cents=balance, logs=fl_stack.logs)
 
 
@@ -233,7 +220,7 @@ def test_a_daphne_killed_mid_round_loses_nothing_and_counts_nothing_twice(fl_sta
     assert [(r.number, r.reports, r.dropouts) for r in rounds] == [(1, 3, 0), (2, 3, 0)]
     parts = Participation.objects.for_tenant(tenant).filter(round__job=job)
     assert set(parts.values_list("status", "included")) == {(ParticipationStatus.REPORTED, True)}
-    _assert_every_round_recomputes(job)
+    assert_versions_recompute(job)
     assert_charged_and_credited_once(job, balance_before_cents=balance, logs=fl_stack.logs)
     # and the launcher replaced the dead Daphne
     wait_until(
@@ -286,5 +273,5 @@ def test_a_celery_worker_killed_mid_round_resumes_the_fold_from_its_checkpoint(
     job = wait_for_job(job.pk, timeout_s=120, stack=fl_stack)
     (closed,) = closed_rounds(job)
     assert (closed.reports, closed.dropouts, closed.metrics["participants"]) == (3, 0, 3)
-    _assert_every_round_recomputes(job)
+    assert_versions_recompute(job)
     assert_charged_and_credited_once(job, balance_before_cents=balance, logs=fl_stack.logs)
