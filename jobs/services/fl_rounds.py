@@ -420,7 +420,11 @@ def round_sweep(*, now: Any = None) -> int:
 def fl_invites_pending_unscoped(*, worker_id: Any) -> list[dict[str, Any]]:
     """The invites of open rounds this worker was invited to and has not reported in, as sent
     (the consumer re-sends them: an invite sent from another process or lost on the way would
-    otherwise leave the invitee idle until the round's deadline)."""
+    otherwise leave the invitee idle until the round's deadline). An invite whose update was
+    uploaded whole is not pending: its fold may still be queued (a Celery worker down), and a
+    worker reconnecting meanwhile would train the round again for nothing."""
+    from jobs.fl_models import UploadStatus
+
     return list(
         Participation.objects.unscoped()
         .filter(
@@ -430,6 +434,13 @@ def fl_invites_pending_unscoped(*, worker_id: Any) -> list[dict[str, Any]]:
             round__deadline__gt=timezone.now(),
         )
         .exclude(invite={})
+        .exclude(
+            upload__status__in=[
+                UploadStatus.COMPLETE,
+                UploadStatus.FOLDED,
+                UploadStatus.REJECTED,
+            ]
+        )
         .order_by("pk")
         .values_list("invite", flat=True)
     )
