@@ -4,8 +4,10 @@
 weights by hash (checked), the worker's public data shard, trains the pinned v2 kernel for E
 local epochs (one call per epoch, momentum carried between them), and uploads the update in
 chunks with a SHA-256 per chunk, resuming from the server's state after a failure, then
-completes. Every step respects the round's deadline. Errors end the round with a code (the
-round then counts this worker as a dropout); nothing is retried past the deadline.
+completes. Every step respects the round's deadline. Network errors (a server restarting, an
+outage) are retried with a back-off capped at 5 s until the deadline; failed answers end the
+upload after five. Errors end the round with a code (the round then counts this worker as a
+dropout); nothing is retried past the deadline.
 
 Codes: ``uploaded`` (queued for the fold), ``rejected`` (the server refused the update; its
 reason in the message), ``late`` (the round closed first), and the errors ``deadline``,
@@ -35,7 +37,8 @@ SHARD_MAGIC = b"CCSD"
 SHARD_HEADER = struct.Struct("<4sIII")
 METRICS = struct.Struct("<IIdII d")  # the v2 output's metrics header (abi.V2_METRICS_BYTES)
 FETCH_ATTEMPTS = 3
-UPLOAD_ATTEMPTS = 5
+UPLOAD_ATTEMPTS = 5  # failed answers; network errors are retried until the deadline
+RETRY_MAX_SECONDS = 5.0
 REQUEST_TIMEOUT_S = 30.0
 _GOLDEN = 0x9E3779B97F4A7C15
 _U64 = (1 << 64) - 1
@@ -232,17 +235,21 @@ def upload_update(
         }
     ).encode()
     json_type = {"Content-Type": "application/json"}
-    for attempt in range(UPLOAD_ATTEMPTS):
+    failures = 0  # answers that went wrong: server errors, refused chunks
+    retries = 0  # every try after the first, network failures included
+    while failures < UPLOAD_ATTEMPTS:
         if time_left() <= 0:
             raise RoundError("deadline", "deadline passed while uploading")
-        if attempt:
-            sleep(min(0.2 * 2**attempt, max(0.0, time_left())))
+        if retries:
+            sleep(min(retry_delay(retries), max(0.0, time_left())))
+        retries += 1
         try:
             answer = http.request("POST", base, body=create, headers=json_type)
             if answer.status == 409 and _code(answer) == "round_closed":
                 return "late", "the round closed before the update arrived"
             if answer.status not in (200, 201):
                 if answer.status >= 500:
+                    failures += 1
                     continue
                 return "rejected", f"{_code(answer)}: {_message(answer)}"
             state = answer.json()
@@ -253,6 +260,7 @@ def upload_update(
                     raise RoundError("deadline", "deadline passed while uploading")
                 chunk = body[index * chunk_bytes : (index + 1) * chunk_bytes]
                 if not _put_chunk(http, upload, index, chunk):
+                    failures += 1
                     break
                 pace.sent(len(chunk))
             else:
@@ -266,9 +274,17 @@ def upload_update(
                     return "late", "the round closed before the update was complete"
                 if done.status < 500 and _code(done) != "incomplete":
                     return "rejected", f"{_code(done)}: {_message(done)}"
+                failures += 1
         except OSError:
-            continue  # the connection failed: ask for the state again and send what is missing
-    raise RoundError("upload_failed", f"upload did not complete in {UPLOAD_ATTEMPTS} attempts")
+            # The server is unreachable (restarting, a network outage): ask for the state again
+            # once it answers and send only what is missing, for as long as the round lasts.
+            continue
+    raise RoundError("upload_failed", f"upload failed {UPLOAD_ATTEMPTS} times")
+
+
+def retry_delay(retry: int) -> float:
+    """Seconds to wait before retry ``retry`` (1, 2, ...): 0.4 s doubling, at most 5 s."""
+    return min(RETRY_MAX_SECONDS, 0.2 * 2**retry)
 
 
 class _Pacer:
@@ -339,22 +355,28 @@ class RoundTrainer:
         self.clock = clock
         self.max_upload_bytes_per_second = max_upload_bytes_per_second
 
-    def fetch(self, path: str, *, sha256: str | None = None) -> bytes:
-        """GET ``path`` (retrying network errors), checked against ``sha256`` when given."""
-        for attempt in range(FETCH_ATTEMPTS):
+    def fetch(
+        self, path: str, *, sha256: str | None = None, time_left: Callable[[], float] | None = None
+    ) -> bytes:
+        """GET ``path``, checked against ``sha256`` when given. Network errors are retried (with
+        ``time_left``, until the round's deadline: the server may be restarting)."""
+        retries = 0
+        while True:
             try:
                 answer = self.http.request("GET", path)
             except OSError as exc:
-                if attempt + 1 == FETCH_ATTEMPTS:
+                retries += 1
+                out_of_time = time_left() <= 0 if time_left else retries >= FETCH_ATTEMPTS
+                if out_of_time:
                     raise RoundError("fetch_failed", f"{path}: {exc}") from exc
-                time.sleep(0.2 * 2**attempt)
+                delay = retry_delay(retries)
+                time.sleep(min(delay, max(0.0, time_left())) if time_left else delay)
                 continue
             if answer.status != 200:
                 raise RoundError("fetch_failed", f"{path}: HTTP {answer.status}")
             if sha256 is not None and hashlib.sha256(answer.body).hexdigest() != sha256:
                 raise RoundError("hash_mismatch", f"{path} does not match its sha256")
             return answer.body
-        raise AssertionError("unreachable")
 
     def run(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> tuple[str, str]:
         """Train and upload one round → (code, message); ``deadline`` is on ``clock``."""
@@ -366,10 +388,10 @@ class RoundTrainer:
             model, data = invite["model"], invite["data"]
             if data.get("private") or "url" not in data:
                 raise RoundError("bad_shard", "only public shards served by the site are trained")
-            weights = self.fetch(model["url"], sha256=model["sha256"])
+            weights = self.fetch(model["url"], sha256=model["sha256"], time_left=time_left)
             if len(weights) != 4 * model["parameters"]:
                 raise RoundError("hash_mismatch", "weights do not have the model's length")
-            x, y, _n, features = decode_shard(self.fetch(data["url"]))
+            x, y, _n, features = decode_shard(self.fetch(data["url"], time_left=time_left))
             if features != model["sizes"][0]:
                 raise RoundError("bad_shard", "shard features do not match the model's inputs")
             runner = KernelRunner(wasm, invite["kernel"]["sha256"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ccgsc_worker import abi
-from ccgsc_worker.training import METRICS, Response, RoundTrainer, upload_update
+from ccgsc_worker.training import METRICS, Response, RoundError, RoundTrainer, upload_update
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
 from jobs.fl_shards import decode_shard, encode_shard, partition_shards
 
@@ -36,8 +36,13 @@ class FakeServer:
         self.drop_put: set[int] = set()  # chunk indexes whose first PUT fails in transit
         self.corrupt_put: set[int] = set()  # chunk indexes whose first PUT arrives damaged
         self.create_answer: Response | None = None
+        self.unreachable = 0  # the next requests that find nobody listening (a restart)
 
     def request(self, method: str, path: str, *, body=None, headers=None) -> Response:  # noqa: ANN001
+        if self.unreachable:
+            self.unreachable -= 1
+            self.log.append(f"refused {method} {path}")
+            raise ConnectionRefusedError("connection refused")
         self.log.append(f"{method} {path}")
         if method == "GET" and path in self.files:
             return Response(200, self.files[path])
@@ -228,6 +233,57 @@ def test_an_upload_rate_limit_paces_the_chunks_and_delays_completion(
         "t=2.632", "POST /fl/uploads/u1/complete",
     ]  # fmt: skip
     assert server.body() == body
+
+
+def _upload(server: FakeServer, body: bytes, slept: list[float]) -> tuple[str, str]:
+    return upload_update(
+        server,  # type: ignore[arg-type]
+        url="/fl/uploads/",
+        participation=7,
+        base_version=4,
+        body=body,
+        chunk_bytes=1024,
+        time_left=lambda: 60.0 - sum(slept),
+        sleep=slept.append,
+    )
+
+
+def test_an_upload_outlives_a_server_restart_and_sends_only_the_missing_chunks(
+    digits_shard: bytes,
+) -> None:
+    # given an upload whose server goes away after the first chunk, for twelve attempts
+    server = FakeServer(_weights(), digits_shard)
+    body = b"\x02" * (32 + 4 * D)
+    original = server.request
+
+    def going_away(method: str, path: str, **kwargs: Any) -> Response:
+        if path.endswith("/chunks/1") and not server.unreachable and "gone" not in server.log:
+            server.log.append("gone")
+            server.unreachable = 12
+        return original(method, path, **kwargs)
+
+    server.request = going_away  # type: ignore[method-assign]
+    slept: list[float] = []
+    # when it retries
+    outcome = _upload(server, body, slept)
+    # then it waited with a capped back-off until the server was back, and resumed
+    assert outcome == ("uploaded", "")
+    assert max(slept) == 5.0
+    assert server.body() == body
+    puts = [line for line in server.log if line.startswith("PUT")]
+    assert puts.count("PUT /fl/uploads/u1/chunks/0") == 1
+
+
+def test_an_upload_the_server_keeps_failing_gives_up_after_five_failures(
+    digits_shard: bytes,
+) -> None:
+    server = FakeServer(_weights(), digits_shard)
+    server.create_answer = _error(503, "unavailable")
+    slept: list[float] = []
+    with pytest.raises(RoundError) as error:
+        _upload(server, b"\x02" * (32 + 4 * D), slept)
+    assert error.value.code == "upload_failed"
+    assert server.log.count("POST /fl/uploads/") == 5
 
 
 def test_a_closed_round_makes_the_update_late(digits_shard: bytes) -> None:
