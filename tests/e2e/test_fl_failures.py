@@ -188,7 +188,10 @@ def test_a_worker_cut_off_mid_upload_reconnects_and_resumes_without_resending(
     assert_charged_and_credited_once(job, balance_before_cents=balance, logs=fl_stack.logs)
 
 
-def test_a_daphne_killed_mid_round_loses_nothing_and_counts_nothing_twice(fl_stack, tenant, owner):
+@pytest.mark.parametrize("victim", ["one_daphne", "every_daphne"])
+def test_daphne_killed_mid_round_loses_nothing_and_counts_nothing_twice(
+    fl_stack, tenant, owner, victim
+):
     # given three edge workers connected through the launcher's two Daphnes
     balance = _funded(tenant, owner)
     for _ in range(3):
@@ -196,7 +199,9 @@ def test_a_daphne_killed_mid_round_loses_nothing_and_counts_nothing_twice(fl_sta
     _online(fl_stack, 3)
     launcher = fl_stack.daphne
     job = _job(tenant)
-    # when an upload is under way, the Daphne holding the most connections is SIGKILLed
+    # when an upload is under way, Daphne is SIGKILLed: the one holding the most connections
+    # (the launcher replaces it; the other serves meanwhile), or every process of the node,
+    # started again on the same port
     wait_until(
         lambda: (
             UpdateUpload.objects.unscoped()
@@ -210,9 +215,14 @@ def test_a_daphne_killed_mid_round_loses_nothing_and_counts_nothing_twice(fl_sta
     )
     pids = launcher.daphne_pids()
     connections = established_connections(launcher.port, pids)
-    victim = max(pids, key=lambda pid: connections[pid])
-    assert connections[victim] >= 1, connections
-    os.kill(victim, signal.SIGKILL)
+    if victim == "one_daphne":
+        killed = [max(pids, key=lambda pid: connections[pid])]
+        assert connections[killed[0]] >= 1, connections
+        os.kill(killed[0], signal.SIGKILL)
+    else:
+        killed = pids
+        launcher.stop(kill=True)
+        launcher.start()
     assert Round.objects.for_tenant(tenant).get(job=job, number=1).status == RoundStatus.OPEN
     # then the workers reconnect, every update of both rounds arrives and is folded once
     job = wait_for_job(job.pk, timeout_s=120, stack=fl_stack)
@@ -222,11 +232,11 @@ def test_a_daphne_killed_mid_round_loses_nothing_and_counts_nothing_twice(fl_sta
     assert set(parts.values_list("status", "included")) == {(ParticipationStatus.REPORTED, True)}
     assert_versions_recompute(job)
     assert_charged_and_credited_once(job, balance_before_cents=balance, logs=fl_stack.logs)
-    # and the launcher replaced the dead Daphne
+    # and two Daphnes serve again, none of them a killed one
     wait_until(
-        lambda: len(launcher.daphne_pids()) == 2 and victim not in launcher.daphne_pids(),
+        lambda: len(launcher.daphne_pids()) == 2 and not set(killed) & set(launcher.daphne_pids()),
         timeout_s=30,
-        what="a replacement Daphne",
+        what="two live Daphnes",
         logs=fl_stack.logs,
     )
 

@@ -33,7 +33,8 @@ class Launcher(ManagedProcess):
         log = self.log_path.read_text(errors="replace")
         started = [int(pid) for pid in re.findall(r"started daphne pid=(\d+)", log)]
         exited = {int(pid) for pid in re.findall(r"daphne pid=(\d+) exited", log)}
-        return [pid for pid in started if pid not in exited]
+        # A Daphne killed with the whole launcher never logged its exit: ask the kernel.
+        return [pid for pid in started if pid not in exited and Path(f"/proc/{pid}").exists()]
 
 
 def established_connections(port: int, pids: list[int]) -> dict[int, int]:
