@@ -35,7 +35,8 @@ from ccgsc_worker.kernel_store import KernelFetchError, KernelStore
 from ccgsc_worker.outbox import Outbox
 from ccgsc_worker.pool import TaskExecutor, TaskPool, error_code_for
 from ccgsc_worker.session import Session, SessionCounters
-from ccgsc_worker.training import Http, RoundTrainer
+from ccgsc_worker.training import RoundTrainer
+from ccgsc_worker.transfer import Http
 
 __all__ = [
     "Backoff",

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from ccgsc_worker import abi
-from ccgsc_worker.training import METRICS, Response, RoundError, RoundTrainer, upload_update
+from ccgsc_worker.training import METRICS, RoundTrainer
+from ccgsc_worker.transfer import Response, RoundError, upload_update
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
 from jobs.fl_shards import decode_shard, encode_shard, partition_shards
 
