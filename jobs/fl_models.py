@@ -297,6 +297,18 @@ class Participation(TenantOwnedModel):
     included = models.BooleanField(default=False)
     # The model version the client trained from (async staleness = current version - this).
     base_version = models.PositiveIntegerField(default=0)
+    # Where and how the update was folded: the round whose buffer took it (in async mode a later
+    # round than its own when it arrived after its round closed), the versions emitted while it
+    # trained, and its weight in that fold (samples, discounted by staleness in async mode).
+    folded_round = models.ForeignKey(
+        Round,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="folded_participations",
+    )
+    staleness = models.PositiveIntegerField(null=True, blank=True)
+    fold_weight = models.FloatField(null=True, blank=True)
     loss_sum = models.FloatField(default=0.0)
     correct = models.PositiveIntegerField(default=0)
     rejection_code = models.CharField(max_length=20, blank=True)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from django.db import connection
@@ -82,16 +84,25 @@ class ManagedProcess:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
+        # A session of its own: a kill takes the process's children with it (a Celery worker's
+        # embedded beat, the launcher's Daphnes), as when a machine or container dies.
         self.process = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            self.args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
 
     def stop(self, *, kill: bool = False) -> None:
+        """Stop gracefully (SIGTERM to the process), or SIGKILL its whole process group."""
         if self.process is None or self.process.poll() is not None:
             return
         if kill:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         else:
             self.process.terminate()
         try:
@@ -209,7 +220,14 @@ class CeleryWorker(ManagedProcess):
 class EdgeWorkerProcess(ManagedProcess):
     """The real ``ccgsc-worker`` command against a server."""
 
-    def __init__(self, server_url: str, token: str, *, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        token: str,
+        *,
+        concurrency: int = 1,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         super().__init__(
             "edge-worker",
             [
@@ -222,9 +240,108 @@ class EdgeWorkerProcess(ManagedProcess):
                 token,
                 "--concurrency",
                 str(concurrency),
+                *extra_args,
             ],
             {**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+
+class TcpProxy:
+    """A loopback TCP relay in front of a server: ``cut()`` drops every connection through it and
+    refuses new ones until ``restore()``, which is what a client sees when its network goes away.
+    It records the first line of each connection (for HTTP/1.1 without keep-alive, as the edge
+    worker's requests are: the request line), relayed or refused, so a test can count what was
+    sent and what the cut interrupted."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.request_lines: list[str] = []
+        self.refused_lines: list[str] = []  # first lines of connections dropped while cut
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._pairs: set[tuple[socket.socket, socket.socket]] = set()
+        self._refusing = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._refusing:
+                threading.Thread(target=self._refuse, args=(client,), daemon=True).start()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            pair = (client, upstream)
+            with self._lock:
+                self._pairs.add(pair)
+            threading.Thread(
+                target=self._pump, args=(client, upstream, pair, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, pair, False), daemon=True
+            ).start()
+
+    def _refuse(self, client: socket.socket) -> None:
+        """Read what the client meant to send (its request line), then drop it unanswered."""
+        client.settimeout(5)
+        with contextlib.suppress(OSError):
+            data = client.recv(65536)
+            with self._lock:
+                self.refused_lines.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
+        client.close()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, pair: tuple, first: bool) -> None:  # noqa: FBT001
+        try:
+            while data := source.recv(65536):
+                if first:
+                    with self._lock:
+                        self.request_lines.append(
+                            data.split(b"\r\n", 1)[0].decode(errors="replace")
+                        )
+                    first = False
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._drop(pair)
+
+    def _drop(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        with self._lock:
+            self._pairs.discard(pair)
+        for sock in pair:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones."""
+        self._refusing = True
+        with self._lock:
+            pairs = list(self._pairs)
+        for pair in pairs:
+            self._drop(pair)
+
+    def restore(self) -> None:
+        """Accept connections again."""
+        self._refusing = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()
 
 
 @contextlib.contextmanager

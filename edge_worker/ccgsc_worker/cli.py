@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help="directory to keep downloaded kernels in (default: memory only)"
     )
     parser.add_argument(
+        "--max-upload-bytes-per-second",
+        type=int,
+        metavar="BYTES",
+        help="limit FL update uploads to this average rate, e.g. 125000 for 1 Mbit/s "
+        "(default: no limit)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -208,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.concurrency,
             kernel_cache_dir=args.cache_dir,
             on_event=printer,
+            max_upload_bytes_per_second=args.max_upload_bytes_per_second,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -35,7 +35,8 @@ from ccgsc_worker.kernel_store import KernelFetchError, KernelStore
 from ccgsc_worker.outbox import Outbox
 from ccgsc_worker.pool import TaskExecutor, TaskPool, error_code_for
 from ccgsc_worker.session import Session, SessionCounters
-from ccgsc_worker.training import Http, RoundTrainer
+from ccgsc_worker.training import RoundTrainer
+from ccgsc_worker.transfer import Http
 
 __all__ = [
     "Backoff",
@@ -116,6 +117,7 @@ class EdgeWorker(SessionDriver):
         kernel_timeout: float = DEFAULT_TIMEOUT_SECONDS,
         capabilities: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
+        max_upload_bytes_per_second: int | None = None,
     ) -> None:
         """Configure the worker; nothing connects until run()."""
         if not 1 <= concurrency <= proto.MAX_SLOTS:
@@ -143,7 +145,11 @@ class EdgeWorker(SessionDriver):
             heartbeat_floor_ms=HEARTBEAT_FLOOR_MS,
             heartbeat_override_ms=heartbeat_override,
         )
-        trainer = RoundTrainer(Http(self.server_url, token))
+        if max_upload_bytes_per_second is not None and max_upload_bytes_per_second <= 0:
+            raise ValueError("max_upload_bytes_per_second must be a positive number of bytes")
+        trainer = RoundTrainer(
+            Http(self.server_url, token), max_upload_bytes_per_second=max_upload_bytes_per_second
+        )
         super().__init__(session, self.pool, on_event, trainer=trainer, kernels=self.kernels)
         self._stop_requested = False
         self._abandon = False

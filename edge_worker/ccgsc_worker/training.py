@@ -4,8 +4,10 @@
 weights by hash (checked), the worker's public data shard, trains the pinned v2 kernel for E
 local epochs (one call per epoch, momentum carried between them), and uploads the update in
 chunks with a SHA-256 per chunk, resuming from the server's state after a failure, then
-completes. Every step respects the round's deadline. Errors end the round with a code (the
-round then counts this worker as a dropout); nothing is retried past the deadline.
+completes. Every step respects the round's deadline. Network errors (a server restarting, an
+outage) are retried with a back-off capped at 5 s until the deadline; failed answers end the
+upload after five. Errors end the round with a code (the round then counts this worker as a
+dropout); nothing is retried past the deadline.
 
 Codes: ``uploaded`` (queued for the fold), ``rejected`` (the server refused the update; its
 reason in the message), ``late`` (the round closed first), and the errors ``deadline``,
@@ -19,92 +21,22 @@ from __future__ import annotations
 
 import array
 import hashlib
-import json
 import math
 import struct
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ccgsc_worker import abi
 from ccgsc_worker.kernel import KernelFailed, KernelRejected, KernelRunner
+from ccgsc_worker.transfer import Http, RoundError, retry_delay, upload_update
 
 SHARD_MAGIC = b"CCSD"
 SHARD_HEADER = struct.Struct("<4sIII")
 METRICS = struct.Struct("<IIdII d")  # the v2 output's metrics header (abi.V2_METRICS_BYTES)
 FETCH_ATTEMPTS = 3
-UPLOAD_ATTEMPTS = 5
-REQUEST_TIMEOUT_S = 30.0
 _GOLDEN = 0x9E3779B97F4A7C15
 _U64 = (1 << 64) - 1
-
-
-class RoundError(Exception):
-    """A round cannot go on: ``code`` is one of the module's codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    """An HTTP answer: status, headers (lower-case names) and body."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    def json(self) -> Any:
-        """The body as JSON ({} when it is not)."""
-        try:
-            return json.loads(self.body or b"{}")
-        except ValueError:
-            return {}
-
-
-class Http:
-    """Same-origin HTTP for a worker: every request carries ``Authorization: Worker <token>``.
-
-    Paths are resolved against the server URL; anything that would leave its origin is refused
-    (the token goes with every request)."""
-
-    def __init__(self, server_url: str, token: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
-        self.server_url = server_url.rstrip("/") + "/"
-        self.token = token
-        self.timeout = timeout
-        self._origin = urllib.parse.urlsplit(self.server_url)[:2]
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Response:
-        """Send one request; HTTP errors are answers, network errors raise ``OSError``."""
-        url = urllib.parse.urljoin(self.server_url, path)
-        if urllib.parse.urlsplit(url)[:2] != self._origin:
-            raise RoundError("fetch_failed", f"refusing to leave the server's origin: {url!r}")
-        request = urllib.request.Request(url, data=body, method=method)  # noqa: S310 - same origin
-        request.add_header("Authorization", f"Worker {self.token}")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                return Response(response.status, response.read(), _lower(response.headers))
-        except urllib.error.HTTPError as exc:
-            return Response(exc.code, exc.read(), _lower(exc.headers))
-
-
-def _lower(headers: Any) -> dict[str, str]:
-    return {name.lower(): value for name, value in (headers or {}).items()}
 
 
 def derive_seed(seed: int, *parts: int) -> int:
@@ -234,121 +166,48 @@ def control_correction(control: bytes, client_control: bytes | None) -> bytes:
     return array.array("f", (c - ci for c, ci in zip(server, client, strict=True))).tobytes()
 
 
-def upload_update(
-    http: Http,
-    *,
-    url: str,
-    participation: int,
-    base_version: int,
-    body: bytes,
-    chunk_bytes: int,
-    time_left: Callable[[], float],
-    sleep: Callable[[float], None] = time.sleep,
-) -> tuple[str, str]:
-    """Upload ``body`` in chunks and complete it → (code, message).
-
-    Creating again with the same values resumes; after any failed chunk the server's state says
-    which chunks are still missing; a chunk refused for its checksum is sent again."""
-    base = url.rstrip("/") + "/"
-    digest = hashlib.sha256(body).hexdigest()
-    create = json.dumps(
-        {
-            "participation": participation,
-            "total_bytes": len(body),
-            "chunk_size": chunk_bytes,
-            "sha256": digest,
-            "base_version": base_version,
-        }
-    ).encode()
-    json_type = {"Content-Type": "application/json"}
-    for attempt in range(UPLOAD_ATTEMPTS):
-        if time_left() <= 0:
-            raise RoundError("deadline", "deadline passed while uploading")
-        if attempt:
-            sleep(min(0.2 * 2**attempt, max(0.0, time_left())))
-        try:
-            answer = http.request("POST", base, body=create, headers=json_type)
-            if answer.status == 409 and _code(answer) == "round_closed":
-                return "late", "the round closed before the update arrived"
-            if answer.status not in (200, 201):
-                if answer.status >= 500:
-                    continue
-                return "rejected", f"{_code(answer)}: {_message(answer)}"
-            state = answer.json()
-            upload = f"{base}{state['upload']}"
-            missing = [i for i in range(state["chunk_count"]) if i not in state["chunks_received"]]
-            for index in missing:
-                if time_left() <= 0:
-                    raise RoundError("deadline", "deadline passed while uploading")
-                chunk = body[index * chunk_bytes : (index + 1) * chunk_bytes]
-                if not _put_chunk(http, upload, index, chunk):
-                    break
-            else:
-                done = http.request("POST", f"{upload}/complete")
-                if done.status == 202:
-                    return "uploaded", ""
-                if done.status == 422:
-                    rejection = done.json().get("rejection") or {}
-                    return "rejected", f"{rejection.get('code')}: {rejection.get('message')}"
-                if done.status == 409 and _code(done) == "round_closed":
-                    return "late", "the round closed before the update was complete"
-                if done.status < 500 and _code(done) != "incomplete":
-                    return "rejected", f"{_code(done)}: {_message(done)}"
-        except OSError:
-            continue  # the connection failed: ask for the state again and send what is missing
-    raise RoundError("upload_failed", f"upload did not complete in {UPLOAD_ATTEMPTS} attempts")
-
-
-def _put_chunk(http: Http, upload: str, index: int, chunk: bytes) -> bool:
-    """PUT one chunk (twice if its checksum was refused in transit); False to resume."""
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "X-Chunk-SHA256": hashlib.sha256(chunk).hexdigest(),
-    }
-    for _ in range(2):
-        answer = http.request("PUT", f"{upload}/chunks/{index}", body=chunk, headers=headers)
-        if answer.status == 200:
-            return True
-        if _code(answer) != "checksum_mismatch":
-            return False
-    return False
-
-
-def _code(answer: Response) -> str:
-    return str((answer.json().get("error") or {}).get("code", answer.status))
-
-
-def _message(answer: Response) -> str:
-    return str((answer.json().get("error") or {}).get("message", ""))[:300]
-
-
 class RoundTrainer:
     """Carries out ``train`` effects: one blocking ``run`` per invite, in a worker thread."""
 
-    def __init__(self, http: Http, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        http: Http,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_upload_bytes_per_second: int | None = None,
+    ) -> None:
         self.http = http
         self.clock = clock
+        self.max_upload_bytes_per_second = max_upload_bytes_per_second
 
-    def fetch(self, path: str, *, sha256: str | None = None) -> bytes:
-        """GET ``path`` (retrying network errors), checked against ``sha256`` when given."""
-        for attempt in range(FETCH_ATTEMPTS):
+    def fetch(
+        self, path: str, *, sha256: str | None = None, time_left: Callable[[], float] | None = None
+    ) -> bytes:
+        """GET ``path``, checked against ``sha256`` when given. Network errors are retried (with
+        ``time_left``, until the round's deadline: the server may be restarting)."""
+        retries = 0
+        while True:
             try:
                 answer = self.http.request("GET", path)
             except OSError as exc:
-                if attempt + 1 == FETCH_ATTEMPTS:
+                retries += 1
+                out_of_time = time_left() <= 0 if time_left else retries >= FETCH_ATTEMPTS
+                if out_of_time:
                     raise RoundError("fetch_failed", f"{path}: {exc}") from exc
-                time.sleep(0.2 * 2**attempt)
+                delay = retry_delay(retries)
+                time.sleep(min(delay, max(0.0, time_left())) if time_left else delay)
                 continue
             if answer.status != 200:
                 raise RoundError("fetch_failed", f"{path}: HTTP {answer.status}")
             if sha256 is not None and hashlib.sha256(answer.body).hexdigest() != sha256:
                 raise RoundError("hash_mismatch", f"{path} does not match its sha256")
             return answer.body
-        raise AssertionError("unreachable")
 
-    def _fetch_vector(self, reference: Mapping[str, Any], parameters: int) -> bytes:
+    def _fetch_vector(
+        self, reference: Mapping[str, Any], parameters: int, time_left: Callable[[], float]
+    ) -> bytes:
         """A control variate f32[d] by hash (checked, and of the model's length)."""
-        data = self.fetch(reference["url"], sha256=reference["sha256"])
+        data = self.fetch(reference["url"], sha256=reference["sha256"], time_left=time_left)
         if len(data) != 4 * parameters:
             raise RoundError("hash_mismatch", "a control variate does not have the model's length")
         return data
@@ -364,18 +223,18 @@ class RoundTrainer:
             if data.get("private") or "url" not in data:
                 # A decline reason: the session tells the server (not a dropout).
                 raise RoundError("no_local_data", "this worker has no local data for this job")
-            weights = self.fetch(model["url"], sha256=model["sha256"])
+            weights = self.fetch(model["url"], sha256=model["sha256"], time_left=time_left)
             if len(weights) != 4 * model["parameters"]:
                 raise RoundError("hash_mismatch", "weights do not have the model's length")
-            x, y, _n, features = decode_shard(self.fetch(data["url"]))
+            x, y, _n, features = decode_shard(self.fetch(data["url"], time_left=time_left))
             if features != model["sizes"][0]:
                 raise RoundError("bad_shard", "shard features do not match the model's inputs")
             control = client_control = None
             if "control" in model:  # SCAFFOLD: c, and this partition client's cᵢ when held
-                control = self._fetch_vector(model["control"], model["parameters"])
+                control = self._fetch_vector(model["control"], model["parameters"], time_left)
                 if "client_control" in model:
                     client_control = self._fetch_vector(
-                        model["client_control"], model["parameters"]
+                        model["client_control"], model["parameters"], time_left
                     )
             runner = KernelRunner(wasm, invite["kernel"]["sha256"])
             body = train_update(
@@ -401,6 +260,8 @@ class RoundTrainer:
                 body=body,
                 chunk_bytes=invite["upload"]["chunk_bytes"],
                 time_left=time_left,
+                max_bytes_per_second=self.max_upload_bytes_per_second,
+                clock=self.clock,
             )
         except RoundError as exc:
             return exc.code, exc.message

@@ -79,15 +79,25 @@ class Dataset:
 
 
 def load_digits() -> Dataset:
-    """scikit-learn's 8×8 digits: 1,797 samples, 64 features scaled from 0…16 to [0, 1]."""
-    from sklearn.datasets import load_digits as sklearn_digits  # heavy import, only when used
+    """scikit-learn's 8×8 digits: 1,797 samples, 64 features scaled from 0…16 to [0, 1].
 
-    bunch = sklearn_digits()
-    x = (bunch.data.astype(np.float32) / np.float32(16.0)).astype(np.float32)
+    Read straight from the package's ``digits.csv.gz`` (what ``sklearn.datasets.load_digits``
+    reads, rows of 64 pixels then the label): importing ``sklearn.datasets`` costs seconds, and
+    a site process pays it on its first public shard of a round."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataUnavailable("scikit-learn is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    with gzip.open(path / "digits.csv.gz", "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",")
+    x = (table[:, :-1].astype(np.float32) / np.float32(16.0)).astype(np.float32)
     return Dataset(
         name="digits",
         x=np.ascontiguousarray(x),
-        y=bunch.target.astype(np.int32),
+        y=table[:, -1].astype(np.int32),
         classes=CLASSES,
         image_shape=(8, 8),
     )

@@ -111,6 +111,18 @@ class _Counters:
     seen_ids: list[str] = field(default_factory=list)  # ids of emitted buffers (idempotence)
 
 
+def buffer_mean(fold: StreamingFold, *, examples: float, normalize: bool = False) -> np.ndarray:
+    """A full buffer's step direction, f32[d]: FedBuff's Σ n_k s(τ_k) Δ_k / Σ n_k over the
+    ``examples`` Σ n_k of its updates (staleness shortens the step), or with ``normalize`` the
+    plain weighted mean Σ n_k s(τ_k) Δ_k / Σ n_k s(τ_k)."""
+    mean = fold.finish()
+    if normalize:
+        return mean
+    # FedBuff divides the discounted sum by the examples, not by the discounted weights.
+    scale = fold.total_weight / examples
+    return (mean.astype(np.float64) * scale).astype(np.float32)
+
+
 class BufferedAsyncServer:
     """The FedBuff server: ``submit`` updates as they arrive, read ``weights`` / ``version``.
 
@@ -186,11 +198,9 @@ class BufferedAsyncServer:
         return AsyncDecision(Outcome.FOLDED, staleness, weight, new_version=self._emit())
 
     def _emit(self) -> int:
-        mean = self._fold.finish()
-        if not self.normalize:
-            # FedBuff divides the discounted sum by the examples, not by the discounted weights.
-            scale = self._fold.total_weight / self._counters.buffer_examples
-            mean = (mean.astype(np.float64) * scale).astype(np.float32)
+        mean = buffer_mean(
+            self._fold, examples=self._counters.buffer_examples, normalize=self.normalize
+        )
         self.weights = self.strategy.step(weights=self.weights, mean_delta=mean)
         self._emitted_ids |= self._fold.folded_ids
         self._fold = StreamingFold(self.weights.shape[0])

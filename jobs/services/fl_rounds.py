@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from jobs import realtime
 from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, StreamingFold
+from jobs.federated.fedbuff import buffer_mean
 from jobs.fl_models import (
     FlConfig,
     FlMode,
@@ -319,6 +320,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         .select_related("upload")
         .order_by("pk")
     )
+    samples = sum(p.samples for p in included)
     if _close_time_strategy(config):
         from jobs.services.fl_rounds_aggregate import close_step
 
@@ -335,11 +337,15 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         new_weights, state_bytes = step.weights.astype(np.float32), step.state
     else:
         strategy = _strategy(config, job, base)
-        new_weights = strategy.step(weights=weights, mean_delta=fold.finish()).astype(np.float32)
+        # Async: FedBuff's step divides the staleness-discounted sum by the examples (as the
+        # core's BufferedAsyncServer does), so a buffer of stale updates takes a shorter step.
+        mean_delta = (
+            buffer_mean(fold, examples=samples) if config.mode == FlMode.ASYNC else fold.finish()
+        )
+        new_weights = strategy.step(weights=weights, mean_delta=mean_delta).astype(np.float32)
         state_bytes = strategy.state_bytes()
     Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids).update(included=True)
     dropouts = _mark_dropouts(round_)
-    samples = sum(p.samples for p in included)
     loss = sum(p.loss_sum for p in included) / samples if samples else None
     correct = sum(p.correct for p in included)
     accuracy = correct / samples if samples else None
@@ -481,7 +487,11 @@ def round_sweep(*, now: Any = None) -> int:
 def fl_invites_pending_unscoped(*, worker_id: Any) -> list[dict[str, Any]]:
     """The invites of open rounds this worker was invited to and has not reported in, as sent
     (the consumer re-sends them: an invite sent from another process or lost on the way would
-    otherwise leave the invitee idle until the round's deadline)."""
+    otherwise leave the invitee idle until the round's deadline). An invite whose update was
+    uploaded whole is not pending: its fold may still be queued (a Celery worker down), and a
+    worker reconnecting meanwhile would train the round again for nothing."""
+    from jobs.fl_models import UploadStatus
+
     return list(
         Participation.objects.unscoped()
         .filter(
@@ -491,6 +501,13 @@ def fl_invites_pending_unscoped(*, worker_id: Any) -> list[dict[str, Any]]:
             round__deadline__gt=timezone.now(),
         )
         .exclude(invite={})
+        .exclude(
+            upload__status__in=[
+                UploadStatus.COMPLETE,
+                UploadStatus.FOLDED,
+                UploadStatus.REJECTED,
+            ]
+        )
         .order_by("pk")
         .values_list("invite", flat=True)
     )

@@ -95,10 +95,11 @@ def update_fold(*, upload_id: str) -> UploadStatus:
     weight = (
         1.0 if config.server_strategy == ServerStrategy.SCAFFOLD else float(participation.samples)
     )
+    staleness = max(0, latest_version(job=round_.job).version - upload.base_version)
     if config.mode == FlMode.ASYNC:
-        staleness = max(0, latest_version(job=round_.job).version - upload.base_version)
         if staleness > (config.staleness_bound or 0):
             participation_mark_late(participation)
+            Participation.objects.unscoped().filter(pk=participation.pk).update(staleness=staleness)
             return upload_set_status(
                 upload, UploadStatus.REJECTED, "stale", f"staleness {staleness}"
             )
@@ -131,6 +132,9 @@ def update_fold(*, upload_id: str) -> UploadStatus:
         status=ParticipationStatus.REPORTED,
         reported_at=timezone.now(),
         update_key=f"fl-uploads/{upload.tenant_id}/{upload.pk}/",
+        folded_round=round_,
+        staleness=staleness,
+        fold_weight=weight,
     )
     upload_set_status(upload, UploadStatus.FOLDED)
     if close_condition(round=round_, config=config):

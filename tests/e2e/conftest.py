@@ -39,14 +39,28 @@ class FcStack:
         self.celery = celery
         self.edge_workers: list = []
 
-    def edge_worker(self, *, concurrency: int = 1, token: str | None = None):  # noqa: ANN201
+    def edge_worker(
+        self,
+        *,
+        concurrency: int = 1,
+        token: str | None = None,
+        url: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):  # noqa: ANN201
+        """Start a ``ccgsc-worker`` (a new anonymous contributor unless ``token``) against the
+        site, or against ``url`` (e.g. a proxy in front of it), with ``extra_args``."""
         from jobs import dispatch
         from tests.servers import EdgeWorkerProcess
 
         if token is None:
-            _, token = dispatch.contributor_create_anonymous()
-        worker = EdgeWorkerProcess(self.daphne.url, token, concurrency=concurrency)
+            contributor, token = dispatch.contributor_create_anonymous()
+        else:
+            contributor = dispatch.worker_token_verify(token=token)
+        worker = EdgeWorkerProcess(
+            url or self.daphne.url, token, concurrency=concurrency, extra_args=extra_args
+        )
         worker.token = token
+        worker.contributor_id = contributor.pk
         worker.start()
         self.edge_workers.append(worker)
         return worker
@@ -97,6 +111,52 @@ def fc_stack(transactional_db, fc_servers):
             server.start()
     kernel_sync_builtins()
     stack = FcStack(daphne, celery)
+    yield stack
+    for worker in stack.edge_workers:
+        worker.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
+def fl_servers(django_db_setup, celery_queue, wasm_built):
+    """Two Daphnes sharing one port behind the launcher (which replaces a dead one) and a Celery
+    worker with beat, on the test database, started once per module: the shape of a production
+    node, so a test can kill one Daphne while the other serves."""
+    import uuid
+
+    from ccgsc_site.celery import app
+    from tests.servers import CeleryWorker, wait_for_http
+    from tests.services.helpers import Launcher
+
+    previous_queue = app.conf.task_default_queue
+    app.conf.task_default_queue = celery_queue
+    cache_prefix = f"e2e-{uuid.uuid4().hex[:12]}"
+    celery = CeleryWorker(celery_queue, beat=True, CCGSC_CACHE_PREFIX=cache_prefix)
+    celery.start()
+    launcher = Launcher(
+        processes=2, CCGSC_CELERY_QUEUE=celery_queue, CCGSC_CACHE_PREFIX=cache_prefix
+    )
+    launcher.start()
+    wait_for_http(launcher.url + "/healthz", timeout_s=60, process=launcher.process)
+    yield launcher, celery
+    launcher.stop()
+    celery.stop()
+    app.conf.task_default_queue = previous_queue
+
+
+@pytest.fixture
+def fl_stack(transactional_db, fl_servers):
+    """``fc_stack`` over the launcher's two Daphnes: own rows, built-in kernels, own workers."""
+    from jobs.kernels import kernel_sync_builtins
+    from tests.servers import wait_for_http
+
+    launcher, celery = fl_servers
+    if celery.process is None or celery.process.poll() is not None:
+        celery.start()
+    if launcher.process is None or launcher.process.poll() is not None:
+        launcher.start()
+        wait_for_http(launcher.url + "/healthz", timeout_s=60, process=launcher.process)
+    kernel_sync_builtins()
+    stack = FcStack(launcher, celery)
     yield stack
     for worker in stack.edge_workers:
         worker.stop(kill=True)

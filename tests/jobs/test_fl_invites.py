@@ -153,3 +153,33 @@ async def test_a_malformed_decline_is_answered_with_an_error_and_changes_nothing
     row = await sync_to_async(Participation.objects.unscoped().get)(pk=participation)
     assert row.status == "invited"
     await page.disconnect()
+
+
+def test_an_invite_whose_update_was_uploaded_whole_is_not_sent_again(tenant, owner):
+    # given two invitees of an open round: one still uploading, one whose upload is complete
+    # but not yet folded (the Celery worker is down)
+    from jobs.fl_models import Participation, UpdateUpload, UploadStatus
+    from jobs.services.fl_rounds import fl_invites_pending_unscoped
+    from tests.factories import WorkerFactory
+
+    workers = [WorkerFactory(capabilities={"simd": True, "memory_mb": 4096}) for _ in range(2)]
+    tenant.tier = Tier.CORE
+    tenant.save(update_fields=["tier"])
+    balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
+    job = fl_job(tenant, cohort_size=2, min_reports=2, partition_clients=4, seed=5)
+    round_open(job=job)
+    uploading, uploaded = Participation.objects.for_tenant(tenant).order_by("pk")
+    for participation, status in ((uploading, UploadStatus.RECEIVING), (uploaded, "complete")):
+        UpdateUpload.objects.create(
+            tenant=tenant,
+            participation=participation,
+            total_bytes=32 + 4 * 650,
+            chunk_size=1024,
+            sha256="0" * 64,
+            base_version=0,
+            status=status,
+        )
+    # when each reconnects, then only the one still uploading is sent its invite again
+    pending = {w.pk: fl_invites_pending_unscoped(worker_id=w.pk) for w in workers}
+    assert pending[uploading.worker_id] == [uploading.invite]
+    assert pending[uploaded.worker_id] == []

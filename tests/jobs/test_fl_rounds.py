@@ -501,15 +501,21 @@ def test_async_mode_folds_a_late_update_with_its_staleness_weight(
         Uploader(who[slow], slow_participation).send(
             body(np.full(D, 2.0, np.float32), samples=4), base_version=0
         )
-    # Then: it joined round 2's buffer (staleness 1): version 2 = w1 + its update
+    # Then: it joined round 2's buffer (staleness 1) with weight 4 · 2^-0.5, and FedBuff's step
+    # divides that discounted sum by the 4 examples: version 2 = w1 + 2^-0.5 · its update
     second.refresh_from_db()
     assert (second.status, second.reports) == (RoundStatus.CLOSED, 1)
     assert latest_version(job=job).version == 2
     np.testing.assert_allclose(
-        model_version_read(model_version=latest_version(job=job)), w1 + 2.0, atol=1e-6
+        model_version_read(model_version=latest_version(job=job)),
+        w1 + 2.0 * 2.0**-0.5,
+        atol=1e-6,
     )
     slow_participation.refresh_from_db()
     assert slow_participation.status == ParticipationStatus.REPORTED
+    assert (slow_participation.folded_round_id, slow_participation.staleness) == (second.pk, 1)
+    assert slow_participation.fold_weight == pytest.approx(4 * 2.0**-0.5)
+    assert second.metrics["staleness_mean"] == 1.0
 
 
 def test_another_tenants_worker_token_cannot_upload_to_this_round(core, other_tenant):
