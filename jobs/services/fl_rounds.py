@@ -39,11 +39,13 @@ from jobs.services.fl_admission import fl_cohort_invited, fl_job_admit
 from jobs.services.fl_privacy import fl_privacy_admit, fl_privacy_record
 from jobs.services.fl_rounds_cohort import (
     RoundInvitation,
+    anonymous_count,
     data_shards,
     eligible_workers,
     round_invite_payload,
     update_total_bytes,
 )
+from jobs.services.fl_rounds_dp import round_clip_norm, round_release
 from jobs.services.lifecycle import job_event, job_pause_system
 from jobs.services.model_registry import model_version_create, model_version_read
 
@@ -184,7 +186,7 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         return []
     number = (rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
     rng = random.Random(f"{job.seed}:{number}")  # noqa: S311 - a reproducible draw, not a secret
-    eligible = eligible_workers(job=job, config=config)
+    eligible = eligible_workers(job=job, config=config, rng=rng)
     if not eligible:
         return []
     try:  # a spent privacy budget ends the job: no top-up can buy more ε
@@ -207,6 +209,8 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         number=number,
         deadline=now + timedelta(seconds=config.round_deadline_seconds),
         cohort_size=len(cohort),
+        clip_norm=round_clip_norm(job=job, config=config),
+        anonymous_invited=anonymous_count(cohort, job=job),
     )
     shards = data_shards(config, len(cohort), rng)
     invitations = []
@@ -289,7 +293,8 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     base = latest_version(job=job)
     weights = model_version_read(model_version=base)
     strategy = _strategy(config, job, base)
-    new_weights = strategy.step(weights=weights, mean_delta=fold.finish()).astype(np.float32)
+    release = round_release(round=round_, config=config, fold=fold)  # DP: clipped, noised
+    new_weights = strategy.step(weights=weights, mean_delta=release.mean_delta).astype(np.float32)
     folded_ids = [int(i) for i in fold.folded_ids]
     included = list(Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids))
     Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids).update(included=True)
@@ -311,7 +316,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         "base_version": base.version,
         "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
         "client_accuracy_std": _client_accuracy_std(included),
-    }
+    } | release.metrics
     if config.mode == FlMode.ASYNC and included:
         metrics["staleness_mean"] = sum(base.version - p.base_version for p in included) / len(
             included
@@ -323,6 +328,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     round_.status = RoundStatus.CLOSED
     round_.closed_at = now
     round_.dropouts = dropouts
+    round_.clip_norm_next = release.clip_norm_next
     round_.bytes_up = bytes_up
     round_.bytes_down = bytes_down
     round_.metrics = metrics | {"version": version.version}
