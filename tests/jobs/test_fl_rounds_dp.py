@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from billing.operations import balance_adjust
+from jobs import protocol, selectors
 from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import JobStatus
 from jobs.privacy import adaptive_noise_multiplier, clip_l2
@@ -86,6 +87,10 @@ def test_a_dp_round_releases_the_clipped_uniform_mean_plus_gaussian_noise(
     # And: the invites ask the clients to clip to C too
     for participation in round_.participations.all():
         assert participation.invite["hyperparameters"]["dp"] == {"clip_norm": clip}
+        wire = protocol.round_invite(
+            event=participation.invite, kernel_sha256="0" * 64, deadline_ms=1000
+        )  # validated against the protocol definition as it is built
+        assert wire["hyperparameters"]["dp"] == {"clip_norm": clip}
     w0 = model_version_read(model_version=latest_version(job=job)).astype(np.float64)
     rng = np.random.default_rng(11)
     norms = [2.0, 0.1, 5.0]  # clipped, kept, clipped
@@ -132,6 +137,19 @@ def test_a_dp_round_releases_the_clipped_uniform_mean_plus_gaussian_noise(
     assert Round.objects.for_tenant(core).filter(job=job).count() == 1
     state = fl_privacy_state(job=job)
     assert (state.rounds_left_in_budget, state.epsilon_spent) == (0, round_.epsilon_spent)
+    # And: the director's state carries ε live, valid against the protocol's schema
+    live = selectors.job_state(tenant=core, job_id=job.pk)
+    assert live["privacy"] == {
+        "epsilon_spent": float(f"{round_.epsilon_spent:.6g}"),
+        "epsilon_budget": 6.0,
+        "delta": 1e-5,
+        "rounds_spending": 1,
+        "rounds_allowed": 1,
+        "rounds_planned": 3,
+        "rounds_left": 0,
+        "clip_norm": clip,
+    }
+    protocol.director_state(state=live)  # raises when the schema refuses it
 
 
 def test_two_rounds_draw_different_noise(core, django_capture_on_commit_callbacks):
@@ -207,6 +225,7 @@ def test_a_round_without_dp_keeps_sample_weights_and_no_clip(
     round_, who = open_round(job, workers(2))
     assert round_.clip_norm is None
     assert "dp" not in round_.participations.first().invite["hyperparameters"]
+    assert selectors.job_state(tenant=core, job_id=job.pk)["privacy"] is None
     w0 = model_version_read(model_version=latest_version(job=job)).astype(np.float64)
     rng = np.random.default_rng(4)
     updates = [_update(rng, 3.0), _update(rng, 3.0)]
