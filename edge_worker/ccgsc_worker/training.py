@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ccgsc_worker import abi
+from ccgsc_worker.dp import clip_update
 from ccgsc_worker.kernel import KernelFailed, KernelRejected, KernelRunner
 
 SHARD_MAGIC = b"CCSD"
@@ -145,7 +146,9 @@ def train_update(
 
     One kernel call per epoch with its own shuffle seed; momentum carries over. With E = 1 the
     body is the kernel's output unchanged; with more, the update is the sum of the epochs' steps
-    and the metrics are those of the last epoch (as in the simulator)."""
+    and the metrics are those of the last epoch (as in the simulator). When the invite asks
+    (``hyperparameters.dp.clip_norm``), the update is clipped to that L2 norm and the header
+    carries the clipped norm."""
     epochs = int(hyperparameters["epochs"])
     momentum = float(hyperparameters["momentum"])
     n = len(y)
@@ -194,6 +197,9 @@ def train_update(
     else:
         delta = array.array("f", (a - b for a, b in zip(current, start, strict=True)))
         update, norm = delta.tobytes(), math.sqrt(math.fsum(v * v for v in delta))
+    dp = hyperparameters.get("dp")
+    if dp:  # a differentially private job: clip the whole local change to C, as the server will
+        update, norm, _within = clip_update(update, float(dp["clip_norm"]))
     header = METRICS.pack(
         abi.STATUS_OK, result.samples, result.loss_sum, result.correct, len(start), norm
     )

@@ -16,8 +16,20 @@ from collections.abc import Callable
 
 import numpy as np
 
+# The edge worker adds its share without numpy; the variance rule has one home, its package.
+from ccgsc_worker.dp import per_client_variance
+
 RandomBytes = Callable[[int], bytes]
 _UNIT = 2.0**-53
+
+__all__ = [
+    "add_central_gaussian",
+    "add_noise_to_encoded",
+    "csprng_normal",
+    "discrete_gaussian_share",
+    "per_client_variance",
+    "skellam_share",
+]
 
 
 def _generator(rng: np.random.Generator | None) -> np.random.Generator:
@@ -55,19 +67,6 @@ def add_central_gaussian(
     std = noise_multiplier * clip_norm
     values = np.asarray(total, dtype=np.float64)
     return values + _generator(rng).normal(0.0, std, values.shape)
-
-
-def per_client_variance(
-    *, noise_multiplier: float, clip_norm: float, scale: float, min_survivors: int
-) -> float:
-    """Variance (in encoded integer units) of one client's share: (z·C·scale)² / m_min.
-
-    With m_min survivors the shares sum to exactly the central mechanism's variance; every
-    extra survivor adds noise, never removes it.
-    """
-    if min_survivors < 1:
-        raise ValueError("min_survivors must be at least 1")
-    return (noise_multiplier * clip_norm * scale) ** 2 / min_survivors
 
 
 def skellam_share(
