@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from jobs.aggregation import StreamingFold
-from jobs.fl_models import DpMode, FlConfig, Participation, Round
+from jobs.fl_models import FlConfig, Participation, Round
 from jobs.models import Job
 from jobs.privacy import AdaptiveClip, adaptive_noise_multiplier, csprng_normal
 from jobs.services.fl_privacy import fl_count_noise_std
@@ -35,11 +35,8 @@ ADAPTIVE_CLIP_LEARNING_RATE = 0.2
 
 
 def dp_rounds_active(config: FlConfig) -> bool:
-    """Whether the server clips and noises this job's rounds (central DP-FedAvg).
-
-    Distributed noise is added by the clients under secure aggregation; the server then only
-    clips (a second, harmless bound) and adds nothing.
-    """
+    """Whether the server clips and noises this job's rounds (DP-FedAvg; in distributed mode
+    the noise moves to the clients once secure aggregation folds their masked sums)."""
     return bool(config.differential_privacy and config.dp_clip_norm)
 
 
@@ -105,18 +102,26 @@ class RoundRelease:
     clip_norm_next: float | None = None
 
 
-def round_release(*, round: Round, config: FlConfig, fold: StreamingFold) -> RoundRelease:  # noqa: A002
+def round_release(
+    *,
+    round: Round,  # noqa: A002
+    config: FlConfig,
+    fold: StreamingFold,
+    server_noise: bool = True,
+) -> RoundRelease:
     """The round's mean update: the fold's mean, or for a DP round (clipped sum + N(0, (z·C)²))
-    divided by the folded updates, with the next C for adaptive clipping."""
+    divided by the folded updates, with the next C for adaptive clipping. ``server_noise``
+    False: the sum already carries the clients' distributed noise (secure aggregation)."""
     if round.clip_norm is None:
         return RoundRelease(fold.finish())
     clip = float(round.clip_norm)
     survivors = fold.count
     if survivors == 0:
         raise ValueError("no update has been folded")
-    z = float(config.dp_noise_multiplier)
-    if config.dp_mode == DpMode.DISTRIBUTED:
-        z = 0.0  # the clients' shares carry the noise (secure aggregation)
+    # Distributed mode: the clients' shares are to carry the noise under secure aggregation.
+    # Until the secure-aggregation round path folds masked, noised sums (it then passes
+    # ``server_noise=False``), the server adds the noise itself, so the recorded ε stays true.
+    z = float(config.dp_noise_multiplier) if server_noise else 0.0
     adaptive = None
     if config.dp_adaptive_clipping:
         adaptive = AdaptiveClip(
