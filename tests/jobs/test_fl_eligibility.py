@@ -144,3 +144,6 @@ def test_the_api_and_the_form_carry_the_bound(api_client, core, owner_client):
     assert "cohort_max_anonymous_fraction" in created.json()["error"]["fields"]
     page = owner_client.get("/jobs/new/fl/")
     assert "Anonymous contributors, at most" in page.content.decode()
+    job = fl_job(core, cohort_max_anonymous_fraction=0.1, **DP)
+    detail = owner_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "at most 10 % of each cohort" in detail

@@ -13,7 +13,7 @@ import pytest
 from billing.operations import balance_adjust
 from jobs import protocol, selectors
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.models import JobStatus
+from jobs.models import JobStatus, Worker
 from jobs.privacy import adaptive_noise_multiplier, clip_l2
 from jobs.services.fl_privacy import fl_count_noise_std, fl_privacy_state
 from jobs.services.fl_rounds import fold_load, latest_version
@@ -160,6 +160,7 @@ def test_two_rounds_draw_different_noise(core, django_capture_on_commit_callback
             core, cohort_size=1, min_reports=1, rounds=1, dp_epsilon=6.0,
             dp_noise_multiplier=1.0, dp_clip_norm=0.5, seed=5,
         )  # fmt: skip
+        Worker.objects.update(is_online=False)  # the last iteration's worker has left
         _, who = open_round(job, workers(1, accounted=True))
         ((participation_id, worker),) = who.items()
         with django_capture_on_commit_callbacks(execute=True):
