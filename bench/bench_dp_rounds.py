@@ -46,7 +46,7 @@ DELTA = 1e-5
 def train_round(kernel, weights, train, part, *, seed: int, round_number: int) -> list[Any]:
     config = client.TrainConfig(epochs=1, batch_size=10, learning_rate=0.1)
     updates = []
-    for index, rows in enumerate(part.parts):
+    for index, rows in enumerate(part.clients):
         updates.append(
             client.client_train(
                 kernel,
