@@ -12,11 +12,13 @@ import pytest
 
 from billing.operations import balance_adjust
 from jobs import protocol, selectors
-from jobs.fl_models import Participation, Round, RoundStatus
+from jobs.aggregation import StreamingFold
+from jobs.fl_models import FlConfig, Participation, Round, RoundStatus
 from jobs.models import JobStatus, Worker
 from jobs.privacy import adaptive_noise_multiplier, clip_l2
 from jobs.services.fl_privacy import fl_count_noise_std, fl_privacy_state
 from jobs.services.fl_rounds import fold_load, latest_version
+from jobs.services.fl_rounds_dp import round_release
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.jobs.fl_helpers import fl_job
@@ -239,3 +241,25 @@ def test_a_round_without_dp_keeps_sample_weights_and_no_clip(
     w1 = model_version_read(model_version=latest_version(job=job)).astype(np.float64)
     expected = w0 + (10 * updates[0].astype(np.float64) + 30 * updates[1]) / 40
     np.testing.assert_allclose(w1, expected, atol=1e-6)
+
+
+def test_distributed_mode_noises_at_the_server_until_secure_aggregation_carries_the_shares():
+    # Given: a distributed-noise round's fold of one zero update (no DB: the release is a read)
+    config = FlConfig(
+        differential_privacy=True,
+        secure_aggregation=True,
+        dp_mode="distributed",
+        dp_noise_multiplier=2.0,
+        dp_clip_norm=1.0,
+        min_reports=3,
+    )
+    fold = StreamingFold(20_000)
+    fold.fold("a", np.zeros(20_000, np.float32), 1.0, clip_norm=1.0)
+    round_ = Round(clip_norm=1.0)
+    # When / then: with the server's noise (today's rounds) the mean carries N(0, (z·C)²)
+    noised = round_release(round=round_, config=config, fold=fold).mean_delta
+    assert abs(noised.std() - 2.0) < 6 * 2.0 / math.sqrt(2 * 20_000)
+    # and with the clients' shares in the sum (secure aggregation), the server adds none
+    clean = round_release(round=round_, config=config, fold=fold, server_noise=False)
+    assert not clean.mean_delta.any()
+    assert clean.metrics["dp_noise_std"] == 0.0
