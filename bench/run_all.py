@@ -9,7 +9,8 @@ a markdown table; this script prints the machine first, then the tables, and wri
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
-       [--only kernels training validation ledger dispatch aggregation secagg fedavg_paper]
+       [--only kernels training validation ledger dispatch aggregation secagg fedavg_paper
+               dp_rounds]
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "secagg": ("bench_secagg.py", [], [], "secagg.json"),
     # McMahan et al. 2017's table on the offline MNIST digits, and sync vs buffered-async.
     "fedavg_paper": ("bench_fedavg_paper.py", [], [], "fedavg_paper.json"),
+    # DP-FedAvg as the rounds run it: accuracy on digits against ε at q = 1.
+    "dp_rounds": ("bench_dp_rounds.py", [], ["--rounds", "10", "--seeds", "1"], "dp_rounds.json"),
 }
 
 

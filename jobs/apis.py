@@ -140,6 +140,7 @@ class FlConfigOutput(serializers.Serializer):
     dp_target_quantile = serializers.FloatField(allow_null=True)
     secagg_threshold_fraction = serializers.FloatField(allow_null=True)
     secagg_min_survivors = serializers.IntegerField(allow_null=True)
+    cohort_max_anonymous_fraction = serializers.FloatField(allow_null=True)
     mode = serializers.CharField()
     buffer_size = serializers.IntegerField(allow_null=True)
     staleness_bound = serializers.IntegerField(allow_null=True)

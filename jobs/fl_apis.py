@@ -190,6 +190,15 @@ class FlJobCreateInput(serializers.Serializer):
         max_value=1_000_000,
         help_text="Fewer masked inputs abort the round; default the minimum reports (at least 3).",
     )
+    cohort_max_anonymous_fraction = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=0.0,
+        max_value=1.0,
+        help_text="With secure aggregation or DP: at most this fraction of each cohort without an "
+        "account (default 0.25; the tier bounds it: FL Core 0.25, FL Enterprise 0.5).",
+    )
     mode = serializers.ChoiceField(choices=FlMode.choices, default="sync")
     buffer_size = serializers.IntegerField(
         required=False, allow_null=True, default=None, min_value=1, max_value=1_000_000

@@ -66,6 +66,13 @@ ROBUST_STRATEGIES = frozenset(
     }
 )
 
+# Strategies that need every individual update at close (a spill, the clients' losses, or their
+# control variates) rather than a server step on the streaming mean: they cannot run on a
+# securely aggregated sum, nor under DP-FedAvg's clipped, noised mean.
+CLOSE_TIME_STRATEGIES = ROBUST_STRATEGIES | frozenset(
+    {ServerStrategy.QFFL, ServerStrategy.SCAFFOLD}
+)
+
 
 class Compression(models.TextChoices):
     NONE = "none", "None (float32)"
@@ -169,6 +176,9 @@ class FlConfig(TenantOwnedModel):
     # (k derived from the invited cohort); fewer survivors than the minimum abort the round.
     secagg_threshold_fraction = models.FloatField(null=True, blank=True)
     secagg_min_survivors = models.PositiveIntegerField(null=True, blank=True)
+    # Who may join a protected cohort (secure aggregation or DP): at most this fraction of each
+    # cohort anonymous (no account), within the tier's bound (docs/security.md).
+    cohort_max_anonymous_fraction = models.FloatField(null=True, blank=True)
     # Mode: synchronous rounds, or buffered asynchronous aggregation of K updates.
     mode = models.CharField(max_length=10, choices=FlMode.choices, default=FlMode.SYNC)
     buffer_size = models.PositiveIntegerField(null=True, blank=True)
@@ -251,6 +261,15 @@ class Round(TenantOwnedModel):
     # Cumulative ε of the job after this round (differential privacy only), stored by
     # ``fl_privacy_record`` when the round closes or fails.
     epsilon_spent = models.FloatField(null=True, blank=True)
+    # DP rounds (``fl_rounds_dp``): the clip norm C this round's updates are clipped to, the
+    # count of folded updates already within it (the adaptive-clipping bits, never per client),
+    # and, for adaptive clipping, the next round's C from the noised count.
+    clip_norm = models.FloatField(null=True, blank=True)
+    clip_within = models.PositiveIntegerField(default=0)
+    clip_norm_next = models.FloatField(null=True, blank=True)
+    # Invitees without an account (the protected-cohort rule caps them; secure aggregation
+    # counts its threshold over the others).
+    anonymous_invited = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     # The latest checkpoint of the round's streaming fold in storage ("" = nothing folded yet);
@@ -425,6 +444,7 @@ class ModelVersion(TenantOwnedModel):
 
 
 __all__ = [
+    "CLOSE_TIME_STRATEGIES",
     "ROBUST_STRATEGIES",
     "ClientOptimizer",
     "Compression",

@@ -125,6 +125,7 @@ PRIVACY_FIELDS = (
     "secure_aggregation",
     "secagg_threshold_fraction",
     "secagg_min_survivors",
+    "cohort_max_anonymous_fraction",
     "differential_privacy",
     "dp_epsilon",
     "dp_delta",
@@ -255,6 +256,18 @@ class FlJobForm(forms.Form):
         min_value=3,
         label="Minimum survivors",
         help_text="Fewer masked inputs abort the round; default the minimum reports.",
+    )
+    cohort_max_anonymous_fraction = forms.FloatField(
+        required=False,
+        min_value=0.0,
+        max_value=1.0,
+        label="Anonymous contributors, at most",
+        help_text="With secure aggregation or differential privacy, at most this fraction of each "
+        "cohort may be contributors without an account (one worker per contributor always): "
+        "anonymous devices cost nothing to multiply, and such Sybils collude toward a client's "
+        "threshold and can withhold noise. Each client's threshold t counts all its anonymous "
+        "neighbours plus a strict share of its accounted ones. Default 0.25 (FL Core's bound; "
+        "FL Enterprise allows up to 0.5); 0 admits account holders and the private pool only.",
     )
     differential_privacy = forms.BooleanField(
         required=False, help_text="Clip each update and add Gaussian noise to the sum."

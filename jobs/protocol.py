@@ -351,7 +351,8 @@ def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int)
             "learning_rate": hyper["learning_rate"],
             "momentum": hyper["momentum"],
             "proximal_mu": hyper["proximal_mu"],
-        },
+        }
+        | ({"dp": {"clip_norm": hyper["dp"]["clip_norm"]}} if hyper.get("dp") else {}),
         data={key: value for key, value in data.items() if value is not None},
         upload=dict(event["upload"]),
         deadline_ms=max(0, deadline_ms),

@@ -171,7 +171,14 @@ def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:
         "events": [
             {"kind": e.kind, "message": e.message, "at": e.created_at.isoformat()} for e in events
         ],
-    } | ({"fl": fl_curves(tenant=tenant, job=job)} if job.kind == JobKind.FL else {})
+    } | (
+        {
+            "fl": fl_curves(tenant=tenant, job=job),
+            "privacy": fl_privacy_live(tenant=tenant, job=job),
+        }
+        if job.kind == JobKind.FL
+        else {}
+    )
 
 
 def _significant(value: Any) -> float | None:
@@ -212,6 +219,37 @@ def fl_curves(*, tenant: Tenant, job: Job) -> dict[str, Any]:
             for row in rows
         ]
     return curves
+
+
+def fl_privacy_live(*, tenant: Tenant, job: Job) -> dict[str, Any] | None:
+    """The director's privacy section: ε spent after the last closed round, the budget, the
+    rounds it still allows and the current clip norm (None without DP). Reads what the round
+    services recorded (one aggregate, one row): no accountant runs here."""
+    config = job.fl_config
+    if config is None or not config.differential_privacy:
+        return None
+    rounds = Round.objects.for_tenant(tenant).filter(job=job)
+    totals = rounds.aggregate(
+        spending=Count("id", filter=~Q(status=RoundStatus.FAILED)),
+        spent=Max("epsilon_spent"),  # cumulative ε never decreases
+    )
+    clip_norm = (
+        rounds.filter(clip_norm__isnull=False)
+        .order_by("-number")
+        .values_list("clip_norm", flat=True)
+        .first()
+    )
+    allowed = config.dp_rounds_allowed or 0
+    return {
+        "epsilon_spent": _significant(totals["spent"] or 0.0),
+        "epsilon_budget": config.dp_epsilon,
+        "delta": config.dp_delta,
+        "rounds_spending": totals["spending"],
+        "rounds_allowed": allowed,
+        "rounds_planned": config.rounds,
+        "rounds_left": max(0, allowed - totals["spending"]),
+        "clip_norm": _significant(clip_norm),
+    }
 
 
 def fl_round_list(*, tenant: Tenant, job: Job) -> QuerySet[Round]:

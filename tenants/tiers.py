@@ -40,6 +40,9 @@ class TierPolicy:
     max_api_keys: int
     max_members: int
     prepaid: bool
+    # Protected FL cohorts (secure aggregation or DP): the most a job may let be anonymous
+    # (contributors without an account); docs/security.md, "Who may join a protected cohort".
+    max_anonymous_cohort_fraction: float = 0.0
 
     def allows_job_kind(self, kind: str) -> bool:
         """Whether jobs of ``kind`` may be created on this tier."""
@@ -121,6 +124,7 @@ POLICIES: dict[str, TierPolicy] = {
         max_api_keys=25,
         max_members=50,
         prepaid=True,
+        max_anonymous_cohort_fraction=0.25,
     ),
     Tier.ENTERPRISE: TierPolicy(
         tier=Tier.ENTERPRISE,
@@ -139,6 +143,7 @@ POLICIES: dict[str, TierPolicy] = {
         max_api_keys=200,
         max_members=1_000,
         prepaid=False,
+        max_anonymous_cohort_fraction=0.5,
     ),
 }
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ccgsc_worker import abi
+from ccgsc_worker.dp import clip_update
 from ccgsc_worker.kernel import KernelFailed, KernelRejected, KernelRunner
 from ccgsc_worker.transfer import Http, RoundError, retry_delay, upload_update
 
@@ -81,7 +82,9 @@ def train_update(
     One kernel call per epoch with its own shuffle seed; momentum carries over. With E = 1 the
     body is the kernel's output unchanged; with more, the update is the sum of the epochs' steps
     and the metrics are those of the last epoch (as in the simulator). ``control`` (SCAFFOLD:
-    the correction c − cᵢ as f32[d] bytes) is added to every minibatch gradient."""
+    the correction c − cᵢ as f32[d] bytes) is added to every minibatch gradient. When the invite
+    asks (``hyperparameters.dp.clip_norm``), the update is clipped to that L2 norm and the header
+    carries the clipped norm."""
     epochs = int(hyperparameters["epochs"])
     momentum = float(hyperparameters["momentum"])
     n = len(y)
@@ -131,6 +134,9 @@ def train_update(
     else:
         delta = array.array("f", (a - b for a, b in zip(current, start, strict=True)))
         update, norm = delta.tobytes(), math.sqrt(math.fsum(v * v for v in delta))
+    dp = hyperparameters.get("dp")
+    if dp:  # a differentially private job: clip the whole local change to C, as the server will
+        update, norm, _within = clip_update(update, float(dp["clip_norm"]))
     header = METRICS.pack(
         abi.STATUS_OK, result.samples, result.loss_sum, result.correct, len(start), norm
     )

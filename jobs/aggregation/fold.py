@@ -56,6 +56,9 @@ class StreamingFold:
         self.count = 0
         self._folded_ids: set[str] = set()
         self._damaged: str | None = None  # set when a one-pass stream failed half-added
+        # The L2 norm of the last update ``fold``/``fold_chunks`` added, before any clipping
+        # (DP rounds count the adaptive-clipping bit from it); not part of the checkpoint.
+        self.last_norm: float | None = None
 
     def has_folded(self, update_id: str) -> bool:
         """Whether this update id is already part of the sum."""
@@ -87,6 +90,7 @@ class StreamingFold:
         norm = validate_update(update, dimension=self.dimension, max_norm=max_norm)
         self._add_block(0, update, weight * _clip_scale(norm, clip_norm))
         self._record(update_id, weight)
+        self.last_norm = norm
         return True
 
     def fold_chunks(
@@ -127,6 +131,7 @@ class StreamingFold:
         if offset != self.dimension:  # the source changed between passes: a storage bug
             raise RuntimeError("update source returned different bytes on the second read")
         self._record(update_id, weight)
+        self.last_norm = norm
         return True
 
     def fold_stream(

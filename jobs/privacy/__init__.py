@@ -15,6 +15,7 @@ from jobs.privacy.clipping import AdaptiveClip, adaptive_noise_multiplier, clip_
 from jobs.privacy.noise import (
     add_central_gaussian,
     add_noise_to_encoded,
+    csprng_normal,
     discrete_gaussian_share,
     per_client_variance,
     skellam_share,
@@ -28,6 +29,7 @@ __all__ = [
     "add_central_gaussian",
     "add_noise_to_encoded",
     "clip_l2",
+    "csprng_normal",
     "discrete_gaussian_share",
     "epsilon_spent",
     "per_client_variance",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ValidationError
 
 from jobs.fl_models import (
+    CLOSE_TIME_STRATEGIES,
     DpAccountant,
     DpMode,
     DpSampling,
@@ -35,6 +36,14 @@ def is_number(value: Any) -> bool:
 
 def check_privacy(spec: FlJobSpec, invited: int, min_reports: int, errors: dict[str, str]) -> None:
     """The budget, the mechanism and secure aggregation's parameters (docs/security.md)."""
+    if (spec.secure_aggregation or spec.differential_privacy) and (
+        spec.server_strategy in CLOSE_TIME_STRATEGIES
+    ):
+        errors["server_strategy"] = (
+            f"{spec.server_strategy} needs every client's own update (or loss, or control "
+            "variate) at the close, so it combines with neither secure aggregation nor "
+            "differential privacy: choose FedAvg, FedAvgM, FedAdam, FedYogi or FedAdagrad."
+        )
     if spec.secure_aggregation:
         fraction = spec.secagg_threshold_fraction
         if not is_number(fraction) or not 0.5 <= fraction < 1:

@@ -42,12 +42,14 @@ from jobs.services.fl_evaluation import evaluation_available
 from jobs.services.fl_privacy import fl_privacy_admit, fl_privacy_record
 from jobs.services.fl_rounds_cohort import (
     RoundInvitation,
+    anonymous_count,
     data_shards,
     eligible_workers,
     round_invite_payload,
     update_total_bytes,
     update_vectors,
 )
+from jobs.services.fl_rounds_dp import round_clip_norm, round_release
 from jobs.services.fl_rounds_scaffold import scaffold_invite_controls
 from jobs.services.lifecycle import job_event, job_pause_system
 from jobs.services.model_registry import model_version_create, model_version_read
@@ -186,7 +188,7 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         return []
     number = (rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
     rng = random.Random(f"{job.seed}:{number}")  # noqa: S311 - a reproducible draw, not a secret
-    eligible = eligible_workers(job=job, config=config)
+    eligible = eligible_workers(job=job, config=config, rng=rng)
     if not eligible:
         return []
     try:  # a spent privacy budget ends the job: no top-up can buy more ε
@@ -209,6 +211,8 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         number=number,
         deadline=now + timedelta(seconds=config.round_deadline_seconds),
         cohort_size=len(cohort),
+        clip_norm=round_clip_norm(job=job, config=config),
+        anonymous_invited=anonymous_count(cohort, job=job),
     )
     shards = data_shards(config, len(cohort), rng)
     invite_controls = scaffold_invite_controls(
@@ -321,6 +325,8 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         .order_by("pk")
     )
     samples = sum(p.samples for p in included)
+    dp_metrics: dict[str, Any] = {}
+    clip_norm_next = None  # DP's adaptive clipping (the streaming strategies only)
     if _close_time_strategy(config):
         from jobs.services.fl_rounds_aggregate import close_step
 
@@ -337,11 +343,16 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
         new_weights, state_bytes = step.weights.astype(np.float32), step.state
     else:
         strategy = _strategy(config, job, base)
-        # Async: FedBuff's step divides the staleness-discounted sum by the examples (as the
-        # core's BufferedAsyncServer does), so a buffer of stale updates takes a shorter step.
-        mean_delta = (
-            buffer_mean(fold, examples=samples) if config.mode == FlMode.ASYNC else fold.finish()
-        )
+        if round_.clip_norm is not None:  # DP: the clipped sum, noised, over the updates
+            release = round_release(round=round_, config=config, fold=fold)
+            mean_delta, dp_metrics = release.mean_delta, release.metrics
+            clip_norm_next = release.clip_norm_next
+        elif config.mode == FlMode.ASYNC:
+            # FedBuff's step divides the staleness-discounted sum by the examples (as the core's
+            # BufferedAsyncServer does), so a buffer of stale updates takes a shorter step.
+            mean_delta = buffer_mean(fold, examples=samples)
+        else:
+            mean_delta = fold.finish()
         new_weights = strategy.step(weights=weights, mean_delta=mean_delta).astype(np.float32)
         state_bytes = strategy.state_bytes()
     Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids).update(included=True)
@@ -352,17 +363,21 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     model_bytes = 4 * config.parameter_count
     bytes_up = sum(update_total_bytes(config=config) for _ in included)
     bytes_down = round_.cohort_size * model_bytes
-    metrics = {
-        "train_loss": loss,
-        "train_accuracy": accuracy,
-        "participants": len(included),
-        "invited": round_.cohort_size,
-        "dropouts": dropouts,
-        "samples": samples,
-        "base_version": base.version,
-        "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
-        "client_accuracy_std": _client_accuracy_std(included),
-    } | round_rejection_metrics(round_=round_)
+    metrics = (
+        {
+            "train_loss": loss,
+            "train_accuracy": accuracy,
+            "participants": len(included),
+            "invited": round_.cohort_size,
+            "dropouts": dropouts,
+            "samples": samples,
+            "base_version": base.version,
+            "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
+            "client_accuracy_std": _client_accuracy_std(included),
+        }
+        | round_rejection_metrics(round_=round_)
+        | dp_metrics
+    )
     if config.mode == FlMode.ASYNC and included:
         metrics["staleness_mean"] = sum(base.version - p.base_version for p in included) / len(
             included
@@ -374,6 +389,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     round_.status = RoundStatus.CLOSED
     round_.closed_at = now
     round_.dropouts = dropouts
+    round_.clip_norm_next = clip_norm_next
     round_.bytes_up = bytes_up
     round_.bytes_down = bytes_down
     round_.metrics = metrics | {"version": version.version}

@@ -29,23 +29,16 @@ from jobs.aggregation import (
     norm_bounded_mean,
     trimmed_mean,
 )
-from jobs.fl_models import FlConfig, ModelVersion, Participation, Round, ServerStrategy
+from jobs.fl_models import (
+    FlConfig,
+    ModelVersion,
+    Participation,
+    Round,
+    ServerStrategy,
+)
 from jobs.models import Job
 from jobs.services.fl_rounds_scaffold import client_controls_update, scaffold_total_clients
 from jobs.services.fl_rounds_uploads import update_chunks
-
-# Strategies aggregated here rather than by a server step on the streaming mean.
-CLOSE_TIME_STRATEGIES = frozenset(
-    {
-        ServerStrategy.MEDIAN,
-        ServerStrategy.TRIMMED_MEAN,
-        ServerStrategy.KRUM,
-        ServerStrategy.MULTI_KRUM,
-        ServerStrategy.NORM_BOUNDING,
-        ServerStrategy.QFFL,
-        ServerStrategy.SCAFFOLD,
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ from jobs.fl_models import (
     ServerStrategy,
 )
 from jobs.models import Job, Worker
+from jobs.services.fl_rounds_dp import dp_invite_terms
+from jobs.services.fl_rounds_eligibility import is_accounted, protected_pool
 
 UPDATE_HEADER_BYTES = 32  # the training kernel's v2 metrics header, before f32[d]
 MAX_CHUNK_BYTES = 256 * 1024
@@ -46,9 +48,13 @@ def update_total_bytes(*, config: FlConfig) -> int:
     return UPDATE_HEADER_BYTES + 4 * config.parameter_count * update_vectors(config=config)
 
 
-def eligible_workers(*, job: Job, config: FlConfig) -> list[Worker]:
+def eligible_workers(
+    *, job: Job, config: FlConfig, rng: random.Random | None = None
+) -> list[Worker]:
     """Online, unbanned workers that may serve this job (private pools as for FC), one per
-    contributor, in a stable order: edge workers and browser pages alike (both train)."""
+    contributor, in a stable order: edge workers and browser pages alike (both train); for a
+    job with secure aggregation or DP, anonymous contributors only as many as the
+    protected-cohort rule admits (drawn with ``rng``)."""
     pool = Q(contributor__pool_tenant_id=job.tenant_id)
     if not job.private_pool:
         pool |= Q(contributor__pool_tenant__isnull=True)
@@ -57,7 +63,7 @@ def eligible_workers(*, job: Job, config: FlConfig) -> list[Worker]:
     workers = (
         Worker.objects.filter(pool, is_online=True, is_banned=False, contributor__is_banned=False)
         .exclude(capabilities__simd=False)
-        .select_related("contributor")
+        .select_related("contributor__user")
         .order_by("contributor_id", "id")
     )
     chosen: dict[Any, Worker] = {}
@@ -66,7 +72,12 @@ def eligible_workers(*, job: Job, config: FlConfig) -> list[Worker]:
         if isinstance(memory, int | float) and memory < needed_mb:
             continue
         chosen.setdefault(worker.contributor_id, worker)
-    return list(chosen.values())
+    return protected_pool(job=job, config=config, workers=list(chosen.values()), rng=rng)
+
+
+def anonymous_count(cohort: list[Worker], *, job: Job) -> int:
+    """How many of a cohort's workers belong to anonymous contributors."""
+    return sum(1 for worker in cohort if not is_accounted(worker.contributor, job=job))
 
 
 def _hyperparameters(config: FlConfig) -> dict[str, Any]:
@@ -134,7 +145,7 @@ def round_invite_payload(
             "parameter_count": config.parameter_count,
         }
         | (controls or {}),
-        "hyperparameters": _hyperparameters(config),
+        "hyperparameters": _hyperparameters(config) | dp_invite_terms(round=round),
         "data": data,
         "upload": {
             "url": "/fl/uploads/",

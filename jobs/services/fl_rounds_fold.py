@@ -28,6 +28,7 @@ from jobs.services.fl_rounds import (
     round_close,
     storage_put,
 )
+from jobs.services.fl_rounds_dp import dp_fold_record, dp_fold_terms
 from jobs.services.fl_rounds_uploads import (
     participation_mark_late,
     update_chunks,
@@ -111,10 +112,14 @@ def update_fold(*, upload_id: str) -> UploadStatus:
         weight = fold_weight(
             participation.samples, staleness=staleness, staleness_exponent=exponent
         )
+    weight, clip_norm = dp_fold_terms(round=round_, participation=participation, weight=weight)
     fold = fold_load(round=round_)
     try:
         folded = fold.fold_chunks(
-            str(participation.pk), lambda: update_chunks(upload=upload), weight
+            str(participation.pk),
+            lambda: update_chunks(upload=upload),
+            weight,
+            clip_norm=clip_norm,
         )
     except UpdateRejected as exc:
         upload_reject(upload, str(exc.code), exc.message)
@@ -125,7 +130,8 @@ def update_fold(*, upload_id: str) -> UploadStatus:
         previous = round_.fold_checkpoint_key
         round_.fold_checkpoint_key = key
         round_.reports = fold.count
-        round_.save(update_fields=["fold_checkpoint_key", "reports"])
+        dp_fold_record(round=round_, fold=fold)
+        round_.save(update_fields=["fold_checkpoint_key", "reports", "clip_within"])
         if previous:
             transaction.on_commit(lambda: default_storage.delete(previous))
     Participation.objects.unscoped().filter(pk=participation.pk).update(

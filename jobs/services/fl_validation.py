@@ -36,6 +36,7 @@ from jobs.services.fl_privacy_rules import (
     is_number,
     privacy_fields,
 )
+from jobs.services.fl_rounds_eligibility import refuse_anonymous_fraction
 from tenants.models import Tenant
 
 
@@ -144,6 +145,7 @@ class FlJobSpec:
     dp_target_quantile: float | None = 0.5
     secagg_threshold_fraction: float = 0.5
     secagg_min_survivors: int | None = None
+    cohort_max_anonymous_fraction: float | None = None
     mode: str = FlMode.SYNC
     buffer_size: int | None = None
     staleness_bound: int | None = None
@@ -466,6 +468,7 @@ def fl_job_validate(*, tenant: Tenant, spec: FlJobSpec) -> FlConfig:
     )
     if refusals:
         raise ValidationError(refusals)
+    refuse_anonymous_fraction(spec=spec, config=config, policy=tenant.policy)
     if config.differential_privacy:
         check_budget(config, invited)
     return config

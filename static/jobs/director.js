@@ -2,6 +2,7 @@
 // Close codes and their meaning come from the protocol definition (docs/protocol.md).
 import { DEFINITION } from '../worker_frontend/protocol-defs.js';
 import { createCurves } from './curves.js';
+import { renderPrivacy } from './privacy.js';
 
 const CLOSE_CODES = DEFINITION.close_codes;
 const NOT_FOUND = Number(Object.keys(CLOSE_CODES).find((code) => CLOSE_CODES[code].name === 'not_found'));
@@ -42,6 +43,7 @@ function render(state) {
     latestFl = state.fl;
     updateCurves?.(state.fl);
   }
+  if (state.privacy) renderPrivacy(state.privacy);
   const status = $('job-status');
   status.textContent = state.status;
   status.className = `badge badge-${state.status}`;

@@ -158,6 +158,16 @@ def test_enterprise_has_robust_aggregation_which_never_combines_with_secure_aggr
             "secure_aggregation",
             "at least 3 clients a round",
         ),
+        (
+            {"server_strategy": "scaffold"},
+            "server_strategy",
+            "scaffold needs every client's own update",
+        ),
+        (
+            {"server_strategy": "qffl", "secure_aggregation": True},
+            "server_strategy",
+            "combines with neither secure aggregation nor differential privacy",
+        ),
     ],
 )
 def test_privacy_settings_are_refused_by_field_and_nothing_is_written(core, fields, field, text):
@@ -390,7 +400,7 @@ def test_the_form_sets_privacy_and_the_page_shows_epsilon_being_spent(owner_clie
     detail = owner_client.get(response["Location"]).content.decode()
     assert 'data-testid="epsilon-per-round"' in detail
     assert "ε = 3.0, δ = 1e-05 (RDP)" in detail
-    assert "0.795 of 3.0 after 2 rounds" in detail
+    assert "0.795 of 3 after 2 rounds" in detail
     assert "9 more rounds fit the budget (it allows 11 of the 20 planned" in detail
     assert "k = 8 neighbours of 10 invited, threshold t = 5" in detail
     assert "What is not." in detail

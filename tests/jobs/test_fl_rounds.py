@@ -36,7 +36,7 @@ from jobs.services.fl_rounds import (
 )
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
-from tests.factories import ContributorFactory, WorkerFactory
+from tests.factories import ContributorFactory, UserFactory, WorkerFactory
 from tests.jobs.fl_helpers import fl_job
 
 pytestmark = pytest.mark.django_db
@@ -64,11 +64,15 @@ def core(tenant, owner):
     return tenant
 
 
-def workers(count: int) -> list:
-    """Online workers of distinct public contributors, each with its token."""
+def workers(count: int, *, accounted: bool = False) -> list:
+    """Online workers of distinct public contributors, each with its token; ``accounted``: each
+    contributor has an account (protected cohorts admit few anonymous ones)."""
     made = []
     for _ in range(count):
-        worker = WorkerFactory(capabilities={"simd": True, "memory_mb": 4096})
+        contributor = ContributorFactory(user=UserFactory() if accounted else None)
+        worker = WorkerFactory(
+            contributor=contributor, capabilities={"simd": True, "memory_mb": 4096}
+        )
         worker.token = dispatch.worker_token_issue(contributor=worker.contributor)
         made.append(worker)
     return made
@@ -703,7 +707,7 @@ def test_rounds_record_epsilon_and_a_spent_budget_completes_the_job(
         dp_clip_norm=1.0,
     )
     assert job.fl_config.dp_rounds_allowed == 2
-    (worker,) = workers(1)
+    (worker,) = workers(1, accounted=True)
     open_round(job, [worker])
     # when both rounds close with an update each
     for number in (1, 2):
