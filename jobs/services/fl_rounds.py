@@ -26,6 +26,7 @@ from jobs import realtime
 from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, StreamingFold
 from jobs.federated.fedbuff import buffer_mean
 from jobs.fl_models import (
+    CLOSE_TIME_STRATEGIES,
     FlConfig,
     FlMode,
     ModelVersion,
@@ -246,8 +247,6 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
 
 
 def _close_time_strategy(config: FlConfig) -> bool:
-    from jobs.services.fl_rounds_aggregate import CLOSE_TIME_STRATEGIES
-
     return config.server_strategy in CLOSE_TIME_STRATEGIES
 
 
