@@ -1,4 +1,4 @@
-"""Wasmtime host for ABI v1 and v2 kernels: validation, hash-pinned loading, bounded execution.
+"""Wasmtime host for ABI v1, v2 and v3 kernels: validation, hash-pinned loading, bounded execution.
 
 A v1 kernel (federated computing) runs under the v1 limits. A v2 kernel (training) runs under
 its kind's limits, or the lower ones its manifest entry declares (``abi.limits_for``): input,
@@ -287,7 +287,7 @@ class KernelRunner:
         kernel's own.
         """
         self.module, self.info = load_module(wasm_bytes, expected_sha256)
-        kind = "fc" if self.info.abi_version == abi.ABI_VERSION else "train"
+        kind = abi.VERSION_KIND[self.info.abi_version]
         self.limits = limits or abi.KIND_LIMITS[kind]
         if self.limits.memory_bytes > abi.KIND_LIMITS[kind].memory_bytes:
             raise KernelRejected(
