@@ -35,6 +35,7 @@ from jobs.fl_models import (
 )
 from jobs.metering import metering
 from jobs.models import Job, JobStatus
+from jobs.services.analytics_invite import analytics_invite_payload
 from jobs.services.fl_admission import fl_cohort_invited, fl_job_admit
 from jobs.services.fl_privacy import fl_privacy_admit, fl_privacy_record
 from jobs.services.fl_rounds_cohort import (
@@ -46,6 +47,7 @@ from jobs.services.fl_rounds_cohort import (
 )
 from jobs.services.lifecycle import job_event, job_pause_system
 from jobs.services.model_registry import model_version_create, model_version_read
+from tenants.tiers import JobKind
 
 # A job fails once this many of its rounds failed (a round with invitations that ended at its
 # deadline below the minimum of reports); a round with nobody to invite is never opened.
@@ -199,7 +201,8 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         transaction.on_commit(lambda: job_pause_system(job_id=job.pk, reason=reason))
         return []
     cohort = rng.sample(eligible, min(len(eligible), fl_cohort_invited(config=config)))
-    base = latest_version(job=job)
+    analytics = job.kind == JobKind.ANALYTICS  # no model: its invite carries the query
+    base = None if analytics else latest_version(job=job)
     now = timezone.now()
     round_ = Round.objects.create(
         tenant_id=job.tenant_id,
@@ -216,11 +219,16 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
             round=round_,
             worker=worker,
             contributor_id=worker.contributor_id,
-            base_version=base.version,
+            base_version=0 if base is None else base.version,
         )
-        payload = round_invite_payload(
-            job=job, round=round_, participation=participation, version=base, shard=shard
-        )
+        if base is None:
+            payload = analytics_invite_payload(
+                job=job, round=round_, participation=participation, shard=shard
+            )
+        else:
+            payload = round_invite_payload(
+                job=job, round=round_, participation=participation, version=base, shard=shard
+            )
         participation.invite = payload
         participation.save(update_fields=["invite"])
         if SEND_INVITES:
@@ -266,7 +274,11 @@ def round_close(*, round_id: int, now: Any = None) -> Round:
     job = Job.objects.unscoped().select_related("fl_config", "tenant").get(pk=round_.job_id)
     config = job.fl_config
     now = now or timezone.now()
-    if close_condition(round=round_, config=config):
+    if close_condition(round=round_, config=config) and job.kind == JobKind.ANALYTICS:
+        from jobs.services.analytics_rounds import analytics_round_aggregate  # imports this
+
+        analytics_round_aggregate(round_=round_, job=job, now=now)
+    elif close_condition(round=round_, config=config):
         _aggregate(round_, job, config, now)
     elif round_.deadline is not None and now >= round_.deadline:
         _fail(round_, job, now)
@@ -401,7 +413,7 @@ def round_sweep(*, now: Any = None) -> int:
             acted += 1
     idle = (
         Job.objects.unscoped()
-        .filter(kind="fl", status=JobStatus.RUNNING)
+        .filter(kind__in=[JobKind.FL, JobKind.ANALYTICS], status=JobStatus.RUNNING)
         .exclude(rounds__status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING])
         .values_list("pk", flat=True)
     )

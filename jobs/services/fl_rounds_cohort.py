@@ -80,15 +80,9 @@ def data_shards(config: FlConfig, count: int, rng: random.Random) -> list[int | 
     return [drawn[i % len(drawn)] for i in range(count)]
 
 
-def round_invite_payload(
-    *,
-    job: Job,
-    round: Round,  # noqa: A002
-    participation: Participation,
-    version: ModelVersion,
-    shard: int | None,
-) -> dict[str, Any]:
-    """The channel event a worker's consumer turns into the ``round_invite`` message."""
+def invite_data(*, job: Job, shard: int | None) -> dict[str, Any]:
+    """The invite's ``data``: where the invitee's rows come from (its public shard, or its own
+    local data) and whether they are private."""
     config = job.fl_config
     data: dict[str, Any] = {"source": config.data_source, "private": config.data_is_private}
     if config.data_source == DataSource.PUBLIC_PARTITION:
@@ -101,6 +95,20 @@ def round_invite_payload(
             "client_index": shard,
             "seed": job.seed,
         }
+    return data
+
+
+def round_invite_payload(
+    *,
+    job: Job,
+    round: Round,  # noqa: A002
+    participation: Participation,
+    version: ModelVersion,
+    shard: int | None,
+) -> dict[str, Any]:
+    """The channel event a worker's consumer turns into the ``round_invite`` message."""
+    config = job.fl_config
+    data = invite_data(job=job, shard=shard)
     return {
         "type": INVITE_EVENT,
         "job": str(job.pk),

@@ -33,6 +33,7 @@ from jobs.services.fl_rounds_uploads import (
     upload_reject,
     upload_set_status,
 )
+from tenants.tiers import JobKind
 
 
 def _target_round(participation: Participation) -> Round | None:
@@ -89,7 +90,10 @@ def update_fold(*, upload_id: str) -> UploadStatus:
         participation_mark_late(participation)
         return upload_set_status(upload, UploadStatus.REJECTED, "late", "the round closed")
     config = round_.job.fl_config
-    weight = float(participation.samples)
+    # An analytics vector is already a sum over its rows: rounds of that kind add them as they
+    # are (weight 1), so the fold's weighted sum is the plain sum (docs/analytics.md).
+    analytics = round_.job.kind == JobKind.ANALYTICS
+    weight = 1.0 if analytics else float(participation.samples)
     if config.mode == FlMode.ASYNC:
         staleness = max(0, latest_version(job=round_.job).version - upload.base_version)
         if staleness > (config.staleness_bound or 0):
