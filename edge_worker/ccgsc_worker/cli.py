@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help="directory to keep downloaded kernels in (default: memory only)"
     )
     parser.add_argument(
+        "--data",
+        metavar="FILE.csv",
+        help="your own data for analytics jobs on local data: a CSV file with a header row; "
+        "only counts, sums and histograms of the columns a job asks for leave this machine",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -195,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = args.token or os.environ.get(TOKEN_ENV, "")
     if not token:
         parser.error(f"a worker token is required: --token or the {TOKEN_ENV} variable")
+    if args.data is not None and not os.path.isfile(args.data):
+        parser.error(f"--data {args.data}: no such file")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(message)s",
@@ -208,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.concurrency,
             kernel_cache_dir=args.cache_dir,
             on_event=printer,
+            local_data=args.data,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -116,8 +116,10 @@ class EdgeWorker(SessionDriver):
         kernel_timeout: float = DEFAULT_TIMEOUT_SECONDS,
         capabilities: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
+        local_data: str | None = None,
     ) -> None:
-        """Configure the worker; nothing connects until run()."""
+        """Configure the worker; nothing connects until run(). ``local_data`` is a CSV file
+        analytics jobs on contributors' own data read (it is never uploaded)."""
         if not 1 <= concurrency <= proto.MAX_SLOTS:
             raise ValueError(f"concurrency must be in 1..{proto.MAX_SLOTS}, got {concurrency}")
         if heartbeat_override is not None and heartbeat_override <= 0:
@@ -143,7 +145,7 @@ class EdgeWorker(SessionDriver):
             heartbeat_floor_ms=HEARTBEAT_FLOOR_MS,
             heartbeat_override_ms=heartbeat_override,
         )
-        trainer = RoundTrainer(Http(self.server_url, token))
+        trainer = RoundTrainer(Http(self.server_url, token), local_data=local_data)
         super().__init__(session, self.pool, on_event, trainer=trainer, kernels=self.kernels)
         self._stop_requested = False
         self._abandon = False

@@ -291,9 +291,16 @@ def _message(answer: Response) -> str:
 class RoundTrainer:
     """Carries out ``train`` effects: one blocking ``run`` per invite, in a worker thread."""
 
-    def __init__(self, http: Http, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        http: Http,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        local_data: str | None = None,
+    ) -> None:
         self.http = http
         self.clock = clock
+        self.local_data = local_data  # a CSV file for analytics jobs on local data
 
     def fetch(self, path: str, *, sha256: str | None = None) -> bytes:
         """GET ``path`` (retrying network errors), checked against ``sha256`` when given."""
@@ -319,6 +326,17 @@ class RoundTrainer:
             return deadline - self.clock()
 
         try:
+            if "analytics" in invite:  # an analytics round: summarise rows, no training
+                from ccgsc_worker.analytics_round import analytics_round_run
+
+                return analytics_round_run(
+                    self.http,
+                    self.fetch,
+                    invite,
+                    wasm,
+                    time_left=time_left,
+                    local_data=self.local_data,
+                )
             model, data = invite["model"], invite["data"]
             if data.get("private") or "url" not in data:
                 raise RoundError("bad_shard", "only public shards served by the site are trained")
