@@ -223,3 +223,57 @@ def test_another_tenants_analytics_job_is_404_and_untouched(api_client, core, ot
     assert fl_detail.status_code == 404  # an analytics job is not an FL job either
     theirs.refresh_from_db()
     assert theirs.status == JobStatus.DRAFT
+
+
+def test_the_form_creates_a_job_and_refuses_bad_lines(owner_client, core) -> None:
+    page = owner_client.get("/jobs/new/analytics/")
+    assert page.status_code == 200
+    assert b"What the server learns" in page.content
+    bad = owner_client.post(
+        "/jobs/new/analytics/",
+        {"name": "x", "columns": "px20, 20, 0, 1", "statistics": ["mean"], "max_rows": 10,
+         "data_source": "public_partition", "dataset": "digits", "partition": "iid",
+         "partition_clients": 3, "rounds": 1, "cohort_size": 3, "round_deadline_seconds": 60,
+         "dp_delta": 1e-5, "dp_accountant": "rdp"},
+    )  # fmt: skip
+    assert bad.status_code == 400
+    assert "Line 1: give name, feature, lo, hi, bins" in bad.content.decode()
+    assert not Job.objects.for_tenant(core).exists()
+    created = owner_client.post(
+        "/jobs/new/analytics/",
+        {"name": "pixels", "columns": "px20, 20, 0, 1, 16\npx36, 36, 0, 1, 8",
+         "statistics": ["mean", "histogram"], "quantiles": "0.5", "max_rows": 1000,
+         "data_source": "public_partition", "dataset": "digits", "partition": "iid",
+         "partition_clients": 3, "rounds": 1, "cohort_size": 3, "round_deadline_seconds": 60,
+         "dp_delta": 1e-5, "dp_accountant": "rdp"},
+    )  # fmt: skip
+    job = Job.objects.for_tenant(core).get()
+    assert created.status_code == 302
+    assert created["Location"] == f"/jobs/{job.pk}/analytics/"
+    assert AnalyticsQuery.objects.for_tenant(core).get(job=job).columns == COLUMNS
+    waiting = owner_client.get(f"/jobs/{job.pk}/analytics/")
+    assert b"No round has closed yet" in waiting.content
+
+
+def test_the_results_page_shows_the_statistics_and_histogram_data(
+    owner_client, core, django_capture_on_commit_callbacks
+) -> None:
+    job = create(core, cohort_size=3)
+    with django_capture_on_commit_callbacks(execute=True):
+        _upload_round(job, _digits_shards())
+    page = owner_client.get(f"/jobs/{job.pk}/analytics/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "3 contributors, 1797 rows" in html
+    assert 'data-histogram="1"' in html
+    assert '"counts": [' in html  # the chart's data, embedded as JSON
+    assert "jobs/analytics.js" in html
+    detail = owner_client.get(f"/jobs/{job.pk}/")
+    assert f"/jobs/{job.pk}/analytics/" in detail.content.decode()
+
+
+def test_another_tenants_results_page_is_404(owner_client, core, other_tenant) -> None:
+    other_tenant.tier = Tier.CORE
+    other_tenant.save(update_fields=["tier"])
+    theirs = create(other_tenant, start=False)
+    assert owner_client.get(f"/jobs/{theirs.pk}/analytics/").status_code == 404
