@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from django.db import connection
@@ -209,7 +209,9 @@ class CeleryWorker(ManagedProcess):
 class EdgeWorkerProcess(ManagedProcess):
     """The real ``ccgsc-worker`` command against a server."""
 
-    def __init__(self, server_url: str, token: str, *, concurrency: int = 1) -> None:
+    def __init__(
+        self, server_url: str, token: str, *, concurrency: int = 1, extra_args: Sequence[str] = ()
+    ) -> None:
         super().__init__(
             "edge-worker",
             [
@@ -222,6 +224,7 @@ class EdgeWorkerProcess(ManagedProcess):
                 token,
                 "--concurrency",
                 str(concurrency),
+                *extra_args,
             ],
             {**os.environ, "PYTHONUNBUFFERED": "1"},
         )
