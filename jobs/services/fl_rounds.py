@@ -274,12 +274,13 @@ def round_close(*, round_id: int, now: Any = None) -> Round:
     job = Job.objects.unscoped().select_related("fl_config", "tenant").get(pk=round_.job_id)
     config = job.fl_config
     now = now or timezone.now()
-    if close_condition(round=round_, config=config) and job.kind == JobKind.ANALYTICS:
-        from jobs.services.analytics_rounds import analytics_round_aggregate  # imports this
+    if close_condition(round=round_, config=config):
+        if job.kind == JobKind.ANALYTICS:  # the sum of the vectors instead of a model step
+            from jobs.services.analytics_rounds import analytics_round_aggregate  # imports this
 
-        analytics_round_aggregate(round_=round_, job=job, now=now)
-    elif close_condition(round=round_, config=config):
-        _aggregate(round_, job, config, now)
+            analytics_round_aggregate(round_=round_, job=job, now=now)
+        else:
+            _aggregate(round_, job, config, now)
     elif round_.deadline is not None and now >= round_.deadline:
         _fail(round_, job, now)
     else:
