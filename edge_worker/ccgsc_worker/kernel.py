@@ -3,6 +3,7 @@
 A v1 kernel (federated computing) runs under the v1 limits. A v2 kernel (training) runs under
 its kind's limits, or the lower ones its manifest entry declares (``abi.limits_for``): input,
 output and linear-memory bytes, the last enforced by the store so memory.grow fails past it.
+A v3 kernel (federated analytics) runs under the ``analytics`` kind's limits the same way.
 
 The engine uses signal-based traps (explicit bounds checks would cost the sieve kernels about
 60 %). It is created on first use, and wasmtime's signal handlers must be the newest ones in the
@@ -185,7 +186,8 @@ def _check_exports(module: wasmtime.Module) -> tuple[int, int, tuple[str, ...]]:
 
 def _check_version_limits(version: int, maximum: int) -> None:
     if version not in abi.ABI_VERSIONS:
-        versions = " and ".join(str(v) for v in abi.ABI_VERSIONS)
+        *first, last = (str(v) for v in abi.ABI_VERSIONS)
+        versions = f"{', '.join(first)} and {last}" if first else last
         raise KernelRejected(f"ABI version is {version}, this host speaks {versions}")
     if version == abi.ABI_VERSION and maximum > abi.MAX_MAXIMUM_PAGES:
         raise KernelRejected(
