@@ -277,3 +277,19 @@ def test_another_tenants_results_page_is_404(owner_client, core, other_tenant) -
     other_tenant.save(update_fields=["tier"])
     theirs = create(other_tenant, start=False)
     assert owner_client.get(f"/jobs/{theirs.pk}/analytics/").status_code == 404
+
+
+def test_a_pld_job_is_calibrated_with_rdp_and_fits_its_budget_under_pld(core) -> None:
+    from jobs.privacy.accounting import epsilon_spent
+
+    job = create(core, differential_privacy=True, dp_epsilon=2.0, rounds=3, dp_accountant="pld")
+    config = job.fl_config
+    assert (config.dp_accountant, config.dp_rounds_allowed) == ("pld", 3)
+    spent = epsilon_spent(
+        noise_multiplier=config.dp_noise_multiplier,
+        sampling_probability=1.0,
+        rounds=3,
+        delta=config.dp_delta,
+        accountant="pld",
+    )
+    assert spent <= 2.0
