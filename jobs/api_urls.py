@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs import apis, contributor_apis, fl_apis
+from jobs import analytics_apis, apis, contributor_apis, fl_apis
 
 urlpatterns = [
     path("kernels/", apis.KernelListApi.as_view(), name="api_kernel_list"),
@@ -21,6 +21,16 @@ urlpatterns = [
     ),
     path("fl-jobs/", fl_apis.FlJobListApi.as_view(), name="api_fl_job_list"),
     path("fl-jobs/<uuid:job_id>/", fl_apis.FlJobDetailApi.as_view(), name="api_fl_job_detail"),
+    path(
+        "analytics-jobs/",
+        analytics_apis.AnalyticsJobListApi.as_view(),
+        name="api_analytics_job_list",
+    ),
+    path(
+        "analytics-jobs/<uuid:job_id>/",
+        analytics_apis.AnalyticsJobDetailApi.as_view(),
+        name="api_analytics_job_detail",
+    ),
     path(
         "model-versions/<uuid:model_version_id>/download/",
         fl_apis.ModelVersionDownloadApi.as_view(),

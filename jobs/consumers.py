@@ -395,9 +395,11 @@ class WorkerConsumer(GuardedConsumer):
         deadline = datetime.fromisoformat(event["deadline"])
         left_ms = int((deadline - datetime.now(UTC)).total_seconds() * 1000)
         try:
-            kernel_sha256 = fl_shards.training_kernel_sha256(event["model"]["kernel"])
+            # An analytics round names its kernel in the query instead of a model.
+            kernel = (event.get("analytics") or event["model"])["kernel"]
+            kernel_sha256 = fl_shards.training_kernel_sha256(kernel)
         except (OSError, KeyError):  # no build of that kernel here: the invitee drops out
-            logger.exception("round invite without a built %s kernel", event["model"]["kernel"])
+            logger.exception("round invite without a built kernel: %s", event.get("job"))
             return
         await self.send_message(
             protocol.round_invite(event=event, kernel_sha256=kernel_sha256, deadline_ms=left_ms)

@@ -91,11 +91,12 @@ def _training_manifest() -> dict[str, dict[str, Any]]:
     from jobs.federated.client import DEFAULT_BUILD_DIR
 
     manifest = json.loads((DEFAULT_BUILD_DIR / "manifest.json").read_text())
-    return {entry["name"]: entry for entry in manifest.get("training_kernels", [])}
+    entries = [*manifest.get("training_kernels", []), *manifest.get("analytics_kernels", [])]
+    return {entry["name"]: entry for entry in entries}
 
 
 def training_kernel_sha256(name: str) -> str:
-    """The sha256 of the built training kernel ``name`` (logreg, mlp, cnn)."""
+    """The sha256 of the built training kernel ``name`` (logreg, mlp, cnn, or analytics)."""
     return _training_manifest()[name]["sha256"]
 
 

@@ -116,7 +116,8 @@ class Job(TenantOwnedModel):
     federated learning (rounds of training configured by ``fl_config``).
 
     The FC columns are nullable because an FL job has none of them; ``job_kind_fields`` requires
-    them for ``kind="fc"`` and requires ``fl_config`` for ``kind="fl"``.
+    them for ``kind="fc"`` and requires ``fl_config`` for ``kind="fl"`` and ``kind="analytics"``
+    (federated analytics runs on the FL round machinery, docs/analytics.md).
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -180,6 +181,7 @@ class Job(TenantOwnedModel):
                         fl_config__isnull=True,
                     )
                     | Q(kind=JobKind.FL, fl_config__isnull=False)
+                    | Q(kind=JobKind.ANALYTICS, fl_config__isnull=False)
                 ),
                 name="job_kind_fields",
             ),
@@ -422,4 +424,5 @@ class JobEvent(TenantOwnedModel):
 
 
 # The FL models live in their own module; importing them here registers them with the app.
+from jobs.analytics_models import AnalyticsQuery, AnalyticsResult  # noqa: E402, F401
 from jobs.fl_models import FlConfig, ModelVersion, Participation, Round  # noqa: E402, F401

@@ -322,16 +322,36 @@ def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int)
 
     ``kernel_sha256`` pins the training kernel's module; ``deadline_ms`` is the time left when
     sent (clocks of worker and server need not agree)."""
-    model, hyper, data = event["model"], event["hyperparameters"], dict(event["data"])
+    data = dict(event["data"])
     if data.get("client_index") is not None:
         data["url"] = f"/fl/shards/{event['job']}/{data['client_index']}.bin"
+    common = {
+        "job": str(event["job"]),
+        "round": event["round"],
+        "participation": event["participation"],
+        "seed": str(event["seed"]),
+        "data": {key: value for key, value in data.items() if value is not None},
+        "upload": dict(event["upload"]),
+        "deadline_ms": max(0, deadline_ms),
+    }
+    if "analytics" in event:  # an analytics round: the query instead of model and training
+        query = event["analytics"]
+        return _build(
+            "worker",
+            "round_invite",
+            **common,
+            kernel=_invite_kernel(query["kernel"], kernel_sha256),
+            analytics={
+                "columns": [dict(column) for column in query["columns"]],
+                "max_rows": query["max_rows"],
+                "dimension": query["dimension"],
+            },
+        )
+    model, hyper = event["model"], event["hyperparameters"]
     return _build(
         "worker",
         "round_invite",
-        job=str(event["job"]),
-        round=event["round"],
-        participation=event["participation"],
-        seed=str(event["seed"]),
+        **common,
         model={
             "version": model["version"],
             "sha256": model["sha256"],
@@ -340,11 +360,7 @@ def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int)
             "sizes": list(model["sizes"]),
         }
         | {name: dict(model[name]) for name in ("control", "client_control") if name in model},
-        kernel={
-            "name": model["kernel"],
-            "sha256": kernel_sha256,
-            "url": f"/fl/kernels/{kernel_sha256}.wasm",
-        },
+        kernel=_invite_kernel(model["kernel"], kernel_sha256),
         hyperparameters={
             "epochs": hyper["local_epochs"],
             "batch_size": hyper["batch_size"],
@@ -353,10 +369,11 @@ def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int)
             "proximal_mu": hyper["proximal_mu"],
         }
         | ({"dp": {"clip_norm": hyper["dp"]["clip_norm"]}} if hyper.get("dp") else {}),
-        data={key: value for key, value in data.items() if value is not None},
-        upload=dict(event["upload"]),
-        deadline_ms=max(0, deadline_ms),
     )
+
+
+def _invite_kernel(name: str, sha256: str) -> dict[str, str]:
+    return {"name": name, "sha256": sha256, "url": f"/fl/kernels/{sha256}.wasm"}
 
 
 def director_state(*, state: dict[str, Any]) -> dict[str, Any]:

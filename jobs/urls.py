@@ -1,11 +1,17 @@
 from django.urls import path, re_path
 
-from jobs import fl_shards, fl_uploads, views
+from jobs import analytics_views, fl_shards, fl_uploads, views
 
 urlpatterns = [
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/new/", views.job_create, name="job_create"),
     path("jobs/new/fl/", views.fl_job_create, name="fl_job_create"),
+    path("jobs/new/analytics/", analytics_views.analytics_job_new, name="analytics_job_create"),
+    path(
+        "jobs/<uuid:job_id>/analytics/",
+        analytics_views.analytics_job_results,
+        name="analytics_job_results",
+    ),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<uuid:job_id>/control/", views.job_control, name="job_control"),
     re_path(

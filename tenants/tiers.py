@@ -16,6 +16,7 @@ class Tier(models.TextChoices):
 class JobKind(models.TextChoices):
     FC = "fc", "Federated computing"
     FL = "fl", "Federated learning"
+    ANALYTICS = "analytics", "Federated analytics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,22 @@ class TierPolicy:
             )
         return refusals
 
+    def analytics_refusals(
+        self, *, cohort_size: int, secure_aggregation: bool, differential_privacy: bool
+    ) -> dict[str, str]:
+        """Why an analytics job with these settings is refused on this tier, by field (empty:
+        allowed). Analytics rides the FL rounds, so the FL cohort and privacy limits apply."""
+        if not self.allows_job_kind(JobKind.ANALYTICS):
+            return {"kind": f"{self.label} does not include federated analytics jobs."}
+        refusals = self.fl_refusals(
+            cohort_size=cohort_size,
+            robust_aggregation=False,
+            secure_aggregation=secure_aggregation,
+            differential_privacy=differential_privacy,
+        )
+        refusals.pop("kind", None)
+        return refusals
+
 
 POLICIES: dict[str, TierPolicy] = {
     Tier.COMMUNITY: TierPolicy(
@@ -110,7 +127,7 @@ POLICIES: dict[str, TierPolicy] = {
     Tier.CORE: TierPolicy(
         tier=Tier.CORE,
         label="FL Core",
-        job_kinds=frozenset({JobKind.FC, JobKind.FL}),
+        job_kinds=frozenset({JobKind.FC, JobKind.FL, JobKind.ANALYTICS}),
         max_concurrent_jobs=20,
         max_tasks_per_job=100_000,
         max_quorum=5,
@@ -129,7 +146,7 @@ POLICIES: dict[str, TierPolicy] = {
     Tier.ENTERPRISE: TierPolicy(
         tier=Tier.ENTERPRISE,
         label="FL Enterprise",
-        job_kinds=frozenset({JobKind.FC, JobKind.FL}),
+        job_kinds=frozenset({JobKind.FC, JobKind.FL, JobKind.ANALYTICS}),
         max_concurrent_jobs=200,
         max_tasks_per_job=1_000_000,
         max_quorum=7,

@@ -58,6 +58,8 @@ PURE_MODULES = [
     "jobs.secagg",
     "jobs.privacy",
     "jobs.federated",
+    "jobs.analytics",
+    "ccgsc_worker.analytics_abi",
 ]
 
 

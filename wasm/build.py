@@ -94,7 +94,11 @@ def load_previous_manifest() -> dict[str, dict[str, Any]]:
         data = json.loads(BUILD_MANIFEST.read_text())
     except (OSError, ValueError):
         return {}
-    entries = [*data.get("kernels", []), *data.get("training_kernels", [])]
+    entries = [
+        *data.get("kernels", []),
+        *data.get("training_kernels", []),
+        *data.get("analytics_kernels", []),
+    ]
     return {k["name"]: k for k in entries if isinstance(k, dict) and "name" in k}
 
 
@@ -135,7 +139,11 @@ def build(force: bool = False, quiet: bool = False) -> dict[str, Any]:
     BUILD_DIR.mkdir(exist_ok=True)
     compiler = f"zig {zig_version()}"
     previous = load_previous_manifest()
-    built: dict[str, list[dict[str, Any]]] = {"kernels": [], "training_kernels": []}
+    built: dict[str, list[dict[str, Any]]] = {
+        "kernels": [],
+        "training_kernels": [],
+        "analytics_kernels": [],
+    }
     for section, entry in [(s, e) for s in built for e in spec.get(s, [])]:
         name = entry["name"]
         source = WASM_DIR / entry["source"]

@@ -1,4 +1,4 @@
-// Runs an ABI v1 or v2 kernel in Node:
+// Runs an ABI v1, v2 or v3 kernel in Node:
 //   node run_node.mjs [--digest] KERNEL.wasm INPUT [INPUT ...]
 // where an INPUT is hex bytes, or @FILE for the bytes of a file (v2 inputs are large). Prints
 // one line per input: the output bytes as hex (their sha256 with --digest), or `error <code>`
@@ -16,7 +16,7 @@ if (!path || inputs.length === 0) {
 
 const { instance } = await WebAssembly.instantiate(readFileSync(path), {});
 const k = instance.exports;
-if (![1, 2].includes(k.ccgsc_abi_version())) {
+if (![1, 2, 3].includes(k.ccgsc_abi_version())) {
   console.error(`unsupported ABI version ${k.ccgsc_abi_version()}`);
   process.exit(1);
 }

@@ -185,7 +185,8 @@ def output_to_json(reducer: str, data: bytes, *, k: int | None = None) -> Any:
 # ---- ABI v2: training kernels ------------------------------------------------------------
 
 ABI_VERSION_V2 = 2
-ABI_VERSIONS = (ABI_VERSION, ABI_VERSION_V2)
+ABI_VERSION_V3 = 3  # analytics kernels: ccgsc_worker.analytics_abi
+ABI_VERSIONS = (ABI_VERSION, ABI_VERSION_V2, ABI_VERSION_V3)
 
 V2_HEADER_BYTES = 96
 V2_METRICS_BYTES = 32
@@ -230,8 +231,10 @@ class KernelLimits:
 KIND_LIMITS = {
     "fc": KernelLimits(MAX_INPUT_BYTES, MAX_OUTPUT_BYTES, MAX_MAXIMUM_PAGES * WASM_PAGE_BYTES),
     "train": KernelLimits(256 * MIB, 64 * MIB, MAX_MAXIMUM_PAGES_V2 * WASM_PAGE_BYTES),
+    "analytics": KernelLimits(256 * MIB, 2 * MIB, MAX_MAXIMUM_PAGES_V2 * WASM_PAGE_BYTES),
 }
-KIND_ABI_VERSION = {"fc": ABI_VERSION, "train": ABI_VERSION_V2}
+KIND_ABI_VERSION = {"fc": ABI_VERSION, "train": ABI_VERSION_V2, "analytics": ABI_VERSION_V3}
+VERSION_KIND = {version: kind for kind, version in KIND_ABI_VERSION.items()}
 
 
 def limits_for(kind: str, declared: dict[str, int] | None = None) -> KernelLimits:

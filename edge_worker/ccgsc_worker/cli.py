@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: no limit)",
     )
     parser.add_argument(
+        "--data",
+        metavar="FILE.csv",
+        help="your own data for analytics jobs on local data: a CSV file with a header row; "
+        "only counts, sums and histograms of the columns a job asks for leave this machine",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -202,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = args.token or os.environ.get(TOKEN_ENV, "")
     if not token:
         parser.error(f"a worker token is required: --token or the {TOKEN_ENV} variable")
+    if args.data is not None and not os.path.isfile(args.data):
+        parser.error(f"--data {args.data}: no such file")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(message)s",
@@ -216,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kernel_cache_dir=args.cache_dir,
             on_event=printer,
             max_upload_bytes_per_second=args.max_upload_bytes_per_second,
+            local_data=args.data,
         )
     except ValueError as exc:
         parser.error(str(exc))

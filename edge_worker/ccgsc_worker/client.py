@@ -118,8 +118,10 @@ class EdgeWorker(SessionDriver):
         capabilities: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
         max_upload_bytes_per_second: int | None = None,
+        local_data: str | None = None,
     ) -> None:
-        """Configure the worker; nothing connects until run()."""
+        """Configure the worker; nothing connects until run(). ``local_data`` is a CSV file
+        analytics jobs on contributors' own data read (it is never uploaded)."""
         if not 1 <= concurrency <= proto.MAX_SLOTS:
             raise ValueError(f"concurrency must be in 1..{proto.MAX_SLOTS}, got {concurrency}")
         if heartbeat_override is not None and heartbeat_override <= 0:
@@ -148,7 +150,9 @@ class EdgeWorker(SessionDriver):
         if max_upload_bytes_per_second is not None and max_upload_bytes_per_second <= 0:
             raise ValueError("max_upload_bytes_per_second must be a positive number of bytes")
         trainer = RoundTrainer(
-            Http(self.server_url, token), max_upload_bytes_per_second=max_upload_bytes_per_second
+            Http(self.server_url, token),
+            max_upload_bytes_per_second=max_upload_bytes_per_second,
+            local_data=local_data,
         )
         super().__init__(session, self.pool, on_event, trainer=trainer, kernels=self.kernels)
         self._stop_requested = False

@@ -1,8 +1,9 @@
-"""Wasmtime host for ABI v1 and v2 kernels: validation, hash-pinned loading, bounded execution.
+"""Wasmtime host for ABI v1, v2 and v3 kernels: validation, hash-pinned loading, bounded execution.
 
 A v1 kernel (federated computing) runs under the v1 limits. A v2 kernel (training) runs under
 its kind's limits, or the lower ones its manifest entry declares (``abi.limits_for``): input,
 output and linear-memory bytes, the last enforced by the store so memory.grow fails past it.
+A v3 kernel (federated analytics) runs under the ``analytics`` kind's limits the same way.
 
 The engine uses signal-based traps (explicit bounds checks would cost the sieve kernels about
 60 %). It is created on first use, and wasmtime's signal handlers must be the newest ones in the
@@ -185,7 +186,8 @@ def _check_exports(module: wasmtime.Module) -> tuple[int, int, tuple[str, ...]]:
 
 def _check_version_limits(version: int, maximum: int) -> None:
     if version not in abi.ABI_VERSIONS:
-        versions = " and ".join(str(v) for v in abi.ABI_VERSIONS)
+        *first, last = (str(v) for v in abi.ABI_VERSIONS)
+        versions = f"{', '.join(first)} and {last}" if first else last
         raise KernelRejected(f"ABI version is {version}, this host speaks {versions}")
     if version == abi.ABI_VERSION and maximum > abi.MAX_MAXIMUM_PAGES:
         raise KernelRejected(
@@ -287,7 +289,7 @@ class KernelRunner:
         kernel's own.
         """
         self.module, self.info = load_module(wasm_bytes, expected_sha256)
-        kind = "fc" if self.info.abi_version == abi.ABI_VERSION else "train"
+        kind = abi.VERSION_KIND[self.info.abi_version]
         self.limits = limits or abi.KIND_LIMITS[kind]
         if self.limits.memory_bytes > abi.KIND_LIMITS[kind].memory_bytes:
             raise KernelRejected(

@@ -181,10 +181,12 @@ class RoundTrainer:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_upload_bytes_per_second: int | None = None,
+        local_data: str | None = None,
     ) -> None:
         self.http = http
         self.clock = clock
         self.max_upload_bytes_per_second = max_upload_bytes_per_second
+        self.local_data = local_data  # a CSV file for analytics jobs on local data
 
     def fetch(
         self, path: str, *, sha256: str | None = None, time_left: Callable[[], float] | None = None
@@ -225,6 +227,17 @@ class RoundTrainer:
             return deadline - self.clock()
 
         try:
+            if "analytics" in invite:  # an analytics round: summarise rows, no training
+                from ccgsc_worker.analytics_round import analytics_round_run
+
+                return analytics_round_run(
+                    self.http,
+                    self.fetch,
+                    invite,
+                    wasm,
+                    time_left=time_left,
+                    local_data=self.local_data,
+                )
             model, data = invite["model"], invite["data"]
             if data.get("private") or "url" not in data:
                 # A decline reason: the session tells the server (not a dropout).

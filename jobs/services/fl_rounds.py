@@ -38,6 +38,7 @@ from jobs.fl_models import (
 )
 from jobs.metering import metering
 from jobs.models import Job, JobStatus
+from jobs.services.analytics_invite import analytics_invite_payload
 from jobs.services.fl_admission import fl_cohort_invited, fl_job_admit
 from jobs.services.fl_evaluation import evaluation_available
 from jobs.services.fl_privacy import fl_privacy_admit, fl_privacy_record
@@ -54,6 +55,7 @@ from jobs.services.fl_rounds_dp import round_clip_norm, round_release
 from jobs.services.fl_rounds_scaffold import scaffold_invite_controls
 from jobs.services.lifecycle import job_event, job_pause_system
 from jobs.services.model_registry import model_version_create, model_version_read
+from tenants.tiers import JobKind
 
 # A job fails once this many of its rounds failed (a round with invitations that ended at its
 # deadline below the minimum of reports); a round with nobody to invite is never opened.
@@ -204,7 +206,8 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         transaction.on_commit(lambda: job_pause_system(job_id=job.pk, reason=reason))
         return []
     cohort = rng.sample(eligible, min(len(eligible), fl_cohort_invited(config=config)))
-    base = latest_version(job=job)
+    analytics = job.kind == JobKind.ANALYTICS  # no model: its invite carries the query
+    base = None if analytics else latest_version(job=job)
     now = timezone.now()
     round_ = Round.objects.create(
         tenant_id=job.tenant_id,
@@ -226,16 +229,21 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
             round=round_,
             worker=worker,
             contributor_id=worker.contributor_id,
-            base_version=base.version,
+            base_version=0 if base is None else base.version,
         )
-        payload = round_invite_payload(
-            job=job,
-            round=round_,
-            participation=participation,
-            version=base,
-            shard=shard,
-            controls=invite_controls(shard),
-        )
+        if base is None:
+            payload = analytics_invite_payload(
+                job=job, round=round_, participation=participation, shard=shard
+            )
+        else:
+            payload = round_invite_payload(
+                job=job,
+                round=round_,
+                participation=participation,
+                version=base,
+                shard=shard,
+                controls=invite_controls(shard),
+            )
         participation.invite = payload
         participation.save(update_fields=["invite"])
         if SEND_INVITES:
@@ -293,7 +301,12 @@ def round_close(*, round_id: int, now: Any = None) -> Round:
     config = job.fl_config
     now = now or timezone.now()
     if close_condition(round=round_, config=config):
-        _aggregate(round_, job, config, now)
+        if job.kind == JobKind.ANALYTICS:  # the sum of the vectors instead of a model step
+            from jobs.services.analytics_rounds import analytics_round_aggregate  # imports this
+
+            analytics_round_aggregate(round_=round_, job=job, now=now)
+        else:
+            _aggregate(round_, job, config, now)
     elif round_.deadline is not None and now >= round_.deadline:
         _fail(round_, job, now)
     else:
@@ -489,7 +502,7 @@ def round_sweep(*, now: Any = None) -> int:
             acted += 1
     idle = (
         Job.objects.unscoped()
-        .filter(kind="fl", status=JobStatus.RUNNING)
+        .filter(kind__in=[JobKind.FL, JobKind.ANALYTICS], status=JobStatus.RUNNING)
         .exclude(rounds__status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING])
         .values_list("pk", flat=True)
     )

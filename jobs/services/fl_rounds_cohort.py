@@ -101,6 +101,28 @@ def data_shards(config: FlConfig, count: int, rng: random.Random) -> list[int | 
     return [drawn[i % len(drawn)] for i in range(count)]
 
 
+def invite_data(*, job: Job, shard: int | None) -> dict[str, Any]:
+    """The invite's ``data``: where the invitee's rows come from (its public shard, or its own
+    local data) and whether they are private."""
+    config = job.fl_config
+    data: dict[str, Any] = {"source": config.data_source, "private": config.data_is_private}
+    if config.data_source == DataSource.PUBLIC_PARTITION:
+        data |= {
+            "dataset": config.dataset,
+            "partition": config.partition,
+            "clients": config.partition_clients,
+            "dirichlet_alpha": config.dirichlet_alpha,
+            "shards_per_client": config.shards_per_client,
+            "client_index": shard,
+            "seed": job.seed,
+        }
+    elif config.data_source == DataSource.CONTRIBUTOR_LOCAL and config.local_data is not None:
+        # What the contributor's own file must look like, and how many rows to train on at most
+        # (an analytics job's columns are in its query instead).
+        data |= {"schema": dict(config.local_data), "max_samples": config.max_local_samples}
+    return data
+
+
 def round_invite_payload(
     *,
     job: Job,
@@ -115,20 +137,7 @@ def round_invite_payload(
     ``controls`` (SCAFFOLD only) names the server's control variate c and, when the server
     holds one for this partition client, the client's own cᵢ, both served by hash."""
     config = job.fl_config
-    data: dict[str, Any] = {"source": config.data_source, "private": config.data_is_private}
-    if config.data_source == DataSource.PUBLIC_PARTITION:
-        data |= {
-            "dataset": config.dataset,
-            "partition": config.partition,
-            "clients": config.partition_clients,
-            "dirichlet_alpha": config.dirichlet_alpha,
-            "shards_per_client": config.shards_per_client,
-            "client_index": shard,
-            "seed": job.seed,
-        }
-    elif config.data_source == DataSource.CONTRIBUTOR_LOCAL:
-        # What the contributor's own file must look like, and how many rows to train on at most.
-        data |= {"schema": dict(config.local_data), "max_samples": config.max_local_samples}
+    data = invite_data(job=job, shard=shard)
     return {
         "type": INVITE_EVENT,
         "job": str(job.pk),

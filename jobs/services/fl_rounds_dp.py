@@ -29,6 +29,7 @@ from jobs.fl_models import FlConfig, Participation, Round
 from jobs.models import Job
 from jobs.privacy import AdaptiveClip, adaptive_noise_multiplier, csprng_normal
 from jobs.services.fl_privacy import fl_count_noise_std
+from tenants.tiers import JobKind
 
 # Andrew et al.'s geometric step η_C on the clip norm.
 ADAPTIVE_CLIP_LEARNING_RATE = 0.2
@@ -43,8 +44,8 @@ def dp_rounds_active(config: FlConfig) -> bool:
 def round_clip_norm(*, job: Job, config: FlConfig) -> float | None:
     """The clip norm C of the job's next round: fixed, or for adaptive clipping the C the last
     closed round computed (a failed round keeps its own); None without DP."""
-    if not dp_rounds_active(config):
-        return None
+    if not dp_rounds_active(config) or job.kind == JobKind.ANALYTICS:
+        return None  # an analytics job noises its sum at the close itself (docs/analytics.md)
     if not config.dp_adaptive_clipping:
         return float(config.dp_clip_norm)
     last = (

@@ -35,6 +35,7 @@ from jobs.services.fl_rounds_uploads import (
     upload_reject,
     upload_set_status,
 )
+from tenants.tiers import JobKind
 
 
 def _target_round(participation: Participation) -> Round | None:
@@ -92,11 +93,14 @@ def update_fold(*, upload_id: str) -> UploadStatus:
         return upload_set_status(upload, UploadStatus.REJECTED, "late", "the round closed")
     config = round_.job.fl_config
     # The declared sample count (capped at completion by the client's shard) is the fold weight;
-    # SCAFFOLD averages its two vectors with equal weights (Karimireddy et al., Algorithm 1).
-    weight = (
-        1.0 if config.server_strategy == ServerStrategy.SCAFFOLD else float(participation.samples)
-    )
-    staleness = max(0, latest_version(job=round_.job).version - upload.base_version)
+    # SCAFFOLD averages its two vectors with equal weights (Karimireddy et al., Algorithm 1); an
+    # analytics vector is already a sum over its rows, so rounds of that kind add them as they
+    # are (weight 1) and the fold's weighted sum is the plain sum (docs/analytics.md).
+    analytics = round_.job.kind == JobKind.ANALYTICS
+    equal = analytics or config.server_strategy == ServerStrategy.SCAFFOLD
+    weight = 1.0 if equal else float(participation.samples)
+    latest = None if analytics else latest_version(job=round_.job)  # analytics has no model
+    staleness = 0 if latest is None else max(0, latest.version - upload.base_version)
     if config.mode == FlMode.ASYNC:
         if staleness > (config.staleness_bound or 0):
             participation_mark_late(participation)

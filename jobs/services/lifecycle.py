@@ -52,7 +52,7 @@ def _lock(job: Job) -> Job:
 def job_admit(*, job: Job) -> None:
     """Ask the money plane whether the job's next task can be paid for; refusals become
     ``ValidationError`` with the money plane's message."""
-    if job.kind == JobKind.FL:
+    if job.kind in (JobKind.FL, JobKind.ANALYTICS):  # analytics rides the FL rounds
         fl_job_admit(job=job)
         return
     units = max(

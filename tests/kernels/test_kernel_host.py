@@ -114,9 +114,12 @@ def test_rejects_wrong_signature() -> None:
 
 
 def test_rejects_other_abi_version() -> None:
-    """ccgsc_abi_version must return 1 or 2."""
-    with pytest.raises(KernelRejected, match="ABI version is 3, this host speaks 1 and 2"):
-        validate_module(module(version=3))
+    """ccgsc_abi_version must return 1, 2 or 3 (analytics), and a kind pins its version."""
+    with pytest.raises(KernelRejected, match="ABI version is 4, this host speaks 1, 2 and 3"):
+        validate_module(module(version=4))
+    assert validate_module(module(version=3), kind="analytics").abi_version == 3
+    with pytest.raises(KernelRejected, match="a train kernel must speak ABI version 2"):
+        validate_module(module(version=3), kind="train")
 
 
 def test_abi_versions_and_kinds() -> None:

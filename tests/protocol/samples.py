@@ -91,6 +91,23 @@ SAMPLES: dict[tuple[str, str], list[dict[str, Any]]] = {
             "upload": {"url": "/fl/uploads/", "chunk_bytes": 1024, "total_bytes": 2632},
             "deadline_ms": 5000,
         },
+        {
+            "v": 1,
+            "type": "round_invite",
+            "job": A,
+            "round": 1,
+            "participation": 8,
+            "seed": "13",
+            "kernel": {"name": "analytics", "sha256": SHA, "url": "/k"},
+            "analytics": {
+                "columns": [{"name": "px5", "feature": 5, "lo": 0.0, "hi": 1.0, "bins": 16}],
+                "max_rows": 1000,
+                "dimension": 19,
+            },
+            "data": {"source": "contributor_local", "private": True},
+            "upload": {"url": "/fl/uploads/", "chunk_bytes": 1024, "total_bytes": 108},
+            "deadline_ms": 5000,
+        },
     ],
     ("director", "inbound"): [{"v": 1, "type": "control", "action": "pause"}],
     ("director", "outbound"): [
