@@ -12,7 +12,8 @@ import pytest
 
 from ccgsc_worker.analytics_round import read_csv_columns
 from ccgsc_worker.cli import build_parser, main
-from ccgsc_worker.training import Response, RoundTrainer
+from ccgsc_worker.training import RoundTrainer
+from ccgsc_worker.transfer import Response
 from jobs.analytics import Column, QuerySpec, summarize_body
 from tests.kernels.conftest import BUILD_DIR
 

@@ -12,11 +12,11 @@ from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from jobs.analytics import Column, QuerySpec, block_noise_std, summarize_body
 from jobs.analytics_models import AnalyticsQuery, AnalyticsResult
-from jobs.federated.data import load_digits
 from jobs.fl_models import Participation, RoundStatus
 from jobs.models import Job, JobStatus
 from jobs.protocol import round_invite
 from jobs.services.analytics_creation import AnalyticsJobSpec, analytics_job_create
+from jobs.services.fl_data import job_partition_shards
 from jobs.services.fl_rounds import round_close
 from tenants.roles import Role
 from tenants.tiers import Tier
@@ -112,18 +112,21 @@ def test_community_has_no_analytics_and_core_caps_the_cohort(tenant, core) -> No
         create(tenant)
 
 
-def _digits_shards() -> list[np.ndarray]:
-    return np.array_split(load_digits().x, 3)
-
-
-def _upload_round(job, shards):  # noqa: ANN001, ANN202
-    pool = workers(3)
+def _upload_round(job):  # noqa: ANN001, ANN202
+    """Open a round of three and upload each invitee's vector over the public shard it was
+    invited to read (the server caps a declared row count by that shard's size) → the round
+    and the shards' rows."""
+    pool = workers(3, accounted=True)  # DP cohorts take few anonymous contributors
     round_, who = open_round(job, pool)
-    for (participation_id, worker), rows in zip(who.items(), shards, strict=True):
+    public = job_partition_shards(job)
+    shards = []
+    for participation_id, worker in who.items():
         participation = Participation.objects.for_tenant(job.tenant).get(pk=participation_id)
+        rows = public[participation.invite["data"]["client_index"]][0]
         _, done = Uploader(worker, participation).send(summarize_body(rows, SPEC))
         assert done.status_code == 202, done.content
-    return round_, who
+        shards.append(rows)
+    return round_, shards
 
 
 def test_a_round_invites_with_the_query_sums_the_vectors_and_is_charged_once(
@@ -131,9 +134,8 @@ def test_a_round_invites_with_the_query_sums_the_vectors_and_is_charged_once(
 ) -> None:
     job = create(core, cohort_size=3)
     # when three contributors upload their shards' vectors
-    shards = _digits_shards()
     with django_capture_on_commit_callbacks(execute=True):
-        round_, _ = _upload_round(job, shards)
+        round_, shards = _upload_round(job)
     round_.refresh_from_db()
     # then each invite carried the query and no model, a valid round_invite message
     invitation = round_.participations.first().invite
@@ -144,7 +146,7 @@ def test_a_round_invites_with_the_query_sums_the_vectors_and_is_charged_once(
     # then the round closed with the statistics of the union, exactly
     assert (round_.status, round_.reports) == (RoundStatus.CLOSED, 3)
     result = AnalyticsResult.objects.for_tenant(core).get(round=round_)
-    union = load_digits().x
+    union = np.concatenate(shards)
     assert (result.contributors, result.rows) == (3, len(union))
     for stats, column in zip(result.statistics, SPEC.columns, strict=True):
         values = union[:, column.feature].astype(np.float64)
@@ -169,9 +171,8 @@ def test_with_dp_the_sum_is_noised_within_its_stated_std_and_epsilon_is_recorded
     job = create(core, cohort_size=3, differential_privacy=True, dp_epsilon=5.0, max_rows=1000)
     z = job.fl_config.dp_noise_multiplier
     assert 0 < z < 100
-    shards = _digits_shards()
     with django_capture_on_commit_callbacks(execute=True):
-        round_, _ = _upload_round(job, shards)
+        round_, shards = _upload_round(job)
     round_.refresh_from_db()
     result = AnalyticsResult.objects.for_tenant(core).get(round=round_)
     assert result.differentially_private
@@ -260,11 +261,11 @@ def test_the_results_page_shows_the_statistics_and_histogram_data(
 ) -> None:
     job = create(core, cohort_size=3)
     with django_capture_on_commit_callbacks(execute=True):
-        _upload_round(job, _digits_shards())
+        _, shards = _upload_round(job)
     page = owner_client.get(f"/jobs/{job.pk}/analytics/")
     html = page.content.decode()
     assert page.status_code == 200
-    assert "3 contributors, 1797 rows" in html
+    assert f"3 contributors, {sum(len(rows) for rows in shards)} rows" in html
     assert 'data-histogram="1"' in html
     assert '"counts": [' in html  # the chart's data, embedded as JSON
     assert "jobs/analytics.js" in html
