@@ -182,6 +182,11 @@ def round_invite(session: Session, message: dict[str, Any]) -> list[Effect]:
     return [notify("round_invite", **info), {"do": "train", "invite": message}]
 
 
+def secagg(session: Session, message: dict[str, Any]) -> list[Effect]:
+    """A secure round's phase message: the driver's secure-round client answers it."""
+    return [{"do": "secagg", "message": message}]
+
+
 SERVER_MESSAGES: dict[str, Callable[[Session, dict[str, Any]], list[Effect]]] = {
     "welcome": welcome,
     "assign": assign,
@@ -191,4 +196,8 @@ SERVER_MESSAGES: dict[str, Callable[[Session, dict[str, Any]], list[Effect]]] = 
     "error": error,
     "pong": pong,
     "round_invite": round_invite,
+    "secagg_keys": secagg,
+    "secagg_ciphertexts": secagg,
+    "secagg_unmask": secagg,
+    "secagg_abort": secagg,
 }

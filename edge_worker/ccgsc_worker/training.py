@@ -314,6 +314,15 @@ class RoundTrainer:
 
     def run(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> tuple[str, str]:
         """Train and upload one round → (code, message); ``deadline`` is on ``clock``."""
+        try:
+            body = self.train(invite, wasm, deadline)
+            return self.upload(invite, body, deadline)
+        except RoundError as exc:
+            return exc.code, exc.message
+
+    def train(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> bytes:
+        """Fetch and train → the upload body (metrics header, update f32[d]); raises
+        ``RoundError``. A secure round masks the update before ``upload``."""
 
         def time_left() -> float:
             return deadline - self.clock()
@@ -329,7 +338,7 @@ class RoundTrainer:
             if features != model["sizes"][0]:
                 raise RoundError("bad_shard", "shard features do not match the model's inputs")
             runner = KernelRunner(wasm, invite["kernel"]["sha256"])
-            body = train_update(
+            return train_update(
                 runner,
                 sizes=list(model["sizes"]),
                 weights=weights,
@@ -339,16 +348,17 @@ class RoundTrainer:
                 seed=int(invite.get("seed", "0")),
                 time_left=time_left,
             )
-            return upload_update(
-                self.http,
-                url=invite["upload"]["url"],
-                participation=invite["participation"],
-                base_version=model["version"],
-                body=body,
-                chunk_bytes=invite["upload"]["chunk_bytes"],
-                time_left=time_left,
-            )
-        except RoundError as exc:
-            return exc.code, exc.message
         except (KernelFailed, KernelRejected) as exc:
-            return "kernel_failed", str(exc)
+            raise RoundError("kernel_failed", str(exc)) from exc
+
+    def upload(self, invite: Mapping[str, Any], body: bytes, deadline: float) -> tuple[str, str]:
+        """Upload a body in chunks and complete it → (code, message); raises ``RoundError``."""
+        return upload_update(
+            self.http,
+            url=invite["upload"]["url"],
+            participation=invite["participation"],
+            base_version=invite["model"]["version"],
+            body=body,
+            chunk_bytes=invite["upload"]["chunk_bytes"],
+            time_left=lambda: deadline - self.clock(),
+        )
