@@ -65,7 +65,7 @@ class SecureRounds:
                 answer = client.on_unmask(message)
                 self.end(participation)
                 return answer
-            log.info("secure round %s aborted: %s", participation, message.get("reason"))
+            log.warning("secure round %s aborted: %s", participation, message.get("reason"))
         except (RequestRefused, ValueError, KeyError) as exc:
             log.warning("secure round %s: refused %s: %s", participation, kind, exc)
         self.end(participation)
