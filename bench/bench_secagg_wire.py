@@ -81,7 +81,7 @@ def run(dropout: float, split: bool) -> dict:
     from jobs import dispatch, realtime
     from jobs.secagg import unmask_range
     from jobs.secagg_models import SecAggPhase, SecAggRound
-    from jobs.services import fl_secagg, fl_secagg_unmask
+    from jobs.services import fl_secagg, fl_secagg_phases, fl_secagg_state, fl_secagg_unmask
     from jobs.services.fl_rounds import latest_version, round_open
     from jobs.services.fl_secagg_fold import masked_sum_load
     from tenants.models import Role
@@ -116,7 +116,7 @@ def run(dropout: float, split: bool) -> dict:
     workers = [WorkerFactory(capabilities={"simd": True}) for _ in range(N)]
     tokens = {w.pk: dispatch.worker_token_issue(contributor=w.contributor) for w in workers}
     queued: list[int] = []
-    fl_secagg._queue_unmask = queued.append  # noqa: SLF001 - time the task ourselves
+    fl_secagg_phases._queue_unmask = queued.append  # noqa: SLF001 - time the task ourselves
     with realtime.sends_collected() as sent:
         round_open(job=job)
     invites = {m["participation"]: m for _, m in sent if m["type"] == "worker.round_invite"}
@@ -178,7 +178,7 @@ def run(dropout: float, split: bool) -> dict:
         round_id = SecAggRound.objects.for_tenant(tenant).get(round__job=job).round_id
         secagg = SecAggRound.objects.for_tenant(tenant).get(round_id=round_id)
         with realtime.sends_collected() as out:
-            fl_secagg.secagg_phase_close(
+            fl_secagg_phases.secagg_phase_close(
                 round_id=round_id,
                 phase=SecAggPhase.MASKED_INPUT,
                 now=secagg.phase_deadline + timedelta(seconds=1),
@@ -195,7 +195,7 @@ def run(dropout: float, split: bool) -> dict:
     secagg = SecAggRound.objects.for_tenant(tenant).get(round_id=queued[0])
     assert secagg.phase == SecAggPhase.UNMASKING
     # the pure path, on the same round's shares and masked sum
-    server = fl_secagg.server_for(secagg=secagg, job=job, until=SecAggPhase.UNMASK)
+    server = fl_secagg_state.server_for(secagg=secagg, job=job, until=SecAggPhase.UNMASK)
     masked = masked_sum_load(secagg=secagg, dimension=d)
     start = time.perf_counter()
     plan = server.close_unmask()

@@ -44,7 +44,7 @@ def round_sweep() -> int:
 @shared_task(acks_late=True)
 def secagg_phase_close(round_id: int, phase: str) -> str:
     """Close a secure round's phase at its deadline."""
-    from jobs.services.fl_secagg import secagg_phase_close as close
+    from jobs.services.fl_secagg_phases import secagg_phase_close as close
 
     return close(round_id=round_id, phase=phase)
 
@@ -68,6 +68,6 @@ def secagg_unmask_range(round_id: int, start: int, stop: int) -> str:
 @shared_task(acks_late=True)
 def secagg_sweep() -> int:
     """Backstop of the secure rounds' phase deadlines and lost unmask tasks."""
-    from jobs.services.fl_secagg import secagg_sweep as sweep
+    from jobs.services.fl_secagg_phases import secagg_sweep as sweep
 
     return sweep()

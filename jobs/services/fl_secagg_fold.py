@@ -23,10 +23,11 @@ from jobs.fl_models import (
     UploadStatus,
 )
 from jobs.models import Job
-from jobs.secagg_models import SecAggPhase, SecAggRound
+from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggRound
 from jobs.services.fl_rounds import storage_delete_on_commit, storage_put, upload_chunk_keys
 from jobs.services.fl_rounds_uploads import update_chunks, upload_set_status
-from jobs.services.fl_secagg import phase_close_locked, phase_members
+from jobs.services.fl_secagg_phases import phase_close_locked
+from jobs.services.fl_secagg_state import phase_members
 
 
 def masked_sum_key(*, secagg: SecAggRound, count: int) -> str:
@@ -110,8 +111,10 @@ def secagg_update_fold(*, upload: UpdateUpload) -> UploadStatus:
 
 
 def secagg_storage_release(*, secagg: SecAggRound, round_: Round) -> None:
-    """Delete, once the transaction commits, the masked sum and every masked upload of the
-    round (an aborted or finished secure round keeps none of them)."""
+    """Delete the unmasking shares now and, once the transaction commits, the masked sum and
+    every masked upload of the round (an aborted or finished secure round keeps none of them;
+    public keys and the share ciphertexts, which the server cannot read, stay as its record)."""
+    SecAggMessage.objects.unscoped().filter(secagg_round=secagg, phase=SecAggPhase.UNMASK).delete()
     uploads = UpdateUpload.objects.unscoped().filter(participation__round=round_)
     keys = [key for upload in uploads for key in upload_chunk_keys(upload)]
     if secagg.masked_sum_key:

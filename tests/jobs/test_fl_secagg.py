@@ -20,7 +20,8 @@ from jobs import dispatch, realtime
 from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.fl_rounds import latest_version, round_open
-from jobs.services.fl_secagg import SecAggRefused, secagg_message_receive, secagg_phase_close
+from jobs.services.fl_secagg import SecAggRefused, secagg_message_receive
+from jobs.services.fl_secagg_phases import secagg_phase_close
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.factories import WorkerFactory
