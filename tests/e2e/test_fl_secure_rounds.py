@@ -1,12 +1,15 @@
 """Secure FL rounds end to end with real processes: Daphne, Celery (with beat), PostgreSQL, Redis,
-four ``ccgsc-worker`` edge workers and, where a dropout must be placed rather than timed, a fifth
-client driven by the test over a real socket with the same wire client the edge worker uses.
+four ``ccgsc-worker`` edge workers and a fifth client driven by the test over a real socket with
+the same wire client the edge worker uses.
 
-The dropout is that fifth client: it goes through advertise, share and masked input (its masked
-update uploaded through the chunked upload API), then its connection dies before the unmask
-request. Its update is a distinctive float pattern, so the test can also search PostgreSQL, the
+The kill is placed, not timed: the fifth client holds its masked input back, so the masked-input
+phase cannot close; the test SIGKILLs one ``ccgsc-worker`` once its masked input is folded, then
+lets the fifth client upload. The unmask request then goes to five, four answer, and the killed
+worker's self mask is rebuilt from its neighbours' shares (its input stays in the sum). The fifth
+client's update is a distinctive float pattern, so the test also searches PostgreSQL, the
 storage, the Celery result backend (Redis) and every process's log for it, and for the four
-workers' updates (recomputed here: training is deterministic), and find none in the clear.
+workers' updates (recomputed here: training is deterministic), and finds none in the clear.
+In the abort test the fifth client dies after advertising.
 """
 
 from __future__ import annotations
@@ -47,7 +50,14 @@ class ScriptedClient(threading.Thread):
     """A secure-round client over a real socket that stops after ``stop_after`` (its socket
     closes as a killed process's would), uploading ``update`` if it gets that far."""
 
-    def __init__(self, server_url: str, token: str, update: np.ndarray, stop_after: str) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        token: str,
+        update: np.ndarray,
+        stop_after: str,
+        hold_upload: threading.Event | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.server_url, self.token, self.update, self.stop_after = (
             server_url,
@@ -55,6 +65,7 @@ class ScriptedClient(threading.Thread):
             update,
             stop_after,
         )
+        self.hold_upload = hold_upload
         self.reached: list[str] = []
         self.error: BaseException | None = None
 
@@ -108,6 +119,8 @@ class ScriptedClient(threading.Thread):
                     self.reached.append("share")
                 elif kind == "secagg_ciphertexts" and wire is not None:
                     wire.on_ciphertexts(message)
+                    if self.hold_upload is not None:
+                        await asyncio.to_thread(self.hold_upload.wait, 120)
                     header = struct.pack("<IIdIId", 0, 10, 1.0, 5, D, 0.0)
                     body = masked_body(header, wire.mask_update(self.update))
                     outcome = await asyncio.to_thread(
@@ -121,7 +134,12 @@ class ScriptedClient(threading.Thread):
                         time_left=lambda: 60.0,
                     )
                     self.reached.append(f"masked_input:{outcome[0]}")
-                    return  # killed before the unmask request
+                    if self.stop_after == "masked_input":
+                        return
+                elif kind == "secagg_unmask" and wire is not None:
+                    await socket.send(edge.encode_text(wire.on_unmask(message)))
+                    self.reached.append("unmask")
+                    return
 
 
 def _online(count: int, stack) -> None:  # noqa: ANN001
@@ -240,18 +258,34 @@ def _haystacks() -> list[tuple[str, bytes]]:
 def test_a_secure_round_of_edge_workers_survives_a_dropout_and_leaks_no_update(
     fc_stack, tenant, owner
 ):
-    # given four edge workers and a fifth client that will die after its masked input
+    # given four edge workers and a fifth client that holds its masked input back
     _core_tenant(tenant, owner)
-    tokens = [fc_stack.edge_worker().token for _ in range(4)]
-    _, doomed_token = dispatch.contributor_create_anonymous()
-    doomed = ScriptedClient(fc_stack.daphne.url, doomed_token, DISTINCT, "masked_input")
-    doomed.start()
+    workers = [fc_stack.edge_worker() for _ in range(4)]
+    _, fifth_token = dispatch.contributor_create_anonymous()
+    release = threading.Event()
+    fifth = ScriptedClient(fc_stack.daphne.url, fifth_token, DISTINCT, "unmask", release)
+    fifth.start()
     _online(5, fc_stack)
-    # when a secure job of one round runs
-    job = wait_for_job(_secure_job(tenant).pk, timeout_s=120, stack=fc_stack)
-    # then the doomed client reached its masked input and was never asked to unmask
-    assert doomed.error is None, doomed.error
-    assert doomed.reached == ["advertise", "share", "masked_input:uploaded"]
+    # when a secure job of one round runs, and one worker is killed once its masked input is in
+    job = _secure_job(tenant)
+    victim = workers[0]
+    victim_contributor = dispatch.worker_token_verify(token=victim.token).pk
+    deadline = time.monotonic() + 90
+    while (
+        not Participation.objects.for_tenant(tenant)
+        .filter(round__job=job, contributor_id=victim_contributor, status="reported")
+        .exists()
+    ):
+        assert time.monotonic() < deadline, fc_stack.logs()
+        time.sleep(0.1)
+    victim.stop(kill=True)
+    release.set()
+    job = wait_for_job(job.pk, timeout_s=120, stack=fc_stack)
+    # then the fifth client went through every phase, the killed worker was asked to unmask
+    # but never answered, and the round closed with all five inputs
+    assert fifth.error is None, fifth.error
+    assert fifth.reached == ["advertise", "share", "masked_input:uploaded", "unmask"]
+    assert victim.process.returncode == -9
     round_ = Round.objects.for_tenant(tenant).get(job=job)
     assert round_.status == RoundStatus.CLOSED
     assert round_.reports == 5
@@ -260,14 +294,21 @@ def test_a_secure_round_of_edge_workers_survives_a_dropout_and_leaks_no_update(
         s.phase: s for s in SecAggPhaseSet.objects.for_tenant(tenant).filter(secagg_round=secagg)
     }
     assert [len(sets[p].members) for p in ("advertise", "share", "masked_input")] == [5, 5, 5]
-    assert len(sets["unmask"].members) == 4  # the doomed client's self mask came from shares
+    victim_client = next(
+        int(c)
+        for c, pid in secagg.clients.items()
+        if Participation.objects.for_tenant(tenant).get(pk=pid).contributor_id == victim_contributor
+    )
+    assert victim_client in sets["masked_input"].members
+    assert victim_client not in sets["unmask"].members  # its self mask came from shares
+    assert len(sets["unmask"].members) == 4
     # and the new model is the FedAvg of the five clipped updates, to fixed-point precision
     participations = list(Participation.objects.for_tenant(tenant).filter(round=round_))
-    workers = {dispatch.worker_token_verify(token=t).pk for t in tokens}
+    edge_contributors = {dispatch.worker_token_verify(token=w.token).pk for w in workers}
     versions = ModelVersion.objects.for_tenant(tenant).filter(job=job).order_by("version")
     registry = _Registry(job, versions.first())
     updates = [
-        _retrained_update(registry, p) if p.contributor_id in workers else DISTINCT
+        _retrained_update(registry, p) if p.contributor_id in edge_contributors else DISTINCT
         for p in participations
     ]
     assert sum(u is DISTINCT for u in updates) == 1
