@@ -368,3 +368,8 @@ def test_a_secure_round_below_threshold_aborts_and_tells_its_participants(fc_sta
         )
         time.sleep(0.25)
     assert told == 4, fc_stack.logs()
+    # and the job goes on with rounds that abort in turn (the fifth client is gone) until three
+    # have failed, so nothing of it is still running when the test ends
+    job = wait_for_job(job.pk, timeout_s=120, stack=fc_stack, status="failed")
+    assert job.status_reason == "3 rounds failed"
+    assert not ModelVersion.objects.for_tenant(tenant).filter(job=job, version__gt=0).exists()
