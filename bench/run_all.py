@@ -44,6 +44,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     # Both create var/flower-venv from their pinned requirements when missing.
     "aggregation": ("bench_aggregation.py", [], ["--quick"], "aggregation.json"),
     "secagg": ("bench_secagg.py", [], [], "secagg.json"),
+    # One secure round through the services (PostgreSQL) against the pure path.
+    "secagg_wire": ("bench_secagg_wire.py", [], [], "secagg_wire.json"),
     # McMahan et al. 2017's table on the offline MNIST digits, and sync vs buffered-async.
     "fedavg_paper": ("bench_fedavg_paper.py", [], [], "fedavg_paper.json"),
     # DP-FedAvg as the rounds run it: accuracy on digits against ε at q = 1.

@@ -263,6 +263,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "lease-sweep": {"task": "jobs.tasks.lease_sweep", "schedule": 5.0},
     "job-deadline-sweep": {"task": "jobs.tasks.job_deadline_sweep", "schedule": 30.0},
     "fl-round-sweep": {"task": "jobs.tasks.round_sweep", "schedule": 5.0},
+    "fl-secagg-sweep": {"task": "jobs.tasks.secagg_sweep", "schedule": 5.0},
     "ledger-reconcile": {"task": "billing.tasks.ledger_reconcile", "schedule": 3600.0},
     "usage-sweep-stale": {"task": "billing.tasks.usage_sweep_stale", "schedule": 60.0},
     "stripe-reconcile": {"task": "billing.tasks.stripe_reconcile", "schedule": 3600.0},

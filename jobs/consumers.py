@@ -20,6 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from jobs import dispatch, fl_shards, protocol, realtime
+from jobs.consumers_secagg import SecAggConsumerMixin
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
 from jobs.dispatch.flusher import flusher, group_commit_enabled
 from jobs.protocol import ProtocolError
@@ -103,7 +104,7 @@ class GuardedConsumer(AsyncWebsocketConsumer):
         """Undo what the connection holds (idempotent: runs on every way out)."""
 
 
-class WorkerConsumer(GuardedConsumer):
+class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
     """One worker connection. Work is pushed: claims happen on hello, after each result, and
     whenever the dispatch group is woken because tasks became ready.
 

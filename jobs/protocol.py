@@ -333,7 +333,7 @@ def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int)
         "data": {key: value for key, value in data.items() if value is not None},
         "upload": dict(event["upload"]),
         "deadline_ms": max(0, deadline_ms),
-    }
+    } | ({"secagg": dict(event["secagg"])} if event.get("secagg") else {})
     if "analytics" in event:  # an analytics round: the query instead of model and training
         query = event["analytics"]
         return _build(
@@ -374,6 +374,18 @@ def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int)
 
 def _invite_kernel(name: str, sha256: str) -> dict[str, str]:
     return {"name": name, "sha256": sha256, "url": f"/fl/kernels/{sha256}.wasm"}
+
+
+SECAGG_OUTBOUND = frozenset({"secagg_keys", "secagg_ciphertexts", "secagg_unmask", "secagg_abort"})
+
+
+def secagg(*, kind: str, fields: dict[str, Any], deadline_ms: int | None) -> dict[str, Any]:
+    """A secure-aggregation phase message (one of SECAGG_OUTBOUND) from the ``worker.secagg``
+    event the phase service sent; ``deadline_ms`` is the time left in the phase when sent."""
+    if kind not in SECAGG_OUTBOUND:
+        raise OutboundMessageError(f"not a secure-aggregation message: {kind!r}")
+    extra = {} if deadline_ms is None else {"deadline_ms": max(0, deadline_ms)}
+    return _build("worker", kind, **fields, **extra)
 
 
 def director_state(*, state: dict[str, Any]) -> dict[str, Any]:

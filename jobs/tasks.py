@@ -48,3 +48,35 @@ def model_version_evaluate(version_id: str) -> dict | None:
     from jobs.services.fl_evaluation import model_version_evaluate as evaluate
 
     return evaluate(version_id=version_id)
+
+
+@shared_task(acks_late=True)
+def secagg_phase_close(round_id: int, phase: str) -> str:
+    """Close a secure round's phase at its deadline."""
+    from jobs.services.fl_secagg_phases import secagg_phase_close as close
+
+    return close(round_id=round_id, phase=phase)
+
+
+@shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
+def secagg_unmask(round_id: int) -> str:
+    """Reconstruct a secure round's secrets and remove its masks (or fan out the ranges)."""
+    from jobs.services.fl_secagg_unmask import secagg_unmask as unmask
+
+    return unmask(round_id=round_id)
+
+
+@shared_task(acks_late=True, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
+def secagg_unmask_range(round_id: int, start: int, stop: int) -> str:
+    """Remove the masks of one coordinate range of a secure round's sum."""
+    from jobs.services.fl_secagg_unmask import secagg_unmask_range as unmask_range
+
+    return unmask_range(round_id=round_id, start=start, stop=stop)
+
+
+@shared_task(acks_late=True)
+def secagg_sweep() -> int:
+    """Backstop of the secure rounds' phase deadlines and lost unmask tasks."""
+    from jobs.services.fl_secagg_phases import secagg_sweep as sweep
+
+    return sweep()

@@ -56,6 +56,8 @@ PURE_MODULES = [
     "jobs.quorum",
     "jobs.aggregation",
     "jobs.secagg",
+    "ccgsc_worker.secagg",
+    "ccgsc_worker.secagg.wire",
     "jobs.privacy",
     "jobs.federated",
     "jobs.analytics",

@@ -22,8 +22,9 @@ from ccgsc_worker.backoff import Backoff
 from ccgsc_worker.outbox import Outbox
 from ccgsc_worker.pool import Heartbeat, TaskPool, error_code_for
 from ccgsc_worker.protocol import Assignment, KernelRef
+from ccgsc_worker.secure_rounds import SecureRounds
 from ccgsc_worker.session import Effect, Session, SessionCounters
-from ccgsc_worker.training import RoundTrainer
+from ccgsc_worker.training import RoundError, RoundTrainer
 
 log = logging.getLogger("ccgsc_worker")
 
@@ -69,6 +70,7 @@ class SessionDriver:
         self._wake: asyncio.Event | None = None  # set when the session ends
         self._changed: asyncio.Event | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.secure_rounds = SecureRounds()
 
     @property
     def connected(self) -> bool:
@@ -181,6 +183,8 @@ class SessionDriver:
         elif kind == "train":
             invite = effect["invite"]
             self._spawn(self._train(invite, time.monotonic() + invite["deadline_ms"] / 1000))
+        elif kind == "secagg":
+            self._spawn(self._secagg(effect["message"]))
         elif kind == "notify":
             self._notify_event(effect)
 
@@ -229,11 +233,45 @@ class SessionDriver:
             ref = KernelRef(kernel["name"], "", kernel["sha256"], kernel["url"])
             try:
                 wasm = await self.kernel_source.get(ref)
-                code, message = await asyncio.to_thread(self.trainer.run, invite, wasm, deadline)
+                if invite.get("secagg"):
+                    code, message = await self._train_secure(invite, wasm, deadline)
+                else:
+                    code, message = await asyncio.to_thread(
+                        self.trainer.run, invite, wasm, deadline
+                    )
             except Exception as exc:  # a fetch or compile failure ends this round only
                 log.warning("round %s failed: %s", participation, exc)
                 code, message = "kernel_failed", str(exc)[:300] or type(exc).__name__
         await self._apply(self.session.round_finished(participation, code, message))
+
+    async def _train_secure(
+        self, invite: dict[str, Any], wasm: bytes, deadline: float
+    ) -> tuple[str, str]:
+        """A secure round: advertise, train, wait for the neighbours' ciphertexts, mask and
+        upload the masked update (the key and unmask phases run in ``_secagg``)."""
+        trainer = self.trainer
+        if trainer is None:
+            return "declined", "this worker does not train"
+        participation = invite["participation"]
+        rounds = self.secure_rounds
+        try:
+            await self._send(proto.encode_text(rounds.begin(invite)))
+            body = await asyncio.to_thread(trainer.train, invite, wasm, deadline)
+            if not await rounds.wait_ciphertexts(participation, deadline - time.monotonic()):
+                rounds.end(participation)
+                return "secagg_dropped", "the round's key phases did not include this worker"
+            masked = await asyncio.to_thread(rounds.mask, participation, body)
+            return await asyncio.to_thread(trainer.upload, invite, masked, deadline)
+        except RoundError as exc:
+            rounds.end(participation)
+            return exc.code, exc.message
+
+    async def _secagg(self, message: dict[str, Any]) -> None:
+        """A secure round's phase message: answer it when the client has an answer (on the
+        loop: key agreement and sharing for k ≤ 64 neighbours take milliseconds)."""
+        answer = self.secure_rounds.handle(message)
+        if answer is not None:
+            await self._send(proto.encode_text(answer))
 
     async def _beat(self) -> None:
         await self._apply(self.session.tick())

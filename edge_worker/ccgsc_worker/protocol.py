@@ -136,6 +136,26 @@ def ping() -> dict[str, Any]:
     return _message("ping")
 
 
+def secagg_advertise(participation: int, cipher_public: str, mask_public: str) -> dict[str, Any]:
+    """Build a secure round's phase-0 message: two public keys, unpadded base64url."""
+    return _message(
+        "secagg_advertise",
+        participation=participation,
+        cipher_public=cipher_public,
+        mask_public=mask_public,
+    )
+
+
+def secagg_share_keys(participation: int, ciphertexts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Build a secure round's phase-1 message: ``[{"client", "ciphertext"}]`` per neighbour."""
+    return _message("secagg_share_keys", participation=participation, ciphertexts=ciphertexts)
+
+
+def secagg_unmask_shares(participation: int, shares: list[dict[str, Any]]) -> dict[str, Any]:
+    """Build a secure round's phase-3 message: ``[{"client", "share"}]`` per neighbour."""
+    return _message("secagg_unmask_shares", participation=participation, shares=shares)
+
+
 def encode_text(message: Mapping[str, Any]) -> str:
     """Serialise a control message as compact JSON (NaN and Infinity are refused)."""
     return json.dumps(message, separators=(",", ":"), allow_nan=False)

@@ -17,6 +17,8 @@ the effects the client must carry out, in order, as plain dicts:
 - ``{"do": "train", "invite": {...}}``: train one FL round (the parsed ``round_invite``) and
   upload the update; the driver reports the end with ``round_finished`` (the browser's session
   emits the same effect and its page trains with ``training.js``).
+- ``{"do": "secagg", "message": {...}}``: a secure round's phase message, for the driver's
+  secure-round client (``secure_rounds``; edge worker only).
 
 What each server message does is in ``session_messages``. The twins are
 ``static/worker_frontend/session.js`` and ``session-messages.js``;

@@ -194,6 +194,11 @@ def decline_round(
     return effects
 
 
+def secagg(session: Session, message: dict[str, Any]) -> list[Effect]:
+    """A secure round's phase message: the driver's secure-round client answers it."""
+    return [{"do": "secagg", "message": message}]
+
+
 SERVER_MESSAGES: dict[str, Callable[[Session, dict[str, Any]], list[Effect]]] = {
     "welcome": welcome,
     "assign": assign,
@@ -203,4 +208,8 @@ SERVER_MESSAGES: dict[str, Callable[[Session, dict[str, Any]], list[Effect]]] = 
     "error": error,
     "pong": pong,
     "round_invite": round_invite,
+    "secagg_keys": secagg,
+    "secagg_ciphertexts": secagg,
+    "secagg_unmask": secagg,
+    "secagg_abort": secagg,
 }

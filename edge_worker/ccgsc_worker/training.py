@@ -221,11 +221,8 @@ class RoundTrainer:
         return data
 
     def run(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> tuple[str, str]:
-        """Train and upload one round → (code, message); ``deadline`` is on ``clock``."""
-
-        def time_left() -> float:
-            return deadline - self.clock()
-
+        """Train (or summarise, for analytics) and upload one round → (code, message);
+        ``deadline`` is on ``clock``."""
         try:
             if "analytics" in invite:  # an analytics round: summarise rows, no training
                 from ccgsc_worker.analytics_round import analytics_round_run
@@ -235,9 +232,22 @@ class RoundTrainer:
                     self.fetch,
                     invite,
                     wasm,
-                    time_left=time_left,
+                    time_left=lambda: deadline - self.clock(),
                     local_data=self.local_data,
                 )
+            body = self.train(invite, wasm, deadline)
+            return self.upload(invite, body, deadline)
+        except RoundError as exc:
+            return exc.code, exc.message
+
+    def train(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> bytes:
+        """Fetch and train → the upload body (metrics header, update f32[d], and for SCAFFOLD
+        Δc f32[d]); raises ``RoundError``. A secure round masks the update before ``upload``."""
+
+        def time_left() -> float:
+            return deadline - self.clock()
+
+        try:
             model, data = invite["model"], invite["data"]
             if data.get("private") or "url" not in data:
                 # A decline reason: the session tells the server (not a dropout).
@@ -267,22 +277,22 @@ class RoundTrainer:
                 time_left=time_left,
                 control=None if control is None else control_correction(control, client_control),
             )
-            if control is not None:
-                body = scaffold_body(
-                    body, control=control, hyperparameters=invite["hyperparameters"]
-                )
-            return upload_update(
-                self.http,
-                url=invite["upload"]["url"],
-                participation=invite["participation"],
-                base_version=model["version"],
-                body=body,
-                chunk_bytes=invite["upload"]["chunk_bytes"],
-                time_left=time_left,
-                max_bytes_per_second=self.max_upload_bytes_per_second,
-                clock=self.clock,
-            )
-        except RoundError as exc:
-            return exc.code, exc.message
         except (KernelFailed, KernelRejected) as exc:
-            return "kernel_failed", str(exc)
+            raise RoundError("kernel_failed", str(exc)) from exc
+        if control is not None:
+            body = scaffold_body(body, control=control, hyperparameters=invite["hyperparameters"])
+        return body
+
+    def upload(self, invite: Mapping[str, Any], body: bytes, deadline: float) -> tuple[str, str]:
+        """Upload a body in chunks and complete it → (code, message); raises ``RoundError``."""
+        return upload_update(
+            self.http,
+            url=invite["upload"]["url"],
+            participation=invite["participation"],
+            base_version=invite["model"]["version"],
+            body=body,
+            chunk_bytes=invite["upload"]["chunk_bytes"],
+            time_left=lambda: deadline - self.clock(),
+            max_bytes_per_second=self.max_upload_bytes_per_second,
+            clock=self.clock,
+        )

@@ -1,11 +1,13 @@
 """Secure aggregation (SecAgg+): pure numerics and cryptography, never Django.
 
 primitives: X25519, HKDF, AES-CTR masks, AES-GCM, Shamir; encoding: fixed point in Z_2^32;
-graph: the public neighbour graph; protocol: client and server state machines.
+graph: the public neighbour graph; protocol: client and server state machines. The client side
+and the shared maths live in the edge worker's package (``ccgsc_worker.secagg``), which cannot
+import ``jobs``; this package re-exports them, so there is one implementation.
 """
 
-from jobs.secagg.encoding import decode_sum, encode, scale_for
-from jobs.secagg.graph import default_threshold, neighbour_count, neighbours
+from ccgsc_worker.secagg.encoding import decode_sum, encode, scale_for
+from ccgsc_worker.secagg.graph import default_threshold, neighbour_count, neighbours
 from jobs.secagg.protocol import (
     RequestRefused,
     RoundAborted,

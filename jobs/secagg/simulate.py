@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from jobs.secagg.primitives import RandomBytes
+from ccgsc_worker.secagg.primitives import RandomBytes
 from jobs.secagg.protocol import RoundConfig, SecAggClient, SecAggServer, unmask_range
 
 PHASES = ("advertise", "share", "masked_input", "unmask")

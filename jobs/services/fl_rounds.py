@@ -251,6 +251,10 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         invitations.append(
             RoundInvitation(str(worker.pk), worker.channel_name, participation.pk, payload)
         )
+    if config.secure_aggregation and config.mode == FlMode.SYNC:
+        from jobs.services.fl_secagg import secagg_round_open  # its abort path imports this
+
+        secagg_round_open(round=round_, config=config, invitations=invitations)
     return invitations
 
 

@@ -73,6 +73,10 @@ def update_fold(*, upload_id: str) -> UploadStatus:
     if upload.status != UploadStatus.COMPLETE:
         return UploadStatus(upload.status)
     participation = upload.participation
+    if participation.round.job.fl_config.secure_aggregation:  # masked: a modular sum instead
+        from jobs.services.fl_secagg_fold import secagg_update_fold
+
+        return secagg_update_fold(upload=upload)
     round_ = None
     for _ in range(2):  # an async round may close (and the next open) while we wait the lock
         target = _target_round(participation)

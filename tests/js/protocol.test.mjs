@@ -308,7 +308,10 @@ describe("constants come from the generated definition", () => {
       { ...CLOSE },
       { UNAUTHORIZED: 4001, PROTOCOL_VERSION: 4002, HELLO_TIMEOUT: 4003, NOT_FOUND: 4004, RATE_LIMITED: 4008, TOO_LARGE: 4009 },
     );
-    assert.deepEqual(Object.keys(SERVER_SCHEMAS), ["welcome", "assign", "ack", "credit", "cancel", "error", "pong", "round_invite"]);
+    assert.deepEqual(Object.keys(SERVER_SCHEMAS), [
+      "welcome", "assign", "ack", "credit", "cancel", "error", "pong", "round_invite",
+      "secagg_keys", "secagg_ciphertexts", "secagg_unmask", "secagg_abort",
+    ]);
     assert.ok(Object.isFrozen(DEFINITION.limits));
   });
 });

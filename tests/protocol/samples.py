@@ -29,6 +29,25 @@ SAMPLES: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"v": 1, "type": "ping"},
         {"v": 1, "type": "round_declined", "participation": 3, "reason": "paused", "message": "u"},
         {"v": 1, "type": "result", "assignment": A, "sha256": SHA, "elapsed_ms": 5},
+        {
+            "v": 1,
+            "type": "secagg_advertise",
+            "participation": 4,
+            "cipher_public": "a" * 43,
+            "mask_public": "B-_" + "c" * 40,
+        },
+        {
+            "v": 1,
+            "type": "secagg_share_keys",
+            "participation": 4,
+            "ciphertexts": [{"client": 1, "ciphertext": "xyz_-0"}],
+        },
+        {
+            "v": 1,
+            "type": "secagg_unmask_shares",
+            "participation": 4,
+            "shares": [{"client": 2, "share": "s" * 44}],
+        },
     ],
     ("worker", "outbound"): [
         {
@@ -108,6 +127,32 @@ SAMPLES: dict[tuple[str, str], list[dict[str, Any]]] = {
             "upload": {"url": "/fl/uploads/", "chunk_bytes": 1024, "total_bytes": 108},
             "deadline_ms": 5000,
         },
+        {
+            "v": 1,
+            "type": "secagg_keys",
+            "participation": 7,
+            "round": 2,
+            "keys": [{"client": 1, "cipher_public": "k" * 43, "mask_public": "m" * 43}],
+            "deadline_ms": 10,
+        },
+        {
+            "v": 1,
+            "type": "secagg_ciphertexts",
+            "participation": 7,
+            "round": 2,
+            "ciphertexts": [{"client": 1, "ciphertext": "abc"}],
+            "deadline_ms": 10,
+        },
+        {
+            "v": 1,
+            "type": "secagg_unmask",
+            "participation": 7,
+            "round": 2,
+            "alive": [1, 2],
+            "dropped": [],
+            "deadline_ms": 10,
+        },
+        {"v": 1, "type": "secagg_abort", "participation": 7, "round": 2, "reason": "below t"},
     ],
     ("director", "inbound"): [{"v": 1, "type": "control", "action": "pause"}],
     ("director", "outbound"): [

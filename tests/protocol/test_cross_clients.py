@@ -101,7 +101,60 @@ def server_messages() -> list[dict]:
         server.error(code="rate_limited", message="slow down"),
         server.pong(),
         server.round_invite(event=_invite_event(), kernel_sha256=SHA, deadline_ms=30_000),
+        server.round_invite(
+            event={**_invite_event(), "secagg": SECAGG_BLOCK}, kernel_sha256=SHA, deadline_ms=1
+        ),
+        *_secagg_messages(),
     ]
+
+
+KEY = "A" * 43
+SECAGG_BLOCK = {
+    "client": 3,
+    "clients": 100,
+    "threshold": 8,
+    "session": KEY,
+    "graph_seed": KEY,
+    "scale": 21474835.47,
+    "bound": 1.0,
+}
+
+
+def _secagg_messages() -> list[dict]:
+    """One of each secure-aggregation phase message, at the largest neighbourhood (k = 64)."""
+    common = {"participation": 41, "round": 3}
+    keys = [{"client": i, "cipher_public": KEY, "mask_public": KEY} for i in range(1, 65)]
+    ciphertexts = [{"client": i, "ciphertext": "c" * 110} for i in range(1, 65)]
+    return [
+        server.secagg(kind="secagg_keys", fields={**common, "keys": keys}, deadline_ms=5000),
+        server.secagg(
+            kind="secagg_ciphertexts", fields={**common, "ciphertexts": ciphertexts}, deadline_ms=0
+        ),
+        server.secagg(
+            kind="secagg_unmask",
+            fields={**common, "alive": [1, 2, 3], "dropped": [4]},
+            deadline_ms=-5,
+        ),
+        server.secagg(
+            kind="secagg_abort", fields={**common, "reason": "below t"}, deadline_ms=None
+        ),
+    ]
+
+
+def test_the_largest_secagg_share_message_fits_a_text_frame():
+    """k ≤ 64 (2·⌈log2 n⌉ for n < 2^32), so one ciphertext per neighbour stays far below the
+    text limit and no binary framing is needed for the key phases."""
+    from ccgsc_worker.secagg.graph import neighbour_count
+    from ccgsc_worker.secagg.wire import b64encode
+
+    assert neighbour_count(2**32 - 1) == 64
+    message = edge.secagg_share_keys(
+        2**40,
+        [{"client": 2**32 - 1 - i, "ciphertext": b64encode(bytes(82))} for i in range(64)],
+    )
+    text = edge.encode_text(message)
+    assert len(text) < server.MAX_JSON_BYTES
+    assert server.parse_text(text)["ciphertexts"][63]["client"] == 2**32 - 64
 
 
 def _invite_event() -> dict:
