@@ -20,7 +20,7 @@ from jobs.models import Worker
 from jobs.secagg_models import SecAggMessage
 from jobs.services.fl_rounds import round_open
 from tenants.tiers import Tier
-from tests.factories import WorkerFactory
+from tests.factories import ContributorFactory, UserFactory, WorkerFactory
 from tests.jobs.fl_helpers import fl_job
 from tests.jobs.helpers import HELLO
 
@@ -32,8 +32,10 @@ def _secure_round(tenant, owner, contributor_id):  # noqa: ANN001, ANN202
     tenant.save(update_fields=["tier"])
     balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
     job = fl_job(tenant, cohort_size=3, min_reports=3, secure_aggregation=True)
-    for _ in range(2):
-        WorkerFactory(capabilities={"simd": True})
+    for _ in range(2):  # accounted: a secure cohort admits few anonymous contributors
+        WorkerFactory(
+            contributor=ContributorFactory(user=UserFactory()), capabilities={"simd": True}
+        )
     round_open(job=job)
     round_ = Round.objects.for_tenant(tenant).get(job=job)
     mine = Participation.objects.for_tenant(tenant).get(round=round_, contributor_id=contributor_id)
@@ -43,6 +45,8 @@ def _secure_round(tenant, owner, contributor_id):  # noqa: ANN001, ANN202
 async def test_secagg_messages_are_validated_refused_or_recorded(tenant, owner, other_tenant):
     # given a connected edge worker invited to a secure round, and another tenant's round
     contributor, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    contributor.user = await sync_to_async(UserFactory)()  # accounted: eligible for the cohort
+    await sync_to_async(contributor.save)(update_fields=["user"])
     communicator = WebsocketCommunicator(
         application, "/ws/edge/", headers=[(b"origin", b"http://127.0.0.1")]
     )

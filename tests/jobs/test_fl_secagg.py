@@ -24,7 +24,7 @@ from jobs.services.fl_secagg import SecAggRefused, secagg_message_receive
 from jobs.services.fl_secagg_phases import secagg_phase_close
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
-from tests.factories import WorkerFactory
+from tests.factories import ContributorFactory, UserFactory, WorkerFactory
 from tests.jobs.fl_helpers import fl_job
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -46,7 +46,13 @@ class SecureCohort:
             rounds=2,
             **fields,
         )
-        self.workers = [WorkerFactory(capabilities={"simd": True}) for _ in range(n)]
+        # Accounted contributors: a secure cohort admits few anonymous ones.
+        self.workers = [
+            WorkerFactory(
+                contributor=ContributorFactory(user=UserFactory()), capabilities={"simd": True}
+            )
+            for _ in range(n)
+        ]
         self.tokens = {
             w.pk: dispatch.worker_token_issue(contributor=w.contributor) for w in self.workers
         }
