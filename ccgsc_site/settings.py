@@ -261,6 +261,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CCGSC_CELERY_QUEUE", "ccgsc")
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "lease-sweep": {"task": "jobs.tasks.lease_sweep", "schedule": 5.0},
+    "job-counters-fold": {"task": "jobs.tasks.job_counters_fold", "schedule": 10.0},
     "job-deadline-sweep": {"task": "jobs.tasks.job_deadline_sweep", "schedule": 30.0},
     "fl-round-sweep": {"task": "jobs.tasks.round_sweep", "schedule": 5.0},
     "ledger-reconcile": {"task": "billing.tasks.ledger_reconcile", "schedule": 3600.0},

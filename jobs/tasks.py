@@ -20,6 +20,12 @@ def lease_sweep() -> int:
 
 
 @shared_task(acks_late=True)
+def job_counters_fold() -> int:
+    """Fold the per-job counter deltas into the counters rows the director reads."""
+    return services.job_counters_fold()
+
+
+@shared_task(acks_late=True)
 def job_deadline_sweep() -> int:
     """Fail jobs past their deadline."""
     return dispatch.job_deadline_sweep()
