@@ -301,68 +301,96 @@ class WorkerConsumer(GuardedConsumer):
 
     async def on_result(self, frame: protocol.ResultFrame) -> None:
         header = frame.header
-        item = ResultItem(
-            contributor_id=self.contributor_id,
-            assignment_id=header["assignment"],
-            output=frame.output,
-            sha256=header["sha256"],
-            elapsed_ms=header.get("elapsed_ms"),
-        )
-        try:
-            if self.group_commit:
-                outcome = await flusher().submit(item)
-            else:
+        if not self.group_commit:
+            try:
                 outcome = await db(dispatch.result_submit)(
-                    contributor_id=item.contributor_id,
-                    assignment_id=item.assignment_id,
-                    output=item.output,
-                    sha256=item.sha256,
-                    elapsed_ms=item.elapsed_ms,
+                    contributor_id=self.contributor_id,
+                    assignment_id=header["assignment"],
+                    output=frame.output,
+                    sha256=header["sha256"],
+                    elapsed_ms=header.get("elapsed_ms"),
                 )
-        except ValueError as exc:
-            raise ProtocolError("invalid_result", str(exc), ref="result") from exc
-        self.in_flight.discard(header["assignment"])
-        await self.send_message(
-            protocol.ack(assignment=header["assignment"], status=outcome.status)
-        )
-        await self.fill()
+            except ValueError as exc:
+                raise ProtocolError("invalid_result", str(exc), ref="result") from exc
+            self.in_flight.discard(header["assignment"])
+            await self.send_message(
+                protocol.ack(assignment=header["assignment"], status=outcome.status)
+            )
+            await self.fill()
+            return
+        # Group commit: the refill is claimed in the result's own flush, so the next ``assign``
+        # follows the ``ack`` without a second round trip. A refused result claims nothing.
+        async with self.fill_lock:
+            held = header["assignment"] in self.in_flight
+            self.in_flight.discard(header["assignment"])
+            refill = self._free() if not self.released else 0
+            try:
+                outcome = await flusher().submit(
+                    ResultItem(
+                        contributor_id=self.contributor_id,
+                        assignment_id=header["assignment"],
+                        output=frame.output,
+                        sha256=header["sha256"],
+                        elapsed_ms=header.get("elapsed_ms"),
+                        worker_id=self.worker_id,
+                        refill=refill,
+                    )
+                )
+            except ValueError as exc:
+                if held:
+                    self.in_flight.add(header["assignment"])
+                raise ProtocolError("invalid_result", str(exc), ref="result") from exc
+            await self.send_message(
+                protocol.ack(assignment=header["assignment"], status=outcome.status)
+            )
+            await self._push(outcome.offers, wanted=refill)
+
+    def _free(self) -> int:
+        """How many more tasks this worker should hold (its slots, plus the prefetch)."""
+        free = self.slots - len(self.in_flight)
+        if self.group_commit and self.slots > 0:
+            free += settings.DISPATCH_PREFETCH
+        return free
 
     async def fill(self) -> None:
         """Claim work for every free slot and push it."""
         if self.worker_id is None or self.released:
             return
         async with self.fill_lock:
-            free = self.slots - len(self.in_flight)
-            if self.group_commit and self.slots > 0:
-                free += settings.DISPATCH_PREFETCH
+            free = self._free()
             if free <= 0:
                 return
             if self.group_commit:
                 offers = await flusher().submit(ClaimItem(worker_id=self.worker_id, count=free))
             else:
                 offers = await db(dispatch.assignment_claim)(worker_id=self.worker_id, count=free)
-            if not offers:
-                self._arm_idle_check()
-            if len(offers) < free and self.group_commit and not self.released:
-                flusher().idle_add(self.channel_name, self.fill)
-            for offer in offers:
-                self.in_flight.add(str(offer.assignment_id))
-                await self.send_message(
-                    protocol.assign(
-                        assignment=offer.assignment_id,
-                        job=offer.job_id,
-                        task=offer.task_index,
-                        kernel_name=offer.kernel_name,
-                        kernel_version=offer.kernel_version,
-                        kernel_sha256=offer.kernel_sha256,
-                        lo=offer.lo,
-                        hi=offer.hi,
-                        seed=offer.seed,
-                        params=offer.params,
-                        lease_ms=offer.lease_ms,
-                        work_units=offer.work_units,
-                    )
+            await self._push(offers, wanted=free)
+
+    async def _push(self, offers: list[dispatch.Offer], *, wanted: int) -> None:
+        """Send claimed offers; with fewer than ``wanted``, wait to be woken (caller holds the
+        fill lock)."""
+        if wanted > 0 and not offers:
+            self._arm_idle_check()
+        if len(offers) < wanted and self.group_commit and not self.released:
+            flusher().idle_add(self.channel_name, self.fill)
+        for offer in offers:
+            self.in_flight.add(str(offer.assignment_id))
+            await self.send_message(
+                protocol.assign(
+                    assignment=offer.assignment_id,
+                    job=offer.job_id,
+                    task=offer.task_index,
+                    kernel_name=offer.kernel_name,
+                    kernel_version=offer.kernel_version,
+                    kernel_sha256=offer.kernel_sha256,
+                    lo=offer.lo,
+                    hi=offer.hi,
+                    seed=offer.seed,
+                    params=offer.params,
+                    lease_ms=offer.lease_ms,
+                    work_units=offer.work_units,
                 )
+            )
 
     # ---- channel-layer events (sent by services after commit)
 
