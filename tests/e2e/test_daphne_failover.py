@@ -24,9 +24,9 @@ import pytest
 from jobs import dispatch, services
 from jobs.models import Job, Kernel
 from tenants.roles import Role
+from tests import servers
 from tests.e2e.conftest import wait_for_job
 from tests.invariants import invariants
-from tests import servers
 from tests.servers import CeleryWorker, DaphneLauncher
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
