@@ -240,9 +240,11 @@ def coordinate(args: argparse.Namespace) -> dict[str, Any]:
     print(f"creating {args.sockets} contributors ...", file=sys.stderr)
     key, tokens = bd.make_fixtures(args.sockets)
     work = Path(tempfile.mkdtemp(prefix="bench-sockets-"))
-    celery = CeleryWorker(queue, beat=True, env=env, log_dir=bd.LOG_DIR)
+    celery = CeleryWorker(queue, beat=True, env=env, log_dir=bd.LOG_DIR, start_timeout_s=180)
     celery.start()
-    launcher = DaphneLauncher(processes=args.daphnes, env=env, log_dir=bd.LOG_DIR)
+    launcher = DaphneLauncher(
+        processes=args.daphnes, env=env, log_dir=bd.LOG_DIR, start_timeout_s=180
+    )
     launcher.start()
     clients: list[subprocess.Popen] = []
     files = [work / f"client-{i}.json" for i in range(args.clients)]

@@ -238,9 +238,11 @@ class CeleryWorker(ManagedProcess):
         beat: bool = False,
         env: dict[str, str] | None = None,
         log_dir: Path = LOG_DIR,
+        start_timeout_s: float = 30.0,
         **extra_env: str,
     ) -> None:
         self.queue = queue
+        self.start_timeout_s = start_timeout_s
         args = [
             sys.executable, "-m", "celery", "-A", "ccgsc_site", "worker", "-P", "solo",
             "-Q", queue, "-l", "INFO", "--without-gossip", "--without-mingle",
@@ -263,7 +265,7 @@ class CeleryWorker(ManagedProcess):
             else 0
         )
         super().start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"Celery worker exited:\n{self.log_tail()}")
