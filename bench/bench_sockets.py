@@ -132,7 +132,7 @@ async def client_main(args: argparse.Namespace) -> None:
             kernel_cache_dir=cache,
             on_event=hook(i),
             capabilities={"cores": 1, "simd": True},
-            backoff=Backoff(initial=0.5, maximum=5.0),
+            backoff=Backoff(),  # the client's own: 0.5 s doubling to 30 s, jittered
         )
         for i, token in enumerate(tokens)
     ]
