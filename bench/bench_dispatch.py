@@ -46,8 +46,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "edge_worker"))
 
 import psycopg  # noqa: E402
+from dispatch_probes import (  # noqa: E402 - after the path setup
+    cpu_per_replica,
+    cpu_snapshot,
+    pct,
+    pg_stats,
+    sql_env,
+    sql_per_replica,
+    sql_totals,
+)
 
-from tests.servers import CeleryWorker, DaphneServer  # noqa: E402 - after the path setup
+from tests.invariants import invariants  # noqa: E402
+from tests.servers import CeleryWorker, DaphneLauncher, DaphneServer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dispatch.json"
 LOG_DIR = ROOT / "bench" / "results" / "logs"
@@ -182,6 +192,7 @@ def django_setup(env: dict[str, str]) -> None:
 def make_fixtures(n_workers: int) -> tuple[str, list[str]]:
     """An enterprise tenant's API key and ``n_workers`` anonymous contributor tokens."""
     from jobs import dispatch
+    from jobs.models import Contributor
     from tenants import services as tenant_services
     from tenants.models import Tenant, User
     from tenants.roles import Role
@@ -194,7 +205,11 @@ def make_fixtures(n_workers: int) -> tuple[str, list[str]]:
     key = tenant_services.api_key_create(
         tenant=tenant, actor=user, actor_role=Role.OWNER, name="bench", role=Role.ADMIN
     ).raw_key
-    tokens = [dispatch.contributor_create_anonymous()[1] for _ in range(n_workers)]
+    # One INSERT per thousand (10,000 one-row transactions take minutes on a busy machine).
+    contributors = Contributor.objects.bulk_create(
+        [Contributor() for _ in range(n_workers)], batch_size=1000
+    )
+    tokens = [dispatch.worker_token_issue(contributor=c) for c in contributors]
     _close_django()
     return key, tokens
 
@@ -209,23 +224,6 @@ def api(base: str, key: str, method: str, path: str, body: dict | None = None) -
     )
     with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310
         return json.loads(response.read())
-
-
-def pg_stats(conn: psycopg.Connection) -> dict[str, float]:
-    """Counters of the benchmark database and of validated replicas."""
-    conn.execute("SELECT pg_stat_clear_snapshot()")
-    row = conn.execute(
-        "SELECT xact_commit, xact_rollback, sessions, tup_returned, tup_fetched, tup_inserted,"
-        " tup_updated, blks_hit FROM pg_stat_database WHERE datname = %s",
-        (DB_NAME,),
-    ).fetchone()
-    valid = conn.execute("SELECT count(*) FROM jobs_assignment WHERE status = 'valid'").fetchone()
-    names = ["xact_commit", "xact_rollback", "sessions", "tup_returned", "tup_fetched"]
-    names += ["tup_inserted", "tup_updated", "blks_hit"]
-    stats = dict(zip(names, (float(v) for v in row), strict=True))
-    stats["valid"] = float(valid[0])
-    stats["t"] = time.perf_counter()
-    return stats
 
 
 # ---------------------------------------------------------------- the swarm
@@ -293,144 +291,6 @@ class Outputs:
         return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of processes (and their reaped children), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # utime, stime, cutime, cstime are fields 14-17 (1-based) of the whole line
-        total += sum(int(v) for v in fields[11:15]) / tick
-    return total
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and its descendants (Celery's prefork children)."""
-    pids, frontier = [pid], [pid]
-    while frontier:
-        parent = frontier.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        pids += [int(c) for c in children]
-        frontier += [int(c) for c in children]
-    return pids
-
-
-def backend_pids(conn: psycopg.Connection) -> list[int]:
-    """PostgreSQL backends serving the benchmark database (the servers' connections)."""
-    rows = conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        (DB_NAME,),
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
-def cpu_snapshot(conn: psycopg.Connection, servers: dict[str, int]) -> dict[str, Any]:
-    """CPU seconds so far per server process tree, and per PostgreSQL backend."""
-    snap: dict[str, Any] = {name: cpu_seconds(process_tree(pid)) for name, pid in servers.items()}
-    snap["self"] = cpu_seconds([os.getpid()])
-    snap["backends"] = {pid: cpu_seconds([pid]) for pid in backend_pids(conn)}
-    return snap
-
-
-def cpu_per_replica(before: dict[str, Any], after: dict[str, Any], per: float) -> dict:
-    """Milliseconds of CPU per validated replica, by process. PostgreSQL counts the backends
-    alive at both ends of the window (persistent connections; short-lived ones are missed)."""
-    out = {
-        name: round((after[name] - before[name]) * 1000 / per, 3)
-        for name in after
-        if name != "backends"
-    }
-    out["postgresql"] = round(
-        sum(
-            cpu - before["backends"][pid]
-            for pid, cpu in after["backends"].items()
-            if pid in before["backends"]
-        )
-        * 1000
-        / per,
-        3,
-    )
-    return out
-
-
-def invariants(conn: psycopg.Connection, job_id: str, quorum: int) -> dict[str, Any]:
-    """After a run: no task lost, exactly ``quorum`` credited replicas per validated task, the
-    books balance, one usage row per validated task."""
-    one = lambda sql, *a: conn.execute(sql, a).fetchone()[0]  # noqa: E731
-    # Known-answer tasks are checks, validated by one matching replica and never metered.
-    validated = one(
-        "SELECT count(*) FROM jobs_task WHERE job_id = %s AND status = 'validated'"
-        " AND known_answer_sha256 = ''",
-        job_id,
-    )
-    wrong_credit = one(
-        "SELECT count(*) FROM (SELECT t.id FROM jobs_task t LEFT JOIN jobs_assignment a"
-        " ON a.task_id = t.id AND a.status = 'valid' AND a.credited_at IS NOT NULL"
-        " WHERE t.job_id = %s AND t.status = 'validated' AND t.known_answer_sha256 = ''"
-        " GROUP BY t.id"
-        " HAVING count(a.id) <> %s) x",
-        job_id,
-        quorum,
-    )
-    credited_elsewhere = one(
-        "SELECT count(*) FROM jobs_assignment a JOIN jobs_task t ON t.id = a.task_id"
-        " WHERE t.job_id = %s AND t.status <> 'validated' AND a.credited_at IS NOT NULL",
-        job_id,
-    )
-    # An open task's live count matches its live replicas: none lost, none double counted.
-    lost = one(
-        "SELECT count(*) FROM jobs_task t WHERE t.job_id = %s AND t.status = 'open' AND"
-        " t.active_replicas <> (SELECT count(*) FROM jobs_assignment a WHERE a.task_id = t.id"
-        " AND a.status IN ('assigned', 'returned'))",
-        job_id,
-    )
-    counter = one("SELECT tasks_validated FROM jobs_job WHERE id = %s", job_id)
-    usage = one("SELECT count(*) FROM billing_usagerecord WHERE job_id = %s", job_id)
-    unbalanced = one(
-        "SELECT count(*) FROM (SELECT currency FROM billing_posting GROUP BY currency"
-        " HAVING sum(amount_cents) <> 0) x"
-    )
-    mismatched = one(
-        "SELECT count(*) FROM billing_account a WHERE a.balance_cents <> COALESCE((SELECT"
-        " sum(amount_cents) FROM billing_posting p WHERE p.account_id = a.id), 0)"
-    )
-    report = {
-        "validated_tasks": validated,
-        "tasks_with_other_than_quorum_credited": wrong_credit,
-        "credited_replicas_of_unvalidated_tasks": credited_elsewhere,
-        "open_tasks_with_lost_replicas": lost,
-        "job_counter_matches": counter == validated,
-        "usage_rows_match": usage == validated,
-        "unbalanced_currencies": unbalanced,
-        "accounts_not_matching_postings": mismatched,
-    }
-    report["ok"] = (
-        wrong_credit == 0
-        and credited_elsewhere == 0
-        and lost == 0
-        and counter == validated
-        and usage == validated
-        and unbalanced == 0
-        and mismatched == 0
-    )
-    return report
-
-
-def pct(values: list[float], p: float) -> float | None:
-    """The p-th percentile (nearest rank) of ``values`` in milliseconds."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k] * 1000
-
-
 async def run_swarm(
     *,
     port: int,
@@ -443,6 +303,7 @@ async def run_swarm(
     think_s: float = 0.0,
     concurrency: int = 1,
     servers: dict[str, int] | None = None,
+    sql_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Connect the workers, start a job, measure a steady window, stop everything."""
     from ccgsc_worker.client import Backoff, EdgeWorker
@@ -509,12 +370,14 @@ async def run_swarm(
     if profiler is not None:
         profiler.process.send_signal(signal.SIGUSR1)
     cpu_before = await asyncio.to_thread(cpu_snapshot, conn, servers or {})
+    sql_before = sql_totals(sql_dir) if sql_dir is not None else {}
     before = await asyncio.to_thread(pg_stats, conn)
     await asyncio.sleep(duration)
     if profiler is not None:
         profiler.process.send_signal(signal.SIGUSR2)
     after = await asyncio.to_thread(pg_stats, conn)
     cpu_after = await asyncio.to_thread(cpu_snapshot, conn, servers or {})
+    sql_after = sql_totals(sql_dir) if sql_dir is not None else {}
     remaining = conn.execute(
         "SELECT count(*) FROM jobs_task WHERE job_id = %s AND status = 'open'", (job["id"],)
     ).fetchone()[0]
@@ -560,6 +423,8 @@ async def run_swarm(
         "think_ms": think_s * 1000,
         "concurrency": concurrency,
         "cpu_ms_per_replica": cpu_per_replica(cpu_before, cpu_after, per),
+        # Totals are written twice a second: the window's edges are good to about half a second.
+        "sql_statements_per_replica": sql_per_replica(sql_before, sql_after, per),
         "job_id": job["id"],
         "per_validated_replica": {
             k: (after[k] - before[k]) / per
@@ -583,17 +448,23 @@ def scenario(
     label: str = "default",
     think_s: float = 0.0,
     concurrency: int = 1,
+    daphnes: int = 1,
 ) -> dict[str, Any]:
-    """One run: fresh database, fresh servers, N workers."""
+    """One run: fresh database, fresh servers (``daphnes`` > 1: the launcher), N workers."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
-    env = bench_env(queue, extra_env)
+    sql_dir = RESULTS.parent / f"sql-{os.getpid()}"
+    env = {**bench_env(queue, extra_env), **sql_env(sql_dir)}
     fresh_database()
     flush_redis()
     key, tokens = make_fixtures(n)
     profile_out = RESULTS.parent / f"dispatch-profile-{n}.json" if profile else None
     if profile_out is not None:
         profile_out.unlink(missing_ok=True)
-    daphne = start_daphne(env, profile_out)
+    if daphnes > 1:
+        daphne = DaphneLauncher(processes=daphnes, env=env, log_dir=LOG_DIR)
+        daphne.start()
+    else:
+        daphne = start_daphne(env, profile_out)
     port = daphne.port
     celery = start_celery(env, queue)
     # Enough tasks that the queue does not run dry during the window (tasks_open_at_end shows it).
@@ -611,6 +482,7 @@ def scenario(
                 think_s=think_s,
                 concurrency=concurrency,
                 servers={"daphne": daphne.process.pid, "celery": celery.process.pid},
+                sql_dir=sql_dir,
             )
         )
     finally:
@@ -623,6 +495,7 @@ def scenario(
         result["invariants"] = invariants(conn, result["job_id"], 2)
     result["label"] = label
     result["env"] = extra_env or {}
+    result["daphnes"] = daphnes
     if profile_out is not None:
         deadline = time.monotonic() + 10
         while not profile_out.exists() and time.monotonic() < deadline:
@@ -676,7 +549,7 @@ def table(results: list[dict[str, Any]]) -> str:
     head = [
         "config", "connections", "validated replicas/s", "credits/s", "push p50 ms",
         "push p99 ms", "turnaround p50 ms", "turnaround p99 ms", "vs BOINC 102/s",
-        "vs target 1000/s", "p99 ≤ 100 ms", "commits/replica", "PG sessions/replica",
+        "vs target 1000/s", "p99 ≤ 100 ms", "commits/replica", "SQL statements/replica", "PG sessions/replica",
         "CPU ms/replica Daphne, PG, Celery", "invariants",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -699,7 +572,8 @@ def table(results: list[dict[str, Any]]) -> str:
                     f"{rate / BOINC_JOBS_PER_S:.2f}×",
                     f"{rate / TARGET_REPLICAS_PER_S:.2f}×",
                     "yes" if p99 is not None and p99 <= TARGET_P99_MS else "no",
-                    fmt(per["xact_commit"], 1),
+                    fmt(per["xact_commit"], 3),
+                    fmt(r["sql_statements_per_replica"]["total"], 2),
                     fmt(per["sessions"], 2),
                     "{daphne:.2f}, {postgresql:.2f}, {celery:.2f}".format(
                         **r["cpu_ms_per_replica"]
@@ -749,6 +623,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="turn group commit off (the per-message path, for before/after comparisons)",
     )
+    parser.add_argument(
+        "--daphnes", type=int, default=1, help="Daphne processes (more than one: the launcher)"
+    )
+    parser.add_argument(
+        "--prefetch", type=int, default=None, help="CCGSC_DISPATCH_PREFETCH for the servers"
+    )
     parser.add_argument("--label", default=None, help="the table's config column")
     parser.add_argument(
         "--conn-max-age",
@@ -765,8 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
     base_env = {"CCGSC_DISPATCH_GROUP_COMMIT": "0" if args.per_item else "1"}
+    if args.prefetch is not None:
+        base_env["CCGSC_DISPATCH_PREFETCH"] = str(args.prefetch)
     label = args.label or ("per-item" if args.per_item else "group commit")
-    label += f", think {args.think_ms:g} ms, slots {args.concurrency}"
+    label += f", think {args.think_ms:g} ms, slots {args.concurrency}, daphnes {args.daphnes}"
+    if args.prefetch is not None:
+        label += f", prefetch {args.prefetch}"
     env = bench_env("bench-setup")
     print("building the benchmark database ...", file=sys.stderr)
     build_template(env)
@@ -784,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                     label=label,
                     think_s=args.think_ms / 1000,
                     concurrency=args.concurrency,
+                    daphnes=args.daphnes,
                 )
             )
         top = max(args.connections)

@@ -166,6 +166,9 @@ DISPATCH_FLUSH_MS = float(os.environ.get("CCGSC_DISPATCH_FLUSH_MS", "5"))
 DISPATCH_FLUSH_ITEMS = int(os.environ.get("CCGSC_DISPATCH_FLUSH_ITEMS", "256"))
 # Tasks a worker holds beyond its slots, so its next task is there when one finishes.
 DISPATCH_PREFETCH = int(os.environ.get("CCGSC_DISPATCH_PREFETCH", "1"))
+# Starting or resuming a job queues this many of its tasks in the request's transaction, the rest
+# in chunks of this size after commit (jobs.services.lifecycle.job_queue_fill).
+DISPATCH_QUEUE_CHUNK = int(os.environ.get("CCGSC_DISPATCH_QUEUE_CHUNK", "5000"))
 
 AUTH_USER_MODEL = "tenants.User"
 AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]
@@ -261,6 +264,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CCGSC_CELERY_QUEUE", "ccgsc")
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "lease-sweep": {"task": "jobs.tasks.lease_sweep", "schedule": 5.0},
+    "job-queue-fill": {"task": "jobs.tasks.job_queue_fill_all", "schedule": 15.0},
+    "job-counters-fold": {"task": "jobs.tasks.job_counters_fold", "schedule": 10.0},
     "job-deadline-sweep": {"task": "jobs.tasks.job_deadline_sweep", "schedule": 30.0},
     "fl-round-sweep": {"task": "jobs.tasks.round_sweep", "schedule": 5.0},
     "fl-secagg-sweep": {"task": "jobs.tasks.secagg_sweep", "schedule": 5.0},

@@ -7,19 +7,15 @@ Thin by design: authenticate, validate each message against its schema, call a s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from jobs import dispatch, fl_shards, protocol, realtime
+from jobs.consumer_base import GuardedConsumer, TokenBucket, db
 from jobs.consumers_secagg import SecAggConsumerMixin
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
 from jobs.dispatch.flusher import flusher, group_commit_enabled
@@ -30,78 +26,7 @@ from jobs.services.fl_rounds_declines import participation_decline
 logger = logging.getLogger(__name__)
 
 
-class TokenBucket:
-    """Per-connection message rate limit."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.capacity = burst
-        self.tokens = float(burst)
-        self.updated = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-# Dispatch services are safe to run side by side (claims SKIP LOCKED rows, results lock theirs),
-# so on PostgreSQL they run on a thread pool rather than Channels' single database thread, which
-# the dispatch benchmark showed saturating at a few dozen replicas per second.
-def db(function):  # noqa: ANN001, ANN201
-    """Run a service from a consumer: in parallel when the database allows it."""
-    return database_sync_to_async(
-        function, thread_sensitive=not settings.DISPATCH_PARALLEL_DATABASE
-    )
-
-
 IDLE_RECHECK_S = 15.0
-
-
-class GuardedConsumer(AsyncWebsocketConsumer):
-    """A consumer whose unexpected failures still end the socket cleanly.
-
-    Bad input is answered with a documented error, never an exception; this is the net under
-    that rule. An exception escaping a handler would end the consumer without running
-    ``disconnect`` (Daphne closes with 1011), so a worker would stay marked online: here it is
-    logged, answered with ``internal_error`` and close 4011 (a server may not send 1011 itself),
-    and the cleanup still runs."""
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        try:
-            await super().dispatch(message)
-        except StopConsumer:
-            raise
-        except Exception:
-            logger.exception("%s failed on %s", type(self).__name__, message.get("type"))
-            if message.get("type") == "websocket.disconnect":
-                raise StopConsumer from None
-            with contextlib.suppress(Exception):
-                await self.send_message(self.build_error("internal_error", "server error"))
-            try:
-                await self.close(code=protocol.CLOSE_INTERNAL_ERROR)
-            except Exception:
-                logger.exception("%s could not release after a failure", type(self).__name__)
-
-    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
-        """Release first, so a client that sees the close finds its worker already offline."""
-        try:
-            await self.release()
-        finally:
-            await super().close(code=code, reason=reason)
-
-    async def send_message(self, message: dict[str, Any]) -> None:
-        await self.send(text_data=protocol.encode(message))
-
-    def build_error(self, code: str, message: str, ref: str | None = None) -> dict[str, Any]:
-        return protocol.error(code=code, message=message, ref=ref)
-
-    async def release(self) -> None:
-        """Undo what the connection holds (idempotent: runs on every way out)."""
 
 
 class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
@@ -312,68 +237,96 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
 
     async def on_result(self, frame: protocol.ResultFrame) -> None:
         header = frame.header
-        item = ResultItem(
-            contributor_id=self.contributor_id,
-            assignment_id=header["assignment"],
-            output=frame.output,
-            sha256=header["sha256"],
-            elapsed_ms=header.get("elapsed_ms"),
-        )
-        try:
-            if self.group_commit:
-                outcome = await flusher().submit(item)
-            else:
+        if not self.group_commit:
+            try:
                 outcome = await db(dispatch.result_submit)(
-                    contributor_id=item.contributor_id,
-                    assignment_id=item.assignment_id,
-                    output=item.output,
-                    sha256=item.sha256,
-                    elapsed_ms=item.elapsed_ms,
+                    contributor_id=self.contributor_id,
+                    assignment_id=header["assignment"],
+                    output=frame.output,
+                    sha256=header["sha256"],
+                    elapsed_ms=header.get("elapsed_ms"),
                 )
-        except ValueError as exc:
-            raise ProtocolError("invalid_result", str(exc), ref="result") from exc
-        self.in_flight.discard(header["assignment"])
-        await self.send_message(
-            protocol.ack(assignment=header["assignment"], status=outcome.status)
-        )
-        await self.fill()
+            except ValueError as exc:
+                raise ProtocolError("invalid_result", str(exc), ref="result") from exc
+            self.in_flight.discard(header["assignment"])
+            await self.send_message(
+                protocol.ack(assignment=header["assignment"], status=outcome.status)
+            )
+            await self.fill()
+            return
+        # Group commit: the refill is claimed in the result's own flush, so the next ``assign``
+        # follows the ``ack`` without a second round trip. A refused result claims nothing.
+        async with self.fill_lock:
+            held = header["assignment"] in self.in_flight
+            self.in_flight.discard(header["assignment"])
+            refill = self._free() if not self.released else 0
+            try:
+                outcome = await flusher().submit(
+                    ResultItem(
+                        contributor_id=self.contributor_id,
+                        assignment_id=header["assignment"],
+                        output=frame.output,
+                        sha256=header["sha256"],
+                        elapsed_ms=header.get("elapsed_ms"),
+                        worker_id=self.worker_id,
+                        refill=refill,
+                    )
+                )
+            except ValueError as exc:
+                if held:
+                    self.in_flight.add(header["assignment"])
+                raise ProtocolError("invalid_result", str(exc), ref="result") from exc
+            await self.send_message(
+                protocol.ack(assignment=header["assignment"], status=outcome.status)
+            )
+            await self._push(outcome.offers, wanted=refill)
+
+    def _free(self) -> int:
+        """How many more tasks this worker should hold (its slots, plus the prefetch)."""
+        free = self.slots - len(self.in_flight)
+        if self.group_commit and self.slots > 0:
+            free += settings.DISPATCH_PREFETCH
+        return free
 
     async def fill(self) -> None:
         """Claim work for every free slot and push it."""
         if self.worker_id is None or self.released:
             return
         async with self.fill_lock:
-            free = self.slots - len(self.in_flight)
-            if self.group_commit and self.slots > 0:
-                free += settings.DISPATCH_PREFETCH
+            free = self._free()
             if free <= 0:
                 return
             if self.group_commit:
                 offers = await flusher().submit(ClaimItem(worker_id=self.worker_id, count=free))
             else:
                 offers = await db(dispatch.assignment_claim)(worker_id=self.worker_id, count=free)
-            if not offers:
-                self._arm_idle_check()
-            if len(offers) < free and self.group_commit and not self.released:
-                flusher().idle_add(self.channel_name, self.fill)
-            for offer in offers:
-                self.in_flight.add(str(offer.assignment_id))
-                await self.send_message(
-                    protocol.assign(
-                        assignment=offer.assignment_id,
-                        job=offer.job_id,
-                        task=offer.task_index,
-                        kernel_name=offer.kernel_name,
-                        kernel_version=offer.kernel_version,
-                        kernel_sha256=offer.kernel_sha256,
-                        lo=offer.lo,
-                        hi=offer.hi,
-                        seed=offer.seed,
-                        params=offer.params,
-                        lease_ms=offer.lease_ms,
-                        work_units=offer.work_units,
-                    )
+            await self._push(offers, wanted=free)
+
+    async def _push(self, offers: list[dispatch.Offer], *, wanted: int) -> None:
+        """Send claimed offers; with fewer than ``wanted``, wait to be woken (caller holds the
+        fill lock)."""
+        if wanted > 0 and not offers:
+            self._arm_idle_check()
+        if len(offers) < wanted and self.group_commit and not self.released:
+            flusher().idle_add(self.channel_name, self.fill)
+        for offer in offers:
+            self.in_flight.add(str(offer.assignment_id))
+            await self.send_message(
+                protocol.assign(
+                    assignment=offer.assignment_id,
+                    job=offer.job_id,
+                    task=offer.task_index,
+                    kernel_name=offer.kernel_name,
+                    kernel_version=offer.kernel_version,
+                    kernel_sha256=offer.kernel_sha256,
+                    lo=offer.lo,
+                    hi=offer.hi,
+                    seed=offer.seed,
+                    params=offer.params,
+                    lease_ms=offer.lease_ms,
+                    work_units=offer.work_units,
                 )
+            )
 
     # ---- channel-layer events (sent by services after commit)
 

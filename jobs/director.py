@@ -11,7 +11,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 
 from ccgsc_site.forms import error_text
 from jobs import protocol, realtime, selectors, services
-from jobs.consumers import GuardedConsumer, TokenBucket
+from jobs.consumer_base import GuardedConsumer, TokenBucket
 from jobs.protocol import ProtocolError
 
 DIRECTOR_INTERVAL_S = 1.0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, Max, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
+from jobs.counter_models import COUNTER_FIELDS, JobCounterDelta, JobCounters
 from jobs.fl_models import RoundStatus
 from jobs.models import (
     Assignment,
@@ -22,13 +23,11 @@ from jobs.models import (
     ModelVersion,
     Round,
     Task,
-    TaskStatus,
 )
 from tenants.models import Tenant
 from tenants.selectors import membership_list_for_user
 from tenants.tiers import JobKind
 
-THROUGHPUT_WINDOW = timedelta(seconds=60)
 # The director charts the last FL_CURVE_ROUNDS closed rounds: with every series at full width
 # the state message stays well under the text-frame limit (tests/jobs/test_fl_curves.py).
 FL_CURVE_ROUNDS = 100
@@ -107,31 +106,65 @@ def kernel_get_by_sha256_unscoped(*, sha256: str) -> Kernel | None:
     return Kernel.objects.filter(sha256=sha256).order_by("-builtin", "created_at").first()
 
 
+def job_counters(*, tenant: Tenant, job: Job) -> dict[str, int]:
+    """How many of the job's tasks and replicas are in each status: its counters row plus the
+    deltas not folded into it yet, read in one statement (so a concurrent fold cannot make a
+    delta count twice or not at all). Zeros for a job without tasks."""
+    names = ", ".join(COUNTER_FIELDS)
+    sums = ", ".join(f"COALESCE(sum({name}), 0)" for name in COUNTER_FIELDS)
+    key = [
+        Job._meta.pk.get_db_prep_value(job.pk, connection),
+        Tenant._meta.pk.get_db_prep_value(tenant.pk, connection),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {sums} FROM ("  # noqa: S608 - table and column names only
+            f"SELECT {names} FROM {JobCounters._meta.db_table} WHERE job_id = %s AND tenant_id = %s"
+            f" UNION ALL SELECT {names} FROM {JobCounterDelta._meta.db_table}"
+            " WHERE job_id = %s AND tenant_id = %s) AS c",
+            key + key,
+        )
+        row = cursor.fetchone()
+    return dict(zip(COUNTER_FIELDS, (int(value) for value in row), strict=True))
+
+
+def job_throughput(*, job: Job, validated: int) -> float:
+    """Validated tasks per second since the job started (0 unless it runs): read from counters,
+    not from a count of recently validated tasks."""
+    if job.status != JobStatus.RUNNING or job.started_at is None:
+        return 0.0
+    seconds = (timezone.now() - job.started_at).total_seconds()
+    return validated / seconds if seconds > 0 else 0.0
+
+
 def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:
-    """The director's snapshot: status, counts, throughput, ETA, workers, recent events."""
+    """The director's snapshot: status, counts, throughput, ETA, workers, recent events.
+
+    The counts come from the job's counters row (kept by the database in every transaction that
+    changes a task or replica), so a snapshot costs a few indexed reads, whatever the job's size.
+    """
     job = job_get(tenant=tenant, job_id=job_id)
-    tasks = Task.objects.for_tenant(tenant).filter(job=job, known_answer_sha256="")
-    counts = tasks.aggregate(
-        open=Count("id", filter=Q(status=TaskStatus.OPEN)),
-        queued=Count("id", filter=Q(status=TaskStatus.OPEN, dispatchable=True)),
-        validated=Count("id", filter=Q(status=TaskStatus.VALIDATED)),
-        failed=Count("id", filter=Q(status=TaskStatus.FAILED)),
-    )
-    replicas = Assignment.objects.for_tenant(tenant).filter(job=job)
-    replica_counts = replicas.aggregate(
-        running=Count("id", filter=Q(status=AssignmentStatus.ASSIGNED)),
-        valid=Count("id", filter=Q(status=AssignmentStatus.VALID)),
-        invalid=Count("id", filter=Q(status=AssignmentStatus.INVALID)),
-        errors=Count("id", filter=Q(status=AssignmentStatus.ERROR)),
-        expired=Count("id", filter=Q(status=AssignmentStatus.EXPIRED)),
-    )
-    since = timezone.now() - THROUGHPUT_WINDOW
-    recent = tasks.filter(validated_at__gte=since).count()
-    throughput = recent / THROUGHPUT_WINDOW.total_seconds()
+    counters = job_counters(tenant=tenant, job=job)
+    counts = {
+        "open": counters["tasks_open"],
+        "queued": counters["tasks_queued"],
+        "validated": counters["tasks_validated"],
+        "failed": counters["tasks_failed"],
+    }
+    replica_counts = {
+        "running": counters["replicas_running"],
+        "valid": counters["replicas_valid"],
+        "invalid": counters["replicas_invalid"],
+        "errors": counters["replicas_error"],
+        "expired": counters["replicas_expired"],
+    }
+    throughput = job_throughput(job=job, validated=counters["tasks_validated"])
     remaining = job.task_count - job.tasks_validated
     eta_s = round(remaining / throughput) if throughput > 0 and remaining > 0 else None
+    # The workers holding the job's live replicas (the (job, status) index; no recent history).
     workers = (
-        replicas.filter(Q(status=AssignmentStatus.ASSIGNED) | Q(returned_at__gte=since))
+        Assignment.objects.for_tenant(tenant)
+        .filter(job=job, status=AssignmentStatus.ASSIGNED)
         .values(
             "worker_id",
             "worker__kind",
@@ -140,7 +173,7 @@ def job_state(*, tenant: Tenant, job_id: uuid.UUID) -> dict[str, Any]:
             "worker__is_online",
         )
         .annotate(replicas=Count("id"))
-        .order_by("-replicas")[:50]
+        .order_by("-replicas", "worker_id")[:50]
     )
     events = JobEvent.objects.for_tenant(tenant).filter(job=job).order_by("-created_at", "-id")[:15]
     return {

@@ -20,6 +20,24 @@ def lease_sweep() -> int:
 
 
 @shared_task(acks_late=True)
+def job_queue_fill(job_id: str) -> int:
+    """Queue the rest of a started or resumed job's tasks, a chunk per transaction."""
+    return services.job_queue_fill(job_id=job_id)
+
+
+@shared_task(acks_late=True)
+def job_queue_fill_all() -> int:
+    """Queue what any running job has left to queue (a fill lost with its message)."""
+    return services.job_queue_fill_all()
+
+
+@shared_task(acks_late=True)
+def job_counters_fold() -> int:
+    """Fold the per-job counter deltas into the counters rows the director reads."""
+    return services.job_counters_fold()
+
+
+@shared_task(acks_late=True)
 def job_deadline_sweep() -> int:
     """Fail jobs past their deadline."""
     return dispatch.job_deadline_sweep()

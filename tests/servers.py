@@ -171,6 +171,73 @@ class DaphneServer(ManagedProcess):
             raise RuntimeError(f"Daphne failed to start:\n{self.log_tail()}") from exc
 
 
+class DaphneLauncher(ManagedProcess):
+    """``scripts/daphne_launcher.py``: several Daphnes sharing one loopback port, dead ones
+    replaced. ``daphne_pids()`` reads the launcher's log for the processes alive now."""
+
+    def __init__(
+        self,
+        *,
+        processes: int,
+        env: dict[str, str] | None = None,
+        log_dir: Path = LOG_DIR,
+        start_timeout_s: float = 60.0,
+        **extra_env: str,
+    ) -> None:
+        self.port = free_port()
+        self.processes = processes
+        self.start_timeout_s = start_timeout_s
+        super().__init__(
+            "launcher",
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "daphne_launcher.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--processes",
+                str(processes),
+            ],
+            {**env, **extra_env} if env is not None else server_env(**extra_env),
+            log_dir=log_dir,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def daphne_pids(self) -> list[int]:
+        """The Daphnes started and not yet seen exiting, oldest first."""
+        alive: list[int] = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if "started daphne pid=" in line:
+                alive.append(int(line.rsplit("pid=", 1)[1].split()[0]))
+            elif "exited with" in line and "daphne pid=" in line:
+                pid = int(line.rsplit("daphne pid=", 1)[1].split()[0])
+                if pid in alive:
+                    alive.remove(pid)
+        return alive
+
+    def listening(self) -> int:
+        """How many Daphnes said they listen (each takes connections once it does)."""
+        if not self.log_path.exists():
+            return 0
+        return self.log_path.read_text(errors="replace").count("Listening on TCP address")
+
+    def start(self) -> None:
+        before = self.listening()
+        super().start()
+        deadline = time.monotonic() + self.start_timeout_s
+        while self.listening() - before < self.processes:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the Daphne launcher exited:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Daphnes did not all listen:\n{self.log_tail()}")
+            time.sleep(0.2)
+        wait_for_http(self.url + "/healthz", timeout_s=30, process=self.process)
+
+
 class CeleryWorker(ManagedProcess):
     """A real Celery worker consuming this run's own queue; with ``beat``, it also runs the
     periodic schedule (the lease sweeper)."""
@@ -182,9 +249,11 @@ class CeleryWorker(ManagedProcess):
         beat: bool = False,
         env: dict[str, str] | None = None,
         log_dir: Path = LOG_DIR,
+        start_timeout_s: float = 30.0,
         **extra_env: str,
     ) -> None:
         self.queue = queue
+        self.start_timeout_s = start_timeout_s
         args = [
             sys.executable, "-m", "celery", "-A", "ccgsc_site", "worker", "-P", "solo",
             "-Q", queue, "-l", "INFO", "--without-gossip", "--without-mingle",
@@ -207,7 +276,7 @@ class CeleryWorker(ManagedProcess):
             else 0
         )
         super().start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"Celery worker exited:\n{self.log_tail()}")

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,14 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return new
 
 
+@cache
+def _shared_opener() -> urllib.request.OpenerDirector:
+    """One opener for every store of the process, built on first fetch: building one loads the
+    system's CA certificates (tens of milliseconds and about a megabyte), which a load generator
+    with thousands of workers in one process paid per worker before it connected."""
+    return urllib.request.build_opener(_RedirectHandler)
+
+
 class KernelStore:
     """Fetches kernel modules over HTTP and caches them by sha256 in memory and on disk.
 
@@ -66,7 +75,10 @@ class KernelStore:
         self.fetches = 0
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._opener = urllib.request.build_opener(_RedirectHandler)
+
+    @property
+    def _opener(self) -> urllib.request.OpenerDirector:
+        return _shared_opener()
 
     def url_for(self, ref: KernelRef) -> str:
         """Resolve a kernel URL against the server URL; only http(s) is allowed."""

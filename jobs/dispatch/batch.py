@@ -29,7 +29,7 @@ PostgreSQL only (``UPDATE ... FROM (VALUES ...)``); the flusher is off on other 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.db import transaction
 
@@ -74,10 +74,16 @@ def dispatch_batch(
     """Handle a flush in one transaction; every outcome holds only once it returns (committed).
 
     Results go first, so tasks they free (another replica needed, an error) can be claimed by
-    the same flush."""
+    the same flush; a stored result's refill is claimed with the other claims and its offers
+    ride on its outcome."""
     outcome = BatchOutcome()
     with transaction.atomic():
         outcome.results = results_store_batch(items=list(results))
+        refills = [
+            (index, ClaimItem(worker_id=item.worker_id, count=item.refill))
+            for index, (item, stored) in enumerate(zip(results, outcome.results, strict=True))
+            if item.refill > 0 and item.worker_id is not None and isinstance(stored, ResultOutcome)
+        ]
         outcome.heartbeats = heartbeats_extend_batch(items=list(heartbeats))
         outcome.errors = [
             assignment_error(
@@ -88,5 +94,9 @@ def dispatch_batch(
             )
             for item in errors
         ]
-        outcome.claims = claims_batch(items=list(claims))
+        claimed = claims_batch(items=[*claims, *(claim for _, claim in refills)])
+        outcome.claims = claimed[: len(claims)]
+        for (index, _), offers in zip(refills, claimed[len(claims) :], strict=True):
+            # A copy: a repeat of the same result in the batch shares the first one's outcome.
+            outcome.results[index] = replace(outcome.results[index], offers=offers)
     return outcome

@@ -43,11 +43,16 @@ from jobs.services import job_finish_if_done
 
 @dataclass(frozen=True, slots=True)
 class ResultItem:
+    """A result; with ``refill``, also claim that many tasks for ``worker_id`` once it is stored
+    (same flush, same transaction: the next ``assign`` needs no second round trip)."""
+
     contributor_id: uuid.UUID
     assignment_id: str
     output: bytes
     sha256: str
     elapsed_ms: int | None
+    worker_id: uuid.UUID | None = None
+    refill: int = 0
 
 
 def results_store_batch(*, items: list[ResultItem]) -> list[ResultOutcome | ValueError]:

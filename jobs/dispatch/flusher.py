@@ -56,13 +56,16 @@ def group_commit_enabled() -> bool:
 def _run_alone(item: Any) -> Any:
     """One item through its per-item service, in its own transaction (the fallback path)."""
     if isinstance(item, ResultItem):
-        return dispatch.result_submit(
+        outcome = dispatch.result_submit(
             contributor_id=item.contributor_id,
             assignment_id=item.assignment_id,
             output=item.output,
             sha256=item.sha256,
             elapsed_ms=item.elapsed_ms,
         )
+        if item.refill > 0 and item.worker_id is not None:
+            outcome.offers = dispatch.assignment_claim(worker_id=item.worker_id, count=item.refill)
+        return outcome
     if isinstance(item, HeartbeatItem):
         return dispatch.assignment_heartbeat(
             worker_id=item.worker_id, assignment_id=item.assignment_id

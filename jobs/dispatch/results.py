@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.db.models import F
@@ -40,6 +40,8 @@ class ResultOutcome:
     # superseded or not this contributor's)
     status: str
     wake: bool = False
+    # Group commit: the tasks claimed for the same worker in the result's transaction (refill).
+    offers: list = field(default_factory=list)
 
 
 def _check_output_shape(job: Job, output: bytes) -> None:

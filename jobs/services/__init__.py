@@ -4,6 +4,7 @@ The package re-exports the names the rest of the project uses, so ``from jobs im
 keeps working whichever module a service lives in.
 """
 
+from jobs.services.counters import job_counters_fold
 from jobs.services.creation import (
     KNOWN_ANSWER_EVERY,
     MAX_INDEX,
@@ -20,6 +21,8 @@ from jobs.services.lifecycle import (
     job_event,
     job_pause,
     job_pause_system,
+    job_queue_fill,
+    job_queue_fill_all,
     job_resume,
     job_start,
     replicas_cancel_running,
@@ -38,11 +41,14 @@ __all__ = [
     "job_admit",
     "job_cancel",
     "job_control",
+    "job_counters_fold",
     "job_create",
     "job_event",
     "job_finish_if_done",
     "job_pause",
     "job_pause_system",
+    "job_queue_fill",
+    "job_queue_fill_all",
     "job_reduce",
     "job_resume",
     "job_start",

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -64,15 +65,75 @@ def job_admit(*, job: Job) -> None:
         raise ValidationError(str(exc)) from exc
 
 
-def _set_dispatchable(job: Job) -> None:
-    """Recompute which of the job's open tasks may be handed out."""
-    tasks = Task.objects.unscoped().filter(job=job)
-    if job.status == JobStatus.RUNNING:
-        tasks.filter(status=TaskStatus.OPEN, active_replicas__lt=F("target_replicas")).update(
-            dispatchable=True
+def _unqueue(job: Job) -> None:
+    """A job that stopped running: none of its tasks may be handed out."""
+    Task.objects.unscoped().filter(job=job, dispatchable=True).update(dispatchable=False)
+
+
+def _queue_chunk(job_id: Any) -> tuple[int, int]:
+    """Mark the next ``DISPATCH_QUEUE_CHUNK`` of a job's open tasks that may be handed out but
+    are not queued (lowest ids first, the claim order); returns (tasks marked, replicas they
+    want). One statement; the caller holds the job's row lock or its key-share lock and has
+    checked that the job runs. Idempotent: a task already queued or fully held is not taken."""
+    task = Task._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {task} SET dispatchable = TRUE WHERE id IN ("  # noqa: S608 - names only
+            f"SELECT id FROM {task} WHERE job_id = %s AND status = %s AND NOT dispatchable"
+            " AND active_replicas < target_replicas ORDER BY id LIMIT %s)"
+            " RETURNING target_replicas - active_replicas",
+            [Job._meta.pk.get_db_prep_value(job_id, connection), TaskStatus.OPEN, _chunk()],
         )
-    else:
-        tasks.filter(dispatchable=True).update(dispatchable=False)
+        wanted = [row[0] for row in cursor.fetchall()]
+    return len(wanted), sum(wanted)
+
+
+def _chunk() -> int:
+    return int(getattr(settings, "DISPATCH_QUEUE_CHUNK", 5000))
+
+
+def _queue(job: Job) -> None:
+    """A job that starts running: its first chunk of tasks is queued in the caller's
+    transaction; the rest by ``job_queue_fill`` after commit (Celery). So starting a job of
+    60,000 tasks writes 5,000 rows before its first ``assign``, not 60,000."""
+    marked, _ = _queue_chunk(job.pk)
+    if marked == _chunk():
+        from jobs.tasks import job_queue_fill  # tasks import services: looked up late
+
+        job_id = str(job.pk)
+        transaction.on_commit(lambda: job_queue_fill.delay(job_id))
+
+
+def job_queue_fill(*, job_id: Any) -> int:
+    """Queue a running job's remaining tasks, a chunk per transaction; returns how many.
+
+    Each chunk takes the job's key-share lock, which waits for a pause or cancel (they lock
+    the row for update) but not for flushes updating its counters; a job that no longer runs
+    stops the fill. Also run periodically, so a fill lost with its Celery message still
+    happens."""
+    marked = 0
+    lock = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT status FROM {Job._meta.db_table} WHERE id = %s{lock}",  # noqa: S608
+                [Job._meta.pk.get_db_prep_value(job_id, connection)],
+            )
+            row = cursor.fetchone()
+            if row is None or row[0] != JobStatus.RUNNING:
+                return marked
+            count, replicas = _queue_chunk(job_id)
+            if replicas:
+                realtime.wake_dispatch_on_commit(tasks=replicas)
+        marked += count
+        if count < _chunk():
+            return marked
+
+
+def job_queue_fill_all() -> int:
+    """Queue what every running FC job has left to queue (the periodic safety net)."""
+    running = Job.objects.unscoped().filter(status=JobStatus.RUNNING, kind=JobKind.FC)
+    return sum(job_queue_fill(job_id=job_id) for job_id in running.values_list("id", flat=True))
 
 
 def replicas_cancel_running(
@@ -121,7 +182,7 @@ def job_start(*, job: Job, actor_role: str) -> Job:
     job.status = JobStatus.RUNNING
     job.started_at = timezone.now()
     job.save(update_fields=["status", "started_at"])
-    _set_dispatchable(job)
+    _queue(job)
     job_event(job=job, kind="started", message="Job started")
     realtime.wake_dispatch_on_commit()
     return job
@@ -133,7 +194,7 @@ def _pause_locked(job: Job, *, reason: str) -> None:
     job.status_reason = reason[:300]
     job.save(update_fields=["status", "status_reason"])
     replicas_cancel_running(job=job, reason="job_paused", release=True)
-    _set_dispatchable(job)
+    _unqueue(job)
     job_event(job=job, kind="paused", message=reason)
 
 
@@ -172,7 +233,7 @@ def job_resume(*, job: Job, actor_role: str) -> Job:
     job.status = JobStatus.RUNNING
     job.status_reason = ""
     job.save(update_fields=["status", "status_reason"])
-    _set_dispatchable(job)
+    _queue(job)
     job_event(job=job, kind="resumed", message="Job resumed")
     realtime.wake_dispatch_on_commit()
     return job

@@ -510,6 +510,13 @@ async def test_fetched_kernel_is_cached_on_disk_and_in_memory(manifest, tmp_path
     assert (tmp_path / f"{entry['sha256']}.wasm").read_bytes() == first
 
 
+def test_kernel_stores_share_one_opener_built_on_first_use() -> None:
+    # given many stores, as a load generator with thousands of workers in one process has
+    stores = [KernelStore(SERVER, f"{TOKEN}{i}") for i in range(3)]
+    # then they fetch through one opener (building one loads the CA certificates)
+    assert stores[0]._opener is stores[1]._opener is stores[2]._opener
+
+
 def test_kernel_requests_carry_the_token_only_to_the_server(monkeypatch) -> None:
     store = KernelStore(SERVER, TOKEN)
     seen: list[Any] = []

@@ -1,0 +1,157 @@
+"""What the dispatch benchmarks measure besides the swarm's own timings: PostgreSQL counters,
+CPU seconds per process from /proc, SQL statements per server process (``sqlcount``), and
+percentiles."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+SQLCOUNT_DIR = Path(__file__).resolve().parent / "sqlcount"
+
+
+def pg_stats(conn: psycopg.Connection) -> dict[str, float]:
+    """Counters of the benchmark database and of validated replicas."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT xact_commit, xact_rollback, sessions, tup_returned, tup_fetched, tup_inserted,"
+        " tup_updated, blks_hit FROM pg_stat_database WHERE datname = current_database()",
+    ).fetchone()
+    valid = conn.execute("SELECT count(*) FROM jobs_assignment WHERE status = 'valid'").fetchone()
+    names = ["xact_commit", "xact_rollback", "sessions", "tup_returned", "tup_fetched"]
+    names += ["tup_inserted", "tup_updated", "blks_hit"]
+    stats = dict(zip(names, (float(v) for v in row), strict=True))
+    stats["valid"] = float(valid[0])
+    stats["t"] = time.perf_counter()
+    return stats
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes (and their reaped children), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # utime, stime, cutime, cstime are fields 14-17 (1-based) of the whole line
+        total += sum(int(v) for v in fields[11:15]) / tick
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (Celery's prefork children)."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        pids += [int(c) for c in children]
+        frontier += [int(c) for c in children]
+    return pids
+
+
+def backend_pids(conn: psycopg.Connection) -> list[int]:
+    """PostgreSQL backends serving the benchmark database (the servers' connections)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()",
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def cpu_snapshot(conn: psycopg.Connection, servers: dict[str, int]) -> dict[str, Any]:
+    """CPU seconds so far per server process tree, and per PostgreSQL backend."""
+    snap: dict[str, Any] = {name: cpu_seconds(process_tree(pid)) for name, pid in servers.items()}
+    snap["self"] = cpu_seconds([os.getpid()])
+    snap["backends"] = {pid: cpu_seconds([pid]) for pid in backend_pids(conn)}
+    return snap
+
+
+def cpu_per_replica(before: dict[str, Any], after: dict[str, Any], per: float) -> dict:
+    """Milliseconds of CPU per validated replica, by process. PostgreSQL counts the backends
+    alive at both ends of the window (persistent connections; short-lived ones are missed)."""
+    out = {
+        name: round((after[name] - before[name]) * 1000 / per, 3)
+        for name in after
+        if name != "backends"
+    }
+    out["postgresql"] = round(
+        sum(
+            cpu - before["backends"][pid]
+            for pid, cpu in after["backends"].items()
+            if pid in before["backends"]
+        )
+        * 1000
+        / per,
+        3,
+    )
+    return out
+
+
+def pct(values: list[float], p: float) -> float | None:
+    """The p-th percentile (nearest rank) of ``values`` in milliseconds."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k] * 1000
+
+
+def sql_env(directory: Path) -> dict[str, str]:
+    """Environment that gives every server process the benchmark's SQL counter."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("sql-*.json"):
+        old.unlink()
+    path = os.environ.get("PYTHONPATH", "")
+    return {
+        "CCGSC_BENCH_SQL_DIR": str(directory),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(SQLCOUNT_DIR), path) if p),
+    }
+
+
+def sql_totals(directory: Path) -> dict[int, dict[str, Any]]:
+    """Each counted process's running totals, by pid (a file being replaced is skipped)."""
+    totals = {}
+    for path in directory.glob("sql-*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        totals[data["pid"]] = data
+    return totals
+
+
+def sql_per_replica(
+    before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], per: float
+) -> dict[str, Any]:
+    """SQL statements per validated replica over the window, by process kind and statement
+    kind (processes counted at both ends; one that died in the window is missed)."""
+    roles: dict[str, float] = {}
+    kinds: dict[str, float] = {}
+    connections = 0
+    for pid, end in after.items():
+        start = before.get(pid)
+        if start is None:
+            continue
+        role = "celery" if "celery" in end["argv"] else "daphne"
+        roles[role] = roles.get(role, 0) + end["statements"] - start["statements"]
+        connections += end["connections"] - start["connections"]
+        for kind, n in end["by_kind"].items():
+            kinds[kind] = kinds.get(kind, 0) + n - start["by_kind"].get(kind, 0)
+    return {
+        "total": round(sum(roles.values()) / per, 3),
+        "by_process": {k: round(v / per, 3) for k, v in sorted(roles.items())},
+        "by_kind": {
+            k: round(v / per, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v
+        },
+        "connections_opened": round(connections / per, 4),
+    }

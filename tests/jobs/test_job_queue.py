@@ -1,0 +1,96 @@
+"""Starting a job queues its first chunk of tasks in the request's transaction and the rest in
+chunks after commit (``job_queue_fill``): a fill respects a pause, never re-queues a task that is
+fully held, and leaves the same queue the one-statement start left. Real PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs import dispatch, services
+from jobs.models import Job, JobStatus, Task
+from tenants.roles import Role
+from tests.jobs.helpers import new_worker
+
+pytestmark = [pytest.mark.services]
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(settings):
+    settings.DISPATCH_QUEUE_CHUNK = 3
+
+
+def _job(tenant, owner, kernel, *, tasks: int) -> Job:  # noqa: ANN001
+    return services.job_create(
+        tenant=tenant,
+        actor=owner,
+        actor_role=Role.OWNER,
+        spec=services.JobSpec(
+            name="queued",
+            kernel=kernel,
+            range_start=1,
+            range_end=1 + tasks * 1000,
+            chunk_size=1000,
+            params={},
+            quorum=2,
+            seed=5,
+        ),
+        start=False,
+    )
+
+
+def _queued(job: Job) -> list[int]:
+    return sorted(
+        Task.objects.unscoped().filter(job=job, dispatchable=True).values_list("index", flat=True)
+    )
+
+
+@pytest.mark.django_db
+def test_a_start_queues_one_chunk_now_and_the_fill_queues_the_rest(
+    tenant, owner, kernels, django_capture_on_commit_callbacks
+):
+    # given a draft job of eight tasks (chunks of three)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=8)
+    # when it starts
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.job_start(job=job, actor_role=Role.OWNER)
+    # then the first three are queued now, and a fill waits for the commit (plus the wake)
+    assert _queued(job) == [0, 1, 2]
+    assert len(callbacks) == 3  # the event, the fill, the wake
+    # when the fill runs, everything is queued, in chunks, and a second fill finds nothing
+    assert services.job_queue_fill(job_id=job.pk) == 5
+    assert _queued(job) == list(range(8))
+    assert services.job_queue_fill(job_id=job.pk) == 0
+
+
+@pytest.mark.django_db
+def test_a_small_job_needs_no_fill(tenant, owner, kernels, django_capture_on_commit_callbacks):
+    # given a draft job of two tasks
+    job = _job(tenant, owner, kernels["prime_count"], tasks=2)
+    # when it starts, both are queued and no fill is scheduled (the event and the wake only)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.job_start(job=job, actor_role=Role.OWNER)
+    assert _queued(job) == [0, 1]
+    assert len(callbacks) == 2
+
+
+@pytest.mark.django_db
+def test_a_fill_stops_for_a_paused_job_and_skips_fully_held_tasks(tenant, owner, kernels):
+    # given a started job whose first chunk is fully held by two workers
+    job = _job(tenant, owner, kernels["prime_count"], tasks=8)
+    services.job_start(job=job, actor_role=Role.OWNER)
+    first, second = new_worker()[0], new_worker()[0]
+    assert len(dispatch.assignment_claim(worker_id=first.worker_id, count=3)) == 3
+    assert len(dispatch.assignment_claim(worker_id=second.worker_id, count=3)) == 3
+    assert _queued(job) == []
+    # when the job is paused, a fill queues nothing
+    services.job_pause(job=job, actor_role=Role.OWNER)
+    assert services.job_queue_fill(job_id=job.pk) == 0
+    assert _queued(job) == []
+    # when it resumes: the released tasks come back first, the fill queues the rest, once each
+    services.job_resume(job=job, actor_role=Role.OWNER)
+    assert _queued(job) == [0, 1, 2]
+    assert services.job_queue_fill(job_id=job.pk) == 5
+    assert _queued(job) == list(range(8))
+    # and the periodic safety net finds nothing left to do
+    assert services.job_queue_fill_all() == 0
+    assert Job.objects.unscoped().get(pk=job.pk).status == JobStatus.RUNNING

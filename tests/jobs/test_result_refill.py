@@ -1,0 +1,110 @@
+"""A result's refill (group commit): the worker's next tasks are claimed in the result's own flush
+and ride on its outcome, in one transaction; a refused result claims nothing; the item-by-item
+fallback refills too. Real PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import pytest
+from django.db import transaction
+
+from jobs import dispatch, services
+from jobs.dispatch import batch, flusher
+from jobs.dispatch.batch import ResultItem, dispatch_batch
+from jobs.models import Assignment, AssignmentStatus, Job
+from tenants.roles import Role
+from tests.jobs.helpers import new_worker, run_offer
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+
+def _job(tenant, owner, kernel, *, tasks: int) -> Job:  # noqa: ANN001
+    return services.job_create(
+        tenant=tenant,
+        actor=owner,
+        actor_role=Role.OWNER,
+        spec=services.JobSpec(
+            name="refilled",
+            kernel=kernel,
+            range_start=1,
+            range_end=1 + tasks * 1000,
+            chunk_size=1000,
+            params={},
+            quorum=2,
+            seed=5,
+        ),
+    )
+
+
+def _result(session, offer, *, refill: int, output: bytes | None = None) -> ResultItem:  # noqa: ANN001
+    data = run_offer(offer) if output is None else output
+    return ResultItem(
+        contributor_id=session.contributor_id,
+        assignment_id=str(offer.assignment_id),
+        output=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        elapsed_ms=1,
+        worker_id=session.worker_id,
+        refill=refill,
+    )
+
+
+def _held(session) -> set[str]:  # noqa: ANN001
+    return {
+        str(pk)
+        for pk in Assignment.objects.unscoped()
+        .filter(worker_id=session.worker_id, status=AssignmentStatus.ASSIGNED)
+        .values_list("id", flat=True)
+    }
+
+
+def test_a_stored_result_brings_its_workers_next_tasks_in_the_same_flush(tenant, owner, kernels):
+    # given a worker holding one replica of a six-task job
+    _job(tenant, owner, kernels["prime_count"], tasks=6)
+    worker = new_worker()[0]
+    (offer,) = dispatch.assignment_claim(worker_id=worker.worker_id, count=1)
+    # when its result arrives with a refill of two
+    outcome = dispatch_batch(results=[_result(worker, offer, refill=2)])
+    # then the result is stored and two new replicas (other tasks) are the worker's, as offers
+    (stored,) = outcome.results
+    assert stored.status == "accepted"
+    assert len(stored.offers) == 2
+    assert {str(o.assignment_id) for o in stored.offers} == _held(worker)
+    assert offer.task_index not in {o.task_index for o in stored.offers}
+
+
+def test_a_refused_result_claims_nothing(tenant, owner, kernels):
+    # given a worker holding one replica
+    _job(tenant, owner, kernels["prime_count"], tasks=4)
+    worker = new_worker()[0]
+    (offer,) = dispatch.assignment_claim(worker_id=worker.worker_id, count=1)
+    bad = replace(_result(worker, offer, refill=3), sha256="0" * 64)
+    # when its result does not match its hash
+    outcome = dispatch_batch(results=[bad])
+    # then it is refused and the worker holds exactly what it held before
+    assert isinstance(outcome.results[0], ValueError)
+    assert _held(worker) == {str(offer.assignment_id)}
+
+
+def test_the_item_by_item_fallback_refills_too(tenant, owner, kernels, monkeypatch):
+    # given a batch whose transaction fails, so every item runs alone
+    _job(tenant, owner, kernels["prime_count"], tasks=4)
+    worker = new_worker()[0]
+    (offer,) = dispatch.assignment_claim(worker_id=worker.worker_id, count=1)
+    real = batch.dispatch_batch
+
+    def failing(**kwargs):  # noqa: ANN003, ANN202
+        with transaction.atomic():
+            real(**kwargs)
+            raise RuntimeError("commit failed")
+
+    monkeypatch.setattr(flusher, "dispatch_batch", failing)
+    # when the flusher handles the result with a refill of one
+    answers, _ = flusher.flush_sync([_result(worker, offer, refill=1)])
+    # then alone it was stored and one new replica came with it
+    (answer,) = answers
+    assert answer.status == "accepted"
+    assert len(answer.offers) == 1
+    assert _held(worker) == {str(answer.offers[0].assignment_id)}
