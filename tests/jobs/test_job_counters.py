@@ -151,7 +151,9 @@ def test_counters_equal_a_recount_after_concurrent_flushes(tenant, owner, kernel
     moved = counters(job)
     assert moved["tasks_validated"] > 0
     assert moved["replicas_valid"] > 0
-    assert moved["replicas_error"] == 1
+    # The errored replica counts as an error unless its task validated first in another flush
+    # (its replica is then cancelled): which happens first depends on the flushers' order.
+    assert moved["replicas_error"] in (0, 1)
     assert moved["replicas_running"] > 0
 
 
