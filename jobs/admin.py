@@ -8,6 +8,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from jobs import services
+from jobs.analytics_models import AnalyticsQuery, AnalyticsResult
+from jobs.counter_models import JobCounterDelta, JobCounters
 from jobs.fl_models import UpdateUpload
 from jobs.models import (
     Assignment,
@@ -23,6 +25,7 @@ from jobs.models import (
     Task,
     Worker,
 )
+from jobs.secagg_models import SecAggMessage, SecAggPhaseSet, SecAggRound
 from tenants.admin_base import ReadOnlyAdmin, UnscopedAdmin
 from tenants.roles import Role
 from tenants.services import audit_record
@@ -242,3 +245,49 @@ class ModelVersionAdmin(ReadOnlyAdmin):
 class UpdateUploadAdmin(ReadOnlyAdmin):
     list_display = ("participation", "status", "total_bytes", "chunk_size", "created_at")
     list_filter = ("status",)
+
+
+@admin.register(SecAggRound)
+class SecAggRoundAdmin(ReadOnlyAdmin):
+    list_display = ("round", "phase", "phase_deadline", "threshold", "min_survivors", "created_at")
+    list_filter = ("phase",)
+    search_fields = ("round__job__name", "round__job__id")
+    # The session id and graph seed are key material of the round: not shown.
+    exclude = ("session", "graph_seed")
+
+
+@admin.register(SecAggPhaseSet)
+class SecAggPhaseSetAdmin(ReadOnlyAdmin):
+    list_display = ("secagg_round", "phase", "fixed_at")
+    list_filter = ("phase",)
+
+
+@admin.register(SecAggMessage)
+class SecAggMessageAdmin(ReadOnlyAdmin):
+    list_display = ("secagg_round", "phase", "client", "received_at")
+    list_filter = ("phase",)
+    exclude = ("payload",)  # public keys and sealed shares: nothing an admin needs to read
+
+
+# Analytics: the query is fixed once its job exists; a result is the round's released aggregate.
+@admin.register(AnalyticsQuery)
+class AnalyticsQueryAdmin(ReadOnlyAdmin):
+    list_display = ("job", "tenant", "max_rows")
+    search_fields = ("job__name", "job__id")
+
+
+@admin.register(AnalyticsResult)
+class AnalyticsResultAdmin(ReadOnlyAdmin):
+    list_display = ("job", "round", "contributors", "rows", "differentially_private", "created_at")
+    list_filter = ("differentially_private",)
+
+
+# The director's counters: written by database triggers and folded by the beat, never by hand.
+@admin.register(JobCounters)
+class JobCountersAdmin(ReadOnlyAdmin):
+    list_display = ("job", "tasks_open", "tasks_validated", "replicas_running", "replicas_valid")
+
+
+@admin.register(JobCounterDelta)
+class JobCounterDeltaAdmin(ReadOnlyAdmin):
+    list_display = ("id", "job", "tasks_validated", "replicas_valid")
