@@ -9,8 +9,8 @@ a markdown table; this script prints the machine first, then the tables, and wri
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
-       [--only kernels training validation ledger dispatch aggregation secagg fedavg_paper
-               dp_rounds]
+       [--only kernels training validation ledger dispatch sockets aggregation secagg
+               secagg_wire fedavg_paper dp_rounds]
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--profile"],
         "dispatch.json",
     ),
+    # 10,000 worker sockets on several Daphnes, one Daphne killed under them (--quick: 300).
+    "sockets": ("bench_sockets.py", [], ["--sockets", "300", "--clients", "2"], "sockets.json"),
     # Both create var/flower-venv from their pinned requirements when missing.
     "aggregation": ("bench_aggregation.py", [], ["--quick"], "aggregation.json"),
     "secagg": ("bench_secagg.py", [], [], "secagg.json"),
