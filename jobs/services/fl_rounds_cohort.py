@@ -116,7 +116,7 @@ def invite_data(*, job: Job, shard: int | None) -> dict[str, Any]:
             "client_index": shard,
             "seed": job.seed,
         }
-    elif config.data_source == DataSource.CONTRIBUTOR_LOCAL and config.local_data is not None:
+    elif config.data_source == DataSource.CONTRIBUTOR_LOCAL and config.local_data:
         # What the contributor's own file must look like, and how many rows to train on at most
         # (an analytics job's columns are in its query instead).
         data |= {"schema": dict(config.local_data), "max_samples": config.max_local_samples}
