@@ -13,6 +13,9 @@
 //   kernel_failed, non_finite, upload_failed, cancelled   errors (the round counts a dropout)
 //   no_simd, low_memory, no_local_data     decline reasons: the session sends `round_declined`
 import { sha256Hex } from "./protocol.js";
+import { clipUpdate, fsum } from "./update-maths.js";
+
+export { fsum };
 
 export const SHARD_MAGIC = 0x44534343; // "CCSD" read as a little-endian u32
 export const SHARD_HEADER_BYTES = 16; // magic, n, features, classes
@@ -59,47 +62,15 @@ export function decodeShard(bytes) {
   return { x: new Float32Array(copy.buffer, 0, n * features), y: new Int32Array(copy.buffer, xBytes, n), n, features };
 }
 
-/** Math.fsum as Python computes it (Shewchuk's partials, correctly rounded), for the update norm. */
-export function fsum(values) {
-  const partials = [];
-  for (let x of values) {
-    let i = 0;
-    for (let y of partials) {
-      if (Math.abs(x) < Math.abs(y)) [x, y] = [y, x];
-      const hi = x + y;
-      const lo = y - (hi - x);
-      if (lo) partials[i++] = lo;
-      x = hi;
-    }
-    partials.length = i;
-    partials.push(x);
-  }
-  let n = partials.length;
-  if (!n) return 0;
-  let hi = partials[--n];
-  let lo = 0;
-  while (n > 0) {
-    const x = hi;
-    const y = partials[--n];
-    hi = x + y;
-    lo = y - (hi - x);
-    if (lo) break;
-  }
-  if (n > 0 && ((lo < 0 && partials[n - 1] < 0) || (lo > 0 && partials[n - 1] > 0))) {
-    const y = lo * 2;
-    const x = hi + y;
-    if (y === x - hi) hi = x;
-  }
-  return hi;
-}
-
 /**
  * E local epochs from `weights` → the upload body: metrics header, then update f32[d].
  * `runEpoch(call)` runs one ABI v2 call (kernel-runtime.js's `runTraining` fields) and resolves
  * its decoded result. With E = 1 the body is the kernel's output unchanged; with more, the update
  * is the sum of the epochs' steps and the metrics are the last epoch's (as in training.py).
+ * `control` (SCAFFOLD: c − cᵢ, Float32Array) is the kernel's control input for every minibatch;
+ * `hyperparameters.dp.clip_norm` clips the whole update to that L2 norm (the header carries it).
  */
-export async function trainUpdate({ runEpoch, sizes, weights, x, y, hyperparameters, seed, timeLeft, onEpoch = () => {} }) {
+export async function trainUpdate({ runEpoch, sizes, weights, x, y, hyperparameters, seed, timeLeft, control = null, onEpoch = () => {} }) {
   const epochs = Math.trunc(hyperparameters.epochs);
   const momentum = Number(hyperparameters.momentum);
   const n = y.length;
@@ -126,6 +97,7 @@ export async function trainUpdate({ runEpoch, sizes, weights, x, y, hyperparamet
         proxMu: Number(hyperparameters.proximal_mu),
         momentumBuffer: buffer,
         returnMomentum: carry,
+        control,
         nParams: start.length,
       });
     } catch (err) {
@@ -144,6 +116,7 @@ export async function trainUpdate({ runEpoch, sizes, weights, x, y, hyperparamet
     for (let i = 0; i < start.length; i++) update[i] = current[i] - start[i];
     norm = Math.sqrt(fsum(Array.from(update, (v) => v * v)));
   }
+  if (hyperparameters.dp) ({ update, norm } = clipUpdate(update, Number(hyperparameters.dp.clip_norm)));
   const body = new Uint8Array(METRICS_BYTES + 4 * start.length);
   const view = new DataView(body.buffer);
   view.setUint32(0, STATUS_OK, true);

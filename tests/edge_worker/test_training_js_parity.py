@@ -31,14 +31,20 @@ BUILD = ROOT / "wasm" / "build"
 NODE = shutil.which("node")
 CHUNK_BYTES = 16 * 1024
 
-# (kernel, sizes, epochs, momentum, proximal mu, learning rate, seed): one epoch (the kernel's own
-# output), several epochs with momentum carried and a proximal term (the page sums the steps and
-# takes the norm with an exact sum), and the demo job's 2NN.
+# (kernel, sizes, epochs, momentum, proximal mu, learning rate, seed, extra hyperparameters): one
+# epoch (the kernel's own output), several epochs with momentum carried and a proximal term (the
+# page sums the steps and takes the norm with an exact sum), the demo job's 2NN, and DP jobs whose
+# clip norm cuts the update (one epoch, several) or leaves it within (the header's norm is then
+# the exact one, not the kernel's).
 CASES = [
-    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "99"),
-    ("logreg", [64, 10], 3, 0.9, 0.01, 0.05, "18446744073709551615"),
-    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "4034321"),
+    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "99", {}),
+    ("logreg", [64, 10], 3, 0.9, 0.01, 0.05, "18446744073709551615", {}),
+    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "4034321", {}),
+    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "7", {"dp": {"clip_norm": 0.05}}),
+    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "8", {"dp": {"clip_norm": 0.3}}),
+    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "9", {"dp": {"clip_norm": 1e6}}),
 ]
+DP_CLIPPED = (3, 4)
 
 
 def _invite(kernel: str, sizes: list[int], weights: bytes, wasm: bytes, **hyper: Any) -> dict:
@@ -92,11 +98,12 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
     shard = encode_shard(x, y, classes)
     (tmp_path / "shard.bin").write_bytes(shard)
     cases, expected = [], []
-    for number, (kernel, sizes, epochs, momentum, mu, rate, seed) in enumerate(CASES):
+    for number, (kernel, sizes, epochs, momentum, mu, rate, seed, extra) in enumerate(CASES):
         wasm = (BUILD / f"{kernel}.wasm").read_bytes()
         weights = initial_weights(kernel, sizes, seed=number + 1).astype("<f4").tobytes()
         (tmp_path / f"w{number}.f32").write_bytes(weights)
         hyper = {"epochs": epochs, "momentum": momentum, "proximal_mu": mu, "learning_rate": rate}
+        hyper |= extra
         invite = _invite(kernel, sizes, weights, wasm, seed=seed, **hyper)
         # when the edge worker computes its body here
         expected.append(_python_body(invite, wasm, weights, shard))
@@ -143,6 +150,13 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
     assert METRICS.unpack(expected[1][:32])[5] == pytest.approx(
         float(np.linalg.norm(np.asarray(update, dtype=np.float64))), rel=1e-12
     )
+    # and DP clipping cut the update to its clip norm, which the header carries
+    for number in DP_CLIPPED:
+        clip_norm = CASES[number][7]["dp"]["clip_norm"]
+        norm = METRICS.unpack(expected[number][:32])[5]
+        assert norm == pytest.approx(clip_norm, rel=1e-6)
+        exact = np.linalg.norm(np.frombuffer(expected[number][32:], "<f4").astype(np.float64))
+        assert norm == pytest.approx(float(exact), rel=1e-12)
     # and the resumable upload did its job: a lost chunk asked for the state again, a damaged
     # one was sent twice
     assert results[2]["log"].count("POST /fl/uploads/") == 2
