@@ -7,13 +7,15 @@
 // through local-data.js), trains E local epochs (one kernel call per epoch, momentum carried,
 // epoch e shuffled with SplitMix64(seed, e)), and uploads the body (32-byte metrics header, then
 // f32[d]) in chunks with a SHA-256 per chunk, resuming from the server's state after a failure.
+// A DP job's update is clipped to `hyperparameters.dp.clip_norm`; a SCAFFOLD job fetches c (and
+// cᵢ) by hash, trains with the correction c − cᵢ and appends Δc f32[d] (update-maths.js).
 // Every step respects the round's deadline. It resolves {code, message}:
 //   uploaded  queued for the fold          rejected  the server refused the update (reason)
 //   late      the round closed first       deadline, fetch_failed, hash_mismatch, bad_shard,
 //   kernel_failed, non_finite, upload_failed, cancelled   errors (the round counts a dropout)
 //   no_simd, low_memory, no_local_data     decline reasons: the session sends `round_declined`
 import { sha256Hex } from "./protocol.js";
-import { clipUpdate, fsum } from "./update-maths.js";
+import { clipUpdate, controlCorrection, fsum, scaffoldBody } from "./update-maths.js";
 
 export { fsum };
 
@@ -200,6 +202,13 @@ export async function fetchChecked(http, path, { sha256 = null, sleep = wait } =
   throw new RoundError("fetch_failed", `${path}: no attempt left`);
 }
 
+/** A control variate f32[d] by hash (checked, and of the model's length), as a Float32Array. */
+async function fetchVector(http, reference, parameters, sleep) {
+  const bytes = await fetchChecked(http, reference.url, { sha256: reference.sha256, sleep });
+  if (bytes.length !== 4 * parameters) throw new RoundError("hash_mismatch", "a control variate does not have the model's length");
+  return new Float32Array(bytes.slice().buffer);
+}
+
 /** PUT one chunk (twice if its checksum was refused in transit); false to resume. */
 async function putChunk(http, upload, index, chunk) {
   const headers = { "Content-Type": "application/octet-stream", "X-Chunk-SHA256": await sha256Hex(chunk) };
@@ -327,6 +336,9 @@ export async function runRound(invite, deps) {
     const weights = new Float32Array(bytes.buffer, bytes.byteOffset, model.parameters);
     if (!shard) shard = decodeShard(await fetchChecked(http, data.url, { sleep }));
     if (shard.features !== model.sizes[0]) throw new RoundError("bad_shard", "shard features do not match the model's inputs");
+    // SCAFFOLD: c, and this partition client's cᵢ when the server holds one
+    const control = model.control ? await fetchVector(http, model.control, model.parameters, sleep) : null;
+    const clientControl = control && model.client_control ? await fetchVector(http, model.client_control, model.parameters, sleep) : null;
     const module = await fetchChecked(http, kernel.url, { sha256: kernel.sha256, sleep });
     check();
     let runEpoch;
@@ -336,7 +348,7 @@ export async function runRound(invite, deps) {
       throw new RoundError("kernel_failed", String(err?.message ?? err));
     }
     const epochs = invite.hyperparameters.epochs;
-    const body = await trainUpdate({
+    const trained = await trainUpdate({
       runEpoch,
       sizes: [...model.sizes],
       weights,
@@ -345,11 +357,13 @@ export async function runRound(invite, deps) {
       hyperparameters: invite.hyperparameters,
       seed: BigInt(invite.seed ?? "0"),
       timeLeft,
+      control: control && controlCorrection(control, clientControl),
       onEpoch: (epoch) => {
         check();
         onProgress({ stage: "training", epoch, epochs });
       },
     });
+    const body = control ? scaffoldBody(trained, { control, hyperparameters: invite.hyperparameters }) : trained;
     check();
     onProgress({ stage: "uploading", sentBytes: 0, totalBytes: body.length });
     return await uploadUpdate({
