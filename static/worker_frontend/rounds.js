@@ -31,7 +31,7 @@ export class RoundRunner {
       participation: invite.participation,
       stage: "starting",
       epoch: 0,
-      epochs: invite.hyperparameters.epochs,
+      epochs: invite.hyperparameters?.epochs ?? 0, // an analytics invite has none (declined)
       sentBytes: 0,
       totalBytes: invite.upload.total_bytes,
     };

@@ -128,4 +128,15 @@ describe("RoundRunner", () => {
     assert.equal((await finished).code, "no_simd");
     assert.equal(workers.made.length, 0);
   });
+
+  it("declines an analytics round as unsupported before fetching anything", async () => {
+    const workers = fakeWorkers(() => {});
+    const { rounds, finished } = runner(workers);
+    const { model: _model, hyperparameters: _hyperparameters, ...rest } = invite;
+    const analytics = { ...rest, analytics: { columns: [{ name: "a", feature: 0, lo: 0, hi: 1, bins: 2 }], max_rows: 10, dimension: 4 } };
+    rounds.start(analytics, { token: "t".repeat(40), capabilities: { simd: true } });
+    const { code, message, info } = await finished;
+    assert.deepEqual([code, message, info.epochs], ["unsupported", "analytics rounds run on the edge worker", 0]);
+    assert.equal(workers.made.length, 0);
+  });
 });
