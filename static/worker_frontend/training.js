@@ -316,10 +316,12 @@ async function localData(invite, load) {
  * kernel)` → `runEpoch(call)` (the page's kernel Web Worker; in Node, kernel-runtime.js),
  * `deadline` and `clock()` in ms, optional `capabilities` ({simd, memoryMb}), `signal`
  * (AbortSignal: `cancelled`), `onProgress({stage, epoch, epochs, sentBytes, totalBytes})`,
- * `loadLocalData` (defaults to importing ./local-data.js) and `sleep`.
+ * `loadLocalData` (defaults to importing ./local-data.js), `sleep`, and `prepareUpload(body)` →
+ * the bytes to upload (a secure round masks the trained body there; it may throw a RoundError).
  */
 export async function runRound(invite, deps) {
   const { http, openKernel, deadline, clock, capabilities = {}, signal = null, onProgress = () => {}, loadLocalData = importLocalData, sleep = wait } = deps;
+  const { prepareUpload = async (body) => body } = deps;
   const timeLeft = () => (signal?.aborted ? 0 : deadline - clock());
   const check = () => {
     if (signal?.aborted) throw new RoundError("cancelled", "the page stopped training");
@@ -367,7 +369,7 @@ export async function runRound(invite, deps) {
         onProgress({ stage: "training", epoch, epochs });
       },
     });
-    const body = control ? scaffoldBody(trained, { control, hyperparameters: invite.hyperparameters }) : trained;
+    const body = await prepareUpload(control ? scaffoldBody(trained, { control, hyperparameters: invite.hyperparameters }) : trained);
     check();
     onProgress({ stage: "uploading", sentBytes: 0, totalBytes: body.length });
     return await uploadUpdate({
