@@ -14,8 +14,8 @@ from billing import ledger
 from billing.models import AccountKind, JournalEntry, UsageRecord, UsageStatus
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
 from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
-from jobs.fl_shards import partition_shards
 from jobs.models import Job
+from jobs.services.fl_data import partition_shards
 from jobs.services.model_registry import model_version_read
 
 MINIMAL_MLP = {"model_kernel": "mlp", "model_sizes": [64, 512, 512, 10]}

@@ -18,9 +18,9 @@ from jobs.analytics import Column, QuerySpec, block_noise_std, summarize
 from jobs.analytics_models import AnalyticsResult
 from jobs.federated.data import load_digits
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.fl_shards import partition_shards
 from jobs.models import Worker
 from jobs.services.analytics_creation import AnalyticsJobSpec, analytics_job_create
+from jobs.services.fl_data import partition_shards
 from tenants.roles import Role
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job

@@ -18,8 +18,8 @@ from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from jobs.federated import data
 from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
-from jobs.fl_shards import TEST_FRACTION
 from jobs.models import Worker
+from jobs.services.fl_data import TEST_FRACTION
 from tenants import services as services_tenants
 from tenants.roles import Role
 from tenants.tiers import Tier

@@ -30,7 +30,8 @@ from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from ccgsc_worker import protocol as edge
 from ccgsc_worker.secagg.wire import WireClient, masked_body
-from ccgsc_worker.training import Http, Response, RoundTrainer, upload_update
+from ccgsc_worker.training import RoundTrainer
+from ccgsc_worker.transfer import Http, Response, upload_update
 from jobs import dispatch, fl_shards, protocol
 from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
 from jobs.models import Worker
