@@ -3,12 +3,19 @@
 // (kernel-worker.js named `ccgsc-training`, started on the first round, so the cores lent to FC
 // tasks keep their tasks), the progress for the view and the outcome for the session. No DOM.
 //
+// A secure round (the invite has `secagg`) also runs its SecAgg+ client (secure-rounds.js): the
+// page sends its phase answers with `send`, gives it the session's `{do: "secagg"}` messages
+// through `secagg(message)`, and the trained update is masked before it is uploaded.
+//
 //   onProgress(info)                        a round's stage, epoch or upload bytes changed
 //   onFinished(info, code, message)         a round ended (give it to session.roundFinished)
-import { Http, runRound } from "./training.js";
+//   send(message)                           send a JSON control message (secure rounds' phases)
+//   onProblem(text)                         a secure round refused a request (for the log)
+import { SecureRounds } from "./secure-rounds.js";
+import { Http, RoundError, runRound } from "./training.js";
 
 export class RoundRunner {
-  constructor({ workerUrl, origin, onProgress = () => {}, onFinished = () => {}, createWorker = null, fetch = null }) {
+  constructor({ workerUrl, origin, onProgress = () => {}, onFinished = () => {}, send = () => {}, onProblem = () => {}, createWorker = null, fetch = null }) {
     this.workerUrl = workerUrl;
     this.origin = origin;
     this.fetch = fetch; // tests give their own; the page uses the browser's
@@ -16,6 +23,7 @@ export class RoundRunner {
     this.createWorker = createWorker || ((name) => new Worker(this.workerUrl, { type: "module", name }));
     this.rounds = new Map(); // participation -> {info, controller}
     this.trainer = null; // {worker, pending: Map(id -> {resolve, reject}), sequence}
+    this.secure = new SecureRounds({ send, onProblem });
   }
 
   /** What the rounds being trained look like: {job, round, participation, stage, epoch, epochs, sentBytes, totalBytes}. */
@@ -31,16 +39,18 @@ export class RoundRunner {
       participation: invite.participation,
       stage: "starting",
       epoch: 0,
-      epochs: invite.hyperparameters.epochs,
+      epochs: invite.hyperparameters?.epochs ?? 0, // an analytics invite has none (declined)
       sentBytes: 0,
       totalBytes: invite.upload.total_bytes,
     };
     const controller = new AbortController();
     this.rounds.set(invite.participation, { info, controller });
+    const deadline = performance.now() + invite.deadline_ms;
+    const secure = Boolean(invite.secagg) && this.secure.begin(invite);
     runRound(invite, {
       http: new Http({ origin: this.origin, token, ...(this.fetch ? { fetch: this.fetch } : {}) }),
       openKernel: (bytes, kernel) => this.openKernel(bytes, kernel),
-      deadline: performance.now() + invite.deadline_ms,
+      deadline,
       clock: () => performance.now(),
       capabilities: { simd: capabilities.simd, memoryMb: capabilities.memory_mb },
       signal: controller.signal,
@@ -48,19 +58,38 @@ export class RoundRunner {
         Object.assign(info, progress);
         this.callbacks.onProgress({ ...info });
       },
+      prepareUpload: invite.secagg ? (body) => this.masked(invite.participation, body, secure, deadline) : undefined,
     }).then(({ code, message }) => {
       this.rounds.delete(invite.participation);
+      if (code !== "uploaded") this.secure.end(invite.participation); // its secrets are no use now
       this.callbacks.onFinished({ ...info, stage: "done" }, code, message);
     });
+  }
+
+  /** A secure round's phase message (the session's `{do: "secagg"}`); resolves once answered. */
+  secagg(message) {
+    return this.secure.handle(message);
   }
 
   /** Abandon every round: cancel them (they end `cancelled`) and stop the training worker. */
   stop() {
     for (const { controller } of this.rounds.values()) controller.abort();
+    this.secure.clear();
     this.dropTrainer("the page stopped training");
   }
 
   // -- internals -------------------------------------------------------------------------
+
+  /** A secure round's trained body, masked once the neighbours' ciphertexts are in. */
+  async masked(participation, body, begun, deadline) {
+    const entry = this.rounds.get(participation);
+    if (entry) {
+      Object.assign(entry.info, { stage: "masking" });
+      this.callbacks.onProgress({ ...entry.info });
+    }
+    if (!begun) throw new RoundError("secagg_dropped", "this worker could not join the secure round");
+    return this.secure.mask(participation, body, deadline - performance.now());
+  }
 
   /** `runEpoch(call)` for a module training.js fetched and checked (checked again there). */
   async openKernel(bytes, kernel) {

@@ -166,6 +166,11 @@ export function declineRound(session, info, reason, message = "") {
   return effects;
 }
 
+/** A secure round's phase message: the page's secure-round client (rounds.js) answers it. */
+function secagg(session, message) {
+  return [{ do: "secagg", message }];
+}
+
 export const SERVER_MESSAGES = Object.freeze({
   welcome,
   assign,
@@ -175,4 +180,8 @@ export const SERVER_MESSAGES = Object.freeze({
   error,
   pong,
   round_invite,
+  secagg_keys: secagg,
+  secagg_ciphertexts: secagg,
+  secagg_unmask: secagg,
+  secagg_abort: secagg,
 });

@@ -16,6 +16,9 @@
 //   {do: "train", invite}                 train one FL round (the parsed round_invite) and upload
 //                                         the update (training.js); report its end with
 //                                         roundFinished(participation, outcome, message)
+//   {do: "secagg", message}               a secure round's phase message (secagg_keys,
+//                                         secagg_ciphertexts, secagg_unmask, secagg_abort) for the
+//                                         round's secure-round client (rounds.js)
 //
 // What each server message does is in session-messages.js. The twins are
 // edge_worker/ccgsc_worker/session.py and session_messages.py; tests/scenarios/worker_session.json

@@ -7,12 +7,18 @@
 // through local-data.js), trains E local epochs (one kernel call per epoch, momentum carried,
 // epoch e shuffled with SplitMix64(seed, e)), and uploads the body (32-byte metrics header, then
 // f32[d]) in chunks with a SHA-256 per chunk, resuming from the server's state after a failure.
+// A DP job's update is clipped to `hyperparameters.dp.clip_norm`; a SCAFFOLD job fetches c (and
+// cᵢ) by hash, trains with the correction c − cᵢ and appends Δc f32[d] (update-maths.js).
 // Every step respects the round's deadline. It resolves {code, message}:
 //   uploaded  queued for the fold          rejected  the server refused the update (reason)
 //   late      the round closed first       deadline, fetch_failed, hash_mismatch, bad_shard,
 //   kernel_failed, non_finite, upload_failed, cancelled   errors (the round counts a dropout)
-//   no_simd, low_memory, no_local_data     decline reasons: the session sends `round_declined`
+//   no_simd, low_memory, no_local_data,    decline reasons: the session sends `round_declined`
+//   unsupported (an analytics round)
 import { sha256Hex } from "./protocol.js";
+import { clipUpdate, controlCorrection, fsum, scaffoldBody } from "./update-maths.js";
+
+export { fsum };
 
 export const SHARD_MAGIC = 0x44534343; // "CCSD" read as a little-endian u32
 export const SHARD_HEADER_BYTES = 16; // magic, n, features, classes
@@ -20,6 +26,7 @@ export const METRICS_BYTES = 32; // status u32, samples u32, loss_sum f64, corre
 export const FETCH_ATTEMPTS = 3;
 export const UPLOAD_ATTEMPTS = 5;
 export const REQUEST_TIMEOUT_MS = 30_000;
+export const ANALYTICS_UNSUPPORTED = "analytics rounds run on the edge worker";
 const STATUS_OK = 0;
 const STATUS_TEXT = { 1: "non-finite result", 2: "non-finite input" };
 const U64 = (1n << 64n) - 1n;
@@ -59,47 +66,15 @@ export function decodeShard(bytes) {
   return { x: new Float32Array(copy.buffer, 0, n * features), y: new Int32Array(copy.buffer, xBytes, n), n, features };
 }
 
-/** Math.fsum as Python computes it (Shewchuk's partials, correctly rounded), for the update norm. */
-export function fsum(values) {
-  const partials = [];
-  for (let x of values) {
-    let i = 0;
-    for (let y of partials) {
-      if (Math.abs(x) < Math.abs(y)) [x, y] = [y, x];
-      const hi = x + y;
-      const lo = y - (hi - x);
-      if (lo) partials[i++] = lo;
-      x = hi;
-    }
-    partials.length = i;
-    partials.push(x);
-  }
-  let n = partials.length;
-  if (!n) return 0;
-  let hi = partials[--n];
-  let lo = 0;
-  while (n > 0) {
-    const x = hi;
-    const y = partials[--n];
-    hi = x + y;
-    lo = y - (hi - x);
-    if (lo) break;
-  }
-  if (n > 0 && ((lo < 0 && partials[n - 1] < 0) || (lo > 0 && partials[n - 1] > 0))) {
-    const y = lo * 2;
-    const x = hi + y;
-    if (y === x - hi) hi = x;
-  }
-  return hi;
-}
-
 /**
  * E local epochs from `weights` → the upload body: metrics header, then update f32[d].
  * `runEpoch(call)` runs one ABI v2 call (kernel-runtime.js's `runTraining` fields) and resolves
  * its decoded result. With E = 1 the body is the kernel's output unchanged; with more, the update
  * is the sum of the epochs' steps and the metrics are the last epoch's (as in training.py).
+ * `control` (SCAFFOLD: c − cᵢ, Float32Array) is the kernel's control input for every minibatch;
+ * `hyperparameters.dp.clip_norm` clips the whole update to that L2 norm (the header carries it).
  */
-export async function trainUpdate({ runEpoch, sizes, weights, x, y, hyperparameters, seed, timeLeft, onEpoch = () => {} }) {
+export async function trainUpdate({ runEpoch, sizes, weights, x, y, hyperparameters, seed, timeLeft, control = null, onEpoch = () => {} }) {
   const epochs = Math.trunc(hyperparameters.epochs);
   const momentum = Number(hyperparameters.momentum);
   const n = y.length;
@@ -126,6 +101,7 @@ export async function trainUpdate({ runEpoch, sizes, weights, x, y, hyperparamet
         proxMu: Number(hyperparameters.proximal_mu),
         momentumBuffer: buffer,
         returnMomentum: carry,
+        control,
         nParams: start.length,
       });
     } catch (err) {
@@ -144,6 +120,7 @@ export async function trainUpdate({ runEpoch, sizes, weights, x, y, hyperparamet
     for (let i = 0; i < start.length; i++) update[i] = current[i] - start[i];
     norm = Math.sqrt(fsum(Array.from(update, (v) => v * v)));
   }
+  if (hyperparameters.dp) ({ update, norm } = clipUpdate(update, Number(hyperparameters.dp.clip_norm)));
   const body = new Uint8Array(METRICS_BYTES + 4 * start.length);
   const view = new DataView(body.buffer);
   view.setUint32(0, STATUS_OK, true);
@@ -225,6 +202,13 @@ export async function fetchChecked(http, path, { sha256 = null, sleep = wait } =
     return answer.body;
   }
   throw new RoundError("fetch_failed", `${path}: no attempt left`);
+}
+
+/** A control variate f32[d] by hash (checked, and of the model's length), as a Float32Array. */
+async function fetchVector(http, reference, parameters, sleep) {
+  const bytes = await fetchChecked(http, reference.url, { sha256: reference.sha256, sleep });
+  if (bytes.length !== 4 * parameters) throw new RoundError("hash_mismatch", "a control variate does not have the model's length");
+  return new Float32Array(bytes.slice().buffer);
 }
 
 /** PUT one chunk (twice if its checksum was refused in transit); false to resume. */
@@ -332,15 +316,19 @@ async function localData(invite, load) {
  * kernel)` → `runEpoch(call)` (the page's kernel Web Worker; in Node, kernel-runtime.js),
  * `deadline` and `clock()` in ms, optional `capabilities` ({simd, memoryMb}), `signal`
  * (AbortSignal: `cancelled`), `onProgress({stage, epoch, epochs, sentBytes, totalBytes})`,
- * `loadLocalData` (defaults to importing ./local-data.js) and `sleep`.
+ * `loadLocalData` (defaults to importing ./local-data.js), `sleep`, and `prepareUpload(body)` →
+ * the bytes to upload (a secure round masks the trained body there; it may throw a RoundError).
  */
 export async function runRound(invite, deps) {
   const { http, openKernel, deadline, clock, capabilities = {}, signal = null, onProgress = () => {}, loadLocalData = importLocalData, sleep = wait } = deps;
+  const { prepareUpload = async (body) => body } = deps;
   const timeLeft = () => (signal?.aborted ? 0 : deadline - clock());
   const check = () => {
     if (signal?.aborted) throw new RoundError("cancelled", "the page stopped training");
   };
   try {
+    // Analytics rounds (ABI v3 over the contributor's rows) run on the edge worker only: decline.
+    if (invite.analytics) return { code: "unsupported", message: ANALYTICS_UNSUPPORTED };
     const declined = declineReason(invite, capabilities);
     if (declined) return { code: declined, message: `this device cannot train this model (${declined})` };
     const { model, data, kernel } = invite;
@@ -354,6 +342,9 @@ export async function runRound(invite, deps) {
     const weights = new Float32Array(bytes.buffer, bytes.byteOffset, model.parameters);
     if (!shard) shard = decodeShard(await fetchChecked(http, data.url, { sleep }));
     if (shard.features !== model.sizes[0]) throw new RoundError("bad_shard", "shard features do not match the model's inputs");
+    // SCAFFOLD: c, and this partition client's cᵢ when the server holds one
+    const control = model.control ? await fetchVector(http, model.control, model.parameters, sleep) : null;
+    const clientControl = control && model.client_control ? await fetchVector(http, model.client_control, model.parameters, sleep) : null;
     const module = await fetchChecked(http, kernel.url, { sha256: kernel.sha256, sleep });
     check();
     let runEpoch;
@@ -363,7 +354,7 @@ export async function runRound(invite, deps) {
       throw new RoundError("kernel_failed", String(err?.message ?? err));
     }
     const epochs = invite.hyperparameters.epochs;
-    const body = await trainUpdate({
+    const trained = await trainUpdate({
       runEpoch,
       sizes: [...model.sizes],
       weights,
@@ -372,11 +363,13 @@ export async function runRound(invite, deps) {
       hyperparameters: invite.hyperparameters,
       seed: BigInt(invite.seed ?? "0"),
       timeLeft,
+      control: control && controlCorrection(control, clientControl),
       onEpoch: (epoch) => {
         check();
         onProgress({ stage: "training", epoch, epochs });
       },
     });
+    const body = await prepareUpload(control ? scaffoldBody(trained, { control, hyperparameters: invite.hyperparameters }) : trained);
     check();
     onProgress({ stage: "uploading", sentBytes: 0, totalBytes: body.length });
     return await uploadUpdate({

@@ -15,7 +15,7 @@ const STATE_LABELS = {
 
 const STAGE_LABELS = { starting: "starting", fetching: "downloading kernel", compiling: "preparing kernel", running: "running" };
 
-const ROUND_STAGES = { starting: "starting", fetching: "downloading the model and data", training: "training", uploading: "uploading the update" };
+const ROUND_STAGES = { starting: "starting", fetching: "downloading the model and data", training: "training", masking: "waiting for the secure round's keys, masking", uploading: "uploading the update" };
 const ROUND_OUTCOMES = {
   uploaded: "update sent; it counts when the round closes",
   late: "the round closed before the update arrived",
@@ -24,6 +24,7 @@ const ROUND_OUTCOMES = {
   paused: "declined: paused",
   no_simd: "declined: this browser lacks WebAssembly SIMD",
   low_memory: "declined: not enough memory for this model",
+  secagg_dropped: "left out of the secure round's key exchange",
   no_local_data: "declined: no local data for this job",
   unsupported: "declined: this device cannot train",
 };

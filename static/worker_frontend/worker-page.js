@@ -80,6 +80,8 @@ const rounds = new RoundRunner({
   origin: window.location.origin,
   onProgress: () => view.render(),
   onFinished: roundFinished,
+  send: (message) => connection.sendJson(message),
+  onProblem: (text) => recordError(text),
 });
 const clock = new Clock({ workerUrl: cfg.kernelWorkerUrl, onTick: heartbeat });
 const connection = new Connection({
@@ -128,6 +130,9 @@ function apply(effects) {
         break;
       case "train":
         rounds.start(effect.invite, { token: page.token, capabilities: device.capabilities() });
+        break;
+      case "secagg":
+        rounds.secagg(effect.message);
         break;
       case "notify":
         onNotify(effect);

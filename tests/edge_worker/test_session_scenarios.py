@@ -136,6 +136,7 @@ def test_every_input_kind_and_effect_kind_is_covered() -> None:
         "close",
         "end",
         "train",
+        "secagg",
     }
 
 

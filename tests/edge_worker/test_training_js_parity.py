@@ -21,7 +21,13 @@ import numpy as np
 import pytest
 
 from ccgsc_worker.kernel import KernelRunner
-from ccgsc_worker.training import METRICS, decode_shard, train_update
+from ccgsc_worker.training import (
+    METRICS,
+    control_correction,
+    decode_shard,
+    scaffold_body,
+    train_update,
+)
 from jobs.fl_shards import encode_shard
 from jobs.services.fl_data import partition_shards
 from jobs.services.fl_init import initial_weights
@@ -31,14 +37,24 @@ BUILD = ROOT / "wasm" / "build"
 NODE = shutil.which("node")
 CHUNK_BYTES = 16 * 1024
 
-# (kernel, sizes, epochs, momentum, proximal mu, learning rate, seed): one epoch (the kernel's own
-# output), several epochs with momentum carried and a proximal term (the page sums the steps and
-# takes the norm with an exact sum), and the demo job's 2NN.
+# (kernel, sizes, epochs, momentum, proximal mu, learning rate, seed, extra hyperparameters): one
+# epoch (the kernel's own output), several epochs with momentum carried and a proximal term (the
+# page sums the steps and takes the norm with an exact sum), the demo job's 2NN, and DP jobs whose
+# clip norm cuts the update (one epoch, several) or leaves it within (the header's norm is then
+# the exact one, not the kernel's), and SCAFFOLD jobs with the server's c alone (a client the
+# server holds no cᵢ for) and with c and cᵢ, one of them under DP as well.
 CASES = [
-    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "99"),
-    ("logreg", [64, 10], 3, 0.9, 0.01, 0.05, "18446744073709551615"),
-    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "4034321"),
+    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "99", {}),
+    ("logreg", [64, 10], 3, 0.9, 0.01, 0.05, "18446744073709551615", {}),
+    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "4034321", {}),
+    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "7", {"dp": {"clip_norm": 0.05}}),
+    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "8", {"dp": {"clip_norm": 0.3}}),
+    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "9", {"dp": {"clip_norm": 1e6}}),
+    ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "10", {"scaffold": "c"}),
+    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "11", {"scaffold": "c+ci"}),
+    ("logreg", [64, 10], 3, 0.0, 0.0, 0.05, "12", {"scaffold": "c+ci", "dp": {"clip_norm": 0.1}}),
 ]
+DP_CLIPPED = (3, 4)
 
 
 def _invite(kernel: str, sizes: list[int], weights: bytes, wasm: bytes, **hyper: Any) -> dict:
@@ -67,9 +83,14 @@ def _invite(kernel: str, sizes: list[int], weights: bytes, wasm: bytes, **hyper:
     }
 
 
-def _python_body(invite: dict, wasm: bytes, weights: bytes, shard: bytes) -> bytes:
+def _python_body(
+    invite: dict, wasm: bytes, weights: bytes, shard: bytes, controls: dict[str, bytes]
+) -> bytes:
+    """The edge worker's body: train_update, and for SCAFFOLD its correction and scaffold_body."""
     x, y, _n, _features = decode_shard(shard)
-    return train_update(
+    control = controls.get("control")
+    correction = control and control_correction(control, controls.get("client_control"))
+    body = train_update(
         KernelRunner(wasm, invite["kernel"]["sha256"]),
         sizes=invite["model"]["sizes"],
         weights=weights,
@@ -78,7 +99,23 @@ def _python_body(invite: dict, wasm: bytes, weights: bytes, shard: bytes) -> byt
         hyperparameters=invite["hyperparameters"],
         seed=int(invite["seed"]),
         time_left=lambda: 1e9,
+        control=correction,
     )
+    if control is None:
+        return body
+    return scaffold_body(body, control=control, hyperparameters=invite["hyperparameters"])
+
+
+def _controls(options: dict, parameters: int, number: int, tmp_path: Path) -> dict[str, bytes]:
+    """SCAFFOLD's c (and cᵢ) as the server would serve them: small f32 values, written to disk."""
+    names = {"c": ["control"], "c+ci": ["control", "client_control"]}[options["scaffold"]]
+    rng = np.random.default_rng(number)
+    controls = {}
+    for name in names:
+        vector = rng.normal(0, 0.01, parameters).astype("<f4").tobytes()
+        (tmp_path / f"{name}{number}.f32").write_bytes(vector)
+        controls[name] = vector
+    return controls
 
 
 @pytest.mark.skipif(not (BUILD / "mlp.wasm").exists(), reason="the WASM kernels are not built")
@@ -92,14 +129,23 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
     shard = encode_shard(x, y, classes)
     (tmp_path / "shard.bin").write_bytes(shard)
     cases, expected = [], []
-    for number, (kernel, sizes, epochs, momentum, mu, rate, seed) in enumerate(CASES):
+    for number, (kernel, sizes, epochs, momentum, mu, rate, seed, extra) in enumerate(CASES):
         wasm = (BUILD / f"{kernel}.wasm").read_bytes()
         weights = initial_weights(kernel, sizes, seed=number + 1).astype("<f4").tobytes()
         (tmp_path / f"w{number}.f32").write_bytes(weights)
         hyper = {"epochs": epochs, "momentum": momentum, "proximal_mu": mu, "learning_rate": rate}
+        hyper |= {key: value for key, value in extra.items() if key != "scaffold"}
         invite = _invite(kernel, sizes, weights, wasm, seed=seed, **hyper)
+        files = {}
+        controls = (
+            _controls(extra, len(weights) // 4, number, tmp_path) if "scaffold" in extra else {}
+        )
+        for name, vector in controls.items():
+            url = f"/fl/controls/{name}{number}.f32"
+            invite["model"][name] = {"url": url, "sha256": hashlib.sha256(vector).hexdigest()}
+            files[url] = str(tmp_path / f"{name}{number}.f32")
         # when the edge worker computes its body here
-        expected.append(_python_body(invite, wasm, weights, shard))
+        expected.append(_python_body(invite, wasm, weights, shard, controls))
         invite["upload"]["total_bytes"] = len(expected[-1])
         cases.append(
             {
@@ -108,6 +154,7 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
                     "/weights/w.f32": str(tmp_path / f"w{number}.f32"),
                     "/fl/shards/j/1.bin": str(tmp_path / "shard.bin"),
                     f"/fl/kernels/{kernel}.wasm": str(BUILD / f"{kernel}.wasm"),
+                    **files,
                 },
                 "drop": [1] if number == 2 else [],
                 "corrupt": [0] if number == 1 else [],
@@ -131,7 +178,8 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
         assert hashlib.sha256(uploaded).hexdigest() == hashlib.sha256(body).hexdigest(), number
         assert uploaded == body
         status, samples, loss_sum, _correct, d, norm = METRICS.unpack(body[:32])
-        assert (status, samples, d) == (0, len(y), len(body[32:]) // 4)
+        parts = 2 if "scaffold" in CASES[number][7] else 1  # SCAFFOLD appends Δc f32[d]
+        assert (status, samples, parts * d) == (0, len(y), len(body[32:]) // 4)
         assert np.isfinite(loss_sum)
         assert norm > 0
         # and each chunk carried its own SHA-256
@@ -143,6 +191,25 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
     assert METRICS.unpack(expected[1][:32])[5] == pytest.approx(
         float(np.linalg.norm(np.asarray(update, dtype=np.float64))), rel=1e-12
     )
+    # and DP clipping cut the update to its clip norm, which the header carries
+    for number in DP_CLIPPED:
+        clip_norm = CASES[number][7]["dp"]["clip_norm"]
+        norm = METRICS.unpack(expected[number][:32])[5]
+        assert norm == pytest.approx(clip_norm, rel=1e-6)
+        exact = np.linalg.norm(np.frombuffer(expected[number][32:], "<f4").astype(np.float64))
+        assert norm == pytest.approx(float(exact), rel=1e-12)
+    # and SCAFFOLD's bodies fetched c (and cᵢ) by hash and end with Δc = −c − Δy / (K·η)
+    for number, (_k, _s, epochs, _m, _mu, rate, _seed, extra) in enumerate(CASES):
+        if "scaffold" not in extra:
+            continue
+        assert results[number]["log"].count(f"GET /fl/controls/control{number}.f32") == 1
+        body = expected[number]
+        d = METRICS.unpack(body[:32])[4]
+        update = np.frombuffer(body[32 : 32 + 4 * d], "<f4").astype(np.float64)
+        control = np.frombuffer((tmp_path / f"control{number}.f32").read_bytes(), "<f4")
+        steps = epochs * -(-len(y) // min(10, len(y)))
+        delta = (-control.astype(np.float64) - update / (steps * rate)).astype("<f4")
+        assert body[32 + 4 * d :] == delta.tobytes()
     # and the resumable upload did its job: a lost chunk asked for the state again, a damaged
     # one was sent twice
     assert results[2]["log"].count("POST /fl/uploads/") == 2

@@ -60,7 +60,7 @@ function fakeWorkers(answer) {
   return { made, create };
 }
 
-function runner(workers, onProgress = () => {}) {
+function runner(workers, onProgress = () => {}, send = () => {}) {
   let finish;
   const finished = new Promise((resolve) => (finish = resolve));
   const rounds = new RoundRunner({
@@ -69,6 +69,7 @@ function runner(workers, onProgress = () => {}) {
     createWorker: workers.create,
     fetch,
     onProgress,
+    send,
     onFinished: (info, code, message) => finish({ info, code, message }),
   });
   return { rounds, finished };
@@ -126,6 +127,34 @@ describe("RoundRunner", () => {
     const { rounds, finished } = runner(workers);
     rounds.start(invite, { token: "t".repeat(40), capabilities: { simd: false } });
     assert.equal((await finished).code, "no_simd");
+    assert.equal(workers.made.length, 0);
+  });
+
+  it("advertises a secure round's keys, trains, and ends secagg_dropped when no ciphertexts come", async () => {
+    const trained = { ok: true, status: 0, samples: 2, lossSum: 1, correct: 1, updateL2: 0.5, update: new Float32Array([0.1, 0.2, 0.3, 0.4]), momentum: null };
+    const workers = fakeWorkers((message, worker) => worker.onmessage({ data: { type: "trained", id: message.id, result: trained } }));
+    const stages = [];
+    const sent = [];
+    const { rounds, finished } = runner(workers, (info) => stages.push(info.stage), (m) => sent.push(m));
+    const key = "A".repeat(43);
+    const secure = { ...invite, hyperparameters: { ...invite.hyperparameters, epochs: 1 }, deadline_ms: 300 };
+    secure.secagg = { client: 1, clients: 3, threshold: 2, session: key, graph_seed: key, scale: 1000, bound: 1 };
+    rounds.start(secure, { token: "t".repeat(40), capabilities: { simd: true } });
+    const { code } = await finished;
+    assert.equal(code, "secagg_dropped");
+    assert.deepEqual(sent.map((m) => [m.type, m.participation]), [["secagg_advertise", 9]]);
+    assert.ok(stages.includes("masking"));
+    assert.deepEqual(rounds.secure.active, []); // its secrets are gone
+  });
+
+  it("declines an analytics round as unsupported before fetching anything", async () => {
+    const workers = fakeWorkers(() => {});
+    const { rounds, finished } = runner(workers);
+    const { model: _model, hyperparameters: _hyperparameters, ...rest } = invite;
+    const analytics = { ...rest, analytics: { columns: [{ name: "a", feature: 0, lo: 0, hi: 1, bins: 2 }], max_rows: 10, dimension: 4 } };
+    rounds.start(analytics, { token: "t".repeat(40), capabilities: { simd: true } });
+    const { code, message, info } = await finished;
+    assert.deepEqual([code, message, info.epochs], ["unsupported", "analytics rounds run on the edge worker", 0]);
     assert.equal(workers.made.length, 0);
   });
 });
