@@ -323,6 +323,13 @@ def _check_combinations(
             "signSGD aggregates by majority vote, not a mean: it runs with the plain FedAvg "
             "server step only."
         )
+    if compression != Compression.NONE and "compression" not in errors:
+        # The codecs exist (jobs.aggregation) but clients upload dense float32 and the round's
+        # fold does not decode yet: refusing beats a job that silently runs uncompressed.
+        errors["compression"] = (
+            "Compressed uploads are not available in rounds yet (clients upload dense float32): "
+            "choose none."
+        )
     if spec.secure_aggregation:
         if robust:
             errors["secure_aggregation"] = (
