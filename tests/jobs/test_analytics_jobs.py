@@ -13,11 +13,11 @@ from billing.operations import balance_adjust
 from jobs.analytics import Column, QuerySpec, block_noise_std, summarize_body
 from jobs.analytics_models import AnalyticsQuery, AnalyticsResult
 from jobs.fl_models import Participation, RoundStatus
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, WorkerKind
 from jobs.protocol import round_invite
 from jobs.services.analytics_creation import AnalyticsJobSpec, analytics_job_create
 from jobs.services.fl_data import job_partition_shards
-from jobs.services.fl_rounds import round_close
+from jobs.services.fl_rounds import round_close, round_open
 from tenants.roles import Role
 from tenants.tiers import Tier
 from tests.jobs.test_fl_rounds import Uploader, open_round, workers
@@ -294,3 +294,19 @@ def test_a_pld_job_is_calibrated_with_rdp_and_fits_its_budget_under_pld(core) ->
         accountant="pld",
     )
     assert spent <= 2.0
+
+
+def test_browser_pages_are_not_invited_to_analytics_rounds(core) -> None:
+    # given two edge workers and a browser page online (the page has no analytics kernel)
+    edges = workers(2)
+    page = workers(1)[0]
+    page.kind = WorkerKind.BROWSER
+    page.save(update_fields=["kind"])
+    job = create(core, cohort_size=3, min_reports=2)
+    # when its round opens, then only the edge workers are invited
+    assert round_open(job=job)
+    invited = {
+        str(w) for w in Participation.objects.for_tenant(core).values_list("worker_id", flat=True)
+    }
+    assert invited == {str(w.pk) for w in edges}
+    assert job.status == JobStatus.RUNNING
