@@ -36,6 +36,17 @@ def wait_until(
     raise AssertionError(f"timed out waiting for {what}\n{logs()}")
 
 
+def contributors_accounted() -> None:
+    """Give every contributor an account: a secure or DP cohort admits few anonymous ones (the
+    eligibility rule, docs/security.md)."""
+    from jobs.models import Contributor
+    from tests.factories import UserFactory
+
+    for contributor in Contributor.objects.filter(user__isnull=True):
+        contributor.user = UserFactory()
+        contributor.save(update_fields=["user"])
+
+
 def closed_rounds(job: Job) -> list[Round]:
     return list(
         Round.objects.for_tenant(job.tenant)

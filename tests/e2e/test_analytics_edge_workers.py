@@ -24,6 +24,7 @@ from jobs.services.fl_data import partition_shards
 from tenants.roles import Role
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
+from tests.e2e.fl_checks import contributors_accounted
 from tests.servers import EdgeWorkerProcess
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -76,13 +77,7 @@ def test_three_edge_workers_compute_digits_statistics_exactly_then_under_dp(
     while Worker.objects.filter(is_online=True).count() < 3:
         assert time.monotonic() < deadline, fc_stack.logs()
         time.sleep(0.2)
-    # accounted contributors: a DP cohort admits few anonymous ones (the eligibility rule)
-    from jobs.models import Contributor
-    from tests.factories import UserFactory
-
-    for contributor in Contributor.objects.filter(user__isnull=True):
-        contributor.user = UserFactory()
-        contributor.save(update_fields=["user"])
+    contributors_accounted()  # a DP cohort admits few anonymous contributors
 
     def create(**fields):  # noqa: ANN003, ANN202
         spec = AnalyticsJobSpec(

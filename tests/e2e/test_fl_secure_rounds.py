@@ -39,6 +39,7 @@ from jobs.secagg_models import SecAggPhaseSet, SecAggRound
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
+from tests.e2e.fl_checks import contributors_accounted
 from tests.jobs.fl_helpers import fl_job
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -148,16 +149,6 @@ def _online(count: int, stack) -> None:  # noqa: ANN001
     while Worker.objects.filter(is_online=True).count() < count:
         assert time.monotonic() < deadline, stack.logs()
         time.sleep(0.2)
-
-
-def _accounted() -> None:
-    """Give every contributor an account: a secure cohort admits few anonymous ones."""
-    from jobs.models import Contributor
-    from tests.factories import UserFactory
-
-    for contributor in Contributor.objects.filter(user__isnull=True):
-        contributor.user = UserFactory()
-        contributor.save(update_fields=["user"])
 
 
 def _core_tenant(tenant, owner):  # noqa: ANN001, ANN202
@@ -277,7 +268,7 @@ def test_a_secure_round_of_edge_workers_survives_a_dropout_and_leaks_no_update(
     fifth = ScriptedClient(fc_stack.daphne.url, fifth_token, DISTINCT, "unmask", release)
     fifth.start()
     _online(5, fc_stack)
-    _accounted()
+    contributors_accounted()
     # when a secure job of one round runs, and one worker is killed once its masked input is in
     job = _secure_job(tenant)
     victim = workers[0]
@@ -350,7 +341,7 @@ def test_a_secure_round_below_threshold_aborts_and_tells_its_participants(fc_sta
     doomed = ScriptedClient(fc_stack.daphne.url, doomed_token, DISTINCT, "advertise")
     doomed.start()
     _online(5, fc_stack)
-    _accounted()
+    contributors_accounted()
     # when a secure job that needs all five survivors runs
     job = _secure_job(tenant, secagg_min_survivors=5)
     deadline = time.monotonic() + 90
