@@ -42,6 +42,7 @@ export class RoundRunner {
       stage: "starting",
       epoch: 0,
       epochs: invite.hyperparameters?.epochs ?? 0, // an analytics invite has none
+      analytics: Boolean(invite.analytics),
       sentBytes: 0,
       totalBytes: invite.upload.total_bytes,
     };
