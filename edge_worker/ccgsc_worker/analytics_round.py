@@ -9,7 +9,8 @@ read. A cell is a number when, without surrounding spaces, it is a plain decimal
 other scripts' digits); blank lines are skipped. The worker page reads a picked file by the same
 rules (``static/worker_frontend/local-columns.js``), so both summarise it into the same bytes.
 The file never leaves the machine: only the kernel's vector (counts, sums, sums of squares
-and histogram counts, docs/analytics.md) is uploaded, through the FL upload protocol.
+and histogram counts, docs/analytics.md) is uploaded, through the FL upload protocol
+(``RoundTrainer``: masked first in a secure round, as a trained update is).
 
 Extra codes besides those of ``training``: ``no_local_data`` (no ``--data`` for a job on local
 data), ``bad_data`` (the file cannot be read, lacks a column, or has no rows).
@@ -29,7 +30,7 @@ from ccgsc_worker import abi
 from ccgsc_worker.analytics_abi import ColumnSpec, decode_output, encode_input
 from ccgsc_worker.kernel import KernelRunner
 from ccgsc_worker.training import decode_shard
-from ccgsc_worker.transfer import Http, RoundError, upload_update
+from ccgsc_worker.transfer import RoundError
 
 _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
@@ -114,26 +115,3 @@ def analytics_body(
     if summary.status != 0 or summary.dimension != int(query["dimension"]):
         raise RoundError("kernel_failed", f"status {summary.status}, d {summary.dimension}")
     return summary.body
-
-
-def analytics_round_run(
-    http: Http,
-    fetch: Callable[[str], bytes],
-    invite: Mapping[str, Any],
-    wasm: bytes,
-    *,
-    time_left: Callable[[], float],
-    local_data: str | None,
-) -> tuple[str, str]:
-    """Summarise this worker's rows with the pinned analytics kernel and upload the vector →
-    (code, message), as ``RoundTrainer.run``. Raises RoundError for the caller to report."""
-    body = analytics_body(fetch, invite, wasm, time_left=time_left, local_data=local_data)
-    return upload_update(
-        http,
-        url=invite["upload"]["url"],
-        participation=invite["participation"],
-        base_version=0,
-        body=body,
-        chunk_bytes=invite["upload"]["chunk_bytes"],
-        time_left=time_left,
-    )
