@@ -5,6 +5,9 @@ processes: Daphne, Celery (with beat), PostgreSQL, Redis, a headless Chromium wo
 The round invites all three; each runs the analytics kernel over its own rows and uploads its
 summary vector; Celery sums them. The result is the plain computation over the union of the three
 files, and not one of the page's values reached the server in an HTTP request or WebSocket frame.
+Run twice: in the clear, and under secure aggregation, where the page and the edge workers run the
+four SecAgg+ phases, upload masked vectors and the server unmasks only their sum (the query's
+power-of-two scale holds these sixteenths exactly, so the sum is still exact).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from jobs.analytics import Column, QuerySpec, summarize
 from jobs.analytics_models import AnalyticsResult
 from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import Worker
+from jobs.secagg_models import SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.analytics_creation import AnalyticsJobSpec, analytics_job_create
 from jobs.services.lifecycle import job_pause, job_resume
 from tenants.roles import Role
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
+from tests.e2e.fl_checks import contributors_accounted
 
 pytestmark = [pytest.mark.services, pytest.mark.browser, pytest.mark.slow]
 
@@ -33,7 +38,7 @@ COLUMNS = [
 ]
 SPEC = QuerySpec(
     columns=(Column("reading_qz", 0, 0.0, 64.0, 16), Column("level_vk", 1, -8.0, 8.0, 8)),
-    max_rows=1000,
+    max_rows=16,
 )
 # The page's rows: distinctive values (multiples of 1/16, so every sum below is exact in float32
 # and the result can be compared exactly), one clipped, one missing, and a column the job does not
@@ -84,8 +89,9 @@ def _record_traffic(page, sent: list[tuple[str, bytes]]) -> None:  # noqa: ANN00
     )
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
 def test_a_page_with_a_local_csv_and_two_edge_workers_share_an_analytics_round(
-    fc_stack, browser, tenant, owner, tmp_path
+    fc_stack, browser, tenant, owner, tmp_path, secure
 ):
     # given a core tenant with credit and an analytics job over contributors' own files, paused
     # until its three contributors are online (so one round invites them all)
@@ -96,6 +102,8 @@ def test_a_page_with_a_local_csv_and_two_edge_workers_share_an_analytics_round(
         name="sensor readings",
         columns=COLUMNS,
         data_source="contributor_local",
+        max_rows=SPEC.max_rows,
+        secure_aggregation=secure,
         cohort_size=3,
         min_reports=3,
         round_deadline_seconds=90,
@@ -137,6 +145,7 @@ def test_a_page_with_a_local_csv_and_two_edge_workers_share_an_analytics_round(
     while Worker.objects.filter(is_online=True).count() < 3:
         assert time.monotonic() < deadline, fc_stack.logs()
         time.sleep(0.2)
+    contributors_accounted()  # a secure cohort admits few anonymous contributors
 
     # when the job resumes and its round runs
     job_resume(job=job, actor_role=Role.OWNER)
@@ -147,6 +156,14 @@ def test_a_page_with_a_local_csv_and_two_edge_workers_share_an_analytics_round(
     assert (round_.status, round_.reports) == (RoundStatus.CLOSED, 3), fc_stack.logs()
     included = Participation.objects.for_tenant(tenant).filter(round=round_, included=True)
     assert sorted(included.values_list("worker__kind", flat=True)) == ["browser", "edge", "edge"]
+    if secure:  # all three went through the four phases, and the server unmasked only the sum
+        secagg = SecAggRound.objects.for_tenant(tenant).get(round=round_)
+        assert secagg.phase == SecAggPhase.DONE
+        sets = SecAggPhaseSet.objects.for_tenant(tenant).filter(secagg_round=secagg)
+        assert {s.phase: len(s.members) for s in sets} == dict.fromkeys(
+            ["advertise", "share", "masked_input", "unmask"], 3
+        )
+        assert secagg.scale == 2.0**13
     # and the released aggregate is the sum of the three files' summary vectors as the numpy
     # reference computes them, exactly, and its statistics are numpy's over the union of the files
     files = [_as_array(PAGE_ROWS), *(_as_array(rows) for rows in edge_rows)]
