@@ -16,7 +16,7 @@ from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from ccgsc_worker.secagg.wire import WireClient, masked_body
 from jobs import dispatch, realtime
-from jobs.analytics import Column, QuerySpec, derive_statistics, summarize
+from jobs.analytics import Column, QuerySpec, block_noise_std, derive_statistics, summarize
 from jobs.analytics.secure import secure_encoding
 from jobs.analytics_models import AnalyticsResult
 from jobs.federated.data import load_digits
@@ -51,7 +51,7 @@ def core_tenant(tenant, owner):  # noqa: ANN001, ANN201
 class SecureAnalyticsCohort(SecureCohort):
     """A secure analytics round opened for n edge workers, each summarising its own rows."""
 
-    def __init__(self, tenant, *, n: int = 5, rows: list[np.ndarray]) -> None:  # noqa: ANN001
+    def __init__(self, tenant, *, n: int = 5, rows: list[np.ndarray], **fields) -> None:  # noqa: ANN001, ANN003
         spec = AnalyticsJobSpec(
             name="secure stats",
             columns=COLUMNS,
@@ -60,6 +60,7 @@ class SecureAnalyticsCohort(SecureCohort):
             cohort_size=n,
             min_reports=3,
             secure_aggregation=True,
+            **fields,
         )
         # started before any worker is online: its first round opens below
         self.job = analytics_job_create(tenant=tenant, actor=None, actor_role=Role.OWNER, spec=spec)
@@ -159,6 +160,32 @@ def test_values_the_scale_cannot_hold_decode_within_one_unit_per_contributor(cor
     for column, offset in zip(SPEC.columns, SPEC.offsets(), strict=True):
         counts = [offset, *range(offset + 3, offset + column.length)]
         assert np.array_equal(np.array(result.aggregate)[counts], expected[counts])
+
+
+def test_under_dp_the_server_noises_the_unmasked_sum_within_its_stated_spread(core_tenant):
+    # given a secure analytics job with differential privacy (ε = 5, one round)
+    shards = np.array_split(load_digits().x[:1400], 5)
+    cohort = SecureAnalyticsCohort(
+        core_tenant, rows=shards, differential_privacy=True, dp_epsilon=5.0
+    )
+    everyone = sorted(cohort.clients)
+    # then the encoding is still the query's (not DP's clip norm of 1 in scaled units)
+    assert cohort.secagg.bound == secure_encoding(SPEC, n_clients=5)[0]
+    # when every client goes through the four phases
+    cohort.advertise(everyone)
+    cohort.share(everyone)
+    cohort.upload(everyone)
+    cohort.reveal(everyone)
+    # then the released sum is the exact sum plus noise within 6 σ of each entry, and ε is spent
+    cohort.round.refresh_from_db()
+    result = AnalyticsResult.objects.for_tenant(core_tenant).get(round=cohort.round)
+    exact = sum(cohort.updates[pid].astype(np.float64) for pid in everyone)
+    std = block_noise_std(SPEC, noise_multiplier=cohort.job.fl_config.dp_noise_multiplier)
+    noisy = np.array(result.aggregate)
+    assert np.all(np.abs(noisy - exact) <= 6 * std)
+    assert not np.array_equal(noisy, exact)
+    assert result.differentially_private
+    assert 0 < cohort.round.epsilon_spent <= 5.0
 
 
 def test_a_query_too_large_to_sum_securely_is_refused_at_creation(core_tenant):
