@@ -316,9 +316,11 @@ def model_version_get_for_workers_unscoped(*, sha256: str) -> ModelVersion | Non
 
 
 def fl_local_data_jobs_unscoped(*, pool_tenant_id: Any = None) -> list[dict[str, Any]]:
-    """Running or paused FL jobs that train on contributors' own data, across tenants, with the
-    schema a contributor's file must match: the worker page lists them so a contributor can pick
-    and consent to data before an invite arrives. Private-pool jobs only for their pool."""
+    """Running or paused FL and analytics jobs that read contributors' own data, across tenants,
+    with the schema a contributor's file must match: the worker page lists them so a contributor
+    can pick and consent to data before an invite arrives. Private-pool jobs only for their pool.
+    An analytics job's schema is ``{"format": "columns", "columns": [names]}`` (the query's
+    column names, in order) and its ``max_samples`` is the query's ``max_rows``."""
     pool = Q(private_pool=False)
     if pool_tenant_id is not None:
         pool |= Q(tenant_id=pool_tenant_id)
@@ -326,20 +328,29 @@ def fl_local_data_jobs_unscoped(*, pool_tenant_id: Any = None) -> list[dict[str,
         Job.objects.unscoped()
         .filter(
             pool,
-            kind=JobKind.FL,
+            kind__in=(JobKind.FL, JobKind.ANALYTICS),
             status__in=(JobStatus.RUNNING, JobStatus.PAUSED),
             fl_config__data_source="contributor_local",
         )
-        .select_related("fl_config", "tenant")
+        .select_related("fl_config", "tenant", "analytics_query")
         .order_by("-created_at")[:50]
     )
-    return [
-        {
-            "job": str(job.pk),
-            "name": job.name,
-            "organisation": job.tenant.name,
-            "schema": dict(job.fl_config.local_data),
-            "max_samples": job.fl_config.max_local_samples,
-        }
-        for job in jobs
-    ]
+    listed = []
+    for job in jobs:
+        if job.kind == JobKind.ANALYTICS:
+            query = job.analytics_query
+            schema = {"format": "columns", "columns": [c["name"] for c in query.columns]}
+            max_samples = query.max_rows
+        else:
+            schema, max_samples = dict(job.fl_config.local_data), job.fl_config.max_local_samples
+        listed.append(
+            {
+                "job": str(job.pk),
+                "name": job.name,
+                "organisation": job.tenant.name,
+                "kind": job.kind,
+                "schema": schema,
+                "max_samples": max_samples,
+            }
+        )
+    return listed

@@ -4,8 +4,13 @@ The rows are the worker's public shard (fetched like a training shard; the colum
 indexes a row) or, for ``contributor_local`` jobs, the CSV file given by ``--data``: a header
 row, then one row per record; each requested column is found by its name in the header, and an
 empty or non-numeric cell is missing (not counted). Only the first ``max_rows`` records are
-read. The file never leaves the machine: only the kernel's vector (counts, sums, sums of squares
-and histogram counts, docs/analytics.md) is uploaded, through the FL upload protocol.
+read. A cell is a number when, without surrounding spaces, it is a plain decimal
+(``[+-]digits[.digits][e[+-]digits]``; Python's ``float`` alone would also take ``1_000`` or
+other scripts' digits); blank lines are skipped. The worker page reads a picked file by the same
+rules (``static/worker_frontend/local-columns.js``), so both summarise it into the same bytes.
+The file never leaves the machine: only the kernel's vector (counts, sums, sums of squares
+and histogram counts, docs/analytics.md) is uploaded, through the FL upload protocol
+(``RoundTrainer``: masked first in a secure round, as a trained update is).
 
 Extra codes besides those of ``training``: ``no_local_data`` (no ``--data`` for a job on local
 data), ``bad_data`` (the file cannot be read, lacks a column, or has no rows).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import array
 import csv
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,14 +30,16 @@ from ccgsc_worker import abi
 from ccgsc_worker.analytics_abi import ColumnSpec, decode_output, encode_input
 from ccgsc_worker.kernel import KernelRunner
 from ccgsc_worker.training import decode_shard
-from ccgsc_worker.transfer import Http, RoundError, upload_update
+from ccgsc_worker.transfer import RoundError
+
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def _number(cell: str) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
+    text = cell.strip()
+    if not _DECIMAL.fullmatch(text):
         return math.nan
+    value = float(text)
     return value if math.isfinite(value) else math.nan
 
 
@@ -51,8 +59,8 @@ def read_csv_columns(path: str | Path, names: list[str], max_rows: int) -> tuple
             for record in reader:
                 if rows >= max_rows:
                     break
-                if not record:
-                    continue
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue  # a blank line
                 values.extend(_number(record[i]) if i < len(record) else math.nan for i in where)
                 rows += 1
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -87,17 +95,16 @@ def _rows(
     return x.tobytes(), n, features, specs
 
 
-def analytics_round_run(
-    http: Http,
+def analytics_body(
     fetch: Callable[[str], bytes],
     invite: Mapping[str, Any],
     wasm: bytes,
     *,
     time_left: Callable[[], float],
     local_data: str | None,
-) -> tuple[str, str]:
-    """Summarise this worker's rows with the pinned analytics kernel and upload the vector →
-    (code, message), as ``RoundTrainer.run``. Raises RoundError for the caller to report."""
+) -> bytes:
+    """This worker's rows summarised by the pinned analytics kernel → the upload body (metrics
+    header ‖ f32[d]). Raises RoundError."""
     query = invite["analytics"]
     x, rows, features, specs = _rows(fetch, invite, local_data)
     if rows == 0:
@@ -107,12 +114,4 @@ def analytics_round_run(
     summary = decode_output(runner.run(data, timeout=max(0.1, time_left())), columns=specs)
     if summary.status != 0 or summary.dimension != int(query["dimension"]):
         raise RoundError("kernel_failed", f"status {summary.status}, d {summary.dimension}")
-    return upload_update(
-        http,
-        url=invite["upload"]["url"],
-        participation=invite["participation"],
-        base_version=0,
-        body=summary.body,
-        chunk_bytes=invite["upload"]["chunk_bytes"],
-        time_left=time_left,
-    )
+    return summary.body

@@ -41,7 +41,11 @@ class SecureRounds:
             round_number=int(invite["round"]),
             participation=participation,
             block=invite["secagg"],
-            dimension=int(invite["model"]["parameters"]),
+            dimension=int(
+                invite["analytics"]["dimension"]
+                if "analytics" in invite
+                else invite["model"]["parameters"]
+            ),
         )
         self._clients[participation] = client
         self._ready[participation] = asyncio.Event()
@@ -84,7 +88,8 @@ class SecureRounds:
         return client is not None and client.ready_to_mask
 
     def mask(self, participation: int, body: bytes) -> bytes:
-        """The upload body of a trained update, masked: header (norm zeroed) ‖ u32[d]."""
+        """The upload body of a trained update (or an analytics vector), masked: header (norm
+        zeroed) ‖ u32[d]."""
         client = self._clients[participation]
         update = np.frombuffer(body, dtype="<f4", offset=METRICS_BYTES)
         header = bytearray(body[:METRICS_BYTES])

@@ -224,17 +224,6 @@ class RoundTrainer:
         """Train (or summarise, for analytics) and upload one round → (code, message);
         ``deadline`` is on ``clock``."""
         try:
-            if "analytics" in invite:  # an analytics round: summarise rows, no training
-                from ccgsc_worker.analytics_round import analytics_round_run
-
-                return analytics_round_run(
-                    self.http,
-                    self.fetch,
-                    invite,
-                    wasm,
-                    time_left=lambda: deadline - self.clock(),
-                    local_data=self.local_data,
-                )
             body = self.train(invite, wasm, deadline)
             return self.upload(invite, body, deadline)
         except RoundError as exc:
@@ -242,11 +231,18 @@ class RoundTrainer:
 
     def train(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> bytes:
         """Fetch and train → the upload body (metrics header, update f32[d], and for SCAFFOLD
-        Δc f32[d]); raises ``RoundError``. A secure round masks the update before ``upload``."""
+        Δc f32[d]); an analytics round summarises its rows instead (metrics header, vector
+        f32[d]). Raises ``RoundError``. A secure round masks the body before ``upload``."""
 
         def time_left() -> float:
             return deadline - self.clock()
 
+        if "analytics" in invite:  # summarise rows, no training
+            from ccgsc_worker.analytics_round import analytics_body
+
+            return analytics_body(
+                self.fetch, invite, wasm, time_left=time_left, local_data=self.local_data
+            )
         try:
             model, data = invite["model"], invite["data"]
             if data.get("private") or "url" not in data:
@@ -289,7 +285,7 @@ class RoundTrainer:
             self.http,
             url=invite["upload"]["url"],
             participation=invite["participation"],
-            base_version=invite["model"]["version"],
+            base_version=invite["model"]["version"] if "model" in invite else 0,  # 0: analytics
             body=body,
             chunk_bytes=invite["upload"]["chunk_bytes"],
             time_left=lambda: deadline - self.clock(),

@@ -13,7 +13,7 @@ import io
 import json
 import math
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import BinaryIO
 
 import numpy as np
@@ -208,6 +208,25 @@ class StreamingFold:
                 raise UpdateRejected(RejectionCode.NON_FINITE, "update contains NaN or Inf")
         self._sum[indices] += values.astype(np.float64) * weight
         self._record(update_id, weight)
+        return True
+
+    def fold_sum(self, update_ids: Sequence[str], total: np.ndarray) -> bool:
+        """Fold ``total`` (f64[d], finite), the already-added sum of the updates ``update_ids``,
+        each with weight 1: a secure round's unmasked sum, kept in float64 so an analytics
+        round's exact sum is not rounded to float32. False (nothing added) if any id was folded.
+        """
+        self._check_usable()
+        ids = [str(i) for i in update_ids]
+        if not ids or len(set(ids)) != len(ids) or self._folded_ids.intersection(ids):
+            return False
+        values = np.asarray(total)
+        if values.dtype != np.float64 or values.shape != (self.dimension,):
+            raise UpdateRejected(RejectionCode.WRONG_SHAPE, f"expected f64[{self.dimension}]")
+        if not np.isfinite(values).all():
+            raise UpdateRejected(RejectionCode.NON_FINITE, "sum contains NaN or Inf")
+        np.add(self._sum, values, out=self._sum)
+        for update_id in ids:
+            self._record(update_id, 1.0)
         return True
 
     def finish(self, out: np.ndarray | None = None) -> np.ndarray:

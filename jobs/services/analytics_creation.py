@@ -21,6 +21,7 @@ from django.db import transaction
 
 from jobs.analytics import STATISTICS, Column, QuerySpec, noise_multiplier_for_budget
 from jobs.analytics.derive import DEFAULT_QUANTILES
+from jobs.analytics.secure import secure_encoding
 from jobs.analytics.spec import MAX_BINS, MAX_COLUMNS, MAX_ROWS
 from jobs.analytics_models import ANALYTICS_KERNEL, AnalyticsQuery
 from jobs.fl_models import DataSource, DpAccountant, DpMode, DpSampling, FlConfig, Partition
@@ -200,6 +201,19 @@ def analytics_job_validate(*, tenant: Tenant, spec: AnalyticsJobSpec) -> tuple[F
     if errors:
         raise ValidationError(errors)
     query = QuerySpec(columns=tuple(columns), max_rows=spec.max_rows)
+    if spec.secure_aggregation:
+        try:  # the cohort's vectors must sum in Z_2^32 (analytics rounds do not over-select)
+            secure_encoding(query, n_clients=spec.cohort_size)
+        except ValueError:
+            raise ValidationError(
+                {
+                    "secure_aggregation": (
+                        "The columns' ranges and max_rows are too large for secure aggregation "
+                        f"over {spec.cohort_size} contributors: narrow [lo, hi], lower max_rows "
+                        "or the cohort."
+                    )
+                }
+            ) from None
     refusals = tenant.policy.analytics_refusals(
         cohort_size=spec.cohort_size,
         secure_aggregation=spec.secure_aggregation,

@@ -17,10 +17,9 @@ from jobs.fl_models import (
     Round,
     ServerStrategy,
 )
-from jobs.models import Job, Worker, WorkerKind
+from jobs.models import Job, Worker
 from jobs.services.fl_rounds_dp import dp_invite_terms
 from jobs.services.fl_rounds_eligibility import is_accounted, protected_pool
-from tenants.tiers import JobKind
 
 UPDATE_HEADER_BYTES = 32  # the training kernel's v2 metrics header, before f32[d]
 MAX_CHUNK_BYTES = 256 * 1024
@@ -67,8 +66,6 @@ def eligible_workers(
         .select_related("contributor__user")
         .order_by("contributor_id", "id")
     )
-    if job.kind == JobKind.ANALYTICS:  # the page's runtime has no analytics kernel: it declines
-        workers = workers.filter(kind=WorkerKind.EDGE)
     chosen: dict[Any, Worker] = {}
     for worker in workers:
         memory = (worker.capabilities or {}).get("memory_mb")

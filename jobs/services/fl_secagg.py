@@ -22,11 +22,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from ccgsc_worker.secagg.wire import b64decode, b64encode
+from jobs.analytics_models import ANALYTICS_KERNEL
 from jobs.fl_models import FlConfig, Participation, Round, RoundStatus
 from jobs.models import Job
 from jobs.secagg import RoundConfig, scale_for
 from jobs.secagg import primitives as p
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggRound
+from jobs.services.analytics_secagg import analytics_secagg_encoding
 from jobs.services.fl_privacy import secagg_plan
 from jobs.services.fl_secagg_phases import phase_close_locked, schedule_close
 from jobs.services.fl_secagg_state import (
@@ -57,6 +59,9 @@ def secagg_round_open(
     n = len(invitations)
     plan = secagg_plan(config=config, invited=n)
     bound = float(config.dp_clip_norm or DEFAULT_BOUND)
+    scale = scale_for(n_clients=max(n, 1), bound=bound)
+    if config.model_kernel == ANALYTICS_KERNEL:  # a vector of sums, not a clipped update
+        bound, scale = analytics_secagg_encoding(job=round.job, n_clients=max(n, 1))
     now = timezone.now()
     step = phase_seconds(config)
     secagg = SecAggRound.objects.create(
@@ -68,7 +73,7 @@ def secagg_round_open(
         threshold=max(1, plan.threshold),
         # round_close aggregates only at min_reports (capped by the cohort): never fewer.
         min_survivors=max(plan.min_survivors, min(config.min_reports, n), 1),
-        scale=scale_for(n_clients=max(n, 1), bound=bound),
+        scale=scale,
         bound=bound,
         session=os.urandom(32),
         graph_seed=os.urandom(32),

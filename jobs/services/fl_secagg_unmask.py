@@ -22,10 +22,12 @@ from jobs.fl_models import Round, RoundStatus
 from jobs.models import Job
 from jobs.secagg import RoundAborted, UnmaskPlan, decode_sum, unmask_range
 from jobs.secagg_models import SecAggPhase, SecAggRound
+from jobs.services.analytics_secagg import analytics_secagg_fold
 from jobs.services.fl_rounds import fold_checkpoint_key, round_close, storage_put
 from jobs.services.fl_secagg_fold import masked_sum_range, secagg_storage_release
 from jobs.services.fl_secagg_phases import secagg_abort_locked
 from jobs.services.fl_secagg_state import server_for
+from tenants.tiers import JobKind
 
 UNMASK_RANGE_COORDINATES = 1 << 18
 
@@ -119,10 +121,16 @@ def _finalise(round_: Round, secagg: SecAggRound, job: Job, starts: list[int]) -
             parts.append(np.frombuffer(handle.read(), dtype="<u4"))
     total = np.concatenate(parts).astype(np.uint32)
     alive = phase_members(secagg=secagg, phase=SecAggPhase.MASKED_INPUT)
-    mean = (decode_sum(total, scale=secagg.scale) / len(alive)).astype(np.float32)
-    fold = StreamingFold(total.size)
-    for client in alive:  # once per survivor: the mean stays the mean, each one is credited
-        fold.fold(str(secagg.clients[str(client)]), mean, 1.0)
+    survivors = [str(secagg.clients[str(client)]) for client in alive]
+    if job.kind == JobKind.ANALYTICS:  # the sum is the aggregate: kept exact, in float64
+        fold = analytics_secagg_fold(
+            total=decode_sum(total, scale=secagg.scale), survivors=survivors
+        )
+    else:
+        mean = (decode_sum(total, scale=secagg.scale) / len(alive)).astype(np.float32)
+        fold = StreamingFold(total.size)
+        for survivor in survivors:  # once each: the mean stays the mean, each one is credited
+            fold.fold(survivor, mean, 1.0)
     key = fold_checkpoint_key(round=round_, count=fold.count)
     storage_put(key, fold.checkpoint())
     round_.fold_checkpoint_key = key

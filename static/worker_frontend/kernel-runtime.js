@@ -1,10 +1,11 @@
-// Kernel ABI v1 and v2 host: verify, compile and run a CCGSC kernel; encode and decode v2
-// (training) calls. No DOM, no network, so the same code runs in the page's Web Workers and in
+// Kernel ABI v1, v2 and v3 host: verify, compile and run a CCGSC kernel; encode and decode v2
+// (training) calls (v3, analytics, is encoded by analytics-round.js). No DOM, no network, so the same code runs in the page's Web Workers and in
 // Node (unit tests). Contract: docs/kernel-abi.md.
 import { sha256Hex } from "./protocol.js";
 
 export const ABI_VERSION = 1;
 export const ABI_VERSION_V2 = 2;
+export const ABI_VERSION_V3 = 3;
 export const MAX_MODULE_BYTES = 4 * 1024 * 1024;
 export const MAX_OUTPUT_BYTES = 4 * 1024 * 1024;
 const MIB = 1024 * 1024;
@@ -15,8 +16,9 @@ const PAGE_BYTES = 65536;
 export const KIND_LIMITS = Object.freeze({
   fc: Object.freeze({ inputBytes: 32 + 8 * 4096, outputBytes: MAX_OUTPUT_BYTES, memoryBytes: 64 * MIB }),
   train: Object.freeze({ inputBytes: 256 * MIB, outputBytes: 64 * MIB, memoryBytes: 512 * MIB }),
+  analytics: Object.freeze({ inputBytes: 256 * MIB, outputBytes: 2 * MIB, memoryBytes: 512 * MIB }),
 });
-const KIND_OF_VERSION = { [ABI_VERSION]: "fc", [ABI_VERSION_V2]: "train" };
+const KIND_OF_VERSION = { [ABI_VERSION]: "fc", [ABI_VERSION_V2]: "train", [ABI_VERSION_V3]: "analytics" };
 const moduleMemory = new WeakMap(); // WebAssembly.Module -> declared maximum memory pages
 
 const REQUIRED_FUNCTIONS = ["ccgsc_abi_version", "ccgsc_input", "ccgsc_run", "ccgsc_output"];
@@ -120,7 +122,7 @@ function checkShape(module) {
 }
 
 /**
- * Run one task (v1) or one training call (v2): a fresh instance per call (so nothing leaks
+ * Run one task (v1), one training call (v2) or one analytics summary (v3): a fresh instance per call (so nothing leaks
  * between tasks and a failed instance is never reused). `limits` ({inputBytes, outputBytes,
  * memoryBytes}, from the kernel's manifest entry) lower the kind's ceilings. Returns a copy of
  * the output bytes. Throws KernelError.

@@ -3,7 +3,8 @@
 // Page → worker:
 //   {type: "init", token}                       worker token for kernel downloads
 //   {type: "run", id, assignment, kernel: {sha256, url, name, limits?}, input: ArrayBuffer}
-//                                               an ABI v1 task or an encoded ABI v2 call
+//                                               an ABI v1 task, an encoded ABI v2 call, or an
+//                                               ABI v3 analytics input (analytics-round.js)
 //   {type: "train", id, kernel: {...}, call}    an ABI v2 call as fields (encodeTrainInput);
 //                                               kernel.bytes (ArrayBuffer), when given, are the
 //                                               module the page fetched (checked again here)

@@ -1,10 +1,15 @@
-// The worker page's "Your local data" section: for each running job that trains on
-// contributors' own data, pick a CSV or an image folder, see what was parsed, consent, keep it
-// on this device; list what is kept, withdraw consent, erase. Parsing and the IndexedDB cache
-// are local-data.js; this module only draws and reacts. Nothing picked here is uploaded.
+// The worker page's "Your local data" section: for each running job that trains on (or, for
+// analytics jobs, summarises) contributors' own data, pick a CSV or an image folder, see what was
+// parsed, consent, keep it on this device; list what is kept, withdraw consent, erase. Parsing and
+// the IndexedDB cache are local-data.js and local-columns.js; this module only draws and reacts.
+// Nothing picked here is uploaded.
+import { COLUMNS_FORMAT, describeColumns, parseColumnsCsv } from "./local-columns.js";
 import { LIMITS, LocalDataError, describeSchema, localDataStore, parseCsv, parseImages } from "./local-data.js";
 
 const fmt = new Intl.NumberFormat();
+const CONSENT_TRAINING = "I agree that this job trains on this data here, on this device. Only the model update and its metrics are sent, never the data.";
+const CONSENT_SUMMARY =
+  "I agree that this job summarises these columns here, on this device. Only counts, sums, sums of squares and histogram counts over my rows are sent, never the rows.";
 
 function el(doc, tag, props = {}, children = []) {
   const node = doc.createElement(tag);
@@ -24,7 +29,17 @@ export function classSummary(schema, counts) {
   return counts.map((count, i) => `${names[i]}: ${fmt.format(count)}`).join(" · ");
 }
 
+function columnsSummary(doc, schema, parsed) {
+  const missing = schema.columns.map((name, j) => `${name}: ${fmt.format(parsed.missing?.[j] ?? 0)}`).join(" · ");
+  return el(doc, "dl", { className: "wf-local-summary", dataset: { testid: "local-data-summary" } }, [
+    el(doc, "div", {}, [el(doc, "dt", { text: "Rows" }), el(doc, "dd", { text: fmt.format(parsed.n), dataset: { testid: "local-data-rows" } })]),
+    el(doc, "div", {}, [el(doc, "dt", { text: "Columns" }), el(doc, "dd", { text: fmt.format(parsed.features) })]),
+    el(doc, "div", { className: "wf-local-classes" }, [el(doc, "dt", { text: "Missing cells" }), el(doc, "dd", { text: missing, dataset: { testid: "local-data-missing" } })]),
+  ]);
+}
+
 function summaryList(doc, schema, parsed) {
+  if (schema.format === COLUMNS_FORMAT) return columnsSummary(doc, schema, parsed);
   return el(doc, "dl", { className: "wf-local-summary", dataset: { testid: "local-data-summary" } }, [
     el(doc, "div", {}, [el(doc, "dt", { text: schema.format === "images" ? "Images" : "Rows" }), el(doc, "dd", { text: fmt.format(parsed.n), dataset: { testid: "local-data-rows" } })]),
     el(doc, "div", {}, [el(doc, "dt", { text: "Features" }), el(doc, "dd", { text: fmt.format(parsed.features) })]),
@@ -35,13 +50,15 @@ function summaryList(doc, schema, parsed) {
   ]);
 }
 
-async function readPicked(input, schema, onProgress) {
+async function readPicked(input, schema, onProgress, maxRows) {
   const files = Array.from(input.files || []);
   if (files.length === 0) throw new LocalDataError("no_data", "Nothing was picked.");
   if (schema.format === "images") return { parsed: await parseImages(files, schema, { onProgress }), source: { kind: "images", name: (files[0].webkitRelativePath || "").split("/")[0] || "folder", files: files.length } };
   const file = files[0];
   if (file.size > LIMITS.csvBytes) throw new LocalDataError("bad_data", `The file is larger than ${Math.round(LIMITS.csvBytes / 1048576)} MB.`);
-  return { parsed: parseCsv(await file.text(), schema), source: { kind: "csv", name: file.name, bytes: file.size } };
+  const text = await file.text();
+  const parsed = schema.format === COLUMNS_FORMAT ? parseColumnsCsv(text, schema, { maxRows }) : parseCsv(text, schema);
+  return { parsed, source: { kind: "csv", name: file.name, bytes: file.size } };
 }
 
 export class LocalDataView {
@@ -90,6 +107,7 @@ export class LocalDataView {
     const id = `wf-local-file-${job.job}`;
     const consentId = `wf-local-consent-${job.job}`;
     const images = job.schema.format === "images";
+    const columns = job.schema.format === COLUMNS_FORMAT; // an analytics job: summarised, not trained on
     const input = el(doc, "input", { type: "file", id, dataset: { testid: "local-data-file" }, "aria-describedby": `${id}-help` });
     if (images) {
       input.setAttribute("webkitdirectory", "");
@@ -111,10 +129,12 @@ export class LocalDataView {
       refresh();
       status.textContent = "Reading on this device…";
       try {
-        picked = await readPicked(input, job.schema, (done, total) => {
+        const progress = (done, total) => {
           status.textContent = `Decoding images on this device: ${fmt.format(done)} of ${fmt.format(total)}…`;
-        });
-        const capped = picked.parsed.n > job.max_samples ? ` Each round trains on the first ${fmt.format(job.max_samples)}.` : "";
+        };
+        picked = await readPicked(input, job.schema, progress, job.max_samples);
+        let capped = picked.parsed.n > job.max_samples ? ` Each round trains on the first ${fmt.format(job.max_samples)}.` : "";
+        if (picked.parsed.capped) capped = ` Only its first ${fmt.format(job.max_samples)} rows are read: each round summarises at most that many.`;
         const skipped = picked.parsed.skipped ? ` ${fmt.format(picked.parsed.skipped)} other files were left out${picked.parsed.skippedFolders.length ? ` (folders ${picked.parsed.skippedFolders.join(", ")} are not classes of this job)` : ""}.` : "";
         status.textContent = `Read ${picked.source.name}: it matches what the job asks for.${capped}${skipped} Nothing has been kept or sent.`;
         summary.replaceChildren(summaryList(doc, job.schema, picked.parsed));
@@ -130,7 +150,7 @@ export class LocalDataView {
       save.disabled = true;
       try {
         await this.store.save({ job: job.job, jobName: job.name, schema: job.schema, source: picked.source, parsed: picked.parsed, consent: true });
-        status.textContent = `Kept on this device for “${job.name}”. It is used only when this job invites you to train.`;
+        status.textContent = `Kept on this device for “${job.name}”. It is used only when this job invites you to ${columns ? "contribute a summary" : "train"}.`;
         this.say("");
         input.value = "";
         picked = null;
@@ -146,11 +166,15 @@ export class LocalDataView {
     return el(doc, "article", { className: "wf-local-job", dataset: { job: job.job, testid: "local-data-job" } }, [
       el(doc, "h3", { text: job.name }),
       el(doc, "p", { className: "muted", text: `by ${job.organisation}` }),
-      el(doc, "p", { id: `${id}-help`, className: "help", text: `${describeSchema(job.schema)} At most ${fmt.format(job.max_samples)} samples are used per round.` }),
+      el(doc, "p", {
+        id: `${id}-help`,
+        className: "help",
+        text: columns ? `${describeColumns(job.schema)} At most ${fmt.format(job.max_samples)} rows are summarised per round.` : `${describeSchema(job.schema)} At most ${fmt.format(job.max_samples)} samples are used per round.`,
+      }),
       el(doc, "div", { className: "wf-field" }, [el(doc, "label", { htmlFor: id, text: images ? "Pick a folder of images" : "Pick a CSV file" }), input]),
       status,
       summary,
-      el(doc, "div", { className: "wf-field wf-check" }, [consent, el(doc, "label", { htmlFor: consentId, text: "I agree that this job trains on this data here, on this device. Only the model update and its metrics are sent, never the data." })]),
+      el(doc, "div", { className: "wf-field wf-check" }, [consent, el(doc, "label", { htmlFor: consentId, text: columns ? CONSENT_SUMMARY : CONSENT_TRAINING })]),
       save,
     ]);
   }
@@ -188,7 +212,7 @@ export class LocalDataView {
       el(doc, "strong", { text: record.jobName || record.job }),
       el(doc, "p", { className: "muted", text: `From ${source}, kept ${record.consentedAt ? new Date(record.consentedAt).toLocaleString() : "without consent"}.` }),
       summaryList(doc, record.schema, record),
-      el(doc, "div", { className: "wf-field wf-check" }, [consent, el(doc, "label", { htmlFor: consentId, text: "Use for this job's training (untick to withdraw consent)" })]),
+      el(doc, "div", { className: "wf-field wf-check" }, [consent, el(doc, "label", { htmlFor: consentId, text: record.schema?.format === COLUMNS_FORMAT ? "Use for this job's summaries (untick to withdraw consent)" : "Use for this job's training (untick to withdraw consent)" })]),
       erase,
     ]);
   }

@@ -309,6 +309,7 @@ export class LocalDataStore {
       n: parsed.n,
       features: parsed.features,
       classCounts: parsed.classCounts,
+      ...(parsed.missing ? { missing: parsed.missing } : {}), // an analytics job's missing cells per column
       x: parsed.x.buffer.slice(parsed.x.byteOffset, parsed.x.byteOffset + parsed.x.byteLength),
       y: parsed.y.buffer.slice(parsed.y.byteOffset, parsed.y.byteOffset + parsed.y.byteLength),
       consent: true,

@@ -1,7 +1,8 @@
-// FL rounds on the worker page: runs training.js for each `train` effect the session emits, with
-// the page's origin, worker token and device, the epochs in a module Web Worker of its own
-// (kernel-worker.js named `ccgsc-training`, started on the first round, so the cores lent to FC
-// tasks keep their tasks), the progress for the view and the outcome for the session. No DOM.
+// FL rounds on the worker page: runs training.js for each `train` effect the session emits (or
+// analytics-round.js when the invite carries an analytics query), with the page's origin, worker
+// token and device, the kernel calls in a module Web Worker of its own (kernel-worker.js named
+// `ccgsc-training`, started on the first round, so the cores lent to FC tasks keep their tasks),
+// the progress for the view and the outcome for the session. No DOM.
 //
 // A secure round (the invite has `secagg`) also runs its SecAgg+ client (secure-rounds.js): the
 // page sends its phase answers with `send`, gives it the session's `{do: "secagg"}` messages
@@ -11,6 +12,7 @@
 //   onFinished(info, code, message)         a round ended (give it to session.roundFinished)
 //   send(message)                           send a JSON control message (secure rounds' phases)
 //   onProblem(text)                         a secure round refused a request (for the log)
+import { runAnalyticsRound } from "./analytics-round.js";
 import { SecureRounds } from "./secure-rounds.js";
 import { Http, RoundError, runRound } from "./training.js";
 
@@ -39,7 +41,8 @@ export class RoundRunner {
       participation: invite.participation,
       stage: "starting",
       epoch: 0,
-      epochs: invite.hyperparameters?.epochs ?? 0, // an analytics invite has none (declined)
+      epochs: invite.hyperparameters?.epochs ?? 0, // an analytics invite has none
+      analytics: Boolean(invite.analytics),
       sentBytes: 0,
       totalBytes: invite.upload.total_bytes,
     };
@@ -47,9 +50,11 @@ export class RoundRunner {
     this.rounds.set(invite.participation, { info, controller });
     const deadline = performance.now() + invite.deadline_ms;
     const secure = Boolean(invite.secagg) && this.secure.begin(invite);
-    runRound(invite, {
+    const run = invite.analytics ? runAnalyticsRound : runRound;
+    run(invite, {
       http: new Http({ origin: this.origin, token, ...(this.fetch ? { fetch: this.fetch } : {}) }),
       openKernel: (bytes, kernel) => this.openKernel(bytes, kernel),
+      openAnalytics: (bytes, kernel) => this.openAnalytics(bytes, kernel),
       deadline,
       clock: () => performance.now(),
       capabilities: { simd: capabilities.simd, memoryMb: capabilities.memory_mb },
@@ -104,6 +109,20 @@ export class RoundRunner {
       });
   }
 
+  /** `summarize(input)` → the ABI v3 kernel's output bytes, run in the training worker. */
+  async openAnalytics(bytes, kernel) {
+    const module = bytes.slice().buffer;
+    return (input) =>
+      new Promise((resolve, reject) => {
+        const trainer = this.trainingWorker();
+        const id = ++trainer.sequence;
+        trainer.pending.set(id, { resolve: (output) => resolve(new Uint8Array(output)), reject });
+        const ref = { name: kernel.name, sha256: kernel.sha256, url: kernel.url, bytes: module };
+        const copy = input.slice().buffer;
+        trainer.worker.postMessage({ type: "run", id, kernel: ref, input: copy }, [copy]);
+      });
+  }
+
   trainingWorker() {
     if (this.trainer) return this.trainer;
     const worker = this.createWorker("ccgsc-training");
@@ -113,6 +132,7 @@ export class RoundRunner {
       if (!waiting || data.type === "stage") return;
       trainer.pending.delete(data.id);
       if (data.type === "trained") waiting.resolve(data.result);
+      else if (data.type === "done") waiting.resolve(data.output); // an analytics summary
       else waiting.reject(new Error(data.message || data.code || "training failed"));
     };
     worker.onerror = (event) => {

@@ -51,7 +51,7 @@ export class SecureRoundClient {
       sessionId: b64decode(block.session),
       graphSeed: b64decode(block.graph_seed),
       clientIds,
-      dimension: invite.model.parameters,
+      dimension: invite.analytics ? invite.analytics.dimension : invite.model.parameters, // an analytics vector, or an update
       threshold: block.threshold,
     });
     this.client = new SecAggClient(config, block.client, randomBytes);

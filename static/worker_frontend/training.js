@@ -13,8 +13,8 @@
 //   uploaded  queued for the fold          rejected  the server refused the update (reason)
 //   late      the round closed first       deadline, fetch_failed, hash_mismatch, bad_shard,
 //   kernel_failed, non_finite, upload_failed, cancelled   errors (the round counts a dropout)
-//   no_simd, low_memory, no_local_data,    decline reasons: the session sends `round_declined`
-//   unsupported (an analytics round)
+//   no_simd, low_memory, no_local_data    decline reasons: the session sends `round_declined`
+// (An analytics round runs analytics-round.js instead, with the same codes.)
 import { sha256Hex } from "./protocol.js";
 import { clipUpdate, controlCorrection, fsum, scaffoldBody } from "./update-maths.js";
 
@@ -26,7 +26,6 @@ export const METRICS_BYTES = 32; // status u32, samples u32, loss_sum f64, corre
 export const FETCH_ATTEMPTS = 3;
 export const UPLOAD_ATTEMPTS = 5;
 export const REQUEST_TIMEOUT_MS = 30_000;
-export const ANALYTICS_UNSUPPORTED = "analytics rounds run on the edge worker";
 const STATUS_OK = 0;
 const STATUS_TEXT = { 1: "non-finite result", 2: "non-finite input" };
 const U64 = (1n << 64n) - 1n;
@@ -327,8 +326,6 @@ export async function runRound(invite, deps) {
     if (signal?.aborted) throw new RoundError("cancelled", "the page stopped training");
   };
   try {
-    // Analytics rounds (ABI v3 over the contributor's rows) run on the edge worker only: decline.
-    if (invite.analytics) return { code: "unsupported", message: ANALYTICS_UNSUPPORTED };
     const declined = declineReason(invite, capabilities);
     if (declined) return { code: declined, message: `this device cannot train this model (${declined})` };
     const { model, data, kernel } = invite;

@@ -15,7 +15,7 @@ const STATE_LABELS = {
 
 const STAGE_LABELS = { starting: "starting", fetching: "downloading kernel", compiling: "preparing kernel", running: "running" };
 
-const ROUND_STAGES = { starting: "starting", fetching: "downloading the model and data", training: "training", masking: "waiting for the secure round's keys, masking", uploading: "uploading the update" };
+const ROUND_STAGES = { starting: "starting", fetching: "downloading the model and data", training: "training", summarising: "summarising the local data (analytics)", masking: "waiting for the secure round's keys, masking", uploading: "uploading the update" };
 const ROUND_OUTCOMES = {
   uploaded: "update sent; it counts when the round closes",
   late: "the round closed before the update arrived",
@@ -274,9 +274,9 @@ export class View {
       el.roundName.textContent = `Job ${r.job.slice(0, 8)} · round ${r.round}`;
       el.roundStage.textContent = ROUND_STAGES[r.stage] || r.stage;
       const epochsDone = r.stage === "uploading" ? r.epochs : Math.min(r.epoch, r.epochs);
-      el.roundEpochs.value = r.epochs ? epochsDone / r.epochs : 0;
-      el.roundEpochsText.textContent = `${epochsDone} of ${r.epochs}`;
-      el.roundEpochs.setAttribute("aria-valuetext", `${epochsDone} of ${r.epochs} epochs`);
+      el.roundEpochs.value = r.epochs ? epochsDone / r.epochs : Number(r.stage === "uploading");
+      el.roundEpochsText.textContent = r.analytics ? "none: an analytics round summarises, it does not train" : `${epochsDone} of ${r.epochs}`;
+      el.roundEpochs.setAttribute("aria-valuetext", r.analytics ? "no epochs" : `${epochsDone} of ${r.epochs} epochs`);
       const sent = r.sentBytes || 0;
       el.roundUpload.value = r.totalBytes ? Math.min(1, sent / r.totalBytes) : 0;
       el.roundUploadText.textContent = `${fmt(Math.round(sent / 1024))} of ${fmt(Math.round(r.totalBytes / 1024))} KiB`;

@@ -306,3 +306,28 @@ def test_refolding_any_subset_changes_nothing(case, data):
     for index in again:
         assert not fold.fold(f"u{index}", updates[index], weights[index])
     assert fold.checkpoint() == before
+
+
+def test_fold_sum_keeps_a_float64_total_exact_and_records_each_update_once():
+    # given a total no float32 vector holds (2^24 + 1 and a value with 40 significant bits)
+    total = np.array([2.0**24 + 1, 1 + 2.0**-40, -3.5], dtype=np.float64)
+    fold = StreamingFold(3)
+    # when it is folded as the sum of three updates
+    assert fold.fold_sum(["a", "b", "c"], total)
+    # then the weighted sum is that total, bit for bit, with three updates of weight 1
+    assert fold.weighted_sum().tobytes() == total.tobytes()
+    assert (fold.count, fold.total_weight, fold.folded_ids) == (3, 3.0, frozenset("abc"))
+    # and a second fold naming any of them, or no id, adds nothing
+    assert not fold.fold_sum(["c", "d"], total)
+    assert not fold.fold_sum([], total)
+    assert fold.weighted_sum().tobytes() == total.tobytes()
+
+
+def test_fold_sum_refuses_a_float32_or_non_finite_total_and_changes_nothing():
+    fold = StreamingFold(2)
+    with pytest.raises(UpdateRejected):
+        fold.fold_sum(["a"], np.ones(2, dtype=np.float32))
+    with pytest.raises(UpdateRejected):
+        fold.fold_sum(["a"], np.array([1.0, np.inf]))
+    assert fold.count == 0
+    assert not fold.weighted_sum().any()

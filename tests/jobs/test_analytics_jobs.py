@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.test import Client
 
 from billing.models import UsageRecord
 from billing.operations import balance_adjust
@@ -296,17 +297,45 @@ def test_a_pld_job_is_calibrated_with_rdp_and_fits_its_budget_under_pld(core) ->
     assert spent <= 2.0
 
 
-def test_browser_pages_are_not_invited_to_analytics_rounds(core) -> None:
-    # given two edge workers and a browser page online (the page has no analytics kernel)
+def test_browser_pages_and_edge_workers_are_both_invited_to_analytics_rounds(core) -> None:
+    # given two edge workers and a browser page online (the page runs the analytics kernel too)
     edges = workers(2)
     page = workers(1)[0]
     page.kind = WorkerKind.BROWSER
     page.save(update_fields=["kind"])
     job = create(core, cohort_size=3, min_reports=2)
-    # when its round opens, then only the edge workers are invited
+    # when its round opens, then all three are invited
     assert round_open(job=job)
     invited = {
         str(w) for w in Participation.objects.for_tenant(core).values_list("worker_id", flat=True)
     }
-    assert invited == {str(w.pk) for w in edges}
+    assert invited == {str(w.pk) for w in [*edges, page]}
     assert job.status == JobStatus.RUNNING
+
+
+def test_the_worker_page_lists_analytics_jobs_on_local_data_with_their_columns(
+    core, other_tenant
+) -> None:
+    # given an analytics job on contributors' own data, one on a public partition, and another
+    # tenant's private-pool analytics job
+    local = create(core, name="sensor stats", data_source="contributor_local", max_rows=500)
+    create(core, name="public stats")
+    other_tenant.tier = Tier.CORE
+    other_tenant.save(update_fields=["tier"])
+    balance_adjust(tenant=other_tenant, amount_cents=5000, actor=None, reason="t", promotional=True)
+    hidden = create(other_tenant, name="their pool", data_source="contributor_local")
+    hidden.private_pool = True
+    hidden.save(update_fields=["private_pool"])
+    # when the worker page asks which jobs read local data
+    jobs = Client().get("/contribute/local-data-jobs.json").json()["jobs"]
+    # then only the public-pool local job is listed, with its column names in vector order
+    assert jobs == [
+        {
+            "job": str(local.pk),
+            "name": "sensor stats",
+            "organisation": core.name,
+            "kind": "analytics",
+            "schema": {"format": "columns", "columns": ["px20", "px36"]},
+            "max_samples": 500,
+        }
+    ]

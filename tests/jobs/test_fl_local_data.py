@@ -346,6 +346,7 @@ def test_the_worker_page_lists_running_local_data_jobs_of_the_public_pool_only(
         "job": str(shown.pk),
         "name": "digits at home",
         "organisation": enterprise.name,
+        "kind": "fl",
         "schema": CSV,
         "max_samples": 10_000,
     }

@@ -194,7 +194,8 @@ describe("kernel ABI v2", { skip }, () => {
     assert.throws(() => runKernel(module, input, { inputBytes: input.length - 1 }), (err) => err.code === "kernel_failed" && /exceeds/.test(err.message));
     assert.throws(() => runKernel(module, input, { outputBytes: 64 }), (err) => err.code === "kernel_failed");
     assert.throws(() => limitsFor(2, { memoryBytes: 2 ** 40 }), (err) => err instanceof KernelError);
-    assert.throws(() => limitsFor(3), (err) => err.code === "kernel_rejected");
+    assert.throws(() => limitsFor(4), (err) => err.code === "kernel_rejected");
+    assert.deepEqual(limitsFor(3), { inputBytes: 256 << 20, outputBytes: 2 << 20, memoryBytes: 512 << 20 });
     const bad = new Uint8Array(input);
     new DataView(bad.buffer).setUint32(4, 9, true); // unknown op
     assert.throws(() => runKernel(module, bad), (err) => err.code === "kernel_failed" && /-1/.test(err.message));

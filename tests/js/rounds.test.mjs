@@ -147,14 +147,39 @@ describe("RoundRunner", () => {
     assert.deepEqual(rounds.secure.active, []); // its secrets are gone
   });
 
-  it("declines an analytics round as unsupported before fetching anything", async () => {
+  it("runs an analytics round's kernel in the training worker on its shard and uploads its output", async () => {
+    const output = new Uint8Array(32 + 4 * 5);
+    new DataView(output.buffer).setUint32(20, 5, true); // d = 3 + 2 bins
+    const workers = fakeWorkers((message, worker) => worker.onmessage({ data: { type: "done", id: message.id, output: output.slice().buffer } }));
+    const stages = [];
+    const { rounds, finished } = runner(workers, (info) => stages.push(info.stage));
+    const { model: _model, hyperparameters: _hyperparameters, ...rest } = invite;
+    const analytics = {
+      ...rest,
+      analytics: { columns: [{ name: "a", feature: 1, lo: 0, hi: 1, bins: 2 }], max_rows: 10, dimension: 5 },
+      upload: { ...invite.upload, total_bytes: output.length },
+    };
+    rounds.start(analytics, { token: "t".repeat(40), capabilities: { simd: true } });
+    const { code, message, info } = await finished;
+    // the fake site has no upload endpoint: the round got as far as uploading the kernel's output
+    assert.deepEqual([code, message, info.epochs], ["rejected", "404: ", 0]);
+    assert.deepEqual(stages.filter((s, i) => s !== stages[i - 1]), ["fetching", "summarising", "uploading"]);
+    const [run] = workers.made[0].messages;
+    assert.equal(run.type, "run");
+    const header = new Uint32Array(run.input, 0, 5);
+    assert.deepEqual([...header], [1, 2, 2, 1, 10]); // summarise, 2 rows of 2 features, 1 column, max 10
+    assert.equal(run.input.byteLength, 32 + 16 + 4 * 4);
+  });
+
+  it("declines an analytics round on local data when nothing is kept for the job", async () => {
     const workers = fakeWorkers(() => {});
     const { rounds, finished } = runner(workers);
     const { model: _model, hyperparameters: _hyperparameters, ...rest } = invite;
-    const analytics = { ...rest, analytics: { columns: [{ name: "a", feature: 0, lo: 0, hi: 1, bins: 2 }], max_rows: 10, dimension: 4 } };
+    const analytics = { ...rest, data: { source: "contributor_local", private: true }, analytics: { columns: [{ name: "a", feature: 0, lo: 0, hi: 1, bins: 2 }], max_rows: 10, dimension: 5 } };
     rounds.start(analytics, { token: "t".repeat(40), capabilities: { simd: true } });
-    const { code, message, info } = await finished;
-    assert.deepEqual([code, message, info.epochs], ["unsupported", "analytics rounds run on the edge worker", 0]);
+    const { code, message } = await finished;
+    assert.equal(code, "no_local_data");
+    assert.match(message, /IndexedDB|No local data/);
     assert.equal(workers.made.length, 0);
   });
 });
