@@ -272,9 +272,9 @@ class RoundTrainer:
             return exc.code, exc.message
         # Top-k's unsent remainder is kept only once the server has the sent part.
         if code == "uploaded":
-            self.residuals.commit(str(invite["job"]))
+            self.residuals.commit(str(invite.get("job")))
         else:
-            self.residuals.discard(str(invite["job"]))
+            self.residuals.discard(str(invite.get("job")))
         return code, message
 
     def train(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> bytes:
@@ -321,7 +321,7 @@ class RoundTrainer:
         compression = invite["hyperparameters"].get("compression")
         if compression:
             body = compress_body(
-                body, compression=compression, job=str(invite["job"]), residuals=self.residuals
+                body, compression=compression, job=str(invite.get("job")), residuals=self.residuals
             )
         return body
 
