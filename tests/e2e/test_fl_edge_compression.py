@@ -2,10 +2,12 @@
 Daphne, Celery, PostgreSQL and Redis and upload int8, top-k (with each worker's error-feedback
 residual carried from round 1 to round 2) or signSGD payloads. Every version must equal what the
 pure modules compute from the same payloads, re-encoded here from each participation's invite
-and the kernel's update (the top-k residual replayed per worker, round after round)."""
+and the kernel's update (the top-k residual replayed per worker, round after round). A payload
+whose header is not the job's is refused over the wire with its code and folds nothing."""
 
 from __future__ import annotations
 
+import struct
 import time
 
 import numpy as np
@@ -14,8 +16,9 @@ import pytest
 from billing.operations import balance_adjust
 from ccgsc_worker import training
 from ccgsc_worker.compression import ResidualStore
+from ccgsc_worker.transfer import Http, upload_update
 from jobs import protocol
-from jobs.aggregation import SignVote, SparseUpdate, StreamingFold, int8_decode
+from jobs.aggregation import SignVote, SparseUpdate, StreamingFold, TopKResidual, int8_decode
 from jobs.federated.client import load_training_kernel
 from jobs.fl_models import ModelVersion, Round, RoundStatus
 from jobs.fl_shards import job_shards, training_kernel_sha256
@@ -24,6 +27,7 @@ from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
 from tests.jobs.fl_helpers import fl_job
+from tests.jobs.test_fl_rounds import workers
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -127,3 +131,59 @@ def test_edge_workers_upload_compressed_updates_and_match_the_pure_modules(
         assert not np.array_equal(weights[number], base)
     if scheme == "topk":  # the residual was carried: round 2 sent some of round 1's remainder
         assert all(np.abs(store.residual(str(job.pk), D)).max() > 0 for store in residuals.values())
+
+
+def test_a_malformed_payload_is_refused_over_the_wire_and_changes_nothing(fc_stack, tenant, owner):
+    # given a top-k round (k = 65) of two invitees, each uploading through the edge worker's own
+    # upload client to Daphne, folds in Celery
+    tenant.tier = Tier.CORE
+    tenant.save(update_fields=["tier"])
+    balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
+    pool = {str(worker.pk): worker for worker in workers(2)}
+    job = fl_job(
+        tenant,
+        partition_clients=10,
+        cohort_size=2,
+        min_reports=2,
+        compression="topk",
+        topk_fraction=0.1,
+        round_deadline_seconds=300,
+    )
+    deadline = time.monotonic() + 30  # the round opens after the start commits
+    while not Round.objects.for_tenant(tenant).filter(job=job, number=1).exists():
+        assert time.monotonic() < deadline, fc_stack.logs()
+        time.sleep(0.2)
+    round_ = Round.objects.for_tenant(tenant).get(job=job, number=1)
+    bad, good = round_.participations.order_by("pk")
+
+    def send(participation, payload: bytes) -> tuple[str, str]:  # noqa: ANN001
+        worker = pool[str(participation.worker_id)]
+        return upload_update(
+            Http(fc_stack.daphne.url, worker.token),
+            url="/fl/uploads/",
+            participation=participation.pk,
+            base_version=0,
+            body=struct.pack("<IIdIId", 0, 5, 1.0, 0, D, 1.0) + payload,
+            chunk_bytes=256,
+            time_left=lambda: 30.0,
+        )
+
+    update = np.linspace(-1, 1, D, dtype=np.float32)
+    # when the first sends a header with another k, padded to the upload's size
+    wrong = TopKResidual(D).compress(update, k=10).encode()
+    outcome = send(bad, wrong.ljust(len(TopKResidual(D).compress(update, k=65).encode()), b"\0"))
+    # then it is refused with its code and reason, and nothing was folded
+    assert outcome[0] == "rejected"
+    assert outcome[1].startswith("bad_encoding: topk payload header says parameter 10, d 650")
+    bad.refresh_from_db()
+    assert (bad.status, bad.rejection_code) == ("rejected", "bad_encoding")
+    round_.refresh_from_db()
+    assert (round_.status, round_.reports, round_.fold_checkpoint_key) == ("open", 0, "")
+    # and the other's well-formed payload folds alone
+    assert send(good, TopKResidual(D).compress(update, k=65).encode()) == ("uploaded", "")
+    deadline = time.monotonic() + 30
+    while Round.objects.for_tenant(tenant).get(pk=round_.pk).reports < 1:
+        assert time.monotonic() < deadline, fc_stack.logs()
+        time.sleep(0.2)
+    round_.refresh_from_db()
+    assert (round_.status, round_.reports) == ("open", 1)
