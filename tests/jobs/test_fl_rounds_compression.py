@@ -15,10 +15,12 @@ from ccgsc_worker.compression import encoded_bytes
 from jobs import protocol
 from jobs.aggregation import (
     FedAvg,
+    QFedAvgFold,
     SignVote,
     SparseUpdate,
     StreamingFold,
     TopKResidual,
+    coordinate_median,
     int8_decode,
     int8_encode,
     multi_krum,
@@ -226,3 +228,74 @@ def test_a_malformed_payload_header_is_rejected_with_its_code_and_changes_nothin
     assert (participation.status, participation.rejection_code) == ("rejected", "bad_encoding")
     assert stored(tmp_path, "fl-uploads") == []
     assert latest_version(job=job).version == 0
+
+
+def test_int8_updates_are_decoded_for_the_median_and_q_ffl(
+    enterprise, django_capture_on_commit_callbacks
+):
+    # Given: int8 jobs aggregated at close from the stored payloads
+    pool = workers(3)
+    for strategy, options in (("median", {}), ("qffl", {"q": 1.0})):
+        job = fl_job(
+            enterprise,
+            cohort_size=3,
+            min_reports=3,
+            compression="int8",
+            server_strategy=strategy,
+            strategy_options=options,
+        )
+        round_, who = open_round(job, pool)
+        w0 = model_version_read(model_version=latest_version(job=job))
+        updates = _updates(who, 8)
+        payloads = {p: int8_encode(updates[p], seed=p) for p in who}
+        # When
+        samples = _upload_all(job, who, payloads, django_capture_on_commit_callbacks)
+        # Then: the rule ran over the decoded updates
+        decoded = {p: int8_decode(payloads[p]) for p in sorted(who)}
+        if strategy == "median":
+            aggregate = coordinate_median(np.stack(list(decoded.values())))
+            expected = FedAvg().step(weights=w0, mean_delta=aggregate).astype(np.float32)
+        else:
+            fold = QFedAvgFold(w0, q=1.0, client_learning_rate=job.fl_config.learning_rate)
+            for p, update in decoded.items():
+                fold.fold(str(p), update, 1.0 / samples[p])  # loss sum 1.0 over its samples
+            expected = fold.finish()
+        version = latest_version(job=job)
+        assert version.version == 1, strategy
+        np.testing.assert_allclose(model_version_read(model_version=version), expected, atol=1e-7)
+
+
+def test_an_async_int8_update_folds_with_its_staleness_weight(
+    enterprise, django_capture_on_commit_callbacks
+):
+    # Given: buffered async with K = 1, staleness bound 1, polynomial weighting, int8 uploads
+    job = fl_job(
+        enterprise,
+        cohort_size=2,
+        min_reports=1,
+        mode="async",
+        buffer_size=1,
+        staleness_bound=1,
+        staleness_weighting="polynomial",
+        rounds=10,
+        compression="int8",
+    )
+    round_, who = open_round(job, workers(2))
+    fast, slow = list(who)
+    payload = int8_encode(np.full(D, 0.5, np.float32), seed=1)  # on the grid: decodes exactly
+    with django_capture_on_commit_callbacks(execute=True):
+        Uploader(who[fast], Participation.objects.for_tenant(enterprise).get(pk=fast)).send(
+            compressed_body(payload, samples=4)
+        )
+    w1 = model_version_read(model_version=latest_version(job=job))
+    # When: the slow client of round 1 reports against version 0
+    with django_capture_on_commit_callbacks(execute=True):
+        Uploader(who[slow], Participation.objects.for_tenant(enterprise).get(pk=slow)).send(
+            compressed_body(int8_encode(np.full(D, 2.0, np.float32), seed=2), samples=4),
+            base_version=0,
+        )
+    # Then: version 2 = w1 + 2^-0.5 · its decoded update (FedBuff's discounted step)
+    assert latest_version(job=job).version == 2
+    np.testing.assert_allclose(
+        model_version_read(model_version=latest_version(job=job)), w1 + 2.0 * 2.0**-0.5, atol=1e-6
+    )
