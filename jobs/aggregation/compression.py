@@ -132,7 +132,8 @@ class TopKResidual:
     Each round the client compresses ``update + residual``, sends the k largest magnitudes and
     keeps the rest as the next residual, so nothing is lost, only delayed. Invariant:
     ``sparse.to_dense() + residual_after == update + residual_before`` exactly. The residual is
-    client state (kept in the worker, e.g. IndexedDB); the server never sees it.
+    client state (``ccgsc_worker.compression.ResidualStore``, the page's ``compression.js``); the
+    server never sees it.
     """
 
     dimension: int
