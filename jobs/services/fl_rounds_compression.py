@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ccgsc_worker.compression import INT8_BLOCK, encoded_bytes, topk_count
+from ccgsc_worker.compression import HEADER, INT8_BLOCK, encoded_bytes, topk_count
 from jobs.aggregation import (
     RejectionCode,
     SignVote,
@@ -31,11 +31,12 @@ from jobs.aggregation.compression import payload_header
 from jobs.fl_models import Compression, FlConfig
 
 BAD_ENCODING = "bad_encoding"  # the rejection code of a payload whose header is not the job's
-HEADER_BYTES = 16  # ccgsc_worker.compression.HEADER
+HEADER_BYTES = HEADER.size  # a payload's own header, after the 32-byte metrics header
 OpenChunks = Callable[[], Iterable[bytes]]
 
 
 def is_compressed(config: FlConfig) -> bool:
+    """The job uploads an encoded payload rather than f32[d]."""
     return config.compression != Compression.NONE
 
 
@@ -131,6 +132,7 @@ def update_fold_into(
 
 
 def _check_dimension(found: int, expected: int) -> None:
+    """A top-k payload's d must be the round's (``fold_sparse`` checks only the indices)."""
     if found != expected:
         raise UpdateRejected(
             RejectionCode.WRONG_LENGTH, f"payload d is {found}, expected {expected}"

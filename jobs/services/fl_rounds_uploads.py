@@ -45,7 +45,12 @@ from jobs.services.fl_rounds_cohort import (
     UPDATE_HEADER_BYTES,
     update_total_bytes,
 )
-from jobs.services.fl_rounds_compression import BAD_ENCODING, is_compressed, payload_rejection
+from jobs.services.fl_rounds_compression import (
+    BAD_ENCODING,
+    HEADER_BYTES,
+    is_compressed,
+    payload_rejection,
+)
 
 _METRICS = struct.Struct("<IIdII d")  # the kernel ABI v2 metrics header
 # A declared sample count above the client's shard: the fold weight would be a lie.
@@ -300,7 +305,7 @@ def update_upload_complete(*, upload: UpdateUpload) -> UpdateUpload:
     for chunk in _chunks(upload):
         whole.update(chunk)
         if not header:
-            header = chunk[: UPDATE_HEADER_BYTES + 16]  # metrics, and a payload's own header
+            header = chunk[: UPDATE_HEADER_BYTES + HEADER_BYTES]  # metrics, a payload's header
     if whole.hexdigest() != upload.sha256:
         upload_reject(upload, "sha256_mismatch", "the chunks do not hash to the declared sha256")
         return upload
