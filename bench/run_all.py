@@ -2,7 +2,8 @@
 """Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), training speed
 (2NN: our kernel vs numpy and TensorFlow.js-wasm), validation quality, dispatch throughput and
 latency, FL aggregation and secure aggregation against Flower, the FedAvg paper's table
-(FedSGD vs FedAvg rounds, sync vs buffered-async), a worker page's analytics contribution.
+(FedSGD vs FedAvg rounds, sync vs buffered-async), DP rounds, compressed uploads, a worker
+page's analytics contribution.
 
 Each benchmark runs as its own process (each sets Django up with its own database) and prints
 a markdown table; this script prints the machine first, then the tables, and writes
@@ -10,7 +11,7 @@ bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
        [--only kernels training validation ledger dispatch sockets aggregation secagg
-               secagg_wire fedavg_paper analytics_page dp_rounds]
+               secagg_wire fedavg_paper analytics_page dp_rounds compression]
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "analytics_page": ("bench_analytics_page.py", [], [], "analytics_page.json"),
     # DP-FedAvg as the rounds run it: accuracy on digits against ε at q = 1.
     "dp_rounds": ("bench_dp_rounds.py", [], ["--rounds", "10", "--seeds", "1"], "dp_rounds.json"),
+    # Compressed uploads: bytes per scheme at the 2NN's d, accuracy on digits per scheme.
+    "compression": (
+        "bench_compression.py",
+        [],
+        ["--rounds", "10", "--seeds", "1"],
+        "compression.json",
+    ),
 }
 
 

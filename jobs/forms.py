@@ -236,7 +236,12 @@ class FlJobForm(forms.Form):
         help_text='JSON, e.g. {"server_momentum": 0.9} for FedAvgM, {"beta": 0.1} for the trimmed '
         "mean. Robust strategies are part of FL Enterprise.",
     )
-    compression = forms.ChoiceField(choices=Compression.choices, initial="none")
+    compression = forms.ChoiceField(
+        choices=Compression.choices,
+        initial="none",
+        help_text="Smaller uploads: int8 (¼), top-k (the fraction below), signSGD (1/32, FedAvg "
+        'only; its step is {"server_learning_rate": 0.001} in the strategy options).',
+    )
     topk_fraction = forms.FloatField(required=False, help_text="Top-k: fraction kept.")
     # Privacy (the template draws these as their own section: PRIVACY_FIELDS).
     secure_aggregation = forms.BooleanField(

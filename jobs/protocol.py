@@ -368,7 +368,8 @@ def round_invite(*, event: dict[str, Any], kernel_sha256: str, deadline_ms: int)
             "momentum": hyper["momentum"],
             "proximal_mu": hyper["proximal_mu"],
         }
-        | ({"dp": {"clip_norm": hyper["dp"]["clip_norm"]}} if hyper.get("dp") else {}),
+        | ({"dp": {"clip_norm": hyper["dp"]["clip_norm"]}} if hyper.get("dp") else {})
+        | ({"compression": dict(event["compression"])} if event.get("compression") else {}),
     )
 
 

@@ -62,6 +62,7 @@ PURE_MODULES = [
     "jobs.federated",
     "jobs.analytics",
     "ccgsc_worker.analytics_abi",
+    "ccgsc_worker.compression",
 ]
 
 

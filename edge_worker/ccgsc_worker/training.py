@@ -9,10 +9,13 @@ outage) are retried with a back-off capped at 5 s until the deadline; failed ans
 upload after five. Errors end the round with a code (the round then counts this worker as a
 dropout); nothing is retried past the deadline.
 
+A compressed job's update is encoded before the upload (``compress_body``; top-k keeps its
+error-feedback residual per job in this process, committed once the upload is accepted).
+
 Codes: ``uploaded`` (queued for the fold), ``rejected`` (the server refused the update; its
 reason in the message), ``late`` (the round closed first), and the errors ``deadline``,
-``fetch_failed``, ``hash_mismatch``, ``bad_shard``, ``kernel_failed``, ``non_finite`` and
-``upload_failed``; ``no_local_data`` (a private-data job: this worker has none) is a decline,
+``fetch_failed``, ``hash_mismatch``, ``bad_shard``, ``bad_invite``, ``kernel_failed``,
+``non_finite`` and ``upload_failed``; ``no_local_data`` (a private-data job: this worker has none) is a decline,
 which the session reports to the server as ``round_declined``. The browser's twin is
 ``static/worker_frontend/training.js``.
 """
@@ -27,7 +30,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from ccgsc_worker import abi
+from ccgsc_worker.compression import ResidualStore, int8_payload, sign_payload
 from ccgsc_worker.dp import clip_update
 from ccgsc_worker.kernel import KernelFailed, KernelRejected, KernelRunner
 from ccgsc_worker.transfer import Http, RoundError, retry_delay, upload_update
@@ -162,6 +168,29 @@ def scaffold_body(body: bytes, *, control: bytes, hyperparameters: Mapping[str, 
     return body + delta.tobytes()
 
 
+def compress_body(
+    body: bytes, *, compression: Mapping[str, Any], job: str, residuals: ResidualStore
+) -> bytes:
+    """A compressed job's upload: the metrics header of ``body``, then its update encoded as the
+    invite's ``hyperparameters.compression`` says (int8 with its rounding seed, top-k with k over
+    update + the job's residual, signSGD). The top-k residual waits in ``residuals`` for the
+    upload's outcome (``ResidualStore.commit``)."""
+    update = np.frombuffer(body, dtype="<f4", offset=METRICS.size).astype(np.float32)
+    scheme = compression.get("scheme")
+    if scheme == "int8":
+        payload = int8_payload(update, seed=int(compression["seed"]))
+    elif scheme == "topk":
+        k = int(compression["k"])
+        if not 1 <= k <= len(update):
+            raise RoundError("bad_invite", f"top-k's k must be 1 to {len(update)}, not {k}")
+        payload = residuals.compress(job, update, k=k)
+    elif scheme == "signsgd":
+        payload = sign_payload(update)
+    else:
+        raise RoundError("bad_invite", f"unknown compression {scheme!r}")
+    return body[: METRICS.size] + payload
+
+
 def control_correction(control: bytes, client_control: bytes | None) -> bytes:
     """c − cᵢ as f32[d] bytes (cᵢ = zeros when the server holds none for this client)."""
     if client_control is None:
@@ -187,6 +216,7 @@ class RoundTrainer:
         self.clock = clock
         self.max_upload_bytes_per_second = max_upload_bytes_per_second
         self.local_data = local_data  # a CSV file for analytics jobs on local data
+        self.residuals = ResidualStore()  # top-k's error feedback, per job, for this process
 
     def fetch(
         self, path: str, *, sha256: str | None = None, time_left: Callable[[], float] | None = None
@@ -225,9 +255,16 @@ class RoundTrainer:
         ``deadline`` is on ``clock``."""
         try:
             body = self.train(invite, wasm, deadline)
-            return self.upload(invite, body, deadline)
+            code, message = self.upload(invite, body, deadline)
         except RoundError as exc:
+            self.residuals.discard(str(invite.get("job")))
             return exc.code, exc.message
+        # Top-k's unsent remainder is kept only once the server has the sent part.
+        if code == "uploaded":
+            self.residuals.commit(str(invite.get("job")))
+        else:
+            self.residuals.discard(str(invite.get("job")))
+        return code, message
 
     def train(self, invite: Mapping[str, Any], wasm: bytes, deadline: float) -> bytes:
         """Fetch and train → the upload body (metrics header, update f32[d], and for SCAFFOLD
@@ -277,6 +314,11 @@ class RoundTrainer:
             raise RoundError("kernel_failed", str(exc)) from exc
         if control is not None:
             body = scaffold_body(body, control=control, hyperparameters=invite["hyperparameters"])
+        compression = invite["hyperparameters"].get("compression")
+        if compression:
+            body = compress_body(
+                body, compression=compression, job=str(invite.get("job")), residuals=self.residuals
+            )
         return body
 
     def upload(self, invite: Mapping[str, Any], body: bytes, deadline: float) -> tuple[str, str]:

@@ -9,11 +9,20 @@ dimension, so a payload is self-describing and a truncated one is rejected.
 from __future__ import annotations
 
 import io
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ccgsc_worker.compression import (
+    HEADER,
+    INT8_BLOCK,
+    MAGIC,
+    VERSION,
+    int8_payload,
+    sign_payload,
+    topk_payload,
+    topk_select,
+)
 from jobs.aggregation.validation import (
     FLOAT32,
     RejectionCode,
@@ -21,12 +30,19 @@ from jobs.aggregation.validation import (
     validate_update,
 )
 
-_HEADER = struct.Struct("<2sBBIQ")
-_VERSION = 1
-_INT8_MAGIC = b"Q8"
-_TOPK_MAGIC = b"TK"
-_SIGN_MAGIC = b"SG"
-INT8_BLOCK = 256
+# The layout and the encoders are the clients' (ccgsc_worker.compression): one definition.
+_HEADER = HEADER
+_VERSION = VERSION
+_INT8_MAGIC = MAGIC["int8"]
+_TOPK_MAGIC = MAGIC["topk"]
+_SIGN_MAGIC = MAGIC["signsgd"]
+
+
+def payload_header(payload: bytes, scheme: str) -> tuple[int, int]:
+    """The (parameter, dimension) of a payload's 16-byte header for ``scheme`` (int8, topk,
+    signsgd); ``UpdateRejected`` (malformed) for a short header, another magic or version."""
+    parameter, dimension, _ = _header(payload[: _HEADER.size], MAGIC[scheme])
+    return parameter, dimension
 
 
 def _header(payload: bytes, magic: bytes) -> tuple[int, int, memoryview]:
@@ -53,23 +69,13 @@ def _expect_length(body: memoryview, expected: int) -> None:
 def int8_encode(update: np.ndarray, *, seed: int, block_size: int = INT8_BLOCK) -> bytes:
     """Quantise f32[d] to int8 with one float32 scale per block and stochastic rounding.
 
-    scale_b = max|x| / 127 over the block; q = floor(x / scale_b + u), u ~ U[0, 1) from
-    ``seed``: unbiased (E[decode] = x) and |decode - x| < scale_b. Layout: header, f32 scales
-    [ceil(d / block)], int8 values [d]. Size ≈ d · (1 + 4 / block) bytes.
+    scale_b = max|x| / 127 over the block; q = floor(x / scale_b + u), u uniform in [0, 1) from
+    ``seed`` (its low 32 bits; ``ccgsc_worker.compression.rounding_uniforms``): unbiased
+    (E[decode] = x) and |decode - x| < scale_b. Layout: header, f32 scales [ceil(d / block)],
+    int8 values [d]. Size ≈ d · (1 + 4 / block) bytes.
     """
-    dimension = update.shape[0]
-    validate_update(update, dimension=dimension)
-    blocks = -(-dimension // block_size)
-    padded = np.zeros(blocks * block_size, dtype=np.float32)
-    padded[:dimension] = update
-    grid = padded.reshape(blocks, block_size)
-    scales = (np.abs(grid).max(axis=1) / 127.0).astype(np.float32)
-    safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    noise = np.random.default_rng(seed).random(grid.shape, dtype=np.float32)
-    quantised = np.floor(grid / safe[:, None] + noise)
-    quantised = np.clip(quantised, -127, 127).astype(np.int8).reshape(-1)[:dimension]
-    header = _HEADER.pack(_INT8_MAGIC, _VERSION, 0, block_size, dimension)
-    return header + scales.astype("<f4").tobytes() + quantised.tobytes()
+    validate_update(update, dimension=update.shape[0])
+    return int8_payload(update, seed=seed, block_size=block_size)
 
 
 def int8_decode(payload: bytes) -> np.ndarray:
@@ -100,8 +106,7 @@ class SparseUpdate:
 
     def encode(self) -> bytes:
         """Header (k, d), then u32 indices, then f32 values, little-endian."""
-        header = _HEADER.pack(_TOPK_MAGIC, _VERSION, 0, self.indices.shape[0], self.dimension)
-        return header + self.indices.astype("<u4").tobytes() + self.values.astype("<f4").tobytes()
+        return topk_payload(self.indices, self.values, self.dimension)
 
     @classmethod
     def decode(cls, payload: bytes) -> SparseUpdate:
@@ -127,7 +132,8 @@ class TopKResidual:
     Each round the client compresses ``update + residual``, sends the k largest magnitudes and
     keeps the rest as the next residual, so nothing is lost, only delayed. Invariant:
     ``sparse.to_dense() + residual_after == update + residual_before`` exactly. The residual is
-    client state (kept in the worker, e.g. IndexedDB); the server never sees it.
+    client state (``ccgsc_worker.compression.ResidualStore``, the page's ``compression.js``); the
+    server never sees it.
     """
 
     dimension: int
@@ -139,17 +145,9 @@ class TopKResidual:
     def compress(self, update: np.ndarray, *, k: int) -> SparseUpdate:
         """Top-k of update + residual (update f32[d] is not modified); updates the residual."""
         validate_update(update, dimension=self.dimension)
-        if not 1 <= k <= self.dimension:
-            raise ValueError("k must be in 1..dimension")
-        corrected = update + self.residual
-        support = np.argpartition(np.abs(corrected), self.dimension - k)[self.dimension - k :]
-        support.sort()
-        values = corrected[support].astype(np.float32)
-        corrected[support] = 0.0
-        self.residual = corrected
-        return SparseUpdate(
-            indices=support.astype(np.uint32), values=values, dimension=self.dimension
-        )
+        corrected = (update + self.residual).astype(np.float32)
+        indices, values, self.residual = topk_select(corrected, k)
+        return SparseUpdate(indices=indices, values=values, dimension=self.dimension)
 
 
 # signSGD with majority vote ----------------------------------------------------------------------
@@ -159,8 +157,7 @@ def sign_encode(update: np.ndarray) -> bytes:
     """One bit per coordinate (1 for x >= 0, 0 for x < 0), packed big-endian within each byte
     (numpy's ``packbits``); signSGD (Bernstein et al. 2018) sends d/8 bytes."""
     validate_update(update, dimension=update.shape[0])
-    bits = np.packbits(update >= 0)
-    return _HEADER.pack(_SIGN_MAGIC, _VERSION, 0, 0, update.shape[0]) + bits.tobytes()
+    return sign_payload(update)
 
 
 class SignVote:
@@ -192,6 +189,10 @@ class SignVote:
     @property
     def count(self) -> int:
         return len(self._folded_ids)
+
+    @property
+    def folded_ids(self) -> frozenset[str]:
+        return frozenset(self._folded_ids)
 
     def finish(self) -> np.ndarray:
         """The majority sign per coordinate, f32[d]."""

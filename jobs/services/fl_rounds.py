@@ -23,10 +23,19 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs import realtime
-from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, StreamingFold
+from jobs.aggregation import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedYogi,
+    SignVote,
+    StreamingFold,
+)
 from jobs.federated.fedbuff import buffer_mean
 from jobs.fl_models import (
     CLOSE_TIME_STRATEGIES,
+    Compression,
     FlConfig,
     FlMode,
     ModelVersion,
@@ -51,6 +60,7 @@ from jobs.services.fl_rounds_cohort import (
     update_total_bytes,
     update_vectors,
 )
+from jobs.services.fl_rounds_compression import empty_fold, fold_restore
 from jobs.services.fl_rounds_dp import round_clip_norm, round_release
 from jobs.services.fl_rounds_scaffold import scaffold_invite_controls
 from jobs.services.lifecycle import job_event, job_pause_system
@@ -155,13 +165,13 @@ def _abandon_receiving(round_: Round, job: Job, config: FlConfig) -> None:
     )
 
 
-def fold_load(*, round: Round) -> StreamingFold:  # noqa: A002
+def fold_load(*, round: Round) -> StreamingFold | SignVote:  # noqa: A002
     """The round's fold as of its last committed checkpoint (empty if nothing was folded)."""
-    if not round.fold_checkpoint_key:
-        config = round.job.fl_config
-        return StreamingFold(config.parameter_count * update_vectors(config=config))
+    config = round.job.fl_config
+    if not round.fold_checkpoint_key:  # signSGD's is a vote (fl_rounds_compression)
+        return empty_fold(config, config.parameter_count * update_vectors(config=config))
     with default_storage.open(round.fold_checkpoint_key, "rb") as handle:
-        return StreamingFold.restore(handle.read())
+        return fold_restore(config, handle.read())
 
 
 def latest_version(*, job: Job) -> ModelVersion:
@@ -259,7 +269,9 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
 
 
 def _close_time_strategy(config: FlConfig) -> bool:
-    return config.server_strategy in CLOSE_TIME_STRATEGIES
+    return (
+        config.server_strategy in CLOSE_TIME_STRATEGIES or config.compression == Compression.SIGNSGD
+    )
 
 
 def _strategy_state(job: Job, base: ModelVersion) -> bytes | None:

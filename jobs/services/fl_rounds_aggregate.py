@@ -30,6 +30,7 @@ from jobs.aggregation import (
     trimmed_mean,
 )
 from jobs.fl_models import (
+    Compression,
     FlConfig,
     ModelVersion,
     Participation,
@@ -37,6 +38,7 @@ from jobs.fl_models import (
     ServerStrategy,
 )
 from jobs.models import Job
+from jobs.services.fl_rounds_compression import dense_chunks, dense_update, sign_step
 from jobs.services.fl_rounds_scaffold import client_controls_update, scaffold_total_clients
 from jobs.services.fl_rounds_uploads import update_chunks
 
@@ -50,10 +52,12 @@ class CloseStep:
     spilled_bytes: int = 0
 
 
-def _update_array(participation: Participation) -> np.ndarray:
-    """An included participation's stored upload body after its header, as f32 (d or 2d)."""
-    data = b"".join(update_chunks(upload=participation.upload))
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+def _update_array(participation: Participation, config: FlConfig) -> np.ndarray:
+    """An included participation's stored update after its header, as f32 (d or 2d; a
+    compressed one decoded)."""
+    return dense_update(
+        config=config, open_chunks=lambda: update_chunks(upload=participation.upload)
+    )
 
 
 def robust_aggregate(
@@ -66,7 +70,10 @@ def robust_aggregate(
     for participation in included:
         spill.append_chunks(
             str(participation.pk),
-            update_chunks(upload=participation.upload),
+            dense_chunks(
+                config=config,
+                open_chunks=lambda p=participation: update_chunks(upload=p.upload),
+            ),
             float(participation.samples),
         )
     spill.flush()
@@ -101,7 +108,7 @@ def _qffl(config: FlConfig, weights: np.ndarray, included: list[Participation]) 
     )
     for participation in included:
         loss = participation.loss_sum / participation.samples  # the client's mean train loss
-        fold.fold(str(participation.pk), _update_array(participation), loss)
+        fold.fold(str(participation.pk), _update_array(participation, config), loss)
     return fold.finish()
 
 
@@ -134,7 +141,9 @@ def _scaffold(
         mean_control_delta=mean[d:].astype(np.float64),
         participants=participants,
     )
-    deltas = [(participation, _update_array(participation)[d:]) for participation in included]
+    deltas = [
+        (participation, _update_array(participation, config)[d:]) for participation in included
+    ]
     client_controls_update(job=job, base=base, version=base.version + 1, deltas=deltas)
     return CloseStep(new_weights, server.state_bytes())
 
@@ -156,6 +165,10 @@ def close_step(
     ``state`` is the strategy state stored with ``base`` (None before the first round).
     """
     strategy = config.server_strategy
+    if config.compression == Compression.SIGNSGD:  # the fold is a majority vote
+        return CloseStep(
+            sign_step(weights=weights, vote=fold, config=config), FedAvg().state_bytes()
+        )
     if strategy == ServerStrategy.SCAFFOLD:
         return _scaffold(
             job=job,

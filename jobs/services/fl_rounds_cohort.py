@@ -18,6 +18,11 @@ from jobs.fl_models import (
     ServerStrategy,
 )
 from jobs.models import Job, Worker
+from jobs.services.fl_rounds_compression import (
+    compression_invite_terms,
+    is_compressed,
+    payload_bytes,
+)
 from jobs.services.fl_rounds_dp import dp_invite_terms
 from jobs.services.fl_rounds_eligibility import is_accounted, protected_pool
 
@@ -44,7 +49,10 @@ def update_vectors(*, config: FlConfig) -> int:
 
 
 def update_total_bytes(*, config: FlConfig) -> int:
-    """Exact size of one upload: the metrics header, then f32[d] (SCAFFOLD: two of them)."""
+    """Exact size of one upload: the metrics header, then f32[d] (SCAFFOLD: two of them), or
+    the job's compressed payload."""
+    if is_compressed(config):
+        return UPDATE_HEADER_BYTES + payload_bytes(config)
     return UPDATE_HEADER_BYTES + 4 * config.parameter_count * update_vectors(config=config)
 
 
@@ -138,13 +146,14 @@ def round_invite_payload(
     holds one for this partition client, the client's own cᵢ, both served by hash."""
     config = job.fl_config
     data = invite_data(job=job, shard=shard)
+    seed = (job.seed + round.number * 1_000_003 + participation.pk) % (1 << 63)
     return {
         "type": INVITE_EVENT,
         "job": str(job.pk),
         "round": round.number,
         "participation": participation.pk,
         "deadline": round.deadline.isoformat(),
-        "seed": (job.seed + round.number * 1_000_003 + participation.pk) % (1 << 63),
+        "seed": seed,
         "model": {
             "version": version.version,
             "sha256": version.sha256,
@@ -161,4 +170,4 @@ def round_invite_payload(
             "chunk_bytes": DEFAULT_CHUNK_BYTES,
             "total_bytes": update_total_bytes(config=config),
         },
-    }
+    } | compression_invite_terms(config=config, seed=seed)

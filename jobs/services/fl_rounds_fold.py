@@ -28,6 +28,7 @@ from jobs.services.fl_rounds import (
     round_close,
     storage_put,
 )
+from jobs.services.fl_rounds_compression import update_fold_into
 from jobs.services.fl_rounds_dp import dp_fold_record, dp_fold_terms
 from jobs.services.fl_rounds_uploads import (
     participation_mark_late,
@@ -123,10 +124,12 @@ def update_fold(*, upload_id: str) -> UploadStatus:
     weight, clip_norm = dp_fold_terms(round=round_, participation=participation, weight=weight)
     fold = fold_load(round=round_)
     try:
-        folded = fold.fold_chunks(
-            str(participation.pk),
-            lambda: update_chunks(upload=upload),
-            weight,
+        folded = update_fold_into(
+            fold,
+            config=config,
+            update_id=str(participation.pk),
+            open_chunks=lambda: update_chunks(upload=upload),
+            weight=weight,
             clip_norm=clip_norm,
         )
     except UpdateRejected as exc:

@@ -45,6 +45,12 @@ from jobs.services.fl_rounds_cohort import (
     UPDATE_HEADER_BYTES,
     update_total_bytes,
 )
+from jobs.services.fl_rounds_compression import (
+    BAD_ENCODING,
+    HEADER_BYTES,
+    is_compressed,
+    payload_rejection,
+)
 
 _METRICS = struct.Struct("<IIdII d")  # the kernel ABI v2 metrics header
 # A declared sample count above the client's shard: the fold weight would be a lie.
@@ -299,11 +305,11 @@ def update_upload_complete(*, upload: UpdateUpload) -> UpdateUpload:
     for chunk in _chunks(upload):
         whole.update(chunk)
         if not header:
-            header = chunk[: _METRICS.size]
+            header = chunk[: UPDATE_HEADER_BYTES + HEADER_BYTES]  # metrics, a payload's header
     if whole.hexdigest() != upload.sha256:
         upload_reject(upload, "sha256_mismatch", "the chunks do not hash to the declared sha256")
         return upload
-    status, samples, loss_sum, correct, dimension, _norm = _METRICS.unpack(header)
+    status, samples, loss_sum, correct, dimension, _norm = _METRICS.unpack_from(header)
     config = upload.participation.round.job.fl_config
     if status != 0 or dimension != config.parameter_count or samples == 0:
         upload_reject(upload, "malformed", f"metrics header: status {status}, d {dimension}")
@@ -311,6 +317,11 @@ def update_upload_complete(*, upload: UpdateUpload) -> UpdateUpload:
     if not math.isfinite(loss_sum) or correct > samples:
         upload_reject(upload, "non_finite", "metrics header: loss not finite or correct > samples")
         return upload
+    if is_compressed(config):
+        reason = payload_rejection(config=config, head=header[UPDATE_HEADER_BYTES:])
+        if reason is not None:
+            upload_reject(upload, BAD_ENCODING, reason)
+            return upload
     cap = samples_cap(participation=upload.participation)
     if cap is not None and samples > cap:
         upload_reject(

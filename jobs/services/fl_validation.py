@@ -95,6 +95,8 @@ STRATEGY_OPTIONS: dict[str, dict[str, tuple[float, float, float]]] = {
     ServerStrategy.NORM_BOUNDING: {"bound": (1e-6, 1e6, 5.0)},
 }
 INTEGER_OPTIONS = frozenset({"byzantine", "selected"})
+# signSGD's server step w + η·sign(vote) (FedAvg only): η per coordinate, in the model's units.
+SIGNSGD_OPTIONS = {"server_learning_rate": (1e-6, 1.0, 1e-3)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +275,8 @@ def _check_client(spec: FlJobSpec, errors: dict[str, str]) -> None:
 def _strategy_options(spec: FlJobSpec, errors: dict[str, str]) -> dict[str, float]:
     """The strategy's options with defaults filled in, or {} with an error."""
     allowed = STRATEGY_OPTIONS.get(spec.server_strategy)
+    if spec.server_strategy == ServerStrategy.FEDAVG and spec.compression == Compression.SIGNSGD:
+        allowed = SIGNSGD_OPTIONS
     if allowed is None:
         errors["server_strategy"] = f"Choose one of {', '.join(ServerStrategy.values)}."
         return {}
@@ -316,29 +320,31 @@ def _check_combinations(
                 "Top-k updates are mostly zeros: their median or trimmed mean is 0. Use Krum or "
                 "no compression."
             )
-        if strategy in (ServerStrategy.SCAFFOLD, ServerStrategy.QFFL):
+        if strategy == ServerStrategy.QFFL:
             errors["compression"] = f"Top-k with {strategy} is not built."
-    if compression == Compression.SIGNSGD and strategy != ServerStrategy.FEDAVG:
-        errors["compression"] = (
-            "signSGD aggregates by majority vote, not a mean: it runs with the plain FedAvg "
-            "server step only."
-        )
-    if compression != Compression.NONE and "compression" not in errors:
-        # The codecs exist (jobs.aggregation) but clients upload dense float32 and the round's
-        # fold does not decode yet: refusing beats a job that silently runs uncompressed.
-        errors["compression"] = (
-            "Compressed uploads are not available in rounds yet (clients upload dense float32): "
-            "choose none."
-        )
+    if compression == Compression.SIGNSGD:
+        if strategy != ServerStrategy.FEDAVG:
+            errors["compression"] = (
+                "signSGD aggregates by majority vote, not a mean: it runs with the plain FedAvg "
+                "server step only."
+            )
+        elif spec.mode == FlMode.ASYNC:
+            errors["compression"] = (
+                "signSGD's majority vote gives every client one vote: it has no weight to "
+                "discount stale updates by, so it runs in sync rounds only."
+            )
+    if compression != Compression.NONE and strategy == ServerStrategy.SCAFFOLD:
+        # SCAFFOLD uploads two vectors [Δy ‖ Δc]; neither client encodes that pair yet.
+        errors["compression"] = "Compressed uploads with SCAFFOLD are not built."
     if spec.secure_aggregation:
         if robust:
             errors["secure_aggregation"] = (
                 "Robust aggregation needs each update; secure aggregation hides them: choose one."
             )
-        elif compression in (Compression.TOPK, Compression.INT8):
+        elif compression != Compression.NONE:
             errors["secure_aggregation"] = (
-                f"Secure aggregation with {compression} is not built (masks need one shared "
-                "layout and scale)."
+                f"Secure aggregation with {compression} is not built (masks are added to dense "
+                "uint32 sums; a sparse, int8 or sign payload has no such sum)."
             )
         elif strategy == ServerStrategy.QFFL:
             errors["secure_aggregation"] = "Secure aggregation with q-FFL is not built."
@@ -353,7 +359,11 @@ def _check_combinations(
                 "unbounded or unanalysed."
             )
         elif compression != Compression.NONE:
-            errors["differential_privacy"] = "Differential privacy runs on uncompressed updates."
+            errors["differential_privacy"] = (
+                "Differential privacy runs on uncompressed updates (the clip and the noise are "
+                "calibrated to the dense update; top-k's residual carries unclipped signal "
+                "across rounds and a sign vote has no norm to clip)."
+            )
         if not is_number(spec.dp_noise_multiplier) or not 0 < spec.dp_noise_multiplier <= 100:
             errors["dp_noise_multiplier"] = "Give the noise multiplier z in (0, 100]."
         if not is_number(spec.dp_clip_norm) or not 0 < spec.dp_clip_norm <= 1e6:

@@ -8,14 +8,17 @@
 // epoch e shuffled with SplitMix64(seed, e)), and uploads the body (32-byte metrics header, then
 // f32[d]) in chunks with a SHA-256 per chunk, resuming from the server's state after a failure.
 // A DP job's update is clipped to `hyperparameters.dp.clip_norm`; a SCAFFOLD job fetches c (and
-// cᵢ) by hash, trains with the correction c − cᵢ and appends Δc f32[d] (update-maths.js).
+// cᵢ) by hash, trains with the correction c − cᵢ and appends Δc f32[d] (update-maths.js). A
+// compressed job's update is encoded after the header (compression.js: int8, top-k with the job's
+// error-feedback residual, kept once the upload is accepted, or signSGD).
 // Every step respects the round's deadline. It resolves {code, message}:
 //   uploaded  queued for the fold          rejected  the server refused the update (reason)
 //   late      the round closed first       deadline, fetch_failed, hash_mismatch, bad_shard,
-//   kernel_failed, non_finite, upload_failed, cancelled   errors (the round counts a dropout)
+//   bad_invite, kernel_failed, non_finite, upload_failed, cancelled   errors (a dropout)
 //   no_simd, low_memory, no_local_data    decline reasons: the session sends `round_declined`
 // (An analytics round runs analytics-round.js instead, with the same codes.)
 import { sha256Hex } from "./protocol.js";
+import { compressBody, pageResiduals } from "./compression.js";
 import { clipUpdate, controlCorrection, fsum, scaffoldBody } from "./update-maths.js";
 
 export { fsum };
@@ -316,11 +319,13 @@ async function localData(invite, load) {
  * `deadline` and `clock()` in ms, optional `capabilities` ({simd, memoryMb}), `signal`
  * (AbortSignal: `cancelled`), `onProgress({stage, epoch, epochs, sentBytes, totalBytes})`,
  * `loadLocalData` (defaults to importing ./local-data.js), `sleep`, and `prepareUpload(body)` →
- * the bytes to upload (a secure round masks the trained body there; it may throw a RoundError).
+ * the bytes to upload (a secure round masks the trained body there; it may throw a RoundError),
+ * and `residuals` (top-k's error feedback per job; the page's own store by default).
  */
 export async function runRound(invite, deps) {
   const { http, openKernel, deadline, clock, capabilities = {}, signal = null, onProgress = () => {}, loadLocalData = importLocalData, sleep = wait } = deps;
-  const { prepareUpload = async (body) => body } = deps;
+  const { prepareUpload = async (body) => body, residuals = pageResiduals } = deps;
+  const compression = invite.hyperparameters?.compression ?? null;
   const timeLeft = () => (signal?.aborted ? 0 : deadline - clock());
   const check = () => {
     if (signal?.aborted) throw new RoundError("cancelled", "the page stopped training");
@@ -366,10 +371,18 @@ export async function runRound(invite, deps) {
         onProgress({ stage: "training", epoch, epochs });
       },
     });
-    const body = await prepareUpload(control ? scaffoldBody(trained, { control, hyperparameters: invite.hyperparameters }) : trained);
+    let dense = control ? scaffoldBody(trained, { control, hyperparameters: invite.hyperparameters }) : trained;
+    if (compression) {
+      try {
+        dense = compressBody(dense, { compression, job: invite.job, residuals });
+      } catch (err) {
+        throw new RoundError("bad_invite", String(err?.message ?? err));
+      }
+    }
+    const body = await prepareUpload(dense);
     check();
     onProgress({ stage: "uploading", sentBytes: 0, totalBytes: body.length });
-    return await uploadUpdate({
+    const outcome = await uploadUpdate({
       http,
       url: invite.upload.url,
       participation: invite.participation,
@@ -380,7 +393,12 @@ export async function runRound(invite, deps) {
       sleep,
       onProgress: (sentBytes, totalBytes) => onProgress({ stage: "uploading", sentBytes, totalBytes }),
     });
+    // Top-k's unsent remainder is kept only once the server has the sent part.
+    if (outcome.code === "uploaded") residuals.commit(invite.job);
+    else residuals.discard(invite.job);
+    return outcome;
   } catch (err) {
+    residuals.discard(invite.job);
     if (err instanceof RoundError) return { code: signal?.aborted ? "cancelled" : err.code, message: err.message };
     return { code: "kernel_failed", message: String(err?.message ?? err).slice(0, 300) };
   }

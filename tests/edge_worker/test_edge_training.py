@@ -428,3 +428,41 @@ def test_the_training_correction_is_c_minus_the_clients_own() -> None:
     mine = np.array([0.5, -1.0], np.float32).tobytes()
     assert np.frombuffer(control_correction(control, mine), "<f4").tolist() == [0.5, 3.0]
     assert control_correction(control, None) == control  # no cᵢ held: zeros
+
+
+def test_topk_keeps_the_residual_per_job_only_after_an_accepted_upload(
+    digits_shard: bytes,
+) -> None:
+    # given a top-k invite (k = 65 of 650) and one trainer kept across rounds, as the CLI keeps it
+    weights = _weights()
+    invite = _invite(weights) | {"job": "j1"}
+    invite["hyperparameters"] = invite["hyperparameters"] | {
+        "compression": {"scheme": "topk", "k": 65}
+    }
+    wasm = (BUILD / "logreg.wasm").read_bytes()
+    # when the first upload is refused as late
+    server = FakeServer(weights, digits_shard)
+    server.create_answer = _error(409, "round_closed")
+    trainer = RoundTrainer(server, clock=lambda: 0.0)  # type: ignore[arg-type]
+    assert trainer.run(invite, wasm, 1e9)[0] == "late"
+    # then no residual is kept
+    assert not np.any(trainer.residuals.residual("j1", D))
+    # when the same round is trained again and uploaded
+    server = FakeServer(weights, digits_shard)
+    trainer.http = server  # type: ignore[assignment]
+    assert trainer.run(invite, wasm, 1e9) == ("uploaded", "")
+    # then the upload is the header and the 65 largest (index, value) pairs, and the rest is the
+    # job's residual: sent + residual = the dense update, exactly
+    body = server.body()
+    assert len(body) == 32 + 16 + 8 * 65
+    dense = trainer.train(_invite(weights), wasm, 1e9)
+    update = np.frombuffer(dense, "<f4", offset=32)
+    indices = np.frombuffer(body, "<u4", count=65, offset=48)
+    values = np.frombuffer(body, "<f4", count=65, offset=48 + 4 * 65)
+    residual = trainer.residuals.residual("j1", D)
+    sent = np.zeros(D, np.float32)
+    sent[indices] = values
+    np.testing.assert_array_equal(sent + residual, update)
+    assert not np.any(residual[indices])
+    assert np.abs(values).min() >= np.abs(residual).max()  # the 65 largest were sent
+    assert not np.any(trainer.residuals.residual("another job", D))

@@ -20,14 +20,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ccgsc_worker.compression import ResidualStore, encoded_bytes
 from ccgsc_worker.kernel import KernelRunner
 from ccgsc_worker.training import (
     METRICS,
+    compress_body,
     control_correction,
     decode_shard,
     scaffold_body,
     train_update,
 )
+from jobs.aggregation import SignVote, SparseUpdate, int8_decode
 from jobs.fl_shards import encode_shard
 from jobs.services.fl_data import partition_shards
 from jobs.services.fl_init import initial_weights
@@ -42,7 +45,12 @@ CHUNK_BYTES = 16 * 1024
 # page sums the steps and takes the norm with an exact sum), the demo job's 2NN, and DP jobs whose
 # clip norm cuts the update (one epoch, several) or leaves it within (the header's norm is then
 # the exact one, not the kernel's), and SCAFFOLD jobs with the server's c alone (a client the
-# server holds no cᵢ for) and with c and cᵢ, one of them under DP as well.
+# server holds no cᵢ for) and with c and cᵢ, one of them under DP as well; and compressed jobs:
+# int8 (a seed above 2³¹), top-k over two consecutive rounds of one job (the second sends part of
+# the first's residual) and signSGD.
+CASES_JOB = "00000000-0000-4000-8000-0000000000f1"
+INT8 = {"scheme": "int8", "seed": 4_000_000_001}
+TOPK = {"scheme": "topk", "k": 1_000}
 CASES = [
     ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "99", {}),
     ("logreg", [64, 10], 3, 0.9, 0.01, 0.05, "18446744073709551615", {}),
@@ -53,6 +61,10 @@ CASES = [
     ("logreg", [64, 10], 1, 0.0, 0.0, 0.1, "10", {"scaffold": "c"}),
     ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "11", {"scaffold": "c+ci"}),
     ("logreg", [64, 10], 3, 0.0, 0.0, 0.05, "12", {"scaffold": "c+ci", "dp": {"clip_norm": 0.1}}),
+    ("mlp", [64, 200, 200, 10], 1, 0.0, 0.0, 0.05, "13", {"compression": INT8}),
+    ("mlp", [64, 200, 200, 10], 1, 0.0, 0.0, 0.05, "14", {"compression": TOPK}),
+    ("mlp", [64, 200, 200, 10], 2, 0.5, 0.0, 0.05, "15", {"compression": TOPK}),
+    ("logreg", [64, 10], 2, 0.0, 0.0, 0.1, "16", {"compression": {"scheme": "signsgd"}}),
 ]
 DP_CLIPPED = (3, 4)
 
@@ -60,7 +72,7 @@ DP_CLIPPED = (3, 4)
 def _invite(kernel: str, sizes: list[int], weights: bytes, wasm: bytes, **hyper: Any) -> dict:
     return {
         "type": "round_invite",
-        "job": "00000000-0000-4000-8000-0000000000f1",
+        "job": CASES_JOB,
         "round": 1,
         "participation": 7,
         "seed": hyper.pop("seed"),
@@ -122,7 +134,10 @@ def _controls(options: dict, parameters: int, number: int, tmp_path: Path) -> di
 def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) -> None:
     if NODE is None:
         pytest.fail("node is needed for the worker page's training tests")
-    # given one public shard of the 2-shard non-IID digits partition and several invites
+    # given one public shard of the 2-shard non-IID digits partition and several invites (the
+    # top-k residual carried from one round of the job to the next, as both clients keep it)
+    residuals = ResidualStore()
+    dense: dict[int, bytes] = {}
     x, y, classes = partition_shards(
         dataset="digits", partition="shards", clients=2, seed=3, alpha=None, per_client=2
     )[1]
@@ -146,6 +161,15 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
             files[url] = str(tmp_path / f"{name}{number}.f32")
         # when the edge worker computes its body here
         expected.append(_python_body(invite, wasm, weights, shard, controls))
+        if "compression" in extra:
+            dense[number] = expected[-1]
+            expected[-1] = compress_body(
+                expected[-1],
+                compression=extra["compression"],
+                job=invite["job"],
+                residuals=residuals,
+            )
+            residuals.commit(invite["job"])
         invite["upload"]["total_bytes"] = len(expected[-1])
         cases.append(
             {
@@ -179,7 +203,13 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
         assert uploaded == body
         status, samples, loss_sum, _correct, d, norm = METRICS.unpack(body[:32])
         parts = 2 if "scaffold" in CASES[number][7] else 1  # SCAFFOLD appends Δc f32[d]
-        assert (status, samples, parts * d) == (0, len(y), len(body[32:]) // 4)
+        compression = CASES[number][7].get("compression")
+        payload = (
+            encoded_bytes(compression["scheme"], d, k=compression.get("k", 0)) // 4
+            if compression
+            else parts * d
+        )
+        assert (status, samples, payload) == (0, len(y), len(body[32:]) // 4)
         assert np.isfinite(loss_sum)
         assert norm > 0
         # and each chunk carried its own SHA-256
@@ -210,6 +240,30 @@ def test_the_page_uploads_the_edge_workers_body_byte_for_byte(tmp_path: Path) ->
         steps = epochs * -(-len(y) // min(10, len(y)))
         delta = (-control.astype(np.float64) - update / (steps * rate)).astype("<f4")
         assert body[32 + 4 * d :] == delta.tobytes()
+    # and the compressed payloads decode to what the dense update says: int8 within one step of
+    # each block, top-k's sent part plus its residual equal to the update plus the last residual,
+    # signSGD's vote the update's signs
+    int8 = next(n for n, case in enumerate(CASES) if case[7].get("compression") == INT8)
+    update = np.frombuffer(dense[int8], "<f4", offset=32)
+    decoded = int8_decode(expected[int8][32:])
+    assert np.all(np.abs(decoded - update) <= np.abs(update).max() / 127 * (1 + 1e-6))
+    first, second = (n for n, case in enumerate(CASES) if case[7].get("compression") == TOPK)
+    residual = np.zeros(len(update), np.float32)
+    for number in (first, second):
+        sparse = SparseUpdate.decode(expected[number][32:])
+        assert sparse.indices.shape == (1_000,)
+        corrected = np.frombuffer(dense[number], "<f4", offset=32) + residual
+        kept = np.zeros(len(update), bool)
+        kept[sparse.indices] = True
+        assert np.abs(corrected[kept]).min() >= np.abs(corrected[~kept]).max()
+        np.testing.assert_array_equal(sparse.values, corrected[kept])
+        residual = np.where(kept, np.float32(0), corrected).astype(np.float32)
+    np.testing.assert_array_equal(residuals.residual(CASES_JOB, len(update)), residual)
+    sign = len(CASES) - 1
+    vote = SignVote(len(dense[sign][32:]) // 4)
+    vote.fold("a", expected[sign][32:])
+    signs = np.where(np.frombuffer(dense[sign], "<f4", offset=32) >= 0, 1, -1)
+    np.testing.assert_array_equal(vote.finish(), signs.astype(np.float32))
     # and the resumable upload did its job: a lost chunk asked for the state again, a damaged
     # one was sent twice
     assert results[2]["log"].count("POST /fl/uploads/") == 2
