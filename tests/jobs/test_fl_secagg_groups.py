@@ -18,6 +18,8 @@ from ccgsc_worker.secagg.wire import WireClient, masked_body
 from jobs import dispatch, realtime
 from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
 from jobs.secagg_models import SecAggPhase, SecAggPhaseSet, SecAggRound
+from jobs.services.fl_admission import fl_cohort_invited
+from jobs.services.fl_privacy import fl_epsilon_after
 from jobs.services.fl_rounds import latest_version, round_open, round_sweep
 from jobs.services.fl_secagg import secagg_message_receive
 from jobs.services.fl_secagg_phases import secagg_phase_close
@@ -297,3 +299,33 @@ def test_async_secure_jobs_with_groups_too_small_are_refused(core_tenant, fields
     with pytest.raises(ValidationError) as refused:
         fl_job(core_tenant, **{**spec, **fields})
     assert refused.value.message_dict[field] == [message]
+
+
+def test_each_group_is_one_dp_release_and_an_aborted_group_spends_nothing(core_tenant):  # noqa: F811
+    # given an async secure job with central DP: two groups in flight
+    dp = {
+        "differential_privacy": True,
+        "dp_epsilon": 50.0,
+        "dp_delta": 1e-5,
+        "dp_noise_multiplier": 2.0,
+        "dp_clip_norm": 1.0,
+    }
+    groups = Groups(core_tenant, **dp)
+    first, second = groups.group(1), groups.group(2)
+    config = groups.job.fl_config
+    invited = fl_cohort_invited(config=config)
+    # when the first aborts at its advertise phase and the second goes through
+    groups.advertise(first[1:])
+    groups.expire(1, SecAggPhase.ADVERTISE)
+    groups.run(second)
+    # then the aborted group spent nothing and the closed one exactly one release
+    aborted = Round.objects.unscoped().get(job=groups.job, number=1)
+    closed = Round.objects.unscoped().get(job=groups.job, number=2)
+    assert (aborted.status, closed.status) == (RoundStatus.FAILED, RoundStatus.CLOSED)
+    assert aborted.epsilon_spent == 0.0
+    assert closed.epsilon_spent == pytest.approx(
+        fl_epsilon_after(config=config, invited=invited, rounds=1)
+    )
+    assert closed.metrics["dp_clip_norm"] == 1.0
+    # and the step is the noised release times the group's weight (staleness 0: weight 1)
+    assert closed.metrics["group_step_weight"] == 1.0
