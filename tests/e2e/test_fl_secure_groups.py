@@ -8,9 +8,9 @@ more edge workers then come online and the job's later groups run, two at once, 
 three buffers are in. Training is deterministic, so the test recomputes each worker's update from
 its stored invite, checks every version against its group's clipped mean times the group's
 staleness weight, and searches PostgreSQL, storage, Redis and the logs for the updates in the
-clear. The reconnect test cuts one edge worker's network after it advertised and before the
-advertise phase closed, so the key list goes to a socket that is gone; it reconnects as the same
-worker and is sent the list again.
+clear. The reconnect test, in a sync round and in an async job's secure group, cuts one edge
+worker's network after it advertised and before the advertise phase closed, so the key list goes
+to a socket that is gone; it reconnects as the same worker and is sent the list again.
 """
 
 from __future__ import annotations
@@ -162,7 +162,18 @@ def test_an_async_secure_job_runs_groups_of_k_and_a_group_below_threshold_aborts
     _quiesce(fc_stack, doomed)
 
 
-def test_an_edge_worker_cut_off_mid_phase_is_sent_the_phase_request_again(fc_stack, tenant, owner):
+ASYNC_GROUP = {
+    "mode": "async",
+    "buffer_size": 4,
+    "staleness_bound": 2,
+    "staleness_weighting": "constant",
+}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_edge_worker_cut_off_mid_phase_is_sent_the_phase_request_again(
+    fc_stack, tenant, owner, mode
+):
     # given three edge workers, one behind a network path the test can cut, and a scripted
     # client that holds its advertise back so the advertise phase stays open
     _core_tenant(tenant, owner)
@@ -181,7 +192,12 @@ def test_an_edge_worker_cut_off_mid_phase_is_sent_the_phase_request_again(fc_sta
         contributors_accounted()
         worker_row = Worker.objects.get(contributor_id=cut_off.contributor_id)
         job = _secure_job(
-            tenant, cohort_size=4, min_reports=3, partition_clients=4, round_deadline_seconds=120
+            tenant,
+            cohort_size=4,
+            min_reports=3,
+            partition_clients=4,
+            round_deadline_seconds=120,
+            **(ASYNC_GROUP if mode == "async" else {}),
         )
         victim = wait_until(
             lambda: (
@@ -245,4 +261,6 @@ def test_an_edge_worker_cut_off_mid_phase_is_sent_the_phase_request_again(fc_sta
     for phase in ("advertise", "share", "masked_input", "unmask"):
         assert client in sets[phase].members, (phase, sets[phase].members)
     assert round_.reports == 4
+    if mode == "async":  # a secure group: one buffer step, from the version it formed on
+        assert (round_.metrics["group_staleness"], round_.metrics["group_step_weight"]) == (0, 1.0)
     _quiesce(fc_stack, held)

@@ -19,7 +19,7 @@ from jobs import dispatch, realtime
 from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
 from jobs.secagg_models import SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.fl_admission import fl_cohort_invited
-from jobs.services.fl_privacy import fl_epsilon_after
+from jobs.services.fl_privacy import fl_epsilon_after, fl_secagg_plan
 from jobs.services.fl_rounds import latest_version, round_open, round_sweep
 from jobs.services.fl_secagg import secagg_message_receive
 from jobs.services.fl_secagg_phases import secagg_phase_close
@@ -167,6 +167,8 @@ def test_two_groups_in_flight_each_apply_their_sum_as_one_staleness_weighted_ste
         not Round.objects.unscoped().filter(job=groups.job, number=3).exists()
     )  # no worker is free
     assert {Participation.objects.unscoped().get(pk=p).base_version for p in first + second} == {0}
+    plan = fl_secagg_plan(job=groups.job)  # the job page's plan is a group's: k = 2 of 3
+    assert (plan.cohort_invited, plan.neighbours, plan.threshold) == (3, 2, 2)
     w0 = _weights(groups.job, 0)
     # when the second group finishes its four phases first
     groups.run(second)
