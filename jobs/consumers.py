@@ -182,6 +182,7 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
             )
         )
         await self.invites_resend()
+        await self.secagg_requests_resend()
         await self.fill()
 
     async def on_capacity(self, message: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@
 ``begin`` with the invite (→ the ``secagg_advertise`` to send), ``handle`` with each phase
 message (→ the answer to send, if any), and ``wait_ciphertexts`` before masking the trained
 update. A refused request (sets that overlap, too few neighbours, a bad ciphertext) or an abort
-forgets the round's secrets and sends nothing: the server counts the client as a dropout.
+forgets the round's secrets and sends nothing: the server counts the client as a dropout. A
+request that arrives again (re-sent after a reconnect) gets the answer the first one got.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class SecureRounds:
         self._clients: dict[int, WireClient] = {}
         self._ready: dict[int, asyncio.Event] = {}
         self._ended: set[int] = set()
+        # Each request's answer, per participation: the server sends a request again to a
+        # worker that reconnected mid-phase, and the answer it gets is the first one (answering
+        # from the client again would be refused: it has moved to the next phase).
+        self._answers: dict[int, dict[str, dict[str, Any] | None]] = {}
 
     def begin(self, invite: Mapping[str, Any]) -> dict[str, Any]:
         """A secure invite: a fresh client and its ``secagg_advertise`` message."""
@@ -58,11 +63,16 @@ class SecureRounds:
         if client is None:
             return None
         kind = message["type"]
+        answers = self._answers.setdefault(participation, {})
+        if kind in answers:  # sent again after a reconnect: the answer may have been lost
+            return answers[kind]
         try:
             if kind == "secagg_keys":
-                return client.on_keys(message)
+                answers[kind] = client.on_keys(message)
+                return answers[kind]
             if kind == "secagg_ciphertexts":
                 client.on_ciphertexts(message)
+                answers[kind] = None
                 self._ready[participation].set()
                 return None
             if kind == "secagg_unmask":
@@ -98,6 +108,7 @@ class SecureRounds:
 
     def end(self, participation: int) -> None:
         """Forget a round's client and its secrets; a waiting masker gives up."""
+        self._answers.pop(participation, None)
         client = self._clients.pop(participation, None)
         if client is not None:
             client.forget()

@@ -189,11 +189,15 @@ def secagg_plan(*, config: FlConfig, invited: int) -> SecureAggregationPlan:
 
 
 def fl_secagg_plan(*, job: Job) -> SecureAggregationPlan | None:
-    """The job's secure-aggregation plan (None when it does not use secure aggregation)."""
+    """The job's secure-aggregation plan (None when it does not use secure aggregation); for an
+    async job, the plan of one secure group."""
+    from jobs.services.fl_secagg_groups import group_size, secure_groups  # imports this module
+
     config = job.fl_config
     if config is None or not config.secure_aggregation:
         return None
-    return secagg_plan(config=config, invited=fl_cohort_invited(config=config))
+    invited = group_size(config) if secure_groups(config) else fl_cohort_invited(config=config)
+    return secagg_plan(config=config, invited=invited)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,9 @@ A round is open while it collects updates; the fold of each update happens in Ce
 (``fl_rounds_uploads.update_fold``) under the round's row lock, and the last fold that meets the
 close condition calls ``round_close`` in the same transaction. The sweeper closes or fails rounds
 past their deadline and opens rounds for running jobs that have none (no eligible worker was
-online when the last one closed). In buffered-async mode a round is one buffer of K updates.
+online when the last one closed). In buffered-async mode a round is one buffer of K updates;
+with secure aggregation it is one secure group of K, and several run at once
+(``fl_secagg_groups``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ from jobs.services.fl_rounds_cohort import (
 from jobs.services.fl_rounds_compression import empty_fold, fold_restore
 from jobs.services.fl_rounds_dp import round_clip_norm, round_release
 from jobs.services.fl_rounds_scaffold import scaffold_invite_controls
+from jobs.services.fl_secagg_groups import (
+    group_candidates,
+    group_may_open,
+    group_size,
+    group_step,
+    groups_in_flight,
+    secure_groups,
+)
 from jobs.services.lifecycle import job_event, job_pause_system
 from jobs.services.model_registry import model_version_create, model_version_read
 from tenants.tiers import JobKind
@@ -185,7 +195,9 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
     and send each invitee ``worker.round_invite`` after commit; returns the invitations.
 
     Locks the job row. Does nothing (returns []) if the job is not running, a round is open,
-    or no worker is eligible (the sweeper retries).
+    or no worker is eligible (the sweeper retries). An async job with secure aggregation opens
+    secure groups instead: as many as fit (``fl_secagg_groups``), each of workers not in
+    another open group.
     """
     job = (
         Job.objects.unscoped()
@@ -197,16 +209,24 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
     if job.status != JobStatus.RUNNING or config is None:
         return []
     rounds = Round.objects.for_tenant(job.tenant).filter(job=job)
-    if rounds.filter(status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING]).exists():
+    groups = secure_groups(config)
+    if groups:
+        if not group_may_open(job=job, config=config):
+            return []
+    elif rounds.filter(status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING]).exists():
         return []
     number = (rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
     rng = random.Random(f"{job.seed}:{number}")  # noqa: S311 - a reproducible draw, not a secret
     eligible = eligible_workers(job=job, config=config, rng=rng)
+    if groups:
+        eligible = group_candidates(job=job, config=config, eligible=eligible)
     if not eligible:
         return []
     try:  # a spent privacy budget ends the job: no top-up can buy more ε
         fl_privacy_admit(job=job, round_number=number)
     except ValidationError as exc:
+        if groups and groups_in_flight(job=job).exists():
+            return []  # the budget holds the groups in flight: the job ends after the last
         _job_finish(job, JobStatus.COMPLETED, " ".join(exc.messages)[:300], timezone.now())
         return []
     try:  # every round is admitted by the money plane, not only the first
@@ -215,7 +235,8 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         reason = " ".join(exc.messages)
         transaction.on_commit(lambda: job_pause_system(job_id=job.pk, reason=reason))
         return []
-    cohort = rng.sample(eligible, min(len(eligible), fl_cohort_invited(config=config)))
+    invited = group_size(config) if groups else fl_cohort_invited(config=config)
+    cohort = rng.sample(eligible, min(len(eligible), invited))
     analytics = job.kind == JobKind.ANALYTICS  # no model: its invite carries the query
     base = None if analytics else latest_version(job=job)
     now = timezone.now()
@@ -261,10 +282,12 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
         invitations.append(
             RoundInvitation(str(worker.pk), worker.channel_name, participation.pk, payload)
         )
-    if config.secure_aggregation and config.mode == FlMode.SYNC:
+    if config.secure_aggregation:
         from jobs.services.fl_secagg import secagg_round_open  # its abort path imports this
 
         secagg_round_open(round=round_, config=config, invitations=invitations)
+    if groups:  # the next group, while free workers and rounds to go remain
+        invitations += round_open(job=job)
     return invitations
 
 
@@ -284,6 +307,10 @@ def _strategy_state(job: Job, base: ModelVersion) -> bytes | None:
 
 def close_condition(*, round: Round, config: FlConfig) -> bool:  # noqa: A002
     """Enough updates are folded for the round to aggregate now."""
+    if secure_groups(config):
+        # A group's reports are its survivors, written once its unmasked sum is in; the
+        # phases already held it to its minimum.
+        return round.reports > 0
     needed = config.buffer_size if config.mode == FlMode.ASYNC else config.min_reports
     return round.reports >= min(needed or 1, max(round.cohort_size, 1))
 
@@ -316,7 +343,11 @@ def round_close(*, round_id: int, now: Any = None) -> Round:
     job = Job.objects.unscoped().select_related("fl_config", "tenant").get(pk=round_.job_id)
     config = job.fl_config
     now = now or timezone.now()
-    if close_condition(round=round_, config=config):
+    if secure_groups(config):  # groups close concurrently: one new version at a time
+        Job.objects.unscoped().select_for_update(of=("self",)).filter(pk=job.pk).first()
+    if secure_groups(config) and job.status != JobStatus.RUNNING:
+        _fail(round_, job, now, reason="job_ended")  # a group outliving its job releases nothing
+    elif close_condition(round=round_, config=config):
         if job.kind == JobKind.ANALYTICS:  # the sum of the vectors instead of a model step
             from jobs.services.analytics_rounds import analytics_round_aggregate  # imports this
 
@@ -375,12 +406,17 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
             release = round_release(round=round_, config=config, fold=fold)
             mean_delta, dp_metrics = release.mean_delta, release.metrics
             clip_norm_next = release.clip_norm_next
-        elif config.mode == FlMode.ASYNC:
+        elif config.mode == FlMode.ASYNC and not config.secure_aggregation:
             # FedBuff's step divides the staleness-discounted sum by the examples (as the core's
             # BufferedAsyncServer does), so a buffer of stale updates takes a shorter step.
             mean_delta = buffer_mean(fold, examples=samples)
         else:
             mean_delta = fold.finish()
+        if secure_groups(config):  # one buffer step, discounted by the group's staleness
+            mean_delta, group_metrics = group_step(
+                round_=round_, job=job, config=config, mean_delta=mean_delta
+            )
+            dp_metrics = {**dp_metrics, **group_metrics}
         new_weights = strategy.step(weights=weights, mean_delta=mean_delta).astype(np.float32)
         state_bytes = strategy.state_bytes()
     Participation.objects.for_tenant(job.tenant).filter(pk__in=folded_ids).update(included=True)
@@ -522,7 +558,19 @@ def round_sweep(*, now: Any = None) -> int:
         .exclude(rounds__status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING])
         .values_list("pk", flat=True)
     )
-    for job_id in idle:
+    grouped = (  # async secure jobs open another group as soon as workers are free
+        Job.objects.unscoped()
+        .filter(
+            kind=JobKind.FL,
+            status=JobStatus.RUNNING,
+            fl_config__secure_aggregation=True,
+            fl_config__mode=FlMode.ASYNC,
+            rounds__status=RoundStatus.OPEN,
+        )
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    for job_id in [*idle, *grouped]:
         if round_open(job=Job.objects.unscoped().get(pk=job_id)):
             acted += 1
     return acted

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from ccgsc_worker.secagg.wire import b64decode, b64encode
 from jobs.analytics_models import ANALYTICS_KERNEL
-from jobs.fl_models import FlConfig, Participation, Round, RoundStatus
+from jobs.fl_models import FlConfig, FlMode, Participation, Round, RoundStatus
 from jobs.models import Job
 from jobs.secagg import RoundConfig, scale_for
 from jobs.secagg import primitives as p
@@ -58,6 +58,7 @@ def secagg_round_open(
     every invite and move the round's deadline past the four phases."""
     n = len(invitations)
     plan = secagg_plan(config=config, invited=n)
+    sync = config.mode == FlMode.SYNC
     bound = float(config.dp_clip_norm or DEFAULT_BOUND)
     scale = scale_for(n_clients=max(n, 1), bound=bound)
     if config.model_kernel == ANALYTICS_KERNEL:  # a vector of sums, not a clipped update
@@ -71,8 +72,9 @@ def secagg_round_open(
         phase_deadline=now + timedelta(seconds=step),
         clients={str(i): inv.participation_id for i, inv in enumerate(invitations, start=1)},
         threshold=max(1, plan.threshold),
-        # round_close aggregates only at min_reports (capped by the cohort): never fewer.
-        min_survivors=max(plan.min_survivors, min(config.min_reports, n), 1),
+        # round_close aggregates only at min_reports (capped by the cohort): never fewer. An
+        # async group aggregates whatever survives its phases: its minimum is the plan's.
+        min_survivors=max(plan.min_survivors, min(config.min_reports, n) if sync else 1, 1),
         scale=scale,
         bound=bound,
         session=os.urandom(32),

@@ -9,12 +9,13 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from ccgsc_worker.secagg.wire import b64encode
 from jobs import realtime
 from jobs.fl_models import Round, RoundStatus
 from jobs.models import Job, JobStatus, Worker
 from jobs.secagg import RoundAborted
 from jobs.secagg_models import SecAggPhase, SecAggPhaseSet, SecAggRound
+from jobs.services.fl_secagg_groups import group_staleness_check
+from jobs.services.fl_secagg_requests import ciphertexts_fields, keys_fields, unmask_fields
 from jobs.services.fl_secagg_state import (
     UNMASK_GRACE_SECONDS,
     WAITING_PHASES,
@@ -78,7 +79,7 @@ def phase_close_locked(*, round_: Round, secagg: SecAggRound, job: Job, now: Any
             _check_survivors(secagg, len(keys), "advertised")
             _fix(secagg, phase, list(keys), [])
             _advance(secagg, SecAggPhase.SHARE, phase_seconds(config), now)
-            _send(secagg, sorted(keys), "secagg_keys", lambda c: {"keys": _keys_field(keys[c])})
+            _send(secagg, sorted(keys), "secagg_keys", lambda c: keys_fields(keys[c]))
         elif phase == SecAggPhase.SHARE:
             relayed = server.close_share()
             _check_survivors(secagg, len(relayed), "shared keys")
@@ -88,14 +89,10 @@ def phase_close_locked(*, round_: Round, secagg: SecAggRound, job: Job, now: Any
                 secagg,
                 sorted(relayed),
                 "secagg_ciphertexts",
-                lambda c: {
-                    "ciphertexts": [
-                        {"client": j, "ciphertext": b64encode(ct)}
-                        for j, ct in sorted(relayed[c].items())
-                    ]
-                },
+                lambda c: ciphertexts_fields(relayed[c]),
             )
         elif phase == SecAggPhase.MASKED_INPUT:
+            group_staleness_check(round_=round_, job=job)  # async groups: before unmasking
             request = server.close_masked_input()
             _check_survivors(secagg, len(request["alive"]), "sent a masked input")
             _fix(secagg, phase, request["alive"], request["dropped"])
@@ -106,10 +103,9 @@ def phase_close_locked(*, round_: Round, secagg: SecAggRound, job: Job, now: Any
                 secagg,
                 request["alive"],
                 "secagg_unmask",
-                lambda c: {
-                    "alive": sorted((graph[c] | {c}) & alive),
-                    "dropped": sorted(graph[c] & dropped),
-                },
+                lambda c: unmask_fields(
+                    client=c, neighbours=graph[c], alive=alive, dropped=dropped
+                ),
             )
         elif phase == SecAggPhase.UNMASK:
             answered = set(server.unmask_shares)
@@ -121,17 +117,6 @@ def phase_close_locked(*, round_: Round, secagg: SecAggRound, job: Job, now: Any
             _queue_unmask(round_.pk)
     except RoundAborted as exc:
         secagg_abort_locked(round_=round_, secagg=secagg, job=job, reason=str(exc), now=now)
-
-
-def _keys_field(keys: dict[int, dict[str, bytes]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "client": client,
-            "cipher_public": b64encode(pair["cipher_public"]),
-            "mask_public": b64encode(pair["mask_public"]),
-        }
-        for client, pair in sorted(keys.items())
-    ]
 
 
 def _check_survivors(secagg: SecAggRound, count: int, what: str) -> None:

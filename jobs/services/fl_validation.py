@@ -37,6 +37,7 @@ from jobs.services.fl_privacy_rules import (
     privacy_fields,
 )
 from jobs.services.fl_rounds_eligibility import refuse_anonymous_fraction
+from jobs.services.fl_secagg_groups import group_check_spec, group_min_survivors_default
 from tenants.models import Tenant
 
 
@@ -348,9 +349,12 @@ def _check_combinations(
             )
         elif strategy == ServerStrategy.QFFL:
             errors["secure_aggregation"] = "Secure aggregation with q-FFL is not built."
-        elif spec.mode == FlMode.ASYNC:
-            errors["secure_aggregation"] = (
-                "Secure aggregation masks cancel only within one synchronous cohort."
+        elif spec.mode == FlMode.ASYNC:  # masks cancel within a cohort: secure groups of K
+            group_check_spec(
+                buffer_size=spec.buffer_size,
+                over_selection=spec.over_selection,
+                min_survivors=spec.secagg_min_survivors,
+                errors=errors,
             )
     if spec.differential_privacy:
         if strategy in (ServerStrategy.SCAFFOLD, ServerStrategy.QFFL) or robust:
@@ -476,7 +480,13 @@ def fl_job_validate(*, tenant: Tenant, spec: FlJobSpec) -> FlConfig:
     if errors:
         raise ValidationError(errors)
     if config.secure_aggregation and config.secagg_min_survivors is None:
-        config.secagg_min_survivors = max(MIN_SECURE_COHORT, config.min_reports)
+        config.secagg_min_survivors = (
+            group_min_survivors_default(
+                buffer_size=config.buffer_size, min_reports=config.min_reports
+            )
+            if config.mode == FlMode.ASYNC
+            else max(MIN_SECURE_COHORT, config.min_reports)
+        )
     refusals = tenant.policy.fl_refusals(
         cohort_size=invited,
         robust_aggregation=config.is_robust,

@@ -7,7 +7,9 @@
 // and `mask(participation, body, timeLeftMs)` once the update is trained: that waits for the
 // neighbours' ciphertexts and returns the body to upload, header (norm zeroed) ‖ u32[d]. A
 // refused request (sets that overlap, too few neighbours, a bad ciphertext) or an abort forgets
-// the round's secrets and sends nothing: the server counts the client as a dropout.
+// the round's secrets and sends nothing: the server counts the client as a dropout. A request
+// that arrives again (the server re-sends the current phase's request after a reconnect) gets
+// the answer the first one got: the client has moved on and would refuse it.
 import { SecureRoundClient, maskedBody } from "./secagg-round.js";
 import { METRICS_BYTES, RoundError } from "./training.js";
 
@@ -38,7 +40,7 @@ export class SecureRounds {
     }
     let resolveReady;
     const ready = new Promise((resolve) => (resolveReady = resolve));
-    const entry = { client, ready, resolveReady, chain: null };
+    const entry = { client, ready, resolveReady, chain: null, answers: new Map() };
     entry.chain = client.advertise().then(
       (message) => this.send(message),
       (err) => this.refuse(invite.participation, entry, "advertise", err),
@@ -54,8 +56,14 @@ export class SecureRounds {
     if (!entry) return Promise.resolve();
     entry.chain = entry.chain.then(async () => {
       if (this.rounds.get(participation) !== entry) return;
+      if (entry.answers.has(message.type)) {
+        const again = entry.answers.get(message.type);
+        if (again) this.send(again);
+        return;
+      }
       try {
         const answer = await entry.client.handle(message);
+        entry.answers.set(message.type, answer);
         if (answer) this.send(answer);
       } catch (err) {
         this.refuse(participation, entry, message.type, err);

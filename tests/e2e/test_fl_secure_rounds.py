@@ -50,7 +50,8 @@ DISTINCT = (0.31415926 * np.sin(np.arange(D) * 0.7 + 0.1)).astype(np.float32)
 
 class ScriptedClient(threading.Thread):
     """A secure-round client over a real socket that stops after ``stop_after`` (its socket
-    closes as a killed process's would), uploading ``update`` if it gets that far."""
+    closes as a killed process's would), uploading ``update`` if it gets that far; it holds its
+    advertise until ``hold_advertise`` is set and its upload until ``hold_upload`` is."""
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class ScriptedClient(threading.Thread):
         update: np.ndarray,
         stop_after: str,
         hold_upload: threading.Event | None = None,
+        hold_advertise: threading.Event | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.server_url, self.token, self.update, self.stop_after = (
@@ -68,6 +70,7 @@ class ScriptedClient(threading.Thread):
             stop_after,
         )
         self.hold_upload = hold_upload
+        self.hold_advertise = hold_advertise
         self.reached: list[str] = []
         self.error: BaseException | None = None
 
@@ -112,6 +115,8 @@ class ScriptedClient(threading.Thread):
                         block=message["secagg"],
                         dimension=message["model"]["parameters"],
                     )
+                    if self.hold_advertise is not None:
+                        await asyncio.to_thread(self.hold_advertise.wait, 120)
                     await socket.send(edge.encode_text(wire.advertise()))
                     self.reached.append("advertise")
                     if self.stop_after == "advertise":
@@ -159,21 +164,20 @@ def _core_tenant(tenant, owner):  # noqa: ANN001, ANN202
 
 
 def _secure_job(tenant, **fields):  # noqa: ANN001, ANN003, ANN202
-    return fl_job(
-        tenant,
-        dataset="digits",
-        partition="iid",
-        partition_clients=5,
-        rounds=1,
-        cohort_size=5,
-        min_reports=3,
-        round_deadline_seconds=30,
-        local_epochs=1,
-        learning_rate=0.1,
-        secure_aggregation=True,
-        seed=11,
-        **fields,
-    )
+    defaults = {
+        "dataset": "digits",
+        "partition": "iid",
+        "partition_clients": 5,
+        "rounds": 1,
+        "cohort_size": 5,
+        "min_reports": 3,
+        "round_deadline_seconds": 30,
+        "local_epochs": 1,
+        "learning_rate": 0.1,
+        "secure_aggregation": True,
+        "seed": 11,
+    }
+    return fl_job(tenant, **{**defaults, **fields})
 
 
 class _Registry:

@@ -131,7 +131,7 @@ class SecureCohort:
         return np.mean(clipped, axis=0)
 
 
-def _upload(token: str, pid: int, data: bytes) -> None:
+def _upload(token: str, pid: int, data: bytes, *, base_version: int = 0) -> None:
     client = Client(HTTP_AUTHORIZATION=f"Worker {token}")
     created = client.post(
         "/fl/uploads/",
@@ -140,7 +140,7 @@ def _upload(token: str, pid: int, data: bytes) -> None:
             "total_bytes": len(data),
             "chunk_size": CHUNK,
             "sha256": hashlib.sha256(data).hexdigest(),
-            "base_version": 0,
+            "base_version": base_version,
         },
         content_type="application/json",
     ).json()

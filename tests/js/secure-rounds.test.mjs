@@ -100,13 +100,26 @@ describe("SecureRounds", () => {
     const before = [first.sent.length, second.sent.length];
     await first.rounds.handle({ v: 1, type: "secagg_abort", participation: 101, round: 4, reason: "below threshold" });
     assert.deepEqual(first.rounds.active, []);
-    // keys a second time (the share phase is over) are refused
-    await second.rounds.handle({ v: 1, type: "secagg_keys", participation: 102, round: 4, keys: [], deadline_ms: 1000 });
+    // an unmask request before the ciphertexts (out of phase) is refused
+    await second.rounds.handle({ v: 1, type: "secagg_unmask", participation: 102, round: 4, alive: [1, 2, 3], dropped: [], deadline_ms: 1000 });
     assert.deepEqual(second.rounds.active, []);
-    assert.match(second.problems[0], /secure round 102: refused secagg_keys/);
+    assert.match(second.problems[0], /secure round 102: refused secagg_unmask/);
     await second.rounds.handle({ v: 1, type: "secagg_unmask", participation: 555, round: 4, alive: [1], dropped: [], deadline_ms: 1000 });
     assert.deepEqual([first.sent.length, second.sent.length], before);
     await assert.rejects(second.rounds.mask(102, body([1, 1, 1, 1, 1, 1]), 1000), (err) => err.code === "secagg_dropped");
+  });
+
+  it("answers a request sent again after a reconnect with the first answer, and keeps the round", async () => {
+    const all = pages(3);
+    const shares = await keysAndShares(all);
+    const [first] = all;
+    const sentBefore = first.sent.length;
+    // the server re-sends the key list (the share answer may have been lost with the socket)
+    await first.rounds.handle({ v: 1, type: "secagg_keys", participation: 101, round: 4, keys: [], deadline_ms: 1000 });
+    assert.equal(first.sent.length, sentBefore + 1);
+    assert.deepEqual(first.sent.at(-1), shares[0]);
+    assert.deepEqual(first.rounds.active, [101]);
+    assert.deepEqual(first.problems, []);
   });
 
   it("refuses an invite whose secure block it cannot use, without sending anything", () => {
