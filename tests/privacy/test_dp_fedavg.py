@@ -24,9 +24,7 @@ def _round(params: DpRound, updates: dict[int, np.ndarray], seed: int):
         dimension=dimension,
     )
     rng = np.random.default_rng(seed)
-    inputs = {
-        i: client_encode(u, params, random_bytes=rng.bytes, rng=rng) for i, u in updates.items()
-    }
+    inputs = {i: client_encode(u, params, random_bytes=rng.bytes) for i, u in updates.items()}
     drop = {2: "masked_input", 5: "masked_input"}
     total, server = run_round(config, inputs, drop_before=drop)
     result = server_finish(total, params, survivors=len(server.alive), rng=rng)
@@ -39,7 +37,7 @@ def _updates(seed: int) -> dict[int, np.ndarray]:
     return {i: rng.normal(0, (0.01 if i % 3 else 0.1), D) for i in range(1, N + 1)}
 
 
-@pytest.mark.parametrize("mechanism", ["central", "skellam", "discrete_gaussian"])
+@pytest.mark.parametrize("mechanism", ["central", "skellam"])
 def test_mean_update_is_the_clipped_mean_plus_the_stated_noise(mechanism: str) -> None:
     # given clipped updates of 24 clients, z = 2, C = 1, noise sized for 22 survivors
     params = DpRound(
