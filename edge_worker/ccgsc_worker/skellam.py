@@ -31,7 +31,8 @@ RandomBytes = Callable[[int], bytes]
 
 SMALL_MEAN = 10.0
 _TABLE_STOP = 16  # below this k the log-pmf uses log k! from the table
-_LOG_FACTORIAL = np.array([math.lgamma(k + 1) for k in range(_TABLE_STOP)])
+# log k! summed term by term, as the browser's twin builds it (the same float64 operations)
+_LOG_FACTORIAL = np.cumsum([0.0, 0.0, *(math.log(k) for k in range(2, _TABLE_STOP))])
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
