@@ -10,7 +10,7 @@ bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
        [--only kernels training validation ledger dispatch sockets aggregation secagg
-               secagg_wire fedavg_paper dp_rounds]
+               secagg_wire fedavg_paper dp_rounds dp_shares]
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "fedavg_paper": ("bench_fedavg_paper.py", [], [], "fedavg_paper.json"),
     # DP-FedAvg as the rounds run it: accuracy on digits against ε at q = 1.
     "dp_rounds": ("bench_dp_rounds.py", [], ["--rounds", "10", "--seeds", "1"], "dp_rounds.json"),
+    # What a client pays to draw its distributed-DP (Skellam) share: Python, Node, Chromium.
+    "dp_shares": ("bench_dp_shares.py", [], ["--repeats", "3", "--no-browser"], "dp_shares.json"),
 }
 
 
