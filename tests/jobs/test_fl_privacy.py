@@ -408,6 +408,7 @@ def test_the_form_sets_privacy_and_the_page_shows_epsilon_being_spent(owner_clie
     page = owner_client.get("/jobs/new/fl/").content.decode()
     assert 'data-testid="privacy-section"' in page
     assert "accounted at q = 1" in page
+    assert "each client adds a Skellam share before masking" in page
 
     response = owner_client.post(
         "/jobs/new/fl/",
