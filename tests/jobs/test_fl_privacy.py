@@ -335,6 +335,22 @@ def test_admission_admits_the_last_round_in_budget_and_refuses_the_next(core):
     ]
 
 
+def test_admission_refuses_a_distributed_job_past_its_skellam_budget(core):
+    # given a distributed job whose Skellam budget allows N rounds, N of them spent
+    job = fl_job(core, **DP, secure_aggregation=True, dp_mode="distributed")
+    allowed = job.fl_config.dp_rounds_allowed
+    assert 0 < allowed < job.fl_config.rounds
+    _rounds(job, [RoundStatus.CLOSED] * (allowed - 1) + [RoundStatus.FAILED, RoundStatus.CLOSED])
+    # then round N + 1 is refused, with the Skellam ε spent and the ε it would reach
+    with pytest.raises(ValidationError) as excinfo:
+        fl_privacy_admit(job=job, round_number=allowed + 2)
+    message = excinfo.value.messages[0]
+    assert f"after {allowed} rounds; round {allowed + 2} would reach" in message
+    scale = distributed_scale(n_clients=10, clip_norm=1.0, noise_multiplier=5.0, noise_shares=1)
+    release = skellam_release(clip_norm=1.0, scale=scale, dimension=650, variance=(5 * scale) ** 2)
+    assert f"ε = {skellam_epsilon([(release, allowed)], delta=1e-5):.3g} of 3" in message
+
+
 def test_a_job_without_dp_is_always_admitted_by_the_budget(core):
     job = fl_job(core)
     _rounds(job, [RoundStatus.CLOSED] * 20)
