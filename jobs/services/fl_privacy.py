@@ -33,7 +33,7 @@ from jobs.services.fl_admission import fl_cohort_invited
 from jobs.services.fl_rounds_dp_distributed import MECHANISM as DISTRIBUTED_MECHANISM
 from jobs.services.fl_rounds_dp_distributed import (
     distributed_noise_active,
-    distributed_release,
+    distributed_releases,
     worst_case_release,
 )
 
@@ -182,8 +182,8 @@ def _distributed_epsilon_through(job: Job, config: FlConfig, last: Round) -> flo
         .exclude(status=RoundStatus.FAILED)
         .order_by("number")
     )
-    releases = [(distributed_release(config=config, round=r), 1) for r in rounds]
-    return skellam_epsilon(releases, delta=config.dp_delta)
+    releases = distributed_releases(config=config, rounds=list(rounds))
+    return skellam_epsilon([(release, 1) for release in releases], delta=config.dp_delta)
 
 
 @dataclass(frozen=True, slots=True)

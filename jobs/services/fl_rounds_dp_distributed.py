@@ -12,7 +12,7 @@ server_noise=False)``).
 The accounting (``jobs.privacy.skellam``) uses what was actually added: at creation and
 admission the worst case any round of the job can reach (the planned cohort, one share's worth
 of headroom, exactly the target variance); after a round the scale it used and the shares of its
-survivors, anonymous ones not counted (``distributed_release``).
+survivors, anonymous ones not counted (``distributed_releases``).
 """
 
 from __future__ import annotations
@@ -86,20 +86,11 @@ def worst_case_release(*, config: FlConfig, invited: int) -> SkellamRelease:
     )
 
 
-def _finished_round_noise(config: FlConfig, round_: Round) -> tuple[float, float] | None:
+def _noise_of(
+    config: FlConfig, round_: Round, secagg: SecAggRound, survivors: list[int] | None
+) -> tuple[float, float]:
     """(scale, summed share variance) of a finished secure round: its survivors' shares (the
     clients whose masked input is in the sum), anonymous invitees not counted, at least m."""
-    if round_.pk is None:
-        return None
-    secagg = SecAggRound.objects.unscoped().filter(round=round_).first()
-    if secagg is None or secagg.phase != SecAggPhase.DONE:
-        return None
-    survivors = (
-        SecAggPhaseSet.objects.unscoped()
-        .filter(secagg_round=secagg, phase=SecAggPhase.MASKED_INPUT)
-        .values_list("members", flat=True)
-        .first()
-    )
     plan = distributed_share_plan(
         config=config,
         invited=len(secagg.clients),
@@ -110,10 +101,22 @@ def _finished_round_noise(config: FlConfig, round_: Round) -> tuple[float, float
     return secagg.scale, honest * plan.variance
 
 
-def distributed_release(*, config: FlConfig, round: Round) -> SkellamRelease:  # noqa: A002
-    """What a finished secure round released (``_finished_round_noise``); a round without a
-    finished secure aggregation gets the worst case."""
-    noise = _finished_round_noise(config, round)
+def _finished_round_noise(config: FlConfig, round_: Round) -> tuple[float, float] | None:
+    if round_.pk is None:
+        return None
+    secagg = SecAggRound.objects.unscoped().filter(round=round_, phase=SecAggPhase.DONE).first()
+    if secagg is None:
+        return None
+    survivors = (
+        SecAggPhaseSet.objects.unscoped()
+        .filter(secagg_round=secagg, phase=SecAggPhase.MASKED_INPUT)
+        .values_list("members", flat=True)
+        .first()
+    )
+    return _noise_of(config, round_, secagg, survivors)
+
+
+def _release(config: FlConfig, noise: tuple[float, float] | None) -> SkellamRelease:
     if noise is None:
         return worst_case_release(config=config, invited=fl_cohort_invited(config=config))
     scale, variance = noise
@@ -123,6 +126,31 @@ def distributed_release(*, config: FlConfig, round: Round) -> SkellamRelease:  #
         dimension=config.parameter_count,
         variance=variance,
     )
+
+
+def distributed_releases(*, config: FlConfig, rounds: list[Round]) -> list[SkellamRelease]:
+    """What each round released, in two queries whatever the number of rounds: a finished
+    secure round its own scale and survivors' shares; any other round the worst case."""
+    secaggs = {
+        secagg.round_id: secagg
+        for secagg in SecAggRound.objects.unscoped().filter(
+            round__in=rounds, phase=SecAggPhase.DONE
+        )
+    }
+    survivors = dict(
+        SecAggPhaseSet.objects.unscoped()
+        .filter(secagg_round__in=list(secaggs.values()), phase=SecAggPhase.MASKED_INPUT)
+        .values_list("secagg_round__round_id", "members")
+    )
+    return [
+        _release(
+            config,
+            None
+            if r.pk not in secaggs
+            else _noise_of(config, r, secaggs[r.pk], survivors.get(r.pk)),
+        )
+        for r in rounds
+    ]
 
 
 def clients_noised(*, config: FlConfig, round: Round) -> bool:  # noqa: A002
