@@ -16,6 +16,7 @@ import numpy as np
 
 from jobs.privacy.clipping import AdaptiveClip, adaptive_noise_multiplier, clip_l2, with_clip_bit
 from jobs.privacy.noise import add_noise_to_encoded, per_client_variance, skellam_share
+from jobs.privacy.skellam import distributed_scale
 from jobs.secagg.encoding import decode_sum, encode, scale_for
 from jobs.secagg.primitives import RandomBytes
 
@@ -61,7 +62,17 @@ class DpRound:
 
     @property
     def scale(self) -> float:
-        """Fixed-point scale at which the cohort's sum cannot wrap."""
+        """Fixed-point scale at which the cohort's sum cannot wrap: with Skellam shares and
+        fixed clipping the rounds' own sizing (``distributed_scale``); with the clip bit as an
+        extra coordinate (the rounds refuse that), a per-client bound with the headroom."""
+        if self.mechanism != "central" and self.adaptive is None:
+            return distributed_scale(
+                n_clients=self.n_clients,
+                clip_norm=self.clip_norm,
+                noise_multiplier=self.noise_multiplier,
+                noise_shares=self.min_survivors,
+                headroom_stds=self.headroom_stds,
+            )
         return scale_for(n_clients=self.n_clients, bound=self.bound)
 
 
