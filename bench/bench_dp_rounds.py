@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""The accuracy cost of central DP-FedAvg on digits at stated ε (docs/benchmarks.md).
+"""The accuracy cost of DP-FedAvg on digits at stated ε, central and distributed
+(docs/benchmarks.md).
 
 The rounds' own arithmetic, without Django: every client update is a real wasmtime call of our
 logreg kernel (E = 1, B = 10, lr 0.1); the server folds them with ``StreamingFold`` clipped to C
 with weight 1 and adds ``csprng_normal`` noise of std z·C to the sum before dividing by the
 cohort, exactly as ``jobs.services.fl_rounds_dp.round_release`` does; the baseline is plain
-sample-weighted FedAvg. ε is dp-accounting's (RDP, δ = 1e-5) for the rounds run, at q = 1: the
+sample-weighted FedAvg. Distributed rows: each client clips, encodes at the secure round's scale
+and adds a Skellam share (os.urandom) in Z_2^32, the server decodes the sum and adds nothing
+(``distributed_sum``); their ε is the Skellam accountant's (``jobs.privacy.skellam``) for the
+shares all 100 clients added. Central ε is dp-accounting's (RDP, δ = 1e-5) for the rounds run, at q = 1: the
 platform's volunteer accounting (a fixed-size cohort of whoever is online is not a Poisson
 sample, docs/security.md).
 
@@ -32,14 +36,26 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "edge_worker"), str(ROOT)]
 
+from ccgsc_worker.dp import add_share  # noqa: E402
 from jobs.aggregation import StreamingFold  # noqa: E402
 from jobs.federated import client, data, partitions  # noqa: E402
-from jobs.privacy import csprng_normal, epsilon_spent  # noqa: E402
+from jobs.privacy import (  # noqa: E402
+    clip_l2,
+    csprng_normal,
+    epsilon_spent,
+    per_client_variance,
+    skellam_share,
+)
+from jobs.privacy.skellam import distributed_scale, skellam_epsilon, skellam_release  # noqa: E402
+from jobs.secagg.encoding import decode_sum, encode  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dp_rounds.json"
 SIZES = (64, 10)
 CLIENTS = 100
 NOISE_MULTIPLIERS = (None, 0.0, 1.0, 3.0, 10.0)  # None: no DP; 0: clipping and uniform weights only
+# Distributed noise at the same z: shares sized for every client (the same noise as central) and
+# for 90 of 100 (dropout tolerance: each share is larger, and all 100 arrive).
+DISTRIBUTED = ((3.0, 100), (3.0, 90), (10.0, 100), (10.0, 90))
 DELTA = 1e-5
 
 
@@ -61,10 +77,46 @@ def train_round(kernel, weights, train, part, *, seed: int, round_number: int) -
     return updates
 
 
-def run(kernel, train, test, part, *, z: float | None, clip: float, rounds: int, seed: int):
+def distributed_sum(updates, *, z: float, clip: float, shares: int) -> tuple[np.ndarray, float]:
+    """The unmasked sum of a secure round with distributed noise, as the clients and the server
+    compute it (the masks cancel exactly and are left out): each client clips, encodes at the
+    round's scale and adds its Skellam share (os.urandom) in Z_2^32; the server decodes. Also
+    the summed share variance in encoded units, for the accountant."""
+    n = len(updates)
+    scale = distributed_scale(n_clients=n, clip_norm=clip, noise_multiplier=z, noise_shares=shares)
+    variance = per_client_variance(
+        noise_multiplier=z, clip_norm=clip, scale=scale, min_survivors=shares
+    )
+    total = np.zeros(updates[0].update.size, dtype=np.uint32)
+    for update in updates:
+        clipped, _ = clip_l2(update.update, clip)
+        encoded = encode(clipped, scale=scale, bound=clip)
+        total += add_share(encoded, skellam_share(encoded.size, variance=variance))
+    return decode_sum(total, scale=scale), scale
+
+
+def run(
+    kernel,
+    train,
+    test,
+    part,
+    *,
+    z: float | None,
+    clip: float,
+    rounds: int,
+    seed: int,
+    shares: int | None = None,
+):
+    """Held-out accuracy after ``rounds``; ``shares`` set: distributed noise sized for that many
+    survivors (every client survives), else the server's Gaussian noise."""
     weights = client.initial_weights("dense", SIZES, seed=seed)
     for number in range(1, rounds + 1):
         updates = train_round(kernel, weights, train, part, seed=seed, round_number=number)
+        if shares is not None and z:
+            total, _ = distributed_sum(updates, z=z, clip=clip, shares=shares)
+            mean = (total / len(updates)).astype(np.float32)
+            weights = (weights.astype(np.float64) + mean).astype(np.float32)
+            continue
         fold = StreamingFold(weights.shape[0])
         for index, update in enumerate(updates):
             if z is None:
@@ -115,6 +167,32 @@ def main() -> None:
             }
         )
         print(rows[-1], file=sys.stderr)
+    dimension = first[0].update.size
+    for z, shares in DISTRIBUTED:
+        accuracies = [
+            run(kernel, train, test, part, z=z, clip=clip, rounds=args.rounds, seed=seed,
+                shares=shares)
+            for seed in range(args.seeds)
+        ]  # fmt: skip
+        scale = distributed_scale(
+            n_clients=CLIENTS, clip_norm=clip, noise_multiplier=z, noise_shares=shares
+        )
+        summed = CLIENTS * per_client_variance(
+            noise_multiplier=z, clip_norm=clip, scale=scale, min_survivors=shares
+        )
+        release = skellam_release(clip_norm=clip, scale=scale, dimension=dimension, variance=summed)
+        rows.append(
+            {
+                "noise_multiplier": z,
+                "shares": shares,
+                "epsilon": skellam_epsilon([(release, args.rounds)], delta=DELTA),
+                "noise_std_on_mean": summed**0.5 / scale / CLIENTS,
+                "accuracy_mean": float(np.mean(accuracies)),
+                "accuracy_min": float(np.min(accuracies)),
+                "accuracy_max": float(np.max(accuracies)),
+            }
+        )
+        print(rows[-1], file=sys.stderr)
     report = {
         "rounds": args.rounds,
         "seeds": args.seeds,
@@ -131,7 +209,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for row in rows:
         z = row["noise_multiplier"]
-        name = "FedAvg" if z is None else ("clip only" if z == 0 else "DP-FedAvg")
+        name = "FedAvg" if z is None else ("clip only" if z == 0 else "DP-FedAvg, central")
+        if row.get("shares"):
+            name = f"DP-FedAvg, distributed (Skellam, sized for {row['shares']})"
         eps = "—" if row["epsilon"] is None else (f"{row['epsilon']:.2f}")
         if z == 0:
             eps = "∞"

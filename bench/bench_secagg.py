@@ -20,10 +20,9 @@ several minutes of a shared machine each.
 A second part measures the accuracy cost of DP-FedAvg on scikit-learn's digits (1,797 8×8
 images, shipped with the library): softmax regression, each of the 1,347 training images one
 client, each round a Poisson sample with q = 0.1 of that enrolled population, one local step,
-L2 clip C, Gaussian noise z·C on the sum (central), or Skellam shares sized for 90 % of the
-cohort added to the fixed-point encodings and summed in Z_2^32 (distributed; the pairwise and
-self masks are left out because they cancel exactly, as tests/secagg prove). ε comes from
-jobs.privacy.accounting (dp-accounting).
+L2 clip C, Gaussian noise z·C on the sum (central). ε comes from jobs.privacy.accounting
+(dp-accounting). Distributed noise is compared with central in bench_dp_rounds.py, at q = 1 as
+the rounds account it.
 
 Usage: python bench/bench_secagg.py [--quick] [--part secagg|dp|all]
 """
@@ -256,12 +255,9 @@ DP_ROUNDS, DP_Q, DP_DELTA, DP_CLIP, DP_LEARNING_RATE = 100, 0.1, 1e-4, 2.0, 1.0
 
 
 def dp_digits_accuracy(mode: str, noise_multiplier: float, seed: int) -> float:
-    """Test accuracy after DP_ROUNDS rounds of (DP-)FedAvg; mode plain, central or distributed."""
+    """Test accuracy after DP_ROUNDS rounds of (DP-)FedAvg; mode plain or central."""
     import numpy as np
     from sklearn.datasets import load_digits
-
-    from jobs.privacy import per_client_variance, skellam_share
-    from jobs.secagg import decode_sum, encode, scale_for
 
     features, labels = load_digits(return_X_y=True)
     rng = np.random.default_rng(seed)
@@ -289,23 +285,7 @@ def dp_digits_accuracy(mode: str, noise_multiplier: float, seed: int) -> float:
             continue
         norms = np.linalg.norm(deltas, axis=1)
         deltas *= np.minimum(1.0, DP_CLIP / np.maximum(norms, 1e-12))[:, None]
-        if mode == "central":
-            total = deltas.sum(axis=0) + rng.normal(0, noise_multiplier * DP_CLIP, deltas.shape[1])
-        else:
-            bound = DP_CLIP + 8 * noise_multiplier * DP_CLIP
-            scale = scale_for(n_clients=cohort.size, bound=bound)
-            variance = per_client_variance(
-                noise_multiplier=noise_multiplier,
-                clip_norm=DP_CLIP,
-                scale=scale,
-                min_survivors=max(1, int(0.9 * cohort.size)),
-            )
-            summed = np.zeros(deltas.shape[1], np.uint32)
-            for delta in deltas:
-                summed += encode(delta, scale=scale, bound=DP_CLIP, random_bytes=rng.bytes)
-                noise = skellam_share(delta.size, variance=variance, rng=rng)
-                summed += (noise & 0xFFFFFFFF).astype(np.uint32)
-            total = decode_sum(summed, scale=scale)
+        total = deltas.sum(axis=0) + rng.normal(0, noise_multiplier * DP_CLIP, deltas.shape[1])
         weights += total.reshape(65, 10) / (DP_Q * population)
     return float(((test_x @ weights).argmax(axis=1) == test_y).mean())
 
@@ -328,7 +308,9 @@ def dp_epsilon(noise_multiplier: float) -> dict:
 
 def dp_part(seeds: int) -> list[dict]:
     rows = []
-    for mode, z in (("plain", 0.0), ("central", 1.0), ("central", 1.5), ("distributed", 1.5)):
+    # Distributed noise is compared with central at q = 1, as the rounds account it, in
+    # bench_dp_rounds.py: its Skellam accountant claims no amplification by subsampling.
+    for mode, z in (("plain", 0.0), ("central", 1.0), ("central", 1.5)):
         accuracies = [dp_digits_accuracy(mode, z, seed) for seed in range(seeds)]
         rows.append(
             {

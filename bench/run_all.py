@@ -11,7 +11,7 @@ bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
        [--only kernels training validation ledger dispatch sockets aggregation secagg
-               secagg_wire fedavg_paper analytics_page dp_rounds compression]
+               secagg_wire fedavg_paper analytics_page dp_rounds compression dp_shares]
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--rounds", "10", "--seeds", "1"],
         "compression.json",
     ),
+    # What a client pays to draw its distributed-DP (Skellam) share: Python, Node, Chromium.
+    "dp_shares": ("bench_dp_shares.py", [], ["--repeats", "3", "--no-browser"], "dp_shares.json"),
 }
 
 

@@ -236,6 +236,10 @@ class PrivacyOutput(serializers.Serializer):
     delta = serializers.FloatField()
     accountant = serializers.CharField()
     mode = serializers.CharField()
+    mechanism = serializers.CharField(
+        help_text="gaussian: the server adds Gaussian noise to the sum (central); skellam: each "
+        "client adds a Skellam share before masking, the server adds none (distributed)."
+    )
     sampling = serializers.CharField()
     sampling_probability = serializers.FloatField(help_text="q: 1 for a volunteer cohort.")
     population = serializers.IntegerField(allow_null=True)

@@ -296,7 +296,13 @@ class FlJobForm(forms.Form):
         choices=DpAccountant.choices, initial=DpAccountant.RDP, required=False, label="Accountant"
     )
     dp_mode = forms.ChoiceField(
-        choices=DpMode.choices, initial=DpMode.CENTRAL, required=False, label="Noise"
+        choices=DpMode.choices,
+        initial=DpMode.CENTRAL,
+        required=False,
+        label="Noise",
+        help_text="Central: the server adds Gaussian noise to the sum, so it sees the clean sum "
+        "first. Distributed: each client adds a Skellam share before masking and the server "
+        "adds none; needs secure aggregation and a fixed clip norm, accounted with RDP at q = 1.",
     )
     dp_sampling = forms.ChoiceField(
         choices=DpSampling.choices,

@@ -1,29 +1,29 @@
-"""The client's side of differential privacy in FL rounds, in pure Python (the edge worker does
-not depend on numpy): clipping the update the invite asks for, and the distributed-noise share a
-client adds under secure aggregation (docs/security.md).
+"""The client's side of differential privacy in FL rounds: clipping the update the invite asks
+for, and the distributed-noise share a client adds under secure aggregation (docs/security.md).
 
 - ``clip_update``: the invite's ``hyperparameters.dp.clip_norm`` C → the update scaled to L2 norm
   at most C. The server clips again (it cannot trust a client to); clipping here keeps an honest
   client's upload as the server will use it.
-- ``noise_share`` / ``add_share``: for ``dp_mode = distributed``, each client adds an integer
-  discrete-Gaussian share of variance (z·C·scale)² / m_min to its encoded update before masking,
-  so that the survivors' shares add up to at least the central mechanism's noise. Randomness is
-  the operating system's CSPRNG (``secrets.SystemRandom``).
-
-Wiring point: the secure-aggregation client calls ``noise_share`` then ``add_share`` between
-encoding the clipped update into Z_2^32 and adding its masks; until secure aggregation runs in
-the rounds, an invite asks only for clipping.
+- ``noise_share`` / ``add_share``: for ``dp_mode = distributed`` the invite's ``secagg.noise``
+  block gives the mechanism (``skellam``) and the variance v = (z·C·scale)² / m of one client's
+  share, m the fewest accounted survivors the round accepts; the secure-aggregation client
+  (``secagg.wire.WireClient.mask_update``) draws the share and adds it to the encoded update in
+  Z_2^32 before masking, so the survivors' shares add up to at least the target noise.
+  Randomness is the operating system's CSPRNG (``os.urandom``); the sampler is ``skellam``.
 """
 
 from __future__ import annotations
 
 import array
 import math
-import random
-import secrets
-from collections.abc import Iterable, Sequence
+import os
 
-_MODULUS = 1 << 32
+import numpy as np
+
+from ccgsc_worker.skellam import RandomBytes, skellam_share
+
+# The one distributed mechanism (docs/security.md says why Skellam).
+MECHANISM = "skellam"
 
 
 def clip_update(update: bytes, clip_norm: float) -> tuple[bytes, float, bool]:
@@ -58,34 +58,22 @@ def per_client_variance(
     return (noise_multiplier * clip_norm * scale) ** 2 / min_survivors
 
 
-def _geometric(rng: random.Random, p: float) -> int:
-    """Failures before the first success, P(k) = (1 − p)^k p (inverse transform)."""
-    u = 1.0 - rng.random()  # (0, 1]
-    return math.floor(math.log(u) / math.log1p(-p))
+def noise_share(
+    dimension: int,
+    *,
+    mechanism: str,
+    variance: float,
+    random_bytes: RandomBytes = os.urandom,
+) -> np.ndarray:
+    """One client's distributed-noise share: (dimension,) int64 of the invite's mechanism."""
+    if mechanism != MECHANISM:
+        raise ValueError(f"unknown noise mechanism {mechanism!r}")
+    return skellam_share(dimension, variance=variance, random_bytes=random_bytes)
 
 
-def noise_share(dimension: int, *, variance: float, rng: random.Random | None = None) -> list[int]:
-    """Discrete Gaussian N_Z(0, σ²), σ² = variance, per coordinate: d integers.
-
-    Canonne, Kamath and Steinke (2020), Algorithm 3, as ``jobs.privacy.noise`` does it with
-    numpy: propose from a discrete Laplace with t = ⌊σ⌋ + 1 (the difference of two geometric
-    variables) and accept with probability exp(−(|y| − σ²/t)² / (2σ²)).
-    """
-    if dimension < 0 or variance <= 0:
-        raise ValueError("dimension must be non-negative and variance positive")
-    generator = rng if rng is not None else secrets.SystemRandom()
-    t = math.floor(math.sqrt(variance)) + 1
-    p = 1 - math.exp(-1 / t)
-    out = []
-    while len(out) < dimension:
-        y = _geometric(generator, p) - _geometric(generator, p)
-        if generator.random() < math.exp(-((abs(y) - variance / t) ** 2) / (2 * variance)):
-            out.append(y)
-    return out
-
-
-def add_share(encoded: Sequence[int], share: Iterable[int]) -> array.array:
-    """encoded (Z_2^32, uint32) + the integer share, wrapping: a new uint32 array."""
-    return array.array(
-        "I", ((value + noise) % _MODULUS for value, noise in zip(encoded, share, strict=True))
-    )
+def add_share(encoded: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """encoded (Z_2^32, uint32) + the integer share, wrapping: a new (d,) uint32 array."""
+    if np.shape(encoded) != np.shape(share):
+        raise ValueError("the share must have the encoded update's shape")
+    wrapped = (np.asarray(share, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32)
+    return np.asarray(encoded, dtype=np.uint32) + wrapped

@@ -2,6 +2,7 @@
 
 clipping: L2 clipping, fixed and adaptive; noise: central Gaussian and distributed integer
 shares for secure aggregation; accounting: ε from dp-accounting and the budget check;
+skellam: the distributed mechanism's share sizing and its own RDP accountant;
 dp_fedavg: one round's client and server steps around secure aggregation (import it from
 its module: it needs jobs.secagg and so `cryptography`, which the accounting environment lacks).
 """
@@ -16,7 +17,6 @@ from jobs.privacy.noise import (
     add_central_gaussian,
     add_noise_to_encoded,
     csprng_normal,
-    discrete_gaussian_share,
     per_client_variance,
     skellam_share,
 )
@@ -30,7 +30,6 @@ __all__ = [
     "add_noise_to_encoded",
     "clip_l2",
     "csprng_normal",
-    "discrete_gaussian_share",
     "epsilon_spent",
     "per_client_variance",
     "skellam_share",

@@ -15,16 +15,12 @@ from typing import Literal
 import numpy as np
 
 from jobs.privacy.clipping import AdaptiveClip, adaptive_noise_multiplier, clip_l2, with_clip_bit
-from jobs.privacy.noise import (
-    add_noise_to_encoded,
-    discrete_gaussian_share,
-    per_client_variance,
-    skellam_share,
-)
+from jobs.privacy.noise import add_noise_to_encoded, per_client_variance, skellam_share
+from jobs.privacy.skellam import distributed_scale
 from jobs.secagg.encoding import decode_sum, encode, scale_for
 from jobs.secagg.primitives import RandomBytes
 
-Mechanism = Literal["central", "skellam", "discrete_gaussian"]
+Mechanism = Literal["central", "skellam"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,17 @@ class DpRound:
 
     @property
     def scale(self) -> float:
-        """Fixed-point scale at which the cohort's sum cannot wrap."""
+        """Fixed-point scale at which the cohort's sum cannot wrap: with Skellam shares and
+        fixed clipping the rounds' own sizing (``distributed_scale``); with the clip bit as an
+        extra coordinate (the rounds refuse that), a per-client bound with the headroom."""
+        if self.mechanism != "central" and self.adaptive is None:
+            return distributed_scale(
+                n_clients=self.n_clients,
+                clip_norm=self.clip_norm,
+                noise_multiplier=self.noise_multiplier,
+                noise_shares=self.min_survivors,
+                headroom_stds=self.headroom_stds,
+            )
         return scale_for(n_clients=self.n_clients, bound=self.bound)
 
 
@@ -75,9 +81,9 @@ def client_encode(
     params: DpRound,
     *,
     random_bytes: RandomBytes = os.urandom,
-    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """A client's update ready for masking: (d,) float → (d,) or (d + 1,) uint32."""
+    """A client's update ready for masking: (d,) float → (d,) or (d + 1,) uint32; the rounding
+    offsets and the Skellam share are read from ``random_bytes``."""
     clipped, within = clip_l2(update, params.clip_norm)
     values = with_clip_bit(clipped, within) if params.adaptive else clipped
     encoded = encode(
@@ -85,18 +91,16 @@ def client_encode(
     )
     if params.mechanism == "central" or not params.noise_multiplier:
         return encoded
-    share = skellam_share if params.mechanism == "skellam" else discrete_gaussian_share
     variance = per_client_variance(
         noise_multiplier=params.update_noise_multiplier,
         clip_norm=params.clip_norm,
         scale=params.scale,
         min_survivors=params.min_survivors,
     )
-    generator = rng if rng is not None else np.random.default_rng()
-    noise = share(clipped.size, variance=variance, rng=generator)
+    noise = skellam_share(clipped.size, variance=variance, random_bytes=random_bytes)
     if params.adaptive:
         bit_variance = (params.adaptive.count_noise_std * params.scale) ** 2 / params.min_survivors
-        noise = np.append(noise, share(1, variance=bit_variance, rng=generator))
+        noise = np.append(noise, skellam_share(1, variance=bit_variance, random_bytes=random_bytes))
     return add_noise_to_encoded(encoded, noise)
 
 

@@ -4,8 +4,8 @@ at least the target noise).
 
 Simulations and tests pass a numpy Generator; the rounds draw their central noise with
 ``csprng_normal`` (the operating system's CSPRNG, no seed anywhere). Floating-point Gaussian
-sampling has known precision side channels (Mironov 2012); the distributed integer mechanisms
-avoid them on the client side.
+sampling has known precision side channels (Mironov 2012); the distributed integer mechanism
+(Skellam, ``skellam_share``, drawn from bytes of the CSPRNG) avoids them on the client side.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-# The edge worker adds its share without numpy; the variance rule has one home, its package.
-from ccgsc_worker.dp import per_client_variance
+# The clients' share sampler and its variance rule have one home, the edge worker's package.
+from ccgsc_worker.dp import add_share, per_client_variance
+from ccgsc_worker.skellam import skellam_share
 
 RandomBytes = Callable[[int], bytes]
 _UNIT = 2.0**-53
@@ -26,7 +27,6 @@ __all__ = [
     "add_central_gaussian",
     "add_noise_to_encoded",
     "csprng_normal",
-    "discrete_gaussian_share",
     "per_client_variance",
     "skellam_share",
 ]
@@ -69,46 +69,4 @@ def add_central_gaussian(
     return values + _generator(rng).normal(0.0, std, values.shape)
 
 
-def skellam_share(
-    dimension: int, *, variance: float, rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """Symmetric Skellam noise, Poisson(μ) − Poisson(μ) with 2μ = variance: (d,) int64.
-
-    Sums of Skellam shares are Skellam, so the aggregate noise has a known closed form
-    (Agarwal, Kairouz, Liu 2021).
-    """
-    generator = _generator(rng)
-    mu = variance / 2
-    return generator.poisson(mu, dimension) - generator.poisson(mu, dimension)
-
-
-def discrete_gaussian_share(
-    dimension: int, *, variance: float, rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """Discrete Gaussian N_Z(0, σ²) with σ² = variance: (d,) int64.
-
-    Canonne, Kamath and Steinke (2020), Algorithm 3, vectorised: propose from a discrete
-    Laplace with t = ⌊σ⌋ + 1 and accept with probability exp(−(|y| − σ²/t)² / (2σ²)),
-    redrawing only the rejected coordinates.
-    """
-    generator = _generator(rng)
-    sigma2 = float(variance)
-    t = math.floor(math.sqrt(sigma2)) + 1
-    out = np.empty(dimension, dtype=np.int64)
-    pending = np.arange(dimension)
-    while pending.size:
-        m = pending.size
-        # A discrete Laplace with scale t is the difference of two geometric variables.
-        p = 1 - math.exp(-1 / t)
-        y = generator.geometric(p, m) - generator.geometric(p, m)
-        accept = generator.random(m) < np.exp(-((np.abs(y) - sigma2 / t) ** 2) / (2 * sigma2))
-        out[pending[accept]] = y[accept]
-        pending = pending[~accept]
-    return out
-
-
-def add_noise_to_encoded(encoded: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """encoded (uint32, Z_2^32) + integer noise, wrapping: a new (d,) uint32 array."""
-    return (np.asarray(encoded, dtype=np.uint32) + (noise & 0xFFFFFFFF).astype(np.uint32)).astype(
-        np.uint32
-    )
+add_noise_to_encoded = add_share  # one implementation, the clients' own

@@ -27,8 +27,15 @@ from django.core.exceptions import ValidationError
 from jobs.fl_models import DpMode, DpSampling, FlConfig, Round, RoundStatus
 from jobs.models import Job
 from jobs.privacy.accounting import VOLUNTEER_SAMPLING_PROBABILITY, epsilon_spent
+from jobs.privacy.skellam import skellam_epsilon
 from jobs.secagg.graph import neighbour_count
 from jobs.services.fl_admission import fl_cohort_invited
+from jobs.services.fl_rounds_dp_distributed import MECHANISM as DISTRIBUTED_MECHANISM
+from jobs.services.fl_rounds_dp_distributed import (
+    distributed_noise_active,
+    distributed_releases,
+    worst_case_release,
+)
 
 # Andrew et al. (2021) put the noise on the clipped-count at σ_b = m/20 for m clients a round.
 COUNT_NOISE_CLIENTS_PER_STD = 20
@@ -55,9 +62,12 @@ def fl_epsilon_after(*, config: FlConfig, invited: int, rounds: int) -> float:
 
     Adaptive clipping does not change the accounting: the update noise becomes z_Δ so that the
     count and the update together cost exactly one Gaussian release at z (Andrew et al. §3.1).
-    Distributed noise is accounted as the Gaussian it is sized to reach with the minimum
-    survivors (docs/security.md says what that approximation assumes).
+    Distributed noise is the Skellam mechanism, accounted by its own RDP bound at the worst case
+    a round of the job can reach (``fl_rounds_dp_distributed``).
     """
+    if distributed_noise_active(config):
+        release = worst_case_release(config=config, invited=invited)
+        return skellam_epsilon([(release, rounds)], delta=config.dp_delta)
     return epsilon_spent(
         noise_multiplier=config.dp_noise_multiplier,
         sampling_probability=fl_sampling_probability(config=config, invited=invited),
@@ -148,16 +158,32 @@ def fl_privacy_record(*, round: Round) -> Round:  # noqa: A002 - the model's nam
     config = job.fl_config
     if config is None or not config.differential_privacy:
         return round
-    spending = _spending_rounds_before(job, round.number)
-    if round.status != RoundStatus.FAILED:
-        spending += 1
-    round.epsilon_spent = fl_epsilon_after(
-        config=config, invited=fl_cohort_invited(config=config), rounds=spending
-    )
+    if distributed_noise_active(config):
+        round.epsilon_spent = _distributed_epsilon_through(job, config, round)
+    else:
+        spending = _spending_rounds_before(job, round.number)
+        if round.status != RoundStatus.FAILED:
+            spending += 1
+        round.epsilon_spent = fl_epsilon_after(
+            config=config, invited=fl_cohort_invited(config=config), rounds=spending
+        )
     Round.objects.for_tenant(job.tenant).filter(pk=round.pk).update(
         epsilon_spent=round.epsilon_spent
     )
     return round
+
+
+def _distributed_epsilon_through(job: Job, config: FlConfig, last: Round) -> float:
+    """ε of the Skellam noise the job's rounds up to ``last`` actually carried (failed rounds
+    released nothing)."""
+    rounds = (
+        Round.objects.for_tenant(job.tenant)
+        .filter(job=job, number__lte=last.number)
+        .exclude(status=RoundStatus.FAILED)
+        .order_by("number")
+    )
+    releases = distributed_releases(config=config, rounds=list(rounds))
+    return skellam_epsilon([(release, 1) for release in releases], delta=config.dp_delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +241,7 @@ class PrivacyState:
     delta: float
     accountant: str
     mode: str
+    mechanism: str  # "gaussian" (the server noises the sum) or "skellam" (the clients' shares)
     sampling: str
     sampling_probability: float
     population: int | None
@@ -250,6 +277,7 @@ def fl_privacy_state(*, job: Job) -> PrivacyState | None:
         delta=config.dp_delta,
         accountant=config.dp_accountant,
         mode=config.dp_mode or DpMode.CENTRAL,
+        mechanism=DISTRIBUTED_MECHANISM if distributed_noise_active(config) else "gaussian",
         sampling=config.dp_sampling or DpSampling.VOLUNTEER,
         sampling_probability=fl_sampling_probability(
             config=config, invited=fl_cohort_invited(config=config)

@@ -69,11 +69,8 @@ def check_privacy(spec: FlJobSpec, invited: int, min_reports: int, errors: dict[
         errors["dp_accountant"] = f"Choose one of {', '.join(DpAccountant.values)}."
     if spec.dp_mode not in DpMode.values:
         errors["dp_mode"] = f"Choose one of {', '.join(DpMode.values)}."
-    elif spec.dp_mode == DpMode.DISTRIBUTED and not spec.secure_aggregation:
-        errors["dp_mode"] = (
-            "Distributed noise needs secure aggregation: without masks the server would see "
-            "each client's barely-noised update."
-        )
+    elif spec.dp_mode == DpMode.DISTRIBUTED:
+        check_distributed(spec, errors)
     delta_cap = MAX_DELTA
     if spec.dp_sampling == DpSampling.ENROLLED:
         population = spec.dp_population
@@ -96,11 +93,37 @@ def check_privacy(spec: FlJobSpec, invited: int, min_reports: int, errors: dict[
             errors["dp_target_quantile"] = "Give the target quantile γ of update norms in (0, 1)."
         z = spec.dp_noise_multiplier
         if is_number(z) and z > 0 and 2 * min_reports / COUNT_NOISE_CLIENTS_PER_STD <= z:
-            errors["dp_adaptive_clipping"] = (
+            errors.setdefault(  # distributed noise refuses adaptive clipping first, and why
+                "dp_adaptive_clipping",
                 f"Adaptive clipping noises the clipped count with σ_b = m/20 (m = {min_reports} "
                 f"minimum reports) and needs 2σ_b > z: with z = {z:g}, at least "
-                f"{math.floor(COUNT_NOISE_CLIENTS_PER_STD * z / 2) + 1} minimum reports."
+                f"{math.floor(COUNT_NOISE_CLIENTS_PER_STD * z / 2) + 1} minimum reports.",
             )
+
+
+def check_distributed(spec: FlJobSpec, errors: dict[str, str]) -> None:
+    """What distributed (Skellam) noise combines with, and why (docs/security.md)."""
+    if not spec.secure_aggregation:
+        errors["dp_mode"] = (
+            "Distributed noise needs secure aggregation: without masks the server would see "
+            "each client's barely-noised update."
+        )
+    if spec.dp_adaptive_clipping:
+        errors["dp_adaptive_clipping"] = (
+            "Adaptive clipping needs each client's bit ‖Δ‖ ≤ C in the sum, and under secure "
+            "aggregation the server cannot check that a client's bit is 0 or 1: one client "
+            "could move the clip norm at will. With distributed noise, use a fixed clip norm."
+        )
+    if spec.dp_accountant == DpAccountant.PLD:
+        errors["dp_accountant"] = (
+            "Distributed noise is the Skellam mechanism, accounted by its RDP bound; dp-"
+            "accounting has no PLD for it. Choose rdp."
+        )
+    if spec.dp_sampling == DpSampling.ENROLLED:
+        errors["dp_sampling"] = (
+            "Distributed noise is accounted without amplification by subsampling (q = 1): "
+            "choose volunteer."
+        )
 
 
 def check_budget(config: FlConfig, invited: int) -> None:

@@ -64,6 +64,7 @@ from jobs.services.fl_rounds_cohort import (
 )
 from jobs.services.fl_rounds_compression import empty_fold, fold_restore
 from jobs.services.fl_rounds_dp import round_clip_norm, round_release
+from jobs.services.fl_rounds_dp_distributed import clients_noised
 from jobs.services.fl_rounds_scaffold import scaffold_invite_controls
 from jobs.services.fl_secagg_groups import (
     group_candidates,
@@ -403,7 +404,12 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     else:
         strategy = _strategy(config, job, base)
         if round_.clip_norm is not None:  # DP: the clipped sum, noised, over the updates
-            release = round_release(round=round_, config=config, fold=fold)
+            release = round_release(
+                round=round_,
+                config=config,
+                fold=fold,
+                server_noise=not clients_noised(config=config, round=round_),
+            )
             mean_delta, dp_metrics = release.mean_delta, release.metrics
             clip_norm_next = release.clip_norm_next
         elif config.mode == FlMode.ASYNC and not config.secure_aggregation:

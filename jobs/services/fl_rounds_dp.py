@@ -29,6 +29,8 @@ from jobs.fl_models import FlConfig, Participation, Round
 from jobs.models import Job
 from jobs.privacy import AdaptiveClip, adaptive_noise_multiplier, csprng_normal
 from jobs.services.fl_privacy import fl_count_noise_std
+from jobs.services.fl_rounds_dp_distributed import MECHANISM as DISTRIBUTED_MECHANISM
+from jobs.services.fl_rounds_dp_distributed import distributed_noise_std
 from tenants.tiers import JobKind
 
 # Andrew et al.'s geometric step η_C on the clip norm.
@@ -36,8 +38,8 @@ ADAPTIVE_CLIP_LEARNING_RATE = 0.2
 
 
 def dp_rounds_active(config: FlConfig) -> bool:
-    """Whether the server clips and noises this job's rounds (DP-FedAvg; in distributed mode
-    the noise moves to the clients once secure aggregation folds their masked sums)."""
+    """Whether this job's rounds clip and noise (DP-FedAvg; in distributed mode the clients add
+    the noise under secure aggregation, ``fl_rounds_dp_distributed``)."""
     return bool(config.differential_privacy and config.dp_clip_norm)
 
 
@@ -119,9 +121,7 @@ def round_release(
     survivors = fold.count
     if survivors == 0:
         raise ValueError("no update has been folded")
-    # Distributed mode: the clients' shares are to carry the noise under secure aggregation.
-    # Until the secure-aggregation round path folds masked, noised sums (it then passes
-    # ``server_noise=False``), the server adds the noise itself, so the recorded ε stays true.
+    # Distributed mode: the clients' Skellam shares are in the unmasked sum; add nothing.
     z = float(config.dp_noise_multiplier) if server_noise else 0.0
     adaptive = None
     if config.dp_adaptive_clipping:
@@ -136,8 +136,12 @@ def round_release(
     mean = (total / survivors).astype(np.float32)
     metrics: dict[str, Any] = {
         "dp_clip_norm": clip,
+        "dp_mechanism": "gaussian" if server_noise else DISTRIBUTED_MECHANISM,
         "dp_noise_std": z_update * clip / survivors,
     }
+    summed = None if server_noise else distributed_noise_std(config=config, round=round)
+    if summed is not None:
+        metrics["dp_noise_std"] = summed / survivors
     if adaptive is None:
         return RoundRelease(mean, metrics)
     noise = float(csprng_normal(1, std=adaptive.count_noise_std)[0]) if z else 0.0

@@ -30,6 +30,7 @@ from jobs.secagg import primitives as p
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggRound
 from jobs.services.analytics_secagg import analytics_secagg_encoding
 from jobs.services.fl_privacy import secagg_plan
+from jobs.services.fl_rounds_dp_distributed import distributed_noise_active, distributed_share_plan
 from jobs.services.fl_secagg_phases import phase_close_locked, schedule_close
 from jobs.services.fl_secagg_state import (
     DEFAULT_BOUND,
@@ -55,7 +56,8 @@ def secagg_round_open(
     """Set up a secure round just opened by ``round_open`` (in its transaction, before the
     invites are sent): clients 1..n in cohort order, t and the survivors' minimum, the fixed-point
     scale for n clients, a fresh public session id and graph seed; add the ``secagg`` block to
-    every invite and move the round's deadline past the four phases."""
+    every invite (with distributed DP its ``noise``: the share each client adds, and a scale
+    with headroom for the shares) and move the round's deadline past the four phases."""
     n = len(invitations)
     plan = secagg_plan(config=config, invited=n)
     sync = config.mode == FlMode.SYNC
@@ -65,6 +67,17 @@ def secagg_round_open(
         bound, scale = analytics_secagg_encoding(job=round.job, n_clients=max(n, 1))
     now = timezone.now()
     step = phase_seconds(config)
+    # round_close aggregates only at min_reports (capped by the cohort): never fewer. An async
+    # group aggregates whatever survives its phases: its minimum is the plan's.
+    min_survivors = max(plan.min_survivors, min(config.min_reports, n) if sync else 1, 1)
+    noise = None  # distributed DP: the clients' shares, sized for the honest minimum
+    if distributed_noise_active(config):
+        noise = distributed_share_plan(
+            config=config,
+            invited=n,
+            min_survivors=min_survivors,
+            anonymous=round.anonymous_invited,
+        )
     secagg = SecAggRound.objects.create(
         tenant_id=round.tenant_id,
         round=round,
@@ -72,10 +85,8 @@ def secagg_round_open(
         phase_deadline=now + timedelta(seconds=step),
         clients={str(i): inv.participation_id for i, inv in enumerate(invitations, start=1)},
         threshold=max(1, plan.threshold),
-        # round_close aggregates only at min_reports (capped by the cohort): never fewer. An
-        # async group aggregates whatever survives its phases: its minimum is the plan's.
-        min_survivors=max(plan.min_survivors, min(config.min_reports, n) if sync else 1, 1),
-        scale=scale,
+        min_survivors=min_survivors,
+        scale=noise.scale if noise else scale,
         bound=bound,
         session=os.urandom(32),
         graph_seed=os.urandom(32),
@@ -95,6 +106,8 @@ def secagg_round_open(
             "scale": secagg.scale,
             "bound": bound,
         }
+        if noise is not None:
+            invitation.payload["secagg"]["noise"] = noise.invite_block
         Participation.objects.for_tenant(round.tenant).filter(
             pk=invitation.participation_id
         ).update(invite=invitation.payload)

@@ -5,6 +5,7 @@
 // chunked upload. The twin of the edge worker's ccgsc_worker/secagg/wire.py: same messages,
 // same bytes (tests/secagg/test_wire_round.py runs both in one round). See docs/security.md.
 
+import { addShare, noiseShare } from "./dp-noise.js";
 import { RequestRefused, SecAggClient, encode, roundConfig, systemRandomBytes } from "./secagg.js";
 
 const PROTOCOL_VERSION = 1;
@@ -43,6 +44,7 @@ export class SecureRoundClient {
     this.participation = invite.participation;
     this.scale = block.scale;
     this.bound = block.bound;
+    this.noise = block.noise ?? null;
     this.randomBytes = randomBytes;
     const clientIds = Array.from({ length: block.clients }, (_, i) => i + 1);
     const config = roundConfig({
@@ -127,14 +129,19 @@ export class SecureRoundClient {
     this.ciphertexts = ciphertexts;
   }
 
-  /** Phase 2: clip to ±bound, encode in Z_2^32 and mask → u32[d] little-endian bytes. */
+  /** Phase 2: clip to ±bound, encode in Z_2^32, add the distributed-DP share when the invite
+   *  asks for one, and mask → u32[d] little-endian bytes. */
   async maskUpdate(update) {
     if (!this.readyToMask) throw new RequestRefused("no ciphertexts yet");
-    const encoded = encode(update, {
+    let encoded = encode(update, {
       scale: this.scale,
       bound: this.bound,
       randomBytes: this.randomBytes,
     });
+    if (this.noise) {
+      // distributed DP: the invite's share, added in Z_2^32 before the masks
+      encoded = addShare(encoded, noiseShare(encoded.length, this.noise, this.randomBytes));
+    }
     const { masked } = await this.client.maskedInput(this.ciphertexts, encoded);
     this.ciphertexts = null;
     return new Uint8Array(masked.buffer, masked.byteOffset, masked.byteLength);

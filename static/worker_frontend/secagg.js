@@ -318,50 +318,6 @@ export function decodeSum(total, scale) {
   );
 }
 
-// Distributed noise -----------------------------------------------------------------------------
-
-/** Uniform doubles in [0, 1) with 53 random bits each, from a byte source (CSPRNG by default). */
-function uniforms(count, randomBytes) {
-  const words = new Uint32Array(randomBytes(8 * count).slice().buffer);
-  const out = new Float64Array(count);
-  for (let i = 0; i < count; i++) {
-    out[i] = (words[2 * i] * 2 ** 21 + (words[2 * i + 1] >>> 11)) / 2 ** 53;
-  }
-  return out;
-}
-
-/** Discrete Gaussian N_Z(0, variance) noise share, as integers in a Float64Array(dimension).
- *  Canonne, Kamath and Steinke (2020) Algorithm 3, like jobs/privacy/noise.py: propose from a
- *  discrete Laplace (difference of two geometric draws) with t = ⌊σ⌋ + 1 and accept with
- *  probability exp(−(|y| − σ²/t)² / (2σ²)). The variance comes from per-client sizing
- *  ((z·C·scale)² / minimum survivors). */
-export function discreteGaussianShare(dimension, variance, randomBytes = systemRandomBytes) {
-  const sigma2 = variance;
-  const t = Math.floor(Math.sqrt(sigma2)) + 1;
-  const logQ = -1 / t; // log(1 − p) for the geometric's success probability p = 1 − e^(−1/t)
-  const out = new Float64Array(dimension);
-  let filled = 0;
-  while (filled < dimension) {
-    const batch = dimension - filled;
-    const u = uniforms(3 * batch, randomBytes);
-    for (let i = 0; i < batch && filled < dimension; i++) {
-      const g1 = Math.floor(Math.log1p(-u[3 * i]) / logQ);
-      const g2 = Math.floor(Math.log1p(-u[3 * i + 1]) / logQ);
-      const y = g1 - g2;
-      const excess = Math.abs(y) - sigma2 / t;
-      if (u[3 * i + 2] < Math.exp(-(excess * excess) / (2 * sigma2))) out[filled++] = y;
-    }
-  }
-  return out;
-}
-
-/** encoded (Z_2^32) + integer noise, wrapping: a new Uint32Array. */
-export function addNoiseToEncoded(encoded, noise) {
-  const out = new Uint32Array(encoded.length);
-  for (let i = 0; i < encoded.length; i++) out[i] = (encoded[i] + noise[i]) >>> 0;
-  return out;
-}
-
 // The public neighbour graph --------------------------------------------------------------------
 
 export function neighbourCount(nClients) {

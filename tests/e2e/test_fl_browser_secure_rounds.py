@@ -5,10 +5,13 @@ admits few anonymous contributors). Each page advertises its keys on the invite,
 share and unmask phases over its socket, trains its shard in a Web Worker and uploads its update
 masked; the server unmasks only the sum. The new model is the FedAvg of the four clipped
 updates, recomputed here from each client's own training call (the page's training is byte for
-byte the edge worker's, tests/edge_worker/test_training_js_parity.py)."""
+byte the edge worker's, tests/edge_worker/test_training_js_parity.py). In a distributed-DP
+round the pages also add their Skellam shares (WebCrypto bytes) before masking, and the model
+carries the four shares' noise and no server noise."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -20,6 +23,7 @@ from jobs import dispatch
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
 from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
 from jobs.models import Worker
+from jobs.privacy import clip_l2
 from jobs.secagg_models import SecAggPhaseSet, SecAggRound
 from jobs.services.fl_data import partition_shards
 from jobs.services.model_registry import model_version_read
@@ -153,3 +157,61 @@ def test_pages_and_edge_workers_share_a_secure_round_whose_model_is_the_clipped_
         atol=1e-6,
     )
     assert UsageRecord.objects.for_tenant(tenant).filter(job=job).count() == 1
+
+
+def test_pages_add_their_skellam_shares_in_a_distributed_dp_round(fc_stack, browser, tenant, owner):
+    # given the same four clients: two signed-in pages and two edge workers of account holders
+    tenant.tier = Tier.CORE
+    tenant.save(update_fields=["tier"])
+    balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
+    errors: list[str] = []
+    pages = [_signed_in_worker_page(browser, fc_stack.daphne.url, errors) for _ in range(2)]
+    for _ in range(2):
+        contributor = dispatch.contributor_for_user(user=UserFactory())
+        fc_stack.edge_worker(token=dispatch.worker_token_issue(contributor=contributor))
+    deadline = time.monotonic() + 30
+    while Worker.objects.filter(is_online=True).count() < 4:
+        assert time.monotonic() < deadline, fc_stack.logs()
+        time.sleep(0.2)
+    # when a distributed-DP job (z = 2, C = 0.3, shares sized for 3 survivors) invites all four
+    z, clip = 2.0, 0.3
+    job = fl_job(
+        tenant,
+        dataset="digits",
+        partition="iid",
+        partition_clients=4,
+        rounds=1,
+        cohort_size=4,
+        min_reports=3,
+        round_deadline_seconds=60,
+        local_epochs=1,
+        learning_rate=0.1,
+        secure_aggregation=True,
+        seed=17,
+        differential_privacy=True,
+        dp_mode="distributed",
+        dp_epsilon=10.0,
+        dp_noise_multiplier=z,
+        dp_clip_norm=clip,
+    )
+    job = wait_for_job(job.pk, timeout_s=120, stack=fc_stack)
+    # then the pages took part and uploaded masked, noised updates
+    round_ = Round.objects.for_tenant(tenant).get(job=job)
+    assert round_.status == RoundStatus.CLOSED, round_.metrics
+    participations = list(Participation.objects.for_tenant(tenant).filter(round=round_))
+    assert sorted(p.worker.kind for p in participations) == ["browser", "browser", "edge", "edge"]
+    for page, _ in pages:
+        state = page.evaluate("() => window.ccgscWorker.state()")
+        assert state["roundOutcomes"] == {"uploaded": 1}, state
+    assert not errors, errors
+    # and the model moved by the clipped mean plus four shares' noise, z·C·√(4/3) on the sum
+    versions = ModelVersion.objects.for_tenant(tenant).filter(job=job).order_by("version")
+    w0 = model_version_read(model_version=versions.first()).astype(np.float64)
+    w1 = model_version_read(model_version=versions.last()).astype(np.float64)
+    clipped = [clip_l2(_retrained_update(job, p), clip)[0] for p in participations]
+    noise = 4 * (w1 - w0) - np.sum(clipped, axis=0)
+    expected = z * clip * math.sqrt(4 / 3)
+    assert abs(noise.mean()) < 6 * expected / math.sqrt(noise.size)
+    assert abs(noise.std() / expected - 1) < 6 / math.sqrt(2 * noise.size)
+    assert round_.metrics["dp_mechanism"] == "skellam"
+    assert round_.epsilon_spent is not None

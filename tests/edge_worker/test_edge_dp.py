@@ -1,12 +1,11 @@
 """The edge worker's side of DP in rounds: it clips the trained update to the invite's
 ``dp.clip_norm`` (the rest of the body unchanged), and its distributed-noise hook draws integer
-shares that add up, through the secure-aggregation encoding, to the central mechanism's noise."""
+Skellam shares that add up, through the secure-aggregation encoding, to the target noise."""
 
 from __future__ import annotations
 
 import array
 import math
-import random
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from ccgsc_worker.dp import add_share, clip_update, noise_share, per_client_vari
 from ccgsc_worker.training import METRICS
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
 from jobs.fl_shards import decode_shard
-from jobs.privacy import discrete_gaussian_share
 from jobs.secagg.encoding import decode_sum, encode, scale_for
 from tests.edge_worker.test_edge_training import (  # noqa: F401 - the shard fixture
     SIZES,
@@ -66,31 +64,22 @@ def test_clip_update_keeps_a_short_update_byte_for_byte() -> None:
         clip_update(update, 0.0)
 
 
-def test_noise_shares_are_discrete_gaussian_of_the_asked_variance() -> None:
-    # given 20,000 coordinates at σ² = 36, from the pure-Python hook and from the numpy sampler
-    variance, d = 36.0, 20_000
-    pure = np.array(noise_share(d, variance=variance, rng=random.Random(1)), dtype=np.float64)
-    vectorised = discrete_gaussian_share(d, variance=variance, rng=np.random.default_rng(1))
-    # then both are integers centred on 0 with variance σ² (6 standard errors: σ²·√(2/d))
-    for sample in (pure, vectorised.astype(np.float64)):
-        assert np.array_equal(sample, np.round(sample))
-        assert abs(sample.mean()) < 6 * math.sqrt(variance / d)
-        assert abs(sample.var() - variance) < 6 * variance * math.sqrt(2 / d)
-
-
 def test_survivors_shares_add_up_to_the_central_noise_through_the_encoding() -> None:
     # given m = 5 clients each encoding a zero update at the cohort's scale, with z = 1, C = 1
     m, d, z, clip = 5, 4_000, 1.0, 1.0
     scale = scale_for(n_clients=m, bound=clip + 8 * z * clip)
     variance = per_client_variance(noise_multiplier=z, clip_norm=clip, scale=scale, min_survivors=m)
-    rng = random.Random(7)
-    total = np.zeros(d, dtype=np.uint64)
+    stream = np.random.default_rng(7).bytes  # seeded in the test only; clients read os.urandom
+    total = np.zeros(d, dtype=np.uint32)
     for _ in range(m):
         encoded = encode(np.zeros(d), scale=scale, bound=clip)
-        noised = add_share(encoded.tolist(), noise_share(d, variance=variance, rng=rng))
-        total = (total + np.frombuffer(noised, dtype=np.uint32)) % (1 << 32)
+        share = noise_share(d, mechanism="skellam", variance=variance, random_bytes=stream)
+        total += add_share(encoded, share)
     # when the server decodes the (unmasked) sum
     noise = decode_sum(total.astype(np.uint32), scale=scale)
     # then it carries Gaussian noise of std z·C, as if the server had added it
     assert abs(noise.std() - z * clip) < 6 * z * clip / math.sqrt(2 * d)
-    assert add_share([0xFFFFFFFF, 0], [1, -1]).tolist() == [0, 0xFFFFFFFF]  # wraps in Z_2^32
+    wrapped = add_share(np.array([0xFFFFFFFF, 0], dtype=np.uint32), np.array([1, -1]))
+    assert wrapped.tolist() == [0, 0xFFFFFFFF]  # wraps in Z_2^32
+    with pytest.raises(ValueError, match="unknown noise mechanism"):
+        noise_share(3, mechanism="gaussian", variance=1.0)

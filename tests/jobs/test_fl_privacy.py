@@ -13,6 +13,7 @@ from jobs import services
 from jobs.fl_models import FlConfig, Round, RoundStatus
 from jobs.models import Job, JobEvent, JobStatus, ModelVersion
 from jobs.privacy.accounting import PrivacyBudget, epsilon_spent
+from jobs.privacy.skellam import distributed_scale, skellam_epsilon, skellam_release
 from jobs.services.fl_privacy import (
     fl_privacy_admit,
     fl_privacy_record,
@@ -134,6 +135,26 @@ def test_enterprise_has_robust_aggregation_which_never_combines_with_secure_aggr
         ({"dp_clip_norm": -1.0}, "dp_clip_norm", "clipping norm C > 0"),
         ({"dp_mode": "distributed"}, "dp_mode", "Distributed noise needs secure aggregation"),
         (
+            {"dp_mode": "distributed", "secure_aggregation": True, "dp_adaptive_clipping": True},
+            "dp_adaptive_clipping",
+            "the server cannot check that a client's bit is 0 or 1",
+        ),
+        (
+            {"dp_mode": "distributed", "secure_aggregation": True, "dp_accountant": "pld"},
+            "dp_accountant",
+            "Skellam mechanism, accounted by its RDP bound",
+        ),
+        (
+            {
+                "dp_mode": "distributed",
+                "secure_aggregation": True,
+                "dp_sampling": "enrolled",
+                "dp_population": 1000,
+            },
+            "dp_sampling",
+            "without amplification by subsampling (q = 1): choose volunteer",
+        ),
+        (
             {"dp_adaptive_clipping": True, "dp_noise_multiplier": 1.0},
             "dp_adaptive_clipping",
             "needs 2σ_b > z: with z = 1, at least 11 minimum reports",
@@ -189,6 +210,28 @@ def test_a_job_whose_first_round_exceeds_the_budget_is_refused_with_the_rounds_i
     }
     assert not Job.objects.for_tenant(core).exists()
     assert not ModelVersion.objects.for_tenant(core).exists()
+
+
+def test_a_distributed_job_is_accounted_by_the_skellam_bound_at_its_worst_round(core):
+    # given a distributed-noise job of 10 invited clients over 650 parameters, z = 5, C = 1
+    job = fl_job(core, **DP, secure_aggregation=True, dp_mode="distributed")
+    config = job.fl_config
+    # then its rounds allowed come from the Skellam accountant at the smallest scale a round can
+    # use (every invitee's share in the headroom, one share counted on)
+    scale = distributed_scale(n_clients=10, clip_norm=1.0, noise_multiplier=5.0, noise_shares=1)
+    release = skellam_release(
+        clip_norm=1.0, scale=scale, dimension=config.parameter_count, variance=(5.0 * scale) ** 2
+    )
+    allowed = config.dp_rounds_allowed
+    assert skellam_epsilon([(release, allowed)], delta=1e-5) <= 3.0
+    assert skellam_epsilon([(release, allowed + 1)], delta=1e-5) > 3.0
+    # and the Gaussian at the same z allows no more (discretisation costs, never pays)
+    assert allowed <= PrivacyBudget(epsilon=3.0, delta=1e-5, noise_multiplier=5.0).max_rounds()
+    # and a round that closed without a finished secure aggregation records the worst case
+    (first,) = _rounds(job, [RoundStatus.CLOSED])
+    assert fl_privacy_record(round=first).epsilon_spent == pytest.approx(
+        skellam_epsilon([(release, 1)], delta=1e-5)
+    )
 
 
 def test_secure_aggregation_derives_k_and_t_from_the_invited_cohort(core):
@@ -292,6 +335,22 @@ def test_admission_admits_the_last_round_in_budget_and_refuses_the_next(core):
     ]
 
 
+def test_admission_refuses_a_distributed_job_past_its_skellam_budget(core):
+    # given a distributed job whose Skellam budget allows N rounds, N of them spent
+    job = fl_job(core, **DP, secure_aggregation=True, dp_mode="distributed")
+    allowed = job.fl_config.dp_rounds_allowed
+    assert 0 < allowed < job.fl_config.rounds
+    _rounds(job, [RoundStatus.CLOSED] * (allowed - 1) + [RoundStatus.FAILED, RoundStatus.CLOSED])
+    # then round N + 1 is refused, with the Skellam ε spent and the ε it would reach
+    with pytest.raises(ValidationError) as excinfo:
+        fl_privacy_admit(job=job, round_number=allowed + 2)
+    message = excinfo.value.messages[0]
+    assert f"after {allowed} rounds; round {allowed + 2} would reach" in message
+    scale = distributed_scale(n_clients=10, clip_norm=1.0, noise_multiplier=5.0, noise_shares=1)
+    release = skellam_release(clip_norm=1.0, scale=scale, dimension=650, variance=(5 * scale) ** 2)
+    assert f"ε = {skellam_epsilon([(release, allowed)], delta=1e-5):.3g} of 3" in message
+
+
 def test_a_job_without_dp_is_always_admitted_by_the_budget(core):
     job = fl_job(core)
     _rounds(job, [RoundStatus.CLOSED] * 20)
@@ -365,6 +424,7 @@ def test_the_form_sets_privacy_and_the_page_shows_epsilon_being_spent(owner_clie
     page = owner_client.get("/jobs/new/fl/").content.decode()
     assert 'data-testid="privacy-section"' in page
     assert "accounted at q = 1" in page
+    assert "each client adds a Skellam share before masking" in page
 
     response = owner_client.post(
         "/jobs/new/fl/",
@@ -404,6 +464,8 @@ def test_the_form_sets_privacy_and_the_page_shows_epsilon_being_spent(owner_clie
     assert "9 more rounds fit the budget (it allows 11 of the 20 planned" in detail
     assert "k = 8 neighbours of 10 invited, threshold t = 5" in detail
     assert "What is not." in detail
+    assert "distributed Skellam noise: each client adds an integer share" in detail
+    assert fl_privacy_state(job=job).mechanism == "skellam"
 
 
 def test_the_form_shows_privacy_errors_by_field(owner_client, core):
@@ -456,6 +518,7 @@ def test_the_api_round_trips_the_privacy_settings_and_the_budget(api_client, cor
         epsilon=3.0, delta=1e-6, noise_multiplier=2.0, sampling_probability=0.4
     ).max_rounds(limit=50)  # the planned rounds cap it
     assert privacy["sampling_probability"] == 0.4
+    assert (privacy["mode"], privacy["mechanism"]) == ("central", "gaussian")
     assert (privacy["epsilon_spent"], privacy["rounds_allowed"]) == (0.0, allowed)
     assert privacy["rounds_left_in_budget"] == allowed
 

@@ -247,7 +247,7 @@ def test_a_round_without_dp_keeps_sample_weights_and_no_clip(
     np.testing.assert_allclose(w1, expected, atol=1e-6)
 
 
-def test_distributed_mode_noises_at_the_server_until_secure_aggregation_carries_the_shares():
+def test_round_release_adds_no_noise_when_the_clients_shares_are_in_the_sum():
     # Given: a distributed-noise round's fold of one zero update (no DB: the release is a read)
     config = FlConfig(
         differential_privacy=True,
@@ -260,10 +260,11 @@ def test_distributed_mode_noises_at_the_server_until_secure_aggregation_carries_
     fold = StreamingFold(20_000)
     fold.fold("a", np.zeros(20_000, np.float32), 1.0, clip_norm=1.0)
     round_ = Round(clip_norm=1.0)
-    # When / then: with the server's noise (today's rounds) the mean carries N(0, (z·C)²)
+    # When / then: with the server's noise the mean carries N(0, (z·C)²)
     noised = round_release(round=round_, config=config, fold=fold).mean_delta
     assert abs(noised.std() - 2.0) < 6 * 2.0 / math.sqrt(2 * 20_000)
     # and with the clients' shares in the sum (secure aggregation), the server adds none
     clean = round_release(round=round_, config=config, fold=fold, server_noise=False)
     assert not clean.mean_delta.any()
-    assert clean.metrics["dp_noise_std"] == 0.0
+    assert clean.metrics["dp_mechanism"] == "skellam"
+    assert clean.metrics["dp_noise_std"] == 0.0  # an unsaved round has no secure aggregation

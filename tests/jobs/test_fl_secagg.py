@@ -18,6 +18,8 @@ from billing.operations import balance_adjust
 from ccgsc_worker.secagg.wire import WireClient, b64encode, masked_body
 from jobs import dispatch, realtime
 from jobs.fl_models import Participation, Round, RoundStatus
+from jobs.privacy import per_client_variance
+from jobs.privacy.skellam import distributed_scale, skellam_epsilon, skellam_release
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.fl_rounds import latest_version, round_open
 from jobs.services.fl_secagg import SecAggRefused, secagg_message_receive
@@ -276,3 +278,57 @@ def test_messages_out_of_phase_or_from_strangers_are_refused_and_change_nothing(
         assert refused.value.message == reason
     assert not SecAggMessage.objects.for_tenant(core_tenant).exists()
     assert not SecAggMessage.objects.for_tenant(other_tenant).exists()
+
+
+DISTRIBUTED = {
+    "differential_privacy": True,
+    "dp_mode": "distributed",
+    "dp_epsilon": 20.0,
+    "dp_noise_multiplier": 1.0,
+    "dp_clip_norm": 0.5,
+}
+
+
+def test_a_distributed_round_sizes_the_shares_and_records_the_epsilon_of_its_survivors(
+    core_tenant,
+):
+    # given a distributed-DP secure round of five accounted clients that accepts four
+    cohort = SecureCohort(core_tenant, seed=4, secagg_min_survivors=4, **DISTRIBUTED)
+    everyone = sorted(cohort.clients)
+    # then every invite asks for a Skellam share sized for four, at a scale with its headroom
+    scale = distributed_scale(n_clients=5, clip_norm=0.5, noise_multiplier=1.0, noise_shares=4)
+    variance = per_client_variance(
+        noise_multiplier=1.0, clip_norm=0.5, scale=scale, min_survivors=4
+    )
+    assert cohort.secagg.scale == pytest.approx(scale)
+    for invite in cohort.invites.values():
+        assert invite["secagg"]["noise"] == {"mechanism": "skellam", "variance": variance}
+    # when all five go through the four phases
+    cohort.advertise(everyone)
+    cohort.share(everyone)
+    cohort.upload(everyone)
+    cohort.reveal(everyone)
+    # then the round closed and recorded the ε of five shares at that scale
+    cohort.round.refresh_from_db()
+    assert cohort.round.status == RoundStatus.CLOSED
+    release = skellam_release(clip_norm=0.5, scale=scale, dimension=D, variance=5 * variance)
+    assert cohort.round.epsilon_spent == pytest.approx(skellam_epsilon([(release, 1)], delta=1e-5))
+    assert cohort.round.metrics["dp_mechanism"] == "skellam"
+
+
+def test_a_distributed_round_with_fewer_survivors_than_its_shares_need_aborts(core_tenant):
+    # given a distributed-DP secure round of six (k = 5, t = 3) whose shares are sized for five
+    cohort = SecureCohort(core_tenant, n=6, seed=5, secagg_min_survivors=5, **DISTRIBUTED)
+    everyone = sorted(cohort.clients)
+    cohort.advertise(everyone)
+    cohort.share(everyone)
+    # when only four send their masked (and noised) inputs before the deadline: every one of
+    # them keeps t live neighbours, so only the survivors' minimum can stop the round
+    cohort.upload(everyone[:4])
+    cohort.expire(SecAggPhase.MASKED_INPUT)
+    # then the round aborts rather than release a sum with too little noise, and spends nothing
+    cohort.round.refresh_from_db()
+    assert cohort.round.status == RoundStatus.FAILED
+    assert cohort.round.metrics["detail"] == "4 clients sent a masked input, the minimum is 5"
+    assert latest_version(job=cohort.job).version == 0
+    assert cohort.round.epsilon_spent == 0.0

@@ -4,14 +4,12 @@ import { describe, it } from "node:test";
 
 import {
   RequestRefused,
-  addNoiseToEncoded,
   SecAggClient,
   addInPlace,
   bytesReader,
   clipL2,
   decodeSum,
   decryptShares,
-  discreteGaussianShare,
   encode,
   encryptShares,
   expandMask,
@@ -126,23 +124,6 @@ describe("primitives", () => {
     assert.equal(withinBound, false);
     assert.deepEqual([...input], [3, 4]);
     assert.deepEqual([...withClipBit(clipL2(input, 5).clipped, true)], [3, 4, 1]);
-  });
-
-  it("draws discrete Gaussian noise shares of the requested variance", () => {
-    const noise = discreteGaussianShare(100000, 400);
-    let sum = 0;
-    let squares = 0;
-    for (const v of noise) {
-      assert.ok(Number.isInteger(v));
-      sum += v;
-      squares += v * v;
-    }
-    const mean = sum / noise.length;
-    const variance = squares / noise.length - mean * mean;
-    assert.ok(Math.abs(mean) < 0.5, `mean ${mean}`);
-    assert.ok(Math.abs(variance / 400 - 1) < 0.03, `variance ${variance}`);
-    const wrapped = addNoiseToEncoded(Uint32Array.from([0, 5, 2 ** 32 - 1]), [-1, 2, 3]);
-    assert.deepEqual([...wrapped], [2 ** 32 - 1, 7, 2]);
   });
 
   it("builds a k-regular graph with k = 2⌈log2 n⌉", async () => {

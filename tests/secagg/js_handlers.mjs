@@ -1,6 +1,7 @@
 // The requests tests/secagg/test_js_parity.py sends to static/worker_frontend/secagg.js, in
 // Node (js_client.mjs) and in Chromium alike. Bytes travel as hex, uint32 vectors as hex of LE
 // bytes; answers are plain JSON.
+import * as noise from "../../static/worker_frontend/dp-noise.js";
 import * as s from "../../static/worker_frontend/secagg.js";
 
 const hex = s.bytesToHex;
@@ -32,6 +33,17 @@ function configFrom(c) {
 }
 
 export const handlers = {
+  async skellam(r) {
+    const buffer = unhex(r.random);
+    let used = 0;
+    const read = (n) => {
+      if (used + n > buffer.length) throw new Error("fixed random bytes exhausted");
+      used += n;
+      return buffer.slice(used - n, used);
+    };
+    const shares = r.variances.map((v) => [...noise.skellamShare(r.dimension, v, read)]);
+    return { shares, used };
+  },
   async primitives(r) {
     const random = s.bytesReader(unhex(r.random));
     const a = await s.keypairFromSeed(unhex(r.seed_a));

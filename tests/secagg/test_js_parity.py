@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ccgsc_worker.skellam import skellam_share
 from jobs.secagg import RoundConfig, SecAggClient, scale_for
 from jobs.secagg import primitives as p
 from jobs.secagg.encoding import encode
@@ -166,6 +167,28 @@ def _reader(data: bytes):
         return chunk
 
     return read
+
+
+def test_skellam_shares_are_the_same_integers_from_the_same_bytes(js) -> None:
+    # given one fixed byte stream and variances from the inversion path (mean < 10) to the
+    # rejection path at the sizes distributed DP uses
+    random = np.random.default_rng(7).bytes(1 << 20)
+    variances = [3.0, 19.9, 20.0, 777.0, 2.5e9, 8.1e14]
+    # when the browser's sampler draws 2,000 coordinates per variance from it
+    answer = js.call("skellam", random=random.hex(), variances=variances, dimension=2000)
+    # then the edge worker's sampler reads the same bytes and returns the same integers
+    read = _reader(random)
+    used = 0
+
+    def counted(n: int) -> bytes:
+        nonlocal used
+        used += n
+        return read(n)
+
+    for variance, shares in zip(variances, answer["shares"], strict=True):
+        python = skellam_share(2000, variance=variance, random_bytes=counted)
+        assert python.tolist() == shares
+    assert used == answer["used"]
 
 
 def test_primitives_are_byte_identical(js) -> None:

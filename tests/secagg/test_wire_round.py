@@ -6,16 +6,20 @@ the plain sum of the clipped updates to fixed-point precision."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ccgsc_worker import protocol as edge
 from ccgsc_worker.secagg.wire import WireClient, b64decode, b64encode
 from jobs import protocol as server_protocol
+from jobs.privacy import per_client_variance
+from jobs.privacy.skellam import distributed_scale
 from jobs.secagg import RoundConfig, SecAggServer, decode_sum, scale_for, unmask_range
 
 SCRIPT = Path(__file__).with_name("js_round.mjs")
@@ -58,8 +62,10 @@ def _outbound(kind: str, fields: dict) -> dict:
     return edge.parse_server_message(server_protocol.encode(built))
 
 
-def test_browser_and_edge_clients_share_a_secure_round():
-    # given a cohort of seven: clients 1, 3, 5, 7 in the browser, 2, 4, 6 on edge workers
+@pytest.mark.parametrize("noise_multiplier", [None, 1.5])
+def test_browser_and_edge_clients_share_a_secure_round(noise_multiplier: float | None):
+    # given a cohort of seven: clients 1, 3, 5, 7 in the browser, 2, 4, 6 on edge workers, and
+    # for distributed DP Skellam shares sized for 5 survivors at z = 1.5, C = the bound
     session, seed = os.urandom(32), os.urandom(32)
     bound = 0.5
     block = {
@@ -70,6 +76,17 @@ def test_browser_and_edge_clients_share_a_secure_round():
         "scale": scale_for(n_clients=N, bound=bound),
         "bound": bound,
     }
+    if noise_multiplier is not None:
+        block["scale"] = distributed_scale(
+            n_clients=N, clip_norm=bound, noise_multiplier=noise_multiplier, noise_shares=5
+        )
+        variance = per_client_variance(
+            noise_multiplier=noise_multiplier,
+            clip_norm=bound,
+            scale=block["scale"],
+            min_survivors=5,
+        )
+        block["noise"] = {"mechanism": "skellam", "variance": variance}
     config = RoundConfig(
         job=JOB,
         round_number=3,
@@ -193,6 +210,12 @@ def test_browser_and_edge_clients_share_a_secure_round():
     # then the unmasked sum is the plain sum of the six survivors' clipped updates
     assert request == {"alive": [1, 3, 4, 5, 6, 7], "dropped": [2]}
     plain = sum(np.clip(updates[c].astype(np.float64), -bound, bound) for c in request["alive"])
-    np.testing.assert_allclose(
-        decode_sum(total, scale=block["scale"]), plain, atol=len(request["alive"]) / block["scale"]
-    )
+    decoded = decode_sum(total, scale=block["scale"])
+    if noise_multiplier is None:
+        np.testing.assert_allclose(decoded, plain, atol=len(request["alive"]) / block["scale"])
+        return
+    # with distributed DP, plus the six survivors' shares: std z·C·√(6/5) (within 6 std errors)
+    noise = decoded - plain
+    expected = noise_multiplier * bound * math.sqrt(6 / 5)
+    assert abs(noise.mean()) < 6 * expected / math.sqrt(D)
+    assert abs(noise.std() / expected - 1) < 6 / math.sqrt(2 * D)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ccgsc_worker import protocol as proto
+from ccgsc_worker.dp import add_share, noise_share
 from ccgsc_worker.secagg import primitives as p
 from ccgsc_worker.secagg.client import RequestRefused, RoundConfig, SecAggClient
 from ccgsc_worker.secagg.encoding import encode
@@ -70,6 +71,7 @@ class WireClient:
         self.participation = participation
         self.scale = float(block["scale"])
         self.bound = float(block["bound"])
+        self.noise: Mapping[str, Any] | None = block.get("noise")
         self.random_bytes = random_bytes
         config = round_config(
             job=job, round_number=round_number, block={**block, "dimension": dimension}
@@ -124,10 +126,19 @@ class WireClient:
         self._ciphertexts = ciphertexts
 
     def mask_update(self, update: np.ndarray) -> np.ndarray:
-        """Phase 2: clip, encode and mask the update. update: f32[d] → masked u32[d]."""
+        """Phase 2: clip, encode, add the distributed-DP share when the invite asks for one, and
+        mask the update. update: f32[d] → masked u32[d]."""
         if self._ciphertexts is None:
             raise RequestRefused("no ciphertexts yet")
         encoded = encode(update, scale=self.scale, bound=self.bound, random_bytes=self.random_bytes)
+        if self.noise is not None:
+            share = noise_share(
+                encoded.size,
+                mechanism=str(self.noise["mechanism"]),
+                variance=float(self.noise["variance"]),
+                random_bytes=self.random_bytes,
+            )
+            encoded = add_share(encoded, share)
         masked = self.client.masked_input(self._ciphertexts, encoded)["masked"]
         self._ciphertexts = None
         return masked
