@@ -34,16 +34,16 @@ from jobs.fl_models import (
 )
 from jobs.models import Contributor, JobStatus
 from jobs.services.fl_data import has_public_partition, partition_sizes
-from jobs.services.fl_rounds import (
-    chunk_key,
-    storage_delete_on_commit,
-    storage_put,
-    upload_chunk_keys,
-)
 from jobs.services.fl_rounds_cohort import (
     MAX_CHUNK_BYTES,
     UPDATE_HEADER_BYTES,
     update_total_bytes,
+)
+from jobs.services.fl_rounds_storage import (
+    chunk_key,
+    storage_delete_on_commit,
+    storage_put,
+    upload_chunk_keys,
 )
 
 _METRICS = struct.Struct("<IIdII d")  # the kernel ABI v2 metrics header

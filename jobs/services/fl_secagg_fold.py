@@ -24,7 +24,11 @@ from jobs.fl_models import (
 )
 from jobs.models import Job
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggRound
-from jobs.services.fl_rounds import storage_delete_on_commit, storage_put, upload_chunk_keys
+from jobs.services.fl_rounds_storage import (
+    storage_delete_on_commit,
+    storage_put,
+    upload_chunk_keys,
+)
 from jobs.services.fl_rounds_uploads import update_chunks, upload_set_status
 from jobs.services.fl_secagg_phases import phase_close_locked
 from jobs.services.fl_secagg_state import phase_members

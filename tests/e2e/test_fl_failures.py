@@ -26,7 +26,7 @@ from jobs.fl_models import (
     UploadStatus,
 )
 from jobs.models import Worker
-from jobs.services.fl_rounds import upload_chunk_keys
+from jobs.services.fl_rounds_storage import upload_chunk_keys
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
 from tests.e2e.fl_checks import (

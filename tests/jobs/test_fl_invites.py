@@ -62,9 +62,9 @@ async def test_an_invited_edge_worker_receives_its_round_invite(tenant, owner):
 async def test_an_invite_the_worker_never_got_is_sent_when_it_connects(tenant, owner, monkeypatch):
     # given an open round whose invite was pushed to nobody (sent from another process, or
     # before the worker reconnected)
-    from jobs.services import fl_rounds
+    from jobs.services import fl_rounds_invites
 
-    monkeypatch.setattr(fl_rounds, "SEND_INVITES", False)
+    monkeypatch.setattr(fl_rounds_invites, "SEND_INVITES", False)
     token = await sync_to_async(_token)()
     first = WebsocketCommunicator(application, "/ws/edge/")
     assert (await first.connect())[0]
@@ -159,7 +159,7 @@ def test_an_invite_whose_update_was_uploaded_whole_is_not_sent_again(tenant, own
     # given two invitees of an open round: one still uploading, one whose upload is complete
     # but not yet folded (the Celery worker is down)
     from jobs.fl_models import Participation, UpdateUpload, UploadStatus
-    from jobs.services.fl_rounds import fl_invites_pending_unscoped
+    from jobs.services.fl_rounds_invites import fl_invites_pending_unscoped
     from tests.factories import WorkerFactory
 
     workers = [WorkerFactory(capabilities={"simd": True, "memory_mb": 4096}) for _ in range(2)]
