@@ -26,11 +26,11 @@ from django.utils import timezone
 from jobs import realtime
 from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
 from jobs.federated.fedbuff import buffer_mean
+from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import (
     CLOSE_TIME_STRATEGIES,
     FlConfig,
     FlMode,
-    ModelVersion,
     Participation,
     ParticipationStatus,
     Round,

@@ -29,13 +29,8 @@ from jobs.aggregation import (
     norm_bounded_mean,
     trimmed_mean,
 )
-from jobs.fl_models import (
-    FlConfig,
-    ModelVersion,
-    Participation,
-    Round,
-    ServerStrategy,
-)
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import FlConfig, Participation, Round, ServerStrategy
 from jobs.models import Job
 from jobs.services.fl_rounds_scaffold import client_controls_update, scaffold_total_clients
 from jobs.services.fl_rounds_uploads import update_chunks

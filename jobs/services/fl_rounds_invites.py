@@ -14,14 +14,8 @@ from typing import Any
 from django.utils import timezone
 
 from jobs import realtime
-from jobs.fl_models import (
-    ModelVersion,
-    Participation,
-    ParticipationStatus,
-    Round,
-    RoundStatus,
-    UploadStatus,
-)
+from jobs.fl_artifact_models import ModelVersion, UploadStatus
+from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatus
 from jobs.models import Job, Worker
 from jobs.services.analytics_invite import analytics_invite_payload
 from jobs.services.fl_rounds_cohort import RoundInvitation, round_invite_payload

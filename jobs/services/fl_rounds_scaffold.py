@@ -23,7 +23,8 @@ import numpy as np
 from django.core.files.storage import default_storage
 
 from jobs.aggregation import ScaffoldServer
-from jobs.fl_models import FlConfig, ModelVersion, Participation, ServerStrategy
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import FlConfig, Participation, ServerStrategy
 from jobs.models import Job
 from jobs.services.fl_data import has_public_partition
 from jobs.services.fl_rounds_storage import storage_put

@@ -14,7 +14,8 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from jobs.aggregation import StreamingFold
-from jobs.fl_models import FlConfig, FlMode, ModelVersion, Round, UpdateUpload, UploadStatus
+from jobs.fl_artifact_models import ModelVersion, UpdateUpload, UploadStatus
+from jobs.fl_models import FlConfig, FlMode, Round
 from jobs.models import Job
 from jobs.services.fl_rounds_cohort import update_vectors
 

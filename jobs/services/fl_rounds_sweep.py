@@ -9,7 +9,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from jobs.fl_models import Round, RoundStatus, UpdateUpload, UploadStatus
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+from jobs.fl_models import Round, RoundStatus
 from jobs.models import Job, JobStatus
 from jobs.services.fl_rounds import round_close, round_open
 from tenants.tiers import JobKind

@@ -22,6 +22,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
 from jobs.fl_models import (
     DataSource,
     FlMode,
@@ -29,8 +30,6 @@ from jobs.fl_models import (
     ParticipationStatus,
     Round,
     RoundStatus,
-    UpdateUpload,
-    UploadStatus,
 )
 from jobs.models import Contributor, JobStatus
 from jobs.services.fl_data import has_public_partition, partition_sizes

@@ -14,14 +14,8 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.fl_models import (
-    Participation,
-    ParticipationStatus,
-    Round,
-    RoundStatus,
-    UpdateUpload,
-    UploadStatus,
-)
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatus
 from jobs.models import Job
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggRound
 from jobs.services.fl_rounds_storage import (

@@ -16,15 +16,8 @@ from django.core.files.storage import default_storage
 from billing import ledger
 from billing.models import AccountKind, JournalEntry
 from billing.operations import balance_adjust
-from jobs.fl_models import (
-    ModelVersion,
-    Participation,
-    ParticipationStatus,
-    Round,
-    RoundStatus,
-    UpdateUpload,
-    UploadStatus,
-)
+from jobs.fl_artifact_models import ModelVersion, UpdateUpload, UploadStatus
+from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatus
 from jobs.models import Worker
 from jobs.services.fl_rounds_storage import upload_chunk_keys
 from tenants.tiers import Tier

@@ -158,7 +158,8 @@ async def test_a_malformed_decline_is_answered_with_an_error_and_changes_nothing
 def test_an_invite_whose_update_was_uploaded_whole_is_not_sent_again(tenant, owner):
     # given two invitees of an open round: one still uploading, one whose upload is complete
     # but not yet folded (the Celery worker is down)
-    from jobs.fl_models import Participation, UpdateUpload, UploadStatus
+    from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+    from jobs.fl_models import Participation
     from jobs.services.fl_rounds_invites import fl_invites_pending_unscoped
     from tests.factories import WorkerFactory
 

@@ -16,14 +16,8 @@ from django.utils import timezone
 from billing.models import EntryKind, JournalEntry, UsageRecord
 from billing.operations import balance_adjust
 from jobs import dispatch
-from jobs.fl_models import (
-    Participation,
-    ParticipationStatus,
-    Round,
-    RoundStatus,
-    UpdateUpload,
-    UploadStatus,
-)
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatus
 from jobs.models import JobEvent, JobStatus
 from jobs.services import fl_rounds_invites
 from jobs.services.fl_data import job_partition_shards, partition_sizes
