@@ -257,6 +257,9 @@ class Round(TenantOwnedModel):
     reports = models.PositiveIntegerField(default=0)
     dropouts = models.PositiveIntegerField(default=0)
     stragglers = models.PositiveIntegerField(default=0)
+    # Invitees that declined or dropped out and whose place went to another worker while the
+    # round was open (``fl_rounds_replace``; at most ``cohort_size``).
+    replacements = models.PositiveIntegerField(default=0)
     metrics = models.JSONField(default=dict, blank=True)
     bytes_up = models.PositiveBigIntegerField(default=0)
     bytes_down = models.PositiveBigIntegerField(default=0)

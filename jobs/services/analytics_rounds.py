@@ -77,6 +77,7 @@ def analytics_round_aggregate(*, round_: Round, job: Job, now: Any) -> Analytics
         "participants": len(included),
         "invited": round_.cohort_size,
         "dropouts": dropouts,
+        "replacements": round_.replacements,
         "samples": rows,
         "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
         "analytics_result": result.pk,

@@ -212,9 +212,12 @@ def round_close(*, round_id: int, now: Any = None) -> Round:
 
 
 def _mark_dropouts(round_: Round) -> int:
-    return round_.participations.filter(status=ParticipationStatus.INVITED).update(
+    """Mark the invitees still out dropped; the round's dropouts (with those replaced while it
+    was open)."""
+    round_.participations.filter(status=ParticipationStatus.INVITED).update(
         status=ParticipationStatus.DROPPED
     )
+    return round_.participations.filter(status=ParticipationStatus.DROPPED).count()
 
 
 def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
@@ -268,7 +271,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     accuracy = correct / samples if samples else None
     model_bytes = 4 * config.parameter_count
     bytes_up = sum(update_total_bytes(config=config) for _ in included)
-    bytes_down = round_.cohort_size * model_bytes
+    bytes_down = (round_.cohort_size + round_.replacements) * model_bytes  # each got the model
     metrics = (
         {
             "train_loss": loss,
@@ -276,6 +279,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
             "participants": len(included),
             "invited": round_.cohort_size,
             "dropouts": dropouts,
+            "replacements": round_.replacements,
             "samples": samples,
             "base_version": base.version,
             "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
@@ -359,6 +363,7 @@ def _fail(round_: Round, job: Job, now: Any, *, reason: str = "deadline") -> Non
     round_.metrics = {
         "reports": round_.reports,
         "dropouts": dropouts,
+        "replacements": round_.replacements,
         "reason": reason,
     } | round_rejection_metrics(round_=round_)
     round_.save()

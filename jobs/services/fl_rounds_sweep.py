@@ -1,6 +1,7 @@
 """The deadline sweep behind FL and analytics rounds (Celery beat, ``jobs.tasks.round_sweep``):
-it re-queues folds a killed Celery worker lost, closes or fails open rounds past their deadline,
-and opens a round for running jobs that have none (nobody was eligible when the last closed)."""
+it re-queues folds a killed Celery worker lost, replaces invitees that dropped out of open rounds
+before uploading, closes or fails open rounds past their deadline, and opens a round for running
+jobs that have none (nobody was eligible when the last closed)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from jobs.fl_artifact_models import UpdateUpload, UploadStatus
 from jobs.fl_models import Round, RoundStatus
 from jobs.models import Job, JobStatus
 from jobs.services.fl_rounds import round_close, round_open
+from jobs.services.fl_rounds_replace import dropouts_replace
 from tenants.tiers import JobKind
 
 # A completed upload not folded after this long lost its Celery task: the sweeper re-queues it.
@@ -20,9 +22,9 @@ FOLD_GRACE_SECONDS = 30
 
 
 def round_sweep(*, now: Any = None) -> int:
-    """Re-queue folds a killed Celery worker lost, close or fail open rounds past their
-    deadline, and open a round for running FL jobs with none open (empty cohorts); returns the
-    rounds and uploads acted on."""
+    """Re-queue folds a killed Celery worker lost, replace invitees that dropped out of open
+    rounds, close or fail open rounds past their deadline, and open a round for running FL jobs
+    with none open (empty cohorts); returns the uploads, invitees and rounds acted on."""
     from jobs import tasks  # the task module imports the services
 
     now = now or timezone.now()
@@ -35,6 +37,7 @@ def round_sweep(*, now: Any = None) -> int:
     for upload_id in stuck.values_list("pk", flat=True):
         tasks.update_fold.delay(str(upload_id))
         acted += 1
+    acted += dropouts_replace(now=now)
     due = Round.objects.unscoped().filter(status=RoundStatus.OPEN, deadline__lte=now)
     for round_id in due.values_list("pk", flat=True):
         if round_close(round_id=round_id, now=now).status != RoundStatus.OPEN:
