@@ -161,9 +161,16 @@ def test_a_worker_cut_off_mid_upload_reconnects_and_resumes_without_resending(
         proxy.restore()
         # then it reconnects as the same worker, the upload resumes and the round closes whole
         job = wait_for_job(job.pk, timeout_s=90, stack=fl_stack)
+        # (its socket's reconnect back-off races the upload's retries: under load the round
+        # can close before the socket is back, through the proxy)
+        wait_until(
+            lambda: Worker.objects.get(pk=worker_row.pk).is_online,
+            timeout_s=30,
+            what="the cut-off worker to reconnect",
+            logs=fl_stack.logs,
+        )
     finally:
         proxy.close()
-    assert Worker.objects.get(pk=worker_row.pk).is_online
     upload.refresh_from_db()
     assert upload.status == UploadStatus.FOLDED
     assert {k: upload.chunks[k] for k in stored_before} == stored_before
