@@ -10,7 +10,7 @@ from django.http import HttpRequest
 from jobs import services
 from jobs.analytics_models import AnalyticsQuery, AnalyticsResult
 from jobs.counter_models import JobCounterDelta, JobCounters
-from jobs.fl_models import UpdateUpload
+from jobs.fl_artifact_models import UpdateUpload
 from jobs.models import (
     Assignment,
     Contributor,

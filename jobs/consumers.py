@@ -20,8 +20,8 @@ from jobs.consumers_secagg import SecAggConsumerMixin
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
 from jobs.dispatch.flusher import flusher, group_commit_enabled
 from jobs.protocol import ProtocolError
-from jobs.services.fl_rounds import fl_invites_pending_unscoped
 from jobs.services.fl_rounds_declines import participation_decline
+from jobs.services.fl_rounds_invites import fl_invites_pending_unscoped
 
 logger = logging.getLogger(__name__)
 

@@ -311,14 +311,21 @@ class RoundOutput(serializers.Serializer):
     reports = serializers.IntegerField()
     dropouts = serializers.IntegerField()
     stragglers = serializers.IntegerField()
+    replacements = serializers.IntegerField(
+        help_text=(
+            "Invitees that declined or dropped out and whose place went to another eligible "
+            "worker while the round was open (at most the cohort invited)."
+        )
+    )
     metrics = serializers.JSONField(
         help_text=(
             "What the round's close measured: train_loss, train_accuracy, participants, invited, "
-            "dropouts, samples, base_version, version, duration_seconds, client_accuracy_std, "
-            "staleness_mean (async), rejected and rejections (count per rejection code); "
+            "dropouts, replacements, samples, base_version, version, duration_seconds, "
+            "client_accuracy_std, staleness_mean (async), rejected and rejections (count per "
+            "rejection code); "
             "eval_loss, eval_accuracy and eval_samples once the server has evaluated the "
             "version on the held-out set (public partitions); a failed round: reports, "
-            "dropouts, reason (deadline or job_completed)."
+            "dropouts, replacements, reason (deadline or job_completed)."
         )
     )
     bytes_up = serializers.IntegerField()

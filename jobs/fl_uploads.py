@@ -16,7 +16,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from jobs import dispatch
-from jobs.fl_models import UpdateUpload
+from jobs.fl_artifact_models import UpdateUpload
 from jobs.models import Contributor
 from jobs.services.fl_rounds_cohort import MAX_CHUNK_BYTES
 from jobs.services.fl_rounds_uploads import (

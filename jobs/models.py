@@ -426,5 +426,6 @@ class JobEvent(TenantOwnedModel):
 # The FL models live in their own module; importing them here registers them with the app.
 from jobs.analytics_models import AnalyticsQuery, AnalyticsResult  # noqa: E402, F401
 from jobs.counter_models import JobCounters  # noqa: E402, F401
-from jobs.fl_models import FlConfig, ModelVersion, Participation, Round  # noqa: E402, F401
+from jobs.fl_artifact_models import ModelVersion, UpdateUpload  # noqa: E402, F401
+from jobs.fl_models import FlConfig, Participation, Round  # noqa: E402, F401
 from jobs.secagg_models import SecAggMessage, SecAggPhaseSet, SecAggRound  # noqa: E402, F401

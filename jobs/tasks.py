@@ -54,7 +54,7 @@ def update_fold(upload_id: str) -> str:
 @shared_task(acks_late=True)
 def round_sweep() -> int:
     """Close or fail FL rounds past their deadline; open rounds for jobs with none open."""
-    from jobs.services.fl_rounds import round_sweep as sweep
+    from jobs.services.fl_rounds_sweep import round_sweep as sweep
 
     return sweep()
 

@@ -20,14 +20,9 @@ from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.metering import metering
 from jobs.models import Job, JobStatus
 from jobs.services.analytics_creation import query_spec
-from jobs.services.fl_rounds import (
-    _abandon_receiving,
-    _job_finish,
-    _mark_dropouts,
-    _release_round_storage,
-    fold_load,
-)
+from jobs.services.fl_rounds import _job_finish, _mark_dropouts
 from jobs.services.fl_rounds_cohort import update_total_bytes
+from jobs.services.fl_rounds_storage import fold_load, round_storage_release, round_uploads_abandon
 
 
 def _per_column(values: np.ndarray, lengths: list[int]) -> list[list[float]]:
@@ -82,13 +77,14 @@ def analytics_round_aggregate(*, round_: Round, job: Job, now: Any) -> Analytics
         "participants": len(included),
         "invited": round_.cohort_size,
         "dropouts": dropouts,
+        "replacements": round_.replacements,
         "samples": rows,
         "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
         "analytics_result": result.pk,
     }
     round_.save()
-    _release_round_storage(round_, job, folded_ids)
-    _abandon_receiving(round_, job, config)
+    round_storage_release(round_=round_, job=job, folded_ids=folded_ids)
+    round_uploads_abandon(round_=round_, job=job, config=config)
     metering().round_completed(
         job=job,
         round_number=round_.number,

@@ -17,7 +17,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.fl_models import ModelVersion, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Round, RoundStatus
 from jobs.models import Job, JobStatus
 from jobs.services.fl_data import has_public_partition, held_out_set
 from jobs.services.model_registry import model_version_read

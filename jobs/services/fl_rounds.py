@@ -1,13 +1,14 @@
-"""FL rounds: open a round (select and invite a cohort), close it exactly once (aggregate, version,
-meter, open the next), and the deadline sweep that backs both up.
+"""FL rounds: open a round (select and invite a cohort) and close it exactly once (aggregate,
+version, meter, open the next).
 
 A round is open while it collects updates; the fold of each update happens in Celery
 (``fl_rounds_uploads.update_fold``) under the round's row lock, and the last fold that meets the
-close condition calls ``round_close`` in the same transaction. The sweeper closes or fails rounds
-past their deadline and opens rounds for running jobs that have none (no eligible worker was
-online when the last one closed). In buffered-async mode a round is one buffer of K updates;
-with secure aggregation it is one secure group of K, and several run at once
-(``fl_secagg_groups``).
+close condition calls ``round_close`` in the same transaction. The sweeper (``fl_rounds_sweep``)
+closes or fails rounds past their deadline and opens rounds for running jobs that have none (no
+eligible worker was online when the last one closed). Invites are built and sent by
+``fl_rounds_invites``; a round's bytes live where ``fl_rounds_storage`` says. In buffered-async
+mode a round is one buffer of K updates; with secure aggregation it is one secure group of K,
+and several run at once (``fl_secagg_groups``).
 """
 
 from __future__ import annotations
@@ -20,27 +21,18 @@ from typing import Any
 
 import numpy as np
 from django.core.exceptions import ValidationError
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
 from jobs import realtime
-from jobs.aggregation import (
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedYogi,
-    SignVote,
-    StreamingFold,
-)
+from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
 from jobs.federated.fedbuff import buffer_mean
+from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import (
     CLOSE_TIME_STRATEGIES,
     Compression,
     FlConfig,
     FlMode,
-    ModelVersion,
     Participation,
     ParticipationStatus,
     Round,
@@ -49,7 +41,6 @@ from jobs.fl_models import (
 )
 from jobs.metering import metering
 from jobs.models import Job, JobStatus
-from jobs.services.analytics_invite import analytics_invite_payload
 from jobs.services.fl_admission import fl_cohort_invited, fl_job_admit
 from jobs.services.fl_evaluation import evaluation_available
 from jobs.services.fl_privacy import fl_privacy_admit, fl_privacy_record
@@ -58,14 +49,20 @@ from jobs.services.fl_rounds_cohort import (
     anonymous_count,
     data_shards,
     eligible_workers,
-    round_invite_payload,
     update_total_bytes,
-    update_vectors,
 )
-from jobs.services.fl_rounds_compression import empty_fold, fold_restore
 from jobs.services.fl_rounds_dp import round_clip_norm, round_release
 from jobs.services.fl_rounds_dp_distributed import clients_noised
+from jobs.services.fl_rounds_invites import participation_invite
 from jobs.services.fl_rounds_scaffold import scaffold_invite_controls
+from jobs.services.fl_rounds_storage import (
+    fold_load,
+    round_storage_release,
+    round_uploads_abandon,
+    storage_put,
+    strategy_state_key,
+    strategy_state_read,
+)
 from jobs.services.fl_secagg_groups import (
     group_candidates,
     group_may_open,
@@ -81,12 +78,6 @@ from tenants.tiers import JobKind
 # A job fails once this many of its rounds failed (a round with invitations that ended at its
 # deadline below the minimum of reports); a round with nobody to invite is never opened.
 MAX_FAILED_ROUNDS = 3
-# Invites go to each invitee's channel after commit; the consumer's ``worker_round_invite`` turns
-# them into ``round_invite`` messages. Edge workers and browser pages train; one that cannot says
-# so (``round_declined``) and is not counted a dropout. Off, invites are only built and returned.
-SEND_INVITES = True
-# A completed upload not folded after this long lost its Celery task: the sweeper re-queues it.
-FOLD_GRACE_SECONDS = 30
 
 # Server steps on the streaming fold's mean; the robust rules (a spill of every update), q-FFL
 # (each client's loss) and SCAFFOLD (two means, control variates) run at close instead
@@ -98,91 +89,6 @@ _STRATEGIES: dict[str, Any] = {
     ServerStrategy.FEDYOGI: FedYogi,
     ServerStrategy.FEDADAGRAD: FedAdagrad,
 }
-
-
-def fold_checkpoint_key(*, round: Round, count: int) -> str:  # noqa: A002 - the model's name
-    """Where the round's fold is checkpointed after ``count`` folds (a new key per fold)."""
-    return f"fl-rounds/{round.tenant_id}/{round.job_id}/{round.number}/fold-{count:06d}.ckpt"
-
-
-def strategy_state_key(*, job: Job, version: int) -> str:
-    """Where the server strategy's state after producing ``version`` lives."""
-    return f"fl-rounds/{job.tenant_id}/{job.pk}/strategy-{version:06d}.npz"
-
-
-def storage_put(key: str, data: bytes) -> None:
-    """Write ``data`` under exactly ``key``, replacing what a killed earlier attempt left there."""
-    from django.core.files.base import ContentFile
-
-    if default_storage.exists(key):
-        default_storage.delete(key)
-    saved = default_storage.save(key, ContentFile(data))
-    if saved != key:
-        default_storage.delete(saved)
-        raise RuntimeError(f"storage refused the key {key}")
-
-
-def chunk_key(*, upload: Any, index: int, sha256: str) -> str:
-    """Storage key of one accepted chunk of an update upload."""
-    return f"fl-uploads/{upload.tenant_id}/{upload.pk}/{index:06d}-{sha256}.part"
-
-
-def upload_chunk_keys(upload: Any) -> list[str]:
-    """Every stored chunk of an upload."""
-    return [
-        chunk_key(upload=upload, index=int(index), sha256=digest)
-        for index, digest in upload.chunks.items()
-    ]
-
-
-def storage_delete_on_commit(keys: list[str]) -> None:
-    """Delete storage objects once the transaction that stopped needing them commits."""
-
-    def delete() -> None:
-        for key in keys:
-            default_storage.delete(key)
-
-    if keys:
-        transaction.on_commit(delete)
-
-
-def _release_round_storage(round_: Round, job: Job, folded_ids: list[int]) -> None:
-    # Once a round is closed or failed its updates and fold are no longer needed: the version
-    # (or the failure) is committed. Retention of update bytes is until the round ends.
-    from jobs.fl_models import UpdateUpload
-
-    uploads = UpdateUpload.objects.for_tenant(job.tenant).filter(participation_id__in=folded_ids)
-    keys = [key for upload in uploads for key in upload_chunk_keys(upload)]
-    if round_.fold_checkpoint_key:
-        keys.append(round_.fold_checkpoint_key)
-    storage_delete_on_commit(keys)
-
-
-def _abandon_receiving(round_: Round, job: Job, config: FlConfig) -> None:
-    # A sync round that ended takes no more updates: uploads still receiving are refused and
-    # their chunks go (in async mode they may still join a later buffer).
-    from jobs.fl_models import UpdateUpload, UploadStatus
-
-    if config.mode == FlMode.ASYNC:
-        return
-    receiving = UpdateUpload.objects.for_tenant(job.tenant).filter(
-        participation__round=round_, status=UploadStatus.RECEIVING
-    )
-    storage_delete_on_commit([key for upload in receiving for key in upload_chunk_keys(upload)])
-    receiving.update(
-        status=UploadStatus.REJECTED,
-        rejection_code="round_closed",
-        rejection_message="the round ended before this upload completed",
-    )
-
-
-def fold_load(*, round: Round) -> StreamingFold | SignVote:  # noqa: A002
-    """The round's fold as of its last committed checkpoint (empty if nothing was folded)."""
-    config = round.job.fl_config
-    if not round.fold_checkpoint_key:  # signSGD's is a vote (fl_rounds_compression)
-        return empty_fold(config, config.parameter_count * update_vectors(config=config))
-    with default_storage.open(round.fold_checkpoint_key, "rb") as handle:
-        return fold_restore(config, handle.read())
 
 
 def latest_version(*, job: Job) -> ModelVersion:
@@ -252,37 +158,19 @@ def round_open(*, job: Job) -> list[RoundInvitation]:
     )
     shards = data_shards(config, len(cohort), rng)
     invite_controls = scaffold_invite_controls(
-        job=job, base=base, read_state=lambda: _strategy_state(job, base)
+        job=job, base=base, read_state=lambda: strategy_state_read(job=job, base=base)
     )
-    invitations = []
-    for worker, shard in zip(cohort, shards, strict=True):
-        participation = Participation.objects.create(
-            tenant_id=job.tenant_id,
-            round=round_,
+    invitations = [
+        participation_invite(
+            job=job,
+            round_=round_,
             worker=worker,
-            contributor_id=worker.contributor_id,
-            base_version=0 if base is None else base.version,
+            base=base,
+            shard=shard,
+            controls=None if base is None else invite_controls(shard),
         )
-        if base is None:
-            payload = analytics_invite_payload(
-                job=job, round=round_, participation=participation, shard=shard
-            )
-        else:
-            payload = round_invite_payload(
-                job=job,
-                round=round_,
-                participation=participation,
-                version=base,
-                shard=shard,
-                controls=invite_controls(shard),
-            )
-        participation.invite = payload
-        participation.save(update_fields=["invite"])
-        if SEND_INVITES:
-            realtime.send_on_commit(worker.channel_name, payload)
-        invitations.append(
-            RoundInvitation(str(worker.pk), worker.channel_name, participation.pk, payload)
-        )
+        for worker, shard in zip(cohort, shards, strict=True)
+    ]
     if config.secure_aggregation:
         from jobs.services.fl_secagg import secagg_round_open  # its abort path imports this
 
@@ -296,14 +184,6 @@ def _close_time_strategy(config: FlConfig) -> bool:
     return (
         config.server_strategy in CLOSE_TIME_STRATEGIES or config.compression == Compression.SIGNSGD
     )
-
-
-def _strategy_state(job: Job, base: ModelVersion) -> bytes | None:
-    key = strategy_state_key(job=job, version=base.version)
-    if not default_storage.exists(key):
-        return None
-    with default_storage.open(key, "rb") as handle:
-        return handle.read()
 
 
 def close_condition(*, round: Round, config: FlConfig) -> bool:  # noqa: A002
@@ -321,7 +201,7 @@ def _strategy(config: FlConfig, job: Job, base: ModelVersion) -> Any:
     cls = _STRATEGIES[config.server_strategy]
     known = {f.name for f in fields(cls)}
     strategy = cls(**{name: value for name, value in options.items() if name in known})
-    state = _strategy_state(job, base)
+    state = strategy_state_read(job=job, base=base)
     if state is not None:
         strategy.load_state(state)
     return strategy
@@ -366,9 +246,12 @@ def round_close(*, round_id: int, now: Any = None) -> Round:
 
 
 def _mark_dropouts(round_: Round) -> int:
-    return round_.participations.filter(status=ParticipationStatus.INVITED).update(
+    """Mark the invitees still out dropped; the round's dropouts (with those replaced while it
+    was open)."""
+    round_.participations.filter(status=ParticipationStatus.INVITED).update(
         status=ParticipationStatus.DROPPED
     )
+    return round_.participations.filter(status=ParticipationStatus.DROPPED).count()
 
 
 def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
@@ -398,7 +281,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
             weights=weights,
             fold=fold,
             included=included,
-            state=_strategy_state(job, base),
+            state=strategy_state_read(job=job, base=base),
         )
         new_weights, state_bytes = step.weights.astype(np.float32), step.state
     else:
@@ -432,7 +315,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     accuracy = correct / samples if samples else None
     model_bytes = 4 * config.parameter_count
     bytes_up = sum(update_total_bytes(config=config) for _ in included)
-    bytes_down = round_.cohort_size * model_bytes
+    bytes_down = (round_.cohort_size + round_.replacements) * model_bytes  # each got the model
     metrics = (
         {
             "train_loss": loss,
@@ -440,6 +323,7 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
             "participants": len(included),
             "invited": round_.cohort_size,
             "dropouts": dropouts,
+            "replacements": round_.replacements,
             "samples": samples,
             "base_version": base.version,
             "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
@@ -464,8 +348,8 @@ def _aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None:
     round_.bytes_down = bytes_down
     round_.metrics = metrics | {"version": version.version}
     round_.save()
-    _release_round_storage(round_, job, folded_ids)
-    _abandon_receiving(round_, job, config)
+    round_storage_release(round_=round_, job=job, folded_ids=folded_ids)
+    round_uploads_abandon(round_=round_, job=job, config=config)
     metering().round_completed(
         job=job,
         round_number=round_.number,
@@ -512,8 +396,10 @@ def round_rejection_metrics(*, round_: Round) -> dict[str, Any]:
 
 def _fail(round_: Round, job: Job, now: Any, *, reason: str = "deadline") -> None:
     if round_.fold_checkpoint_key:
-        _release_round_storage(round_, job, [int(i) for i in fold_load(round=round_).folded_ids])
-    _abandon_receiving(round_, job, job.fl_config)
+        round_storage_release(
+            round_=round_, job=job, folded_ids=[int(i) for i in fold_load(round=round_).folded_ids]
+        )
+    round_uploads_abandon(round_=round_, job=job, config=job.fl_config)
     dropouts = _mark_dropouts(round_)
     round_.status = RoundStatus.FAILED
     round_.closed_at = now
@@ -521,6 +407,7 @@ def _fail(round_: Round, job: Job, now: Any, *, reason: str = "deadline") -> Non
     round_.metrics = {
         "reports": round_.reports,
         "dropouts": dropouts,
+        "replacements": round_.replacements,
         "reason": reason,
     } | round_rejection_metrics(round_=round_)
     round_.save()
@@ -535,77 +422,3 @@ def _job_finish(job: Job, status: str, reason: str, now: Any) -> None:
     )
     job.status = status
     job_event(job=job, kind=f"fl.{status}", message=reason)
-
-
-def round_sweep(*, now: Any = None) -> int:
-    """Re-queue folds a killed Celery worker lost, close or fail open rounds past their
-    deadline, and open a round for running FL jobs with none open (empty cohorts); returns the
-    rounds and uploads acted on."""
-    from jobs import tasks  # the task module imports the services
-    from jobs.fl_models import UpdateUpload, UploadStatus
-
-    now = now or timezone.now()
-    acted = 0
-    # A completed upload is folded within moments; one still waiting after a grace lost its task
-    # (the fold is idempotent, so a duplicate of a slow one is harmless).
-    stuck = UpdateUpload.objects.unscoped().filter(
-        status=UploadStatus.COMPLETE, completed_at__lte=now - timedelta(seconds=FOLD_GRACE_SECONDS)
-    )
-    for upload_id in stuck.values_list("pk", flat=True):
-        tasks.update_fold.delay(str(upload_id))
-        acted += 1
-    due = Round.objects.unscoped().filter(status=RoundStatus.OPEN, deadline__lte=now)
-    for round_id in due.values_list("pk", flat=True):
-        if round_close(round_id=round_id, now=now).status != RoundStatus.OPEN:
-            acted += 1
-    idle = (
-        Job.objects.unscoped()
-        .filter(kind__in=[JobKind.FL, JobKind.ANALYTICS], status=JobStatus.RUNNING)
-        .exclude(rounds__status__in=[RoundStatus.OPEN, RoundStatus.AGGREGATING])
-        .values_list("pk", flat=True)
-    )
-    grouped = (  # async secure jobs open another group as soon as workers are free
-        Job.objects.unscoped()
-        .filter(
-            kind=JobKind.FL,
-            status=JobStatus.RUNNING,
-            fl_config__secure_aggregation=True,
-            fl_config__mode=FlMode.ASYNC,
-            rounds__status=RoundStatus.OPEN,
-        )
-        .values_list("pk", flat=True)
-        .distinct()
-    )
-    for job_id in [*idle, *grouped]:
-        if round_open(job=Job.objects.unscoped().get(pk=job_id)):
-            acted += 1
-    return acted
-
-
-def fl_invites_pending_unscoped(*, worker_id: Any) -> list[dict[str, Any]]:
-    """The invites of open rounds this worker was invited to and has not reported in, as sent
-    (the consumer re-sends them: an invite sent from another process or lost on the way would
-    otherwise leave the invitee idle until the round's deadline). An invite whose update was
-    uploaded whole is not pending: its fold may still be queued (a Celery worker down), and a
-    worker reconnecting meanwhile would train the round again for nothing."""
-    from jobs.fl_models import UploadStatus
-
-    return list(
-        Participation.objects.unscoped()
-        .filter(
-            worker_id=worker_id,
-            status=ParticipationStatus.INVITED,
-            round__status=RoundStatus.OPEN,
-            round__deadline__gt=timezone.now(),
-        )
-        .exclude(invite={})
-        .exclude(
-            upload__status__in=[
-                UploadStatus.COMPLETE,
-                UploadStatus.FOLDED,
-                UploadStatus.REJECTED,
-            ]
-        )
-        .order_by("pk")
-        .values_list("invite", flat=True)
-    )

@@ -29,14 +29,8 @@ from jobs.aggregation import (
     norm_bounded_mean,
     trimmed_mean,
 )
-from jobs.fl_models import (
-    Compression,
-    FlConfig,
-    ModelVersion,
-    Participation,
-    Round,
-    ServerStrategy,
-)
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Compression, FlConfig, Participation, Round, ServerStrategy
 from jobs.models import Job
 from jobs.services.fl_rounds_compression import dense_chunks, dense_update, sign_step
 from jobs.services.fl_rounds_scaffold import client_controls_update, scaffold_total_clients

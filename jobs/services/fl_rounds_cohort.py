@@ -9,14 +9,8 @@ from typing import Any
 
 from django.db.models import Q
 
-from jobs.fl_models import (
-    DataSource,
-    FlConfig,
-    ModelVersion,
-    Participation,
-    Round,
-    ServerStrategy,
-)
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import DataSource, FlConfig, Participation, Round, ServerStrategy
 from jobs.models import Job, Worker
 from jobs.services.fl_rounds_compression import (
     compression_invite_terms,

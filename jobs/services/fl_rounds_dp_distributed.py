@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.fl_models import DpMode, FlConfig, Round
+from jobs.fl_models import DpMode, FlConfig, Participation, Round
 from jobs.privacy import per_client_variance
 from jobs.privacy.skellam import SkellamRelease, distributed_scale, skellam_release
 from jobs.secagg_models import SecAggPhase, SecAggPhaseSet, SecAggRound
@@ -98,7 +98,22 @@ def _noise_of(
         anonymous=round_.anonymous_invited,
     )
     honest = max(plan.noise_shares, len(survivors or []) - round_.anonymous_invited)
-    return secagg.scale, honest * plan.variance
+    return secagg.scale, honest * _sent_variance(secagg, default=plan.variance)
+
+
+def _sent_variance(secagg: SecAggRound, *, default: float) -> float:
+    """The share variance the invites asked for. A replacement invited mid-round can raise the
+    round's anonymous count, which would size a larger share than anyone added: account the one
+    that was sent."""
+    invites = Participation.objects.unscoped().filter(
+        pk__in=[int(pid) for pid in secagg.clients.values()]
+    )
+    sent = [
+        ((invite.get("secagg") or {}).get("noise") or {}).get("variance")
+        for invite in invites.values_list("invite", flat=True)
+    ]
+    sent = [float(v) for v in sent if v is not None]
+    return min(sent) if sent else default
 
 
 def _finished_round_noise(config: FlConfig, round_: Round) -> tuple[float, float] | None:

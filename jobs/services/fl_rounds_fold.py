@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from jobs.aggregation import UpdateRejected, fold_weight
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
 from jobs.fl_models import (
     FlMode,
     Participation,
@@ -17,19 +18,11 @@ from jobs.fl_models import (
     RoundStatus,
     ServerStrategy,
     StalenessWeighting,
-    UpdateUpload,
-    UploadStatus,
 )
-from jobs.services.fl_rounds import (
-    close_condition,
-    fold_checkpoint_key,
-    fold_load,
-    latest_version,
-    round_close,
-    storage_put,
-)
+from jobs.services.fl_rounds import close_condition, latest_version, round_close
 from jobs.services.fl_rounds_compression import update_fold_into
 from jobs.services.fl_rounds_dp import dp_fold_record, dp_fold_terms
+from jobs.services.fl_rounds_storage import fold_checkpoint_key, fold_load, storage_put
 from jobs.services.fl_rounds_uploads import (
     participation_mark_late,
     update_chunks,

@@ -23,9 +23,11 @@ import numpy as np
 from django.core.files.storage import default_storage
 
 from jobs.aggregation import ScaffoldServer
-from jobs.fl_models import FlConfig, ModelVersion, Participation, ServerStrategy
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import FlConfig, Participation, ServerStrategy
 from jobs.models import Job
 from jobs.services.fl_data import has_public_partition
+from jobs.services.fl_rounds_storage import storage_put
 
 
 def control_key(*, job: Job, sha256: str) -> str:
@@ -39,8 +41,6 @@ def _clients_key(job: Job, version: int) -> str:
 
 def control_put(*, job: Job, values: np.ndarray) -> str:
     """Store f32[d] under its hash (once) and return the sha256."""
-    from jobs.services.fl_rounds import storage_put
-
     data = np.ascontiguousarray(values, dtype="<f4").tobytes()
     sha256 = hashlib.sha256(data).hexdigest()
     key = control_key(job=job, sha256=sha256)
@@ -129,6 +129,4 @@ def client_controls_update(
         index[str(shard)] = control_put(
             job=job, values=(current.astype(np.float64) + delta).astype(np.float32)
         )
-    from jobs.services.fl_rounds import storage_put
-
     storage_put(_clients_key(job, version), json.dumps(index, sort_keys=True).encode())

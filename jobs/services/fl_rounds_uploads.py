@@ -22,6 +22,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
 from jobs.fl_models import (
     DataSource,
     FlMode,
@@ -29,17 +30,9 @@ from jobs.fl_models import (
     ParticipationStatus,
     Round,
     RoundStatus,
-    UpdateUpload,
-    UploadStatus,
 )
 from jobs.models import Contributor, JobStatus
 from jobs.services.fl_data import has_public_partition, partition_sizes
-from jobs.services.fl_rounds import (
-    chunk_key,
-    storage_delete_on_commit,
-    storage_put,
-    upload_chunk_keys,
-)
 from jobs.services.fl_rounds_cohort import (
     MAX_CHUNK_BYTES,
     UPDATE_HEADER_BYTES,
@@ -50,6 +43,12 @@ from jobs.services.fl_rounds_compression import (
     HEADER_BYTES,
     is_compressed,
     payload_rejection,
+)
+from jobs.services.fl_rounds_storage import (
+    chunk_key,
+    storage_delete_on_commit,
+    storage_put,
+    upload_chunk_keys,
 )
 
 _METRICS = struct.Struct("<IIdII d")  # the kernel ABI v2 metrics header

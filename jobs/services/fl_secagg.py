@@ -15,6 +15,7 @@ every participant told.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -96,23 +97,73 @@ def secagg_round_open(
     )
     round.save(update_fields=["deadline"])
     for client, invitation in enumerate(invitations, start=1):
-        invitation.payload["deadline"] = round.deadline.isoformat()
-        invitation.payload["secagg"] = {
-            "client": client,
-            "clients": n,
-            "threshold": secagg.threshold,
-            "session": b64encode(bytes(secagg.session)),
-            "graph_seed": b64encode(bytes(secagg.graph_seed)),
-            "scale": secagg.scale,
-            "bound": bound,
-        }
-        if noise is not None:
-            invitation.payload["secagg"]["noise"] = noise.invite_block
-        Participation.objects.for_tenant(round.tenant).filter(
-            pk=invitation.participation_id
-        ).update(invite=invitation.payload)
+        _invite_secagg(secagg, client, invitation, noise=noise.invite_block if noise else None)
     schedule_close(secagg)
     return secagg
+
+
+def _invite_secagg(
+    secagg: SecAggRound, client: int, invitation: Any, *, noise: dict[str, Any] | None
+) -> None:
+    """Add the round's ``secagg`` block for ``client`` to an invite not yet sent (it goes after
+    commit, as stored here); with distributed DP, ``noise`` is the share every client adds."""
+    invitation.payload["deadline"] = secagg.round.deadline.isoformat()
+    invitation.payload["secagg"] = {
+        "client": client,
+        "clients": len(secagg.clients),
+        "threshold": secagg.threshold,
+        "session": b64encode(bytes(secagg.session)),
+        "graph_seed": b64encode(bytes(secagg.graph_seed)),
+        "scale": secagg.scale,
+        "bound": secagg.bound,
+    }
+    if noise is not None:
+        invitation.payload["secagg"]["noise"] = noise
+    Participation.objects.unscoped().filter(pk=invitation.participation_id).update(
+        invite=invitation.payload
+    )
+
+
+# ---------------------------------------------------------------- replacements
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggSlot:
+    """A client number of a secure round whose invitee left before advertising its keys."""
+
+    secagg: SecAggRound
+    client: int
+
+
+def secagg_slot_free(*, round_: Round, participation_id: int) -> SecAggSlot | None:
+    """The leaver's client slot, free for a replacement while advertise keys is open and the
+    leaver advertised nothing; None otherwise (the keys are fixed: n, the neighbour graph and
+    every pairwise mask depend on who advertised, so nobody can join after).
+
+    The caller holds the round's row lock; this locks the secure round's row."""
+    secagg = SecAggRound.objects.unscoped().select_for_update().filter(round=round_).first()
+    if secagg is None or secagg.phase != SecAggPhase.ADVERTISE:
+        return None
+    try:
+        client = _client_of(secagg, participation_id)
+    except SecAggRefused:
+        return None
+    advertised = SecAggMessage.objects.unscoped().filter(
+        secagg_round=secagg, phase=SecAggPhase.ADVERTISE, client=client
+    )
+    return None if advertised.exists() else SecAggSlot(secagg, client)
+
+
+def secagg_slot_assign(*, slot: SecAggSlot, invitation: Any) -> None:
+    """Give the slot to the replacement's participation and add the round's ``secagg`` block
+    to its invite (same n, graph seed, scale and noise share as everyone's); under both row
+    locks."""
+    secagg = slot.secagg
+    leaver = Participation.objects.unscoped().get(pk=secagg.clients[str(slot.client)])
+    noise = (leaver.invite.get("secagg") or {}).get("noise")
+    secagg.clients = {**secagg.clients, str(slot.client): invitation.participation_id}
+    secagg.save(update_fields=["clients"])
+    _invite_secagg(secagg, slot.client, invitation, noise=noise)
 
 
 # ---------------------------------------------------------------- messages

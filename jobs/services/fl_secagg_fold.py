@@ -14,17 +14,15 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from jobs.fl_models import (
-    Participation,
-    ParticipationStatus,
-    Round,
-    RoundStatus,
-    UpdateUpload,
-    UploadStatus,
-)
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatus
 from jobs.models import Job
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggRound
-from jobs.services.fl_rounds import storage_delete_on_commit, storage_put, upload_chunk_keys
+from jobs.services.fl_rounds_storage import (
+    storage_delete_on_commit,
+    storage_put,
+    upload_chunk_keys,
+)
 from jobs.services.fl_rounds_uploads import update_chunks, upload_set_status
 from jobs.services.fl_secagg_phases import phase_close_locked
 from jobs.services.fl_secagg_state import phase_members

@@ -26,15 +26,8 @@ from typing import Any
 import numpy as np
 from django.db.models import QuerySet
 
-from jobs.fl_models import (
-    FlConfig,
-    FlMode,
-    ModelVersion,
-    Participation,
-    Round,
-    RoundStatus,
-    StalenessWeighting,
-)
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import FlConfig, FlMode, Participation, Round, RoundStatus, StalenessWeighting
 from jobs.models import Job, Worker
 from jobs.secagg import RoundAborted
 from jobs.services.fl_privacy_rules import MIN_SECURE_COHORT

@@ -23,7 +23,12 @@ from jobs.models import Job
 from jobs.secagg import RoundAborted, UnmaskPlan, decode_sum, unmask_range
 from jobs.secagg_models import SecAggPhase, SecAggRound
 from jobs.services.analytics_secagg import analytics_secagg_fold
-from jobs.services.fl_rounds import fold_checkpoint_key, round_close, storage_put
+from jobs.services.fl_rounds import round_close
+from jobs.services.fl_rounds_storage import (
+    fold_checkpoint_key,
+    storage_delete_on_commit,
+    storage_put,
+)
 from jobs.services.fl_secagg_fold import masked_sum_range, secagg_storage_release
 from jobs.services.fl_secagg_phases import secagg_abort_locked
 from jobs.services.fl_secagg_state import server_for
@@ -112,7 +117,6 @@ def _range_done(round_: Round, secagg: SecAggRound, job: Job, start: int) -> str
 
 def _finalise(round_: Round, secagg: SecAggRound, job: Job, starts: list[int]) -> str:
     """Decode the aggregate, hand it to round_close as the round's fold; under both locks."""
-    from jobs.services.fl_rounds import storage_delete_on_commit
     from jobs.services.fl_secagg_state import phase_members
 
     parts = []

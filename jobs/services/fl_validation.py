@@ -1,6 +1,7 @@
 """Validating a federated learning job: the spec, its fields, their combinations (what
-``docs/aggregation.md`` rules out), the privacy budget and the tier's policy, into an unsaved
-``FlConfig`` with every error keyed by field."""
+``docs/aggregation.md`` rules out: ``fl_validation_strategy``), the privacy rules and budget
+(``fl_privacy_rules``) and the tier's policy, into an unsaved ``FlConfig`` with every error
+keyed by field."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from jobs.fl_models import (
-    ROBUST_STRATEGIES,
     ClientOptimizer,
     Compression,
     DataSource,
@@ -37,7 +37,12 @@ from jobs.services.fl_privacy_rules import (
     privacy_fields,
 )
 from jobs.services.fl_rounds_eligibility import refuse_anonymous_fraction
-from jobs.services.fl_secagg_groups import group_check_spec, group_min_survivors_default
+from jobs.services.fl_secagg_groups import group_min_survivors_default
+from jobs.services.fl_validation_strategy import (
+    check_combinations,
+    check_mode,
+    check_strategy_options,
+)
 from tenants.models import Tenant
 
 
@@ -66,38 +71,6 @@ MAX_COHORT = 1_000_000  # far above any tier's cap: the tier's own limit is chec
 MAX_LAYER = 4096
 MAX_PARAMETERS = 4_000_000  # 16 MB of float32: the training kernels' input limits allow it
 MAX_DEADLINE_SECONDS = 24 * 3600
-
-# Each strategy's options, with their admissible ranges (lo, hi, inclusive) and defaults.
-STRATEGY_OPTIONS: dict[str, dict[str, tuple[float, float, float]]] = {
-    ServerStrategy.FEDAVG: {},
-    ServerStrategy.FEDAVGM: {
-        "server_learning_rate": (1e-6, 10.0, 1.0),
-        "server_momentum": (0.0, 0.999, 0.9),
-    },
-    ServerStrategy.FEDADAM: {
-        "eta": (1e-6, 10.0, 0.1),
-        "beta_1": (0.0, 0.999, 0.9),
-        "beta_2": (0.0, 0.9999, 0.99),
-        "tau": (1e-9, 1.0, 1e-3),
-    },
-    ServerStrategy.FEDYOGI: {
-        "eta": (1e-6, 10.0, 0.01),
-        "beta_1": (0.0, 0.999, 0.9),
-        "beta_2": (0.0, 0.9999, 0.99),
-        "tau": (1e-9, 1.0, 1e-3),
-    },
-    ServerStrategy.FEDADAGRAD: {"eta": (1e-6, 10.0, 0.1), "tau": (1e-9, 1.0, 1e-3)},
-    ServerStrategy.SCAFFOLD: {"global_learning_rate": (1e-6, 10.0, 1.0)},
-    ServerStrategy.QFFL: {"q": (0.0, 10.0, 0.1)},
-    ServerStrategy.MEDIAN: {},
-    ServerStrategy.TRIMMED_MEAN: {"beta": (0.01, 0.49, 0.1)},
-    ServerStrategy.KRUM: {"byzantine": (0, 1000, 1)},
-    ServerStrategy.MULTI_KRUM: {"byzantine": (0, 1000, 1), "selected": (1, 10_000, 1)},
-    ServerStrategy.NORM_BOUNDING: {"bound": (1e-6, 1e6, 5.0)},
-}
-INTEGER_OPTIONS = frozenset({"byzantine", "selected"})
-# signSGD's server step w + η·sign(vote) (FedAvg only): η per coordinate, in the model's units.
-SIGNSGD_OPTIONS = {"server_learning_rate": (1e-6, 1.0, 1e-3)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,134 +246,6 @@ def _check_client(spec: FlJobSpec, errors: dict[str, str]) -> None:
         errors["proximal_mu"] = "FedProx's μ is 0 (off) to 10."
 
 
-def _strategy_options(spec: FlJobSpec, errors: dict[str, str]) -> dict[str, float]:
-    """The strategy's options with defaults filled in, or {} with an error."""
-    allowed = STRATEGY_OPTIONS.get(spec.server_strategy)
-    if spec.server_strategy == ServerStrategy.FEDAVG and spec.compression == Compression.SIGNSGD:
-        allowed = SIGNSGD_OPTIONS
-    if allowed is None:
-        errors["server_strategy"] = f"Choose one of {', '.join(ServerStrategy.values)}."
-        return {}
-    given = spec.strategy_options or {}
-    if not isinstance(given, dict):
-        errors["strategy_options"] = "Give the strategy's options as an object."
-        return {}
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        names = ", ".join(allowed) or "none"
-        errors["strategy_options"] = (
-            f"Unknown options {unknown} for {spec.server_strategy} ({names})."
-        )
-        return {}
-    options: dict[str, float] = {}
-    for name, (lo, hi, default) in allowed.items():
-        value = given.get(name, default)
-        integer = name in INTEGER_OPTIONS
-        if not is_number(value) or (integer and value != int(value)) or not lo <= value <= hi:
-            kind = "an integer" if integer else "a number"
-            errors["strategy_options"] = f"{name} must be {kind} from {lo:g} to {hi:g}."
-            return {}
-        options[name] = int(value) if integer else float(value)
-    return options
-
-
-def _check_combinations(
-    spec: FlJobSpec, cohort: int, options: dict, errors: dict[str, str]
-) -> None:
-    """What does not combine (docs/aggregation.md, "What combines with what")."""
-    strategy, compression = spec.server_strategy, spec.compression
-    robust = strategy in ROBUST_STRATEGIES
-    if compression not in Compression.values:
-        errors["compression"] = f"Choose one of {', '.join(Compression.values)}."
-        return
-    if compression == Compression.TOPK:
-        if not is_number(spec.topk_fraction) or not 0 < spec.topk_fraction < 1:
-            errors["topk_fraction"] = "Top-k keeps a fraction in (0, 1) of the coordinates."
-        if robust and strategy not in (ServerStrategy.KRUM, ServerStrategy.MULTI_KRUM):
-            errors["compression"] = (
-                "Top-k updates are mostly zeros: their median or trimmed mean is 0. Use Krum or "
-                "no compression."
-            )
-        if strategy == ServerStrategy.QFFL:
-            errors["compression"] = f"Top-k with {strategy} is not built."
-    if compression == Compression.SIGNSGD:
-        if strategy != ServerStrategy.FEDAVG:
-            errors["compression"] = (
-                "signSGD aggregates by majority vote, not a mean: it runs with the plain FedAvg "
-                "server step only."
-            )
-        elif spec.mode == FlMode.ASYNC:
-            errors["compression"] = (
-                "signSGD's majority vote gives every client one vote: it has no weight to "
-                "discount stale updates by, so it runs in sync rounds only."
-            )
-    if compression != Compression.NONE and strategy == ServerStrategy.SCAFFOLD:
-        # SCAFFOLD uploads two vectors [Δy ‖ Δc]; neither client encodes that pair yet.
-        errors["compression"] = "Compressed uploads with SCAFFOLD are not built."
-    if spec.secure_aggregation:
-        if robust:
-            errors["secure_aggregation"] = (
-                "Robust aggregation needs each update; secure aggregation hides them: choose one."
-            )
-        elif compression != Compression.NONE:
-            errors["secure_aggregation"] = (
-                f"Secure aggregation with {compression} is not built (masks are added to dense "
-                "uint32 sums; a sparse, int8 or sign payload has no such sum)."
-            )
-        elif strategy == ServerStrategy.QFFL:
-            errors["secure_aggregation"] = "Secure aggregation with q-FFL is not built."
-        elif spec.mode == FlMode.ASYNC:  # masks cancel within a cohort: secure groups of K
-            group_check_spec(
-                buffer_size=spec.buffer_size,
-                over_selection=spec.over_selection,
-                min_survivors=spec.secagg_min_survivors,
-                errors=errors,
-            )
-    if spec.differential_privacy:
-        if strategy in (ServerStrategy.SCAFFOLD, ServerStrategy.QFFL) or robust:
-            errors["differential_privacy"] = (
-                f"Differential privacy with {strategy} is not offered: its sensitivity is "
-                "unbounded or unanalysed."
-            )
-        elif compression != Compression.NONE:
-            errors["differential_privacy"] = (
-                "Differential privacy runs on uncompressed updates (the clip and the noise are "
-                "calibrated to the dense update; top-k's residual carries unclipped signal "
-                "across rounds and a sign vote has no norm to clip)."
-            )
-        if not is_number(spec.dp_noise_multiplier) or not 0 < spec.dp_noise_multiplier <= 100:
-            errors["dp_noise_multiplier"] = "Give the noise multiplier z in (0, 100]."
-        if not is_number(spec.dp_clip_norm) or not 0 < spec.dp_clip_norm <= 1e6:
-            errors["dp_clip_norm"] = "Give the clipping norm C > 0."
-    if strategy in (ServerStrategy.KRUM, ServerStrategy.MULTI_KRUM):
-        byzantine = options.get("byzantine", 0)
-        if cohort < 2 * byzantine + 3:
-            errors["strategy_options"] = (
-                f"Krum needs at least 2f + 3 = {2 * byzantine + 3} reports per round."
-            )
-        elif options.get("selected", 1) > cohort - byzantine:
-            errors["strategy_options"] = "Multi-Krum selects at most cohort − f updates."
-
-
-def _check_mode(spec: FlJobSpec, cohort: int, errors: dict[str, str]) -> None:
-    if spec.mode == FlMode.SYNC:
-        return
-    if spec.mode != FlMode.ASYNC:
-        errors["mode"] = f"Choose one of {', '.join(FlMode.values)}."
-        return
-    if not isinstance(spec.buffer_size, int) or not 1 <= spec.buffer_size <= max(1, cohort):
-        errors["buffer_size"] = f"The buffer K holds 1 to {cohort} updates (the cohort)."
-    if not isinstance(spec.staleness_bound, int) or not 0 <= spec.staleness_bound <= 1000:
-        errors["staleness_bound"] = "The staleness bound is 0 to 1000 model versions."
-    if spec.staleness_weighting not in StalenessWeighting.values:
-        errors["staleness_weighting"] = f"Choose one of {', '.join(StalenessWeighting.values)}."
-    elif (
-        spec.staleness_weighting == StalenessWeighting.POLYNOMIAL
-        and spec.staleness_exponent is not None
-    ) and (not is_number(spec.staleness_exponent) or not 0 < spec.staleness_exponent <= 4):
-        errors["staleness_exponent"] = "The staleness exponent a is in (0, 4]."
-
-
 def _unsaved_config(spec: FlJobSpec, tenant: Tenant, sizes: list[int], options: dict) -> FlConfig:
     public = spec.data_source == DataSource.PUBLIC_PARTITION
     asynchronous = spec.mode == FlMode.ASYNC
@@ -462,7 +307,7 @@ def fl_job_validate(*, tenant: Tenant, spec: FlJobSpec) -> FlConfig:
     local_data, max_local_samples = _check_data(spec, sizes, errors)
     _check_rounds_and_cohort(spec, errors)
     _check_client(spec, errors)
-    options = _strategy_options(spec, errors)
+    options = check_strategy_options(spec, errors)
     if spec.seed is not None and not 0 <= spec.seed <= MAX_SEED:
         errors["seed"] = "seed must be between 0 and 2^63-1."
     if errors:
@@ -474,8 +319,8 @@ def fl_job_validate(*, tenant: Tenant, spec: FlJobSpec) -> FlConfig:
     if spec.min_reports is not None and not 1 <= spec.min_reports <= cohort:
         errors["min_reports"] = f"Minimum reports is 1 to the cohort ({cohort})."
     config.min_reports = spec.min_reports or cohort
-    _check_combinations(spec, cohort, options, errors)
-    _check_mode(spec, cohort, errors)
+    check_combinations(spec, cohort, options, errors)
+    check_mode(spec, cohort, errors)
     check_privacy(spec, invited, config.min_reports, errors)
     if errors:
         raise ValidationError(errors)

@@ -13,7 +13,8 @@ import numpy as np
 from billing import ledger
 from billing.models import AccountKind, JournalEntry, UsageRecord, UsageStatus
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import Job
 from jobs.services.fl_data import partition_shards
 from jobs.services.model_registry import model_version_read

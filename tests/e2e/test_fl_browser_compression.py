@@ -16,7 +16,8 @@ from billing.operations import balance_adjust
 from ccgsc_worker import training
 from ccgsc_worker.compression import ResidualStore
 from jobs.aggregation import SparseUpdate, StreamingFold
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import Worker
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier

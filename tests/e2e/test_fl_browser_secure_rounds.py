@@ -21,7 +21,8 @@ from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from jobs import dispatch
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import Worker
 from jobs.privacy import clip_l2
 from jobs.secagg_models import SecAggPhaseSet, SecAggRound

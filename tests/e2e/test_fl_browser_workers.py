@@ -17,7 +17,8 @@ import pytest
 from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from jobs.federated import data
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import Worker
 from jobs.services.fl_data import TEST_FRACTION
 from tenants import services as services_tenants

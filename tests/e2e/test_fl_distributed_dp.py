@@ -17,7 +17,8 @@ import math
 import numpy as np
 import pytest
 
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.privacy import per_client_variance
 from jobs.privacy.accounting import epsilon_spent
 from jobs.privacy.skellam import skellam_epsilon, skellam_release

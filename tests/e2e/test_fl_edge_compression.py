@@ -20,7 +20,8 @@ from ccgsc_worker.transfer import Http, upload_update
 from jobs import protocol
 from jobs.aggregation import SignVote, SparseUpdate, StreamingFold, TopKResidual, int8_decode
 from jobs.federated.client import load_training_kernel
-from jobs.fl_models import ModelVersion, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Round, RoundStatus
 from jobs.fl_shards import job_shards, training_kernel_sha256
 from jobs.models import Worker
 from jobs.services.model_registry import model_version_read

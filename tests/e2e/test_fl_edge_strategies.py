@@ -16,7 +16,8 @@ from ccgsc_worker import training
 from jobs import protocol
 from jobs.aggregation import ScaffoldServer, coordinate_median
 from jobs.federated.client import load_training_kernel
-from jobs.fl_models import ModelVersion, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Round, RoundStatus
 from jobs.fl_shards import job_shards, training_kernel_sha256
 from jobs.models import Worker
 from jobs.services.fl_rounds_scaffold import control_read

@@ -14,7 +14,8 @@ from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from jobs.federated import data
 from jobs.federated.client import evaluate, load_training_kernel
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import Worker
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier

@@ -16,17 +16,10 @@ from django.core.files.storage import default_storage
 from billing import ledger
 from billing.models import AccountKind, JournalEntry
 from billing.operations import balance_adjust
-from jobs.fl_models import (
-    ModelVersion,
-    Participation,
-    ParticipationStatus,
-    Round,
-    RoundStatus,
-    UpdateUpload,
-    UploadStatus,
-)
+from jobs.fl_artifact_models import ModelVersion, UpdateUpload, UploadStatus
+from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatus
 from jobs.models import Worker
-from jobs.services.fl_rounds import upload_chunk_keys
+from jobs.services.fl_rounds_storage import upload_chunk_keys
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
 from tests.e2e.fl_checks import (
@@ -168,9 +161,16 @@ def test_a_worker_cut_off_mid_upload_reconnects_and_resumes_without_resending(
         proxy.restore()
         # then it reconnects as the same worker, the upload resumes and the round closes whole
         job = wait_for_job(job.pk, timeout_s=90, stack=fl_stack)
+        # (its socket's reconnect back-off races the upload's retries: under load the round
+        # can close before the socket is back, through the proxy)
+        wait_until(
+            lambda: Worker.objects.get(pk=worker_row.pk).is_online,
+            timeout_s=30,
+            what="the cut-off worker to reconnect",
+            logs=fl_stack.logs,
+        )
     finally:
         proxy.close()
-    assert Worker.objects.get(pk=worker_row.pk).is_online
     upload.refresh_from_db()
     assert upload.status == UploadStatus.FOLDED
     assert {k: upload.chunks[k] for k in stored_before} == stored_before

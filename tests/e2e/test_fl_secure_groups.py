@@ -22,7 +22,8 @@ import pytest
 
 from billing.models import UsageRecord
 from jobs import dispatch
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import Worker
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.model_registry import model_version_read

@@ -33,7 +33,8 @@ from ccgsc_worker.secagg.wire import WireClient, masked_body
 from ccgsc_worker.training import RoundTrainer
 from ccgsc_worker.transfer import Http, Response, upload_update
 from jobs import dispatch, fl_shards, protocol
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import Worker
 from jobs.secagg_models import SecAggPhaseSet, SecAggRound
 from jobs.services.model_registry import model_version_read

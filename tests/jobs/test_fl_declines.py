@@ -9,8 +9,9 @@ import pytest
 
 from billing.operations import balance_adjust
 from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatus
-from jobs.services.fl_rounds import fl_invites_pending_unscoped, round_close, round_open
+from jobs.services.fl_rounds import round_close, round_open
 from jobs.services.fl_rounds_declines import participation_decline
+from jobs.services.fl_rounds_invites import fl_invites_pending_unscoped
 from tenants.tiers import Tier
 from tests.factories import WorkerFactory
 from tests.jobs.fl_helpers import fl_job

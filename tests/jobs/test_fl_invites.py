@@ -62,9 +62,9 @@ async def test_an_invited_edge_worker_receives_its_round_invite(tenant, owner):
 async def test_an_invite_the_worker_never_got_is_sent_when_it_connects(tenant, owner, monkeypatch):
     # given an open round whose invite was pushed to nobody (sent from another process, or
     # before the worker reconnected)
-    from jobs.services import fl_rounds
+    from jobs.services import fl_rounds_invites
 
-    monkeypatch.setattr(fl_rounds, "SEND_INVITES", False)
+    monkeypatch.setattr(fl_rounds_invites, "SEND_INVITES", False)
     token = await sync_to_async(_token)()
     first = WebsocketCommunicator(application, "/ws/edge/")
     assert (await first.connect())[0]
@@ -158,8 +158,9 @@ async def test_a_malformed_decline_is_answered_with_an_error_and_changes_nothing
 def test_an_invite_whose_update_was_uploaded_whole_is_not_sent_again(tenant, owner):
     # given two invitees of an open round: one still uploading, one whose upload is complete
     # but not yet folded (the Celery worker is down)
-    from jobs.fl_models import Participation, UpdateUpload, UploadStatus
-    from jobs.services.fl_rounds import fl_invites_pending_unscoped
+    from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+    from jobs.fl_models import Participation
+    from jobs.services.fl_rounds_invites import fl_invites_pending_unscoped
     from tests.factories import WorkerFactory
 
     workers = [WorkerFactory(capabilities={"simd": True, "memory_mb": 4096}) for _ in range(2)]
@@ -183,3 +184,35 @@ def test_an_invite_whose_update_was_uploaded_whole_is_not_sent_again(tenant, own
     pending = {w.pk: fl_invites_pending_unscoped(worker_id=w.pk) for w in workers}
     assert pending[uploading.worker_id] == [uploading.invite]
     assert pending[uploaded.worker_id] == []
+
+
+async def test_a_page_that_declines_is_replaced_by_another_page_online(tenant, owner):
+    # given two browser pages online and a running FL job whose round of one invited one of them
+    from jobs.fl_models import Participation, Round
+
+    pages = [await _browser_connected(await sync_to_async(_token)()) for _ in range(2)]
+    job = await sync_to_async(_core_job)(tenant, owner)
+    await sync_to_async(round_open)(job=job)
+    first = await sync_to_async(Participation.objects.unscoped().get)(round__job=job)
+    received = {}
+    for index, page in enumerate(pages):
+        if not await page.receive_nothing(timeout=0.5):
+            received[index] = edge.parse_server_message(await page.receive_from(timeout=5))
+    assert len(received) == 1
+    ((invited_index, invite),) = received.items()
+    assert invite["participation"] == first.pk
+    other = pages[1 - invited_index]
+    # when the invited page declines it (no local data for this job)
+    declined = edge.round_declined(first.pk, "no_local_data", "nothing chosen")
+    await pages[invited_index].send_to(text_data=edge.encode_text(declined))
+    # then the other page is invited in its place, to the same shard of the same round
+    replacement = edge.parse_server_message(await other.receive_from(timeout=5))
+    assert replacement["type"] == "round_invite"
+    assert replacement["round"] == invite["round"]
+    assert replacement["participation"] != first.pk
+    assert replacement["data"]["client_index"] == invite["data"]["client_index"]
+    assert await pages[invited_index].receive_nothing(timeout=0.3)
+    round_ = await sync_to_async(Round.objects.unscoped().get)(job=job)
+    assert round_.replacements == 1
+    for page in pages:
+        await page.disconnect()

@@ -16,24 +16,18 @@ from django.utils import timezone
 from billing.models import EntryKind, JournalEntry, UsageRecord
 from billing.operations import balance_adjust
 from jobs import dispatch
-from jobs.fl_models import (
-    Participation,
-    ParticipationStatus,
-    Round,
-    RoundStatus,
-    UpdateUpload,
-    UploadStatus,
-)
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatus
 from jobs.models import JobEvent, JobStatus
-from jobs.services import fl_rounds
+from jobs.services import fl_rounds_invites
 from jobs.services.fl_data import job_partition_shards, partition_sizes
 from jobs.services.fl_rounds import (
     MAX_FAILED_ROUNDS,
     latest_version,
     round_close,
     round_open,
-    round_sweep,
 )
+from jobs.services.fl_rounds_sweep import round_sweep
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.factories import ContributorFactory, UserFactory, WorkerFactory
@@ -580,9 +574,9 @@ def test_three_rounds_of_the_2nn_trained_by_the_kernel_on_digits(
     shards = job_partition_shards(job)  # the public shards the site serves
     pool = workers(3)
     sent: dict[int, dict] = {}  # what the consumer would forward, by participation
-    monkeypatch.setattr(fl_rounds, "SEND_INVITES", True)
+    monkeypatch.setattr(fl_rounds_invites, "SEND_INVITES", True)
     monkeypatch.setattr(
-        fl_rounds.realtime,
+        fl_rounds_invites.realtime,
         "send_on_commit",
         lambda channel, payload: sent.setdefault(payload["participation"], payload),
     )
@@ -676,7 +670,9 @@ def test_a_duplicated_fold_task_counts_the_update_once(core, django_capture_on_c
 
 def test_each_invitee_is_sent_its_invite_once_on_its_own_channel(core, monkeypatch):
     sent = []
-    monkeypatch.setattr(fl_rounds.realtime, "send_on_commit", lambda *args: sent.append(args))
+    monkeypatch.setattr(
+        fl_rounds_invites.realtime, "send_on_commit", lambda *args: sent.append(args)
+    )
     job = fl_job(core, cohort_size=1, min_reports=1)
     workers(1)
     invitations = round_open(job=job)

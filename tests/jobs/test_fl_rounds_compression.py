@@ -26,7 +26,8 @@ from jobs.aggregation import (
     multi_krum,
     sign_encode,
 )
-from jobs.fl_models import Participation, Round, RoundStatus, UpdateUpload, UploadStatus
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.services.fl_rounds import latest_version
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier

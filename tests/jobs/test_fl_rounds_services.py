@@ -24,9 +24,11 @@ from django.utils import timezone
 from billing.models import UsageRecord
 from billing.operations import balance_adjust
 from jobs import dispatch
-from jobs.fl_models import Participation, Round, RoundStatus, UpdateUpload, UploadStatus
+from jobs.fl_artifact_models import UpdateUpload, UploadStatus
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.services.fl_data import partition_sizes
-from jobs.services.fl_rounds import latest_version, round_open, round_sweep
+from jobs.services.fl_rounds import latest_version, round_open
+from jobs.services.fl_rounds_sweep import round_sweep
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.factories import WorkerFactory

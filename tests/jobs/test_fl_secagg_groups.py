@@ -16,11 +16,13 @@ from django.core.exceptions import ValidationError
 
 from ccgsc_worker.secagg.wire import WireClient, masked_body
 from jobs import dispatch, realtime
-from jobs.fl_models import ModelVersion, Participation, Round, RoundStatus
+from jobs.fl_artifact_models import ModelVersion
+from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.secagg_models import SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.fl_admission import fl_cohort_invited
 from jobs.services.fl_privacy import fl_epsilon_after, fl_secagg_plan
-from jobs.services.fl_rounds import latest_version, round_open, round_sweep
+from jobs.services.fl_rounds import latest_version, round_open
+from jobs.services.fl_rounds_sweep import round_sweep
 from jobs.services.fl_secagg import secagg_message_receive
 from jobs.services.fl_secagg_phases import secagg_phase_close
 from jobs.services.fl_secagg_requests import secagg_requests_pending_unscoped

@@ -66,7 +66,9 @@ class Command(BaseCommand):
                     f"  Demo tenant:     {tenant.name} ({tenant.get_tier_display()})",
                     f"  Tenant login:    {site}/login/  {owner.email} / "
                     f"{credentials['tenant_owner']['password']}",
-                    f"  Worker page:     {site}/contribute/",
+                    f"  Worker page:     {site}/contribute/  (for two FL workers, open it in two "
+                    "browser profiles, e.g. one private window: tabs of one profile are one "
+                    "contributor)",
                     f"  Demo credit:     {credited}",
                     f"  Training job:    {site}/jobs/{demo_job}/  (press Start)",
                     f"  (credentials kept in var/{CREDENTIALS_FILE})",
