@@ -33,6 +33,7 @@ from jobs.services.fl_rounds_eligibility import is_accounted, is_protected, max_
 from jobs.services.fl_rounds_invites import participation_invite
 from jobs.services.fl_rounds_scaffold import scaffold_invite_controls
 from jobs.services.fl_rounds_storage import strategy_state_read
+from jobs.services.fl_secagg_groups import groups_in_flight, secure_groups
 from tenants.tiers import JobKind
 
 # An invitee whose worker has been offline this long without starting an upload dropped out: a
@@ -55,6 +56,13 @@ def _candidates(job: Job, round_: Round, leaving: Participation, rng: random.Ran
         for w in eligible_workers(job=job, config=config, rng=rng)
         if w.contributor_id not in in_round
     ]
+    if secure_groups(config):  # a worker is in one open secure group at a time
+        busy = set(
+            Participation.objects.unscoped()
+            .filter(round__in=groups_in_flight(job=job))
+            .values_list("worker_id", flat=True)
+        )
+        workers = [w for w in workers if w.pk not in busy]
     if not is_protected(config):
         return workers
     active = (
