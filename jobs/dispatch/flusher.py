@@ -146,6 +146,7 @@ class Flusher:
         self.loop = asyncio.get_running_loop()
         self.runner = self.loop.create_task(self._run(), name="dispatch-flusher")
         self.flushes = 0
+        self.deliveries: set[asyncio.Task] = set()
         self.flushed_items = 0
         # Channels' single database thread where the database cannot take parallel threads
         # (in-process tests). Otherwise one thread of our own with one persistent connection:
@@ -195,7 +196,11 @@ class Flusher:
                 if not future.done():
                     future.set_result(answer)
             if sends:
-                await self._deliver(sends)
+                # Not awaited: a slow channel layer (a Redis under a reconnect storm) must not
+                # hold up the next flush, which carries hellos and results of every socket.
+                delivery = self.loop.create_task(self._deliver(sends))
+                self.deliveries.add(delivery)
+                delivery.add_done_callback(self.deliveries.discard)
 
     async def _deliver(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
         """After commit: this process's sockets directly, others through the channel layer."""
