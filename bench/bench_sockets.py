@@ -353,22 +353,28 @@ def coordinate(args: argparse.Namespace) -> dict[str, Any]:
         # Until the victim's workers noticed (some reconnected), none is still reconnecting,
         # and every worker is busy again ("everyone busy" alone would pass before the clients
         # noticed the kill).
-        moved = wait_until(
-            "the victim's workers welcomed again and busy",
-            lambda: (
-                time.time() - killed_at > 3
-                and total(files, "reconnected") > moved_before
-                and total(files, "reconnecting_now") == 0
-                and total(files, "busy_now") >= args.sockets
-            ),
-            args.connect_timeout,
-        )
+        try:
+            moved = wait_until(
+                "the victim's workers welcomed again and busy",
+                lambda: (
+                    time.time() - killed_at > 3
+                    and total(files, "reconnected") > moved_before
+                    and total(files, "reconnecting_now") == 0
+                    and total(files, "busy_now") >= args.sockets
+                ),
+                args.connect_timeout,
+            )
+        except TimeoutError as exc:  # reported with what did happen, then the invariants
+            moved = None
+            result["kill_error"] = str(exc)
         rewelcome = max(s["last_rewelcome"] for s in statuses(files))
         result["kill"] = {
             "victim_sockets": held,
             "workers_reconnected": total(files, "reconnected") - moved_before,
+            "reconnecting_at_the_end": total(files, "reconnecting_now"),
+            "busy_at_the_end": total(files, "busy_now"),
             "seconds_until_all_welcomed_again": round(rewelcome - killed_at, 1),
-            "seconds_until_all_busy_again": round(moved, 1),
+            "seconds_until_all_busy_again": None if moved is None else round(moved, 1),
         }
         print("running on after the kill ...", file=sys.stderr)
         time.sleep(args.after_kill)
