@@ -133,11 +133,13 @@ def sql_totals(directory: Path) -> dict[int, dict[str, Any]]:
 def sql_per_replica(
     before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], per: float
 ) -> dict[str, Any]:
-    """SQL statements per validated replica over the window, by process kind and statement
-    kind (processes counted at both ends; one that died in the window is missed)."""
+    """SQL statements (and transactions) per validated replica over the window, by process kind
+    and statement kind (processes counted at both ends; one that died in the window is
+    missed)."""
     roles: dict[str, float] = {}
     kinds: dict[str, float] = {}
     connections = 0
+    transactions = 0
     for pid, end in after.items():
         start = before.get(pid)
         if start is None:
@@ -145,6 +147,7 @@ def sql_per_replica(
         role = "celery" if "celery" in end["argv"] else "daphne"
         roles[role] = roles.get(role, 0) + end["statements"] - start["statements"]
         connections += end["connections"] - start["connections"]
+        transactions += end.get("transactions", 0) - start.get("transactions", 0)
         for kind, n in end["by_kind"].items():
             kinds[kind] = kinds.get(kind, 0) + n - start["by_kind"].get(kind, 0)
     return {
@@ -154,4 +157,5 @@ def sql_per_replica(
             k: round(v / per, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v
         },
         "connections_opened": round(connections / per, 4),
+        "transactions": round(transactions / per, 4),
     }

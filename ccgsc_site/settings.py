@@ -166,6 +166,9 @@ DISPATCH_FLUSH_MS = float(os.environ.get("CCGSC_DISPATCH_FLUSH_MS", "5"))
 DISPATCH_FLUSH_ITEMS = int(os.environ.get("CCGSC_DISPATCH_FLUSH_ITEMS", "256"))
 # Tasks a worker holds beyond its slots, so its next task is there when one finishes.
 DISPATCH_PREFETCH = int(os.environ.get("CCGSC_DISPATCH_PREFETCH", "1"))
+# How often (±50 % jitter) a process re-checks all its idle worker sockets at once for work a
+# lost wake did not announce (jobs.dispatch.idle).
+DISPATCH_IDLE_RECHECK_S = float(os.environ.get("CCGSC_DISPATCH_IDLE_RECHECK_S", "15"))
 # Starting or resuming a job queues this many of its tasks in the request's transaction, the rest
 # in chunks of this size after commit (jobs.services.lifecycle.job_queue_fill).
 DISPATCH_QUEUE_CHUNK = int(os.environ.get("CCGSC_DISPATCH_QUEUE_CHUNK", "5000"))

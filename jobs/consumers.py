@@ -18,30 +18,29 @@ from jobs import dispatch, fl_shards, protocol, realtime
 from jobs.consumer_base import GuardedConsumer, TokenBucket, db
 from jobs.consumers_secagg import SecAggConsumerMixin
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
+from jobs.dispatch.batch_sessions import DisconnectItem, HelloItem
 from jobs.dispatch.flusher import flusher, group_commit_enabled
+from jobs.dispatch.idle import IdleConsumer, idle_registry
 from jobs.protocol import ProtocolError
 from jobs.services.fl_rounds_declines import participation_decline
-from jobs.services.fl_rounds_invites import fl_invites_pending_unscoped
 
 logger = logging.getLogger(__name__)
-
-
-IDLE_RECHECK_S = 15.0
 
 
 class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
     """One worker connection. Work is pushed: claims happen on hello, after each result, and
     whenever the dispatch group is woken because tasks became ready.
 
-    With group commit (PostgreSQL) results, heartbeats, errors and claims go through the
-    process's flusher (one transaction per flush, answers after commit), the worker holds
-    ``DISPATCH_PREFETCH`` tasks beyond its slots, and wakes reach only idle consumers, through
-    the flusher's idle registry rather than a group with every socket in it."""
+    With group commit (PostgreSQL) hellos, results, heartbeats, errors, claims and disconnects
+    go through the process's flusher (one transaction per flush, answers after commit), the
+    worker holds ``DISPATCH_PREFETCH`` tasks beyond its slots, and wakes reach only idle
+    consumers, through the process's idle registry rather than a group with every socket in it.
+    A consumer arms no timer of its own once welcomed: the registry re-checks all the
+    process's idle sockets at once (``jobs.dispatch.idle``)."""
 
     worker_id: uuid.UUID | None = None
     contributor_id: uuid.UUID | None = None
     hello_timer: asyncio.TimerHandle | None = None
-    idle_timer: asyncio.TimerHandle | None = None
     released = False
 
     async def connect(self) -> None:
@@ -56,25 +55,12 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         loop = asyncio.get_running_loop()
         self.hello_timer = loop.call_later(protocol.HELLO_TIMEOUT_S, self._hello_timeout)
 
-    def _arm_idle_check(self) -> None:
-        """Work is pushed on wake-ups; a wake-up lost with a Redis blip is caught by this rare
-        re-check of an idle connection (server-side, so clients never poll)."""
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        self.idle_timer = asyncio.get_running_loop().call_later(
-            IDLE_RECHECK_S, lambda: asyncio.ensure_future(self._recheck())
-        )
-
-    async def _recheck(self) -> None:
-        await self.invites_resend()
-        await self.fill()
-
-    async def invites_resend(self) -> None:
+    async def invites_send(self, invites: list[dict[str, Any]]) -> None:
         """Send the open rounds' invites this worker has not had on this connection (an invite
         pushed from another process, or lost on the way, would otherwise wait for nobody)."""
         if self.worker_id is None or self.released:
             return
-        for invite in await db(fl_invites_pending_unscoped)(worker_id=self.worker_id):
+        for invite in invites:
             if invite.get("participation") not in self.invites_sent:
                 await self.worker_round_invite(invite)
 
@@ -86,17 +72,20 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         await self.release()
 
     async def release(self) -> None:
-        """Stop the timers and mark the worker offline, once."""
+        """Stop the hello timer and mark the worker offline, once."""
         if self.released:
             return
         self.released = True
-        for timer in (self.hello_timer, self.idle_timer):
-            if timer is not None:
-                timer.cancel()
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
         if self.worker_id is not None:
+            idle_registry().discard(self.channel_name)
             # The database row first: a channel-layer outage must not leave the worker online.
             try:
-                await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+                if self.group_commit:
+                    await flusher().submit(DisconnectItem(worker_id=self.worker_id))
+                else:
+                    await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
             finally:
                 if self.group_commit:
                     flusher().local_discard(self.channel_name)
@@ -147,26 +136,21 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
     async def on_hello(self, message: dict[str, Any]) -> None:
         if self.worker_id is not None:
             raise ProtocolError("invalid_message", "already said hello", ref="hello")
-        contributor = await db(dispatch.worker_token_verify)(token=message["token"])
-        if contributor is None:
+        session = await self._session(message)
+        if session is None:
             await self.send_error("unauthorized", "invalid, revoked or banned worker token")
             await self.close(code=protocol.CLOSE_UNAUTHORIZED)
             return
-        expected_kind = self.scope.get("worker_kind")
-        if expected_kind and message["client"]["kind"] != expected_kind:
-            raise ProtocolError(
-                "invalid_message", f"this endpoint serves {expected_kind} workers", ref="hello"
-            )
-        session = await db(dispatch.worker_connect)(
-            contributor=contributor, hello=message, channel_name=self.channel_name
-        )
         self.worker_id = session.worker_id
         self.contributor_id = session.contributor_id
         if self.hello_timer is not None:
             self.hello_timer.cancel()
         if self.released:
             # The socket closed while the worker was being registered: undo it.
-            await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+            if self.group_commit:
+                await flusher().submit(DisconnectItem(worker_id=self.worker_id))
+            else:
+                await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
             return
         self.slots = message["slots"]
         if self.group_commit:
@@ -181,9 +165,42 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
                 outstanding=session.outstanding,
             )
         )
-        await self.invites_resend()
-        await self.secagg_requests_resend()
+        await self.invites_send(session.invites)
+        if session.resumed:  # a new worker is in no secure round yet
+            await self.secagg_requests_resend()
         await self.fill()
+
+    async def _session(self, message: dict[str, Any]) -> dispatch.WorkerSession | None:
+        """Register (or resume) the worker of a hello; None when its token is refused. With
+        group commit the signature is checked here and the rest in the flusher's batch."""
+        expected_kind = self.scope.get("worker_kind")
+
+        def check_kind() -> None:
+            if expected_kind and message["client"]["kind"] != expected_kind:
+                raise ProtocolError(
+                    "invalid_message", f"this endpoint serves {expected_kind} workers", ref="hello"
+                )
+
+        if not self.group_commit:
+            contributor = await db(dispatch.worker_token_verify)(token=message["token"])
+            if contributor is None:
+                return None
+            check_kind()
+            return await db(dispatch.worker_connect)(
+                contributor=contributor, hello=message, channel_name=self.channel_name
+            )
+        signed = dispatch.worker_token_read(token=message["token"])
+        if signed is None:
+            return None
+        check_kind()
+        return await flusher().submit(
+            HelloItem(
+                contributor_id=signed[0],
+                token_version=signed[1],
+                hello=message,
+                channel_name=self.channel_name,
+            )
+        )
 
     async def on_capacity(self, message: dict[str, Any]) -> None:
         self.slots = message["slots"]
@@ -306,10 +323,13 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
     async def _push(self, offers: list[dispatch.Offer], *, wanted: int) -> None:
         """Send claimed offers; with fewer than ``wanted``, wait to be woken (caller holds the
         fill lock)."""
-        if wanted > 0 and not offers:
-            self._arm_idle_check()
-        if len(offers) < wanted and self.group_commit and not self.released:
-            flusher().idle_add(self.channel_name, self.fill)
+        if len(offers) < wanted and not self.released and self.worker_id is not None:
+            idle_registry().add(
+                self.channel_name,
+                IdleConsumer(worker_id=self.worker_id, fill=self.fill, invite=self.invites_send),
+            )
+        elif wanted > 0:
+            idle_registry().discard(self.channel_name)
         for offer in offers:
             self.in_flight.add(str(offer.assignment_id))
             await self.send_message(

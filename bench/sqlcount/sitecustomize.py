@@ -6,6 +6,10 @@ starts, the launcher's Daphnes included, without a line of it in the application
 database connection gets an ``execute_wrapper``; a daemon thread writes the running totals to
 ``<dir>/sql-<pid>.json`` twice a second, and the benchmark subtracts the totals read at the two
 ends of its window. Unset, this file does nothing.
+
+Transactions are counted too: every commit of an atomic block, plus every statement run outside
+one (under autocommit each is a transaction of its own), so a test can tell a batch of hellos
+from one transaction per hello.
 """
 
 from __future__ import annotations
@@ -26,16 +30,24 @@ class _Counter:
         self.by_kind: collections.Counter[str] = collections.Counter()
         self.statements = 0
         self.connections = 0
+        self.commits = 0
+        self.autocommit_statements = 0
 
     def __call__(self, execute, sql, params, many, context):  # noqa: ANN001, ANN204
         head = sql.lstrip()[:80].upper()
         kind = head.split(None, 1)[0] if head else "?"
         if "FOR UPDATE" in sql.upper():
             kind += " FOR UPDATE"
+        alone = not context["connection"].in_atomic_block
         with self.lock:
             self.statements += 1
             self.by_kind[kind] += 1
+            self.autocommit_statements += alone
         return execute(sql, params, many, context)
+
+    def on_commit(self) -> None:
+        with self.lock:
+            self.commits += 1
 
     def on_connection(self, sender, connection, **kwargs):  # noqa: ANN001, ANN003, ANN201
         with self.lock:
@@ -51,6 +63,9 @@ class _Counter:
                 "t": time.time(),
                 "statements": self.statements,
                 "connections": self.connections,
+                "commits": self.commits,
+                "autocommit_statements": self.autocommit_statements,
+                "transactions": self.commits + self.autocommit_statements,
                 "by_kind": dict(self.by_kind),
             }
         tmp = f"{path}.tmp"
@@ -60,10 +75,18 @@ class _Counter:
 
 
 def _install(directory: str) -> None:
+    from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.backends.signals import connection_created
 
     counter = _Counter()
     connection_created.connect(counter.on_connection, weak=False)
+    commit = BaseDatabaseWrapper.commit
+
+    def counted_commit(self):  # noqa: ANN001, ANN202
+        counter.on_commit()
+        return commit(self)
+
+    BaseDatabaseWrapper.commit = counted_commit
     path = os.path.join(directory, f"sql-{os.getpid()}.json")
 
     def writer() -> None:

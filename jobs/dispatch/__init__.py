@@ -8,7 +8,8 @@ queries here are explicitly ``unscoped()``. Invariants, all enforced under row l
   replica is counted, validated and credited once whatever is retried or replayed.
 
 Modules: ``tokens`` (contributors and tokens), ``sessions`` (worker sessions), ``claim`` (claim
-and heartbeat), ``results`` (results and validation over ``jobs.quorum``), ``sweeps``.
+and heartbeat), ``results`` (results and validation over ``jobs.quorum``), ``sweeps``; group
+commit in ``flusher`` and ``batch*``; idle sockets, wakes and their re-check in ``idle``.
 """
 
 from jobs.dispatch.claim import (
@@ -35,6 +36,7 @@ from jobs.dispatch.tokens import (
     contributor_revoke_tokens,
     pool_worker_register,
     worker_token_issue,
+    worker_token_read,
     worker_token_verify,
 )
 
@@ -61,5 +63,6 @@ __all__ = [
     "worker_disconnect",
     "worker_set_slots",
     "worker_token_issue",
+    "worker_token_read",
     "worker_token_verify",
 ]

@@ -40,8 +40,15 @@ from jobs.dispatch.batch_leases import (
     heartbeats_extend_batch,
 )
 from jobs.dispatch.batch_results import ResultItem, results_store_batch
+from jobs.dispatch.batch_sessions import (
+    DisconnectItem,
+    HelloItem,
+    disconnects_batch,
+    hellos_batch,
+)
 from jobs.dispatch.claim import Offer
 from jobs.dispatch.results import ResultOutcome, assignment_error
+from jobs.dispatch.sessions import WorkerSession
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +62,14 @@ class ErrorItem:
 @dataclass(slots=True)
 class BatchOutcome:
     """Per item, in input order: a ResultOutcome or the ValueError to report; lease held or not;
-    error recorded or not; the offers claimed."""
+    error recorded or not; the offers claimed; the session (None: token refused); None."""
 
     results: list[ResultOutcome | ValueError] = field(default_factory=list)
     heartbeats: list[bool] = field(default_factory=list)
     errors: list[bool] = field(default_factory=list)
     claims: list[list[Offer]] = field(default_factory=list)
+    hellos: list[WorkerSession | None] = field(default_factory=list)
+    disconnects: list[None] = field(default_factory=list)
     statements: int = 0
 
 
@@ -70,14 +79,18 @@ def dispatch_batch(
     heartbeats: list[HeartbeatItem] = (),  # type: ignore[assignment]
     errors: list[ErrorItem] = (),  # type: ignore[assignment]
     claims: list[ClaimItem] = (),  # type: ignore[assignment]
+    hellos: list[HelloItem] = (),  # type: ignore[assignment]
+    disconnects: list[DisconnectItem] = (),  # type: ignore[assignment]
 ) -> BatchOutcome:
     """Handle a flush in one transaction; every outcome holds only once it returns (committed).
 
     Results go first, so tasks they free (another replica needed, an error) can be claimed by
     the same flush; a stored result's refill is claimed with the other claims and its offers
-    ride on its outcome."""
+    ride on its outcome. Hellos register their workers first (a hello's own claim comes in a
+    later flush, after its ``welcome``); disconnects go last."""
     outcome = BatchOutcome()
     with transaction.atomic():
+        outcome.hellos = hellos_batch(items=list(hellos))
         outcome.results = results_store_batch(items=list(results))
         refills = [
             (index, ClaimItem(worker_id=item.worker_id, count=item.refill))
@@ -99,4 +112,5 @@ def dispatch_batch(
         for (index, _), offers in zip(refills, claimed[len(claims) :], strict=True):
             # A copy: a repeat of the same result in the batch shares the first one's outcome.
             outcome.results[index] = replace(outcome.results[index], offers=offers)
+        outcome.disconnects = disconnects_batch(items=list(disconnects))
     return outcome

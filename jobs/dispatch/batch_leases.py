@@ -175,18 +175,32 @@ def heartbeats_extend_batch(*, items: list[HeartbeatItem]) -> list[bool]:
 # ---------------------------------------------------------------- results
 
 
-def update_from_values(table: str, columns: list[tuple[str, str]], rows: list[tuple], sets: str):
+def update_from_values(
+    table: str,
+    columns: list[tuple[str, str]],
+    rows: list[tuple],
+    sets: str,
+    *,
+    where: str = "",
+    returning: str = "",
+    leading_params: list[Any] = (),  # type: ignore[assignment]
+) -> list[tuple]:
     """``UPDATE table AS t SET <sets> FROM (VALUES rows) AS v(columns) WHERE t.id = v.id``.
 
-    ``columns`` are (name, SQL type) pairs, the first being ``id``; ``sets`` reads ``v.<name>``.
+    ``columns`` are (name, SQL type) pairs, the first being ``id``; ``sets`` and ``where`` (more
+    conditions, ANDed) read ``v.<name>`` and ``t.<column>``; ``leading_params`` fill the
+    placeholders of ``sets``; with ``returning``, the rows it returns.
     """
     if not rows:
-        return
+        return []
     row_sql = "(" + ", ".join(f"%s::{kind}" for _, kind in columns) + ")"
     names = ", ".join(name for name, _ in columns)
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} AS t SET {sets} "  # noqa: S608 - table and column names only
-            f"FROM (VALUES {', '.join([row_sql] * len(rows))}) AS v({names}) WHERE t.id = v.id",
-            [value for row in rows for value in row],
+            f"FROM (VALUES {', '.join([row_sql] * len(rows))}) AS v({names}) WHERE t.id = v.id"
+            + (f" AND {where}" if where else "")
+            + (f" RETURNING {returning}" if returning else ""),
+            [*leading_params, *(value for row in rows for value in row)],
         )
+        return cursor.fetchall() if returning else []

@@ -1,8 +1,8 @@
 """The per-process flusher: group commit for every worker socket of one Daphne process.
 
-Consumers do not write per message. They hand results, heartbeats, errors and claims to the
-process's :class:`Flusher` (an asyncio task on the process's event loop, started by the first
-worker consumer that needs it) and await the item's outcome. The flusher takes what arrived
+Consumers do not write per message. They hand hellos, results, heartbeats, errors, claims and
+disconnects to the process's :class:`Flusher` (an asyncio task on the process's event loop,
+started by the first worker consumer that needs it) and await the item's outcome. The flusher takes what arrived
 while the previous flush ran, or waits up to ``DISPATCH_FLUSH_MS`` after the first item when it
 was idle, and passes up to ``DISPATCH_FLUSH_ITEMS`` items to
 :func:`jobs.dispatch.batch.dispatch_batch`: one transaction, on one database thread. Outcomes
@@ -12,10 +12,8 @@ If the batch fails, each of its items runs again through its per-item service in
 transaction; an item that fails there too gets its exception (the consumer answers with the
 documented error), and the others go on.
 
-Targeted wakes: with group commit the process, not every socket, listens to the dispatch
-group. Consumers that found no work register as idle here; a wake saying how many tasks became
-dispatchable claims for that many idle consumers (all of them when it does not say), so a
-thousand idle sockets are not all woken for one task.
+Hellos and disconnects ride the same flushes, so a reconnect storm of thousands of sockets
+costs a few transactions. Idle consumers, wakes and the re-check are in :mod:`jobs.dispatch.idle`.
 """
 
 from __future__ import annotations
@@ -42,10 +40,16 @@ from jobs.dispatch.batch import (
     ResultItem,
     dispatch_batch,
 )
+from jobs.dispatch.batch_sessions import (
+    DisconnectItem,
+    HelloItem,
+    disconnect_alone,
+    hello_alone,
+)
 
 logger = logging.getLogger(__name__)
 
-_KINDS = (ResultItem, HeartbeatItem, ErrorItem, ClaimItem)
+_KINDS = (ResultItem, HeartbeatItem, ErrorItem, ClaimItem, HelloItem, DisconnectItem)
 
 
 def group_commit_enabled() -> bool:
@@ -77,6 +81,10 @@ def _run_alone(item: Any) -> Any:
             code=item.code,
             message=item.message,
         )
+    if isinstance(item, HelloItem):
+        return hello_alone(item)
+    if isinstance(item, DisconnectItem):
+        return disconnect_alone(item)
     return dispatch.assignment_claim(worker_id=item.worker_id, count=item.count)
 
 
@@ -95,6 +103,8 @@ def flush_sync(items: list[Any]) -> tuple[list[Any], list[tuple[str, dict[str, A
                 heartbeats=[items[i] for i in by_kind[HeartbeatItem]],
                 errors=[items[i] for i in by_kind[ErrorItem]],
                 claims=[items[i] for i in by_kind[ClaimItem]],
+                hellos=[items[i] for i in by_kind[HelloItem]],
+                disconnects=[items[i] for i in by_kind[DisconnectItem]],
             )
     except Exception:
         logger.exception("dispatch batch of %d items failed: retrying item by item", len(items))
@@ -115,6 +125,8 @@ def flush_sync(items: list[Any]) -> tuple[list[Any], list[tuple[str, dict[str, A
         (HeartbeatItem, outcome.heartbeats),
         (ErrorItem, outcome.errors),
         (ClaimItem, outcome.claims),
+        (HelloItem, outcome.hellos),
+        (DisconnectItem, outcome.disconnects),
     ):
         for index, value in zip(by_kind[kind], values, strict=True):
             answers[index] = value
@@ -130,12 +142,11 @@ class Flusher:
         self.items: list[tuple[Any, asyncio.Future]] = []
         self.arrived = asyncio.Event()
         self.full = asyncio.Event()
-        self.idle: dict[str, Callable[[], Awaitable[None]]] = {}
         self.local: dict[str, Callable[[dict], Awaitable[None]]] = {}
         self.loop = asyncio.get_running_loop()
         self.runner = self.loop.create_task(self._run(), name="dispatch-flusher")
-        self.listener: asyncio.Task | None = None
         self.flushes = 0
+        self.deliveries: set[asyncio.Task] = set()
         self.flushed_items = 0
         # Channels' single database thread where the database cannot take parallel threads
         # (in-process tests). Otherwise one thread of our own with one persistent connection:
@@ -185,7 +196,11 @@ class Flusher:
                 if not future.done():
                     future.set_result(answer)
             if sends:
-                await self._deliver(sends)
+                # Not awaited: a slow channel layer (a Redis under a reconnect storm) must not
+                # hold up the next flush, which carries hellos and results of every socket.
+                delivery = self.loop.create_task(self._deliver(sends))
+                self.deliveries.add(delivery)
+                delivery.add_done_callback(self.deliveries.discard)
 
     async def _deliver(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
         """After commit: this process's sockets directly, others through the channel layer."""
@@ -209,53 +224,9 @@ class Flusher:
 
     def local_discard(self, channel_name: str) -> None:
         self.local.pop(channel_name, None)
-        self.idle.pop(channel_name, None)
-
-    # ---- targeted wakes
-
-    def idle_add(self, channel_name: str, fill: Callable[[], Awaitable[None]]) -> None:
-        """A consumer found no work: wake it when work appears."""
-        self.idle[channel_name] = fill
-        self._listen()
-
-    def idle_discard(self, channel_name: str) -> None:
-        self.idle.pop(channel_name, None)
-
-    def _listen(self) -> None:
-        if self.listener is None or self.listener.done():
-            self.listener = self.loop.create_task(self._listen_wakes(), name="dispatch-wakes")
-
-    async def _listen_wakes(self) -> None:
-        """This process's one member of the dispatch group: wake idle consumers on demand."""
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        # The layer's own prefix: channels_redis reads one process-local queue per layer, so a
-        # channel of another prefix would wait behind the consumers' receive.
-        channel = await layer.new_channel()
-        await layer.group_add(realtime.DISPATCH_GROUP, channel)
-        try:
-            while True:
-                message = await layer.receive(channel)
-                if message.get("type") == "dispatch.wake":
-                    self.wake(message.get("tasks"))
-        finally:
-            with contextlib.suppress(Exception):
-                await layer.group_discard(realtime.DISPATCH_GROUP, channel)
-
-    def wake(self, tasks: int | None) -> int:
-        """Let up to ``tasks`` idle consumers (all, if None) claim; returns how many."""
-        count = len(self.idle) if tasks is None else min(int(tasks), len(self.idle))
-        woken = list(self.idle.items())[:count]
-        for channel_name, fill in woken:
-            del self.idle[channel_name]
-            self.loop.create_task(fill())
-        return len(woken)
 
     def stop(self) -> None:
-        for task in (self.runner, self.listener):
-            if task is not None:
-                task.cancel()
+        self.runner.cancel()
 
 
 _flushers: dict[asyncio.AbstractEventLoop, Flusher] = {}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from jobs.models import Assignment, AssignmentStatus, Contributor, Worker
+from jobs.services.fl_rounds_invites import fl_invites_pending_unscoped
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,8 @@ class WorkerSession:
     pool_tenant_id: uuid.UUID | None
     outstanding: list[str]
     resumed: bool
+    # Invites of open rounds a resumed worker has not answered (a new worker has none).
+    invites: list[dict[str, Any]] = field(default_factory=list)
 
 
 @transaction.atomic
@@ -66,6 +69,7 @@ def worker_connect(
         pool_tenant_id=contributor.pool_tenant_id,
         outstanding=outstanding,
         resumed=resumed,
+        invites=fl_invites_pending_unscoped(worker_id=worker.pk) if resumed else [],
     )
 
 

@@ -9,6 +9,7 @@ a dropout.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.utils import timezone
@@ -69,10 +70,22 @@ def fl_invites_pending_unscoped(*, worker_id: Any) -> list[dict[str, Any]]:
     otherwise leave the invitee idle until the round's deadline). An invite whose update was
     uploaded whole is not pending: its fold may still be queued (a Celery worker down), and a
     worker reconnecting meanwhile would train the round again for nothing."""
-    return list(
+    key = uuid.UUID(str(worker_id))
+    return fl_invites_pending_by_worker_unscoped(worker_ids=[key]).get(key, [])
+
+
+def fl_invites_pending_by_worker_unscoped(
+    *, worker_ids: list[Any]
+) -> dict[Any, list[dict[str, Any]]]:
+    """:func:`fl_invites_pending_unscoped` for many workers in one query (a batch of hellos, a
+    process's idle re-check): worker id to its pending invites; workers with none are absent."""
+    if not worker_ids:
+        return {}
+    pending: dict[Any, list[dict[str, Any]]] = {}
+    rows = (
         Participation.objects.unscoped()
         .filter(
-            worker_id=worker_id,
+            worker_id__in=worker_ids,
             status=ParticipationStatus.INVITED,
             round__status=RoundStatus.OPEN,
             round__deadline__gt=timezone.now(),
@@ -86,5 +99,8 @@ def fl_invites_pending_unscoped(*, worker_id: Any) -> list[dict[str, Any]]:
             ]
         )
         .order_by("pk")
-        .values_list("invite", flat=True)
+        .values_list("worker_id", "invite")
     )
+    for worker_id, invite in rows:
+        pending.setdefault(worker_id, []).append(invite)
+    return pending

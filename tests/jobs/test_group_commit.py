@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,7 +17,7 @@ from billing import ledger
 from billing.models import EntryKind, JournalEntry, UsageRecord, UsageStatus
 from billing.topups import topup_fulfil
 from jobs import dispatch, services
-from jobs.dispatch import batch, flusher
+from jobs.dispatch import batch, flusher, idle
 from jobs.dispatch.batch import ClaimItem, HeartbeatItem, ResultItem, dispatch_batch
 from jobs.models import (
     Assignment,
@@ -333,23 +334,25 @@ def test_a_batch_posts_one_charge_per_tenant_and_one_credit_entry_and_the_books_
 
 def test_a_wake_for_two_tasks_wakes_two_idle_consumers_not_all():
     async def scenario() -> None:
-        process = flusher.Flusher(flush_ms=1, max_items=8)
-        process._listen = lambda: None  # no channel layer here: call wake() directly
+        registry = idle.IdleRegistry(recheck_s=3600, listen=False)  # no channel layer here
         woken: list[str] = []
         for name in "abcde":
 
             async def fill(name: str = name) -> None:
                 woken.append(name)
 
-            process.idle_add(name, fill)
+            async def invite(invites: list) -> None:
+                raise AssertionError("no invites here")
+
+            registry.add(name, idle.IdleConsumer(worker_id=uuid.uuid4(), fill=fill, invite=invite))
         # when two tasks became dispatchable
-        assert process.wake(2) == 2
+        assert registry.wake(2) == 2
         await asyncio.sleep(0)
         # then the two longest idle claim; the others stay registered for the next wake
         assert woken == ["a", "b"]
-        assert list(process.idle) == ["c", "d", "e"]
-        assert process.wake(None) == 3
-        process.stop()
+        assert list(registry.idle) == ["c", "d", "e"]
+        assert registry.wake(None) == 3
+        registry.stop()
 
     asyncio.run(scenario())
 
