@@ -36,6 +36,14 @@ def _open_worker_page(browser, url: str, errors: list[str]):  # noqa: ANN001, AN
     contributor is invited to a round)."""
     page = browser.new_context().new_page()
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on(
+        "response",
+        lambda r: (
+            errors.append(f"HTTP {r.status} {r.request.method} {r.url}")
+            if r.status >= 400
+            else None
+        ),
+    )
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url + "/contribute/")
     page.get_by_test_id("cores").select_option("1")
@@ -94,9 +102,14 @@ def test_the_demo_owner_starts_the_demo_job_and_its_curves_move_as_two_pages_tra
         assert (round_.status, round_.reports) == (RoundStatus.CLOSED, 2), round_.metrics
         included = Participation.objects.unscoped().filter(round=round_, included=True)
         assert sorted(included.values_list("worker__kind", flat=True)) == ["browser", "browser"]
+    # and no page logged an error while the job ran
+    assert not errors, errors
     # and the owner pauses it from the director
     director.get_by_role("button", name="Pause").click()
     wait_for_job(job.pk, timeout_s=30, stack=fc_stack, status=JobStatus.PAUSED)
     for page in pages:
         assert page.evaluate("() => window.ccgscWorker.state().roundOutcomes.uploaded") >= 1
-    assert not errors, errors
+    # The pause ends the open round: a page's upload or fetch still under way is refused with
+    # 409 (which the page records as a late round), and Chromium logs any 4xx on the console.
+    refused = ("the server responded with a status of 409 (Conflict)", "HTTP 409 ")
+    assert all(any(r in error for r in refused) for error in errors), errors
