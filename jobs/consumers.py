@@ -41,12 +41,18 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
     worker_id: uuid.UUID | None = None
     contributor_id: uuid.UUID | None = None
     hello_timer: asyncio.TimerHandle | None = None
+    confirm_timer: asyncio.TimerHandle | None = None
     released = False
+    # A resumed session's outstanding leases count as in flight until the worker shows it no
+    # longer holds them: no progress, result or error for one within this time (clients send a
+    # progress for every held task on welcome and every half heartbeat period).
+    resume_confirm_ms = dispatch.HEARTBEAT_MS
 
     async def connect(self) -> None:
         self.slots = 0
         self.group_commit = group_commit_enabled()
         self.in_flight: set[str] = set()
+        self.unconfirmed: set[str] = set()
         self.bucket = TokenBucket(protocol.MESSAGES_PER_SECOND, protocol.MESSAGE_BURST)
         self.violations = 0
         self.fill_lock = asyncio.Lock()
@@ -76,8 +82,9 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         if self.released:
             return
         self.released = True
-        if self.hello_timer is not None:
-            self.hello_timer.cancel()
+        for timer in (self.hello_timer, self.confirm_timer):
+            if timer is not None:
+                timer.cancel()
         if self.worker_id is not None:
             idle_registry().discard(self.channel_name)
             # The database row first: a channel-layer outage must not leave the worker online.
@@ -165,6 +172,14 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
                 outstanding=session.outstanding,
             )
         )
+        # Its outstanding leases are in flight on this connection too: a resumed worker must not
+        # be claimed a full set of slots on top of what it still runs.
+        self.in_flight.update(session.outstanding)
+        self.unconfirmed.update(session.outstanding)
+        if self.unconfirmed:
+            self.confirm_timer = asyncio.get_running_loop().call_later(
+                self.resume_confirm_ms / 1000, self._unconfirmed_drop
+            )
         await self.invites_send(session.invites)
         if session.resumed:  # a new worker is in no secure round yet
             await self.secagg_requests_resend()
@@ -202,6 +217,14 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
             )
         )
 
+    def _unconfirmed_drop(self) -> None:
+        """Outstanding leases the worker never named are not running there: free their slots
+        (the sweeper expires the leases themselves)."""
+        self.in_flight.difference_update(self.unconfirmed)
+        self.unconfirmed.clear()
+        if not self.released:
+            asyncio.ensure_future(self.fill())
+
     async def on_capacity(self, message: dict[str, Any]) -> None:
         self.slots = message["slots"]
         await db(dispatch.worker_set_slots)(worker_id=self.worker_id, slots=self.slots)
@@ -211,6 +234,7 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         await self.send_message(protocol.pong())
 
     async def on_progress(self, message: dict[str, Any]) -> None:
+        self.unconfirmed.discard(message["assignment"])
         if self.group_commit:
             held = await flusher().submit(
                 HeartbeatItem(worker_id=self.worker_id, assignment_id=message["assignment"])
@@ -235,6 +259,7 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         )
 
     async def on_error(self, message: dict[str, Any]) -> None:
+        self.unconfirmed.discard(message["assignment"])
         item = ErrorItem(
             worker_id=self.worker_id,
             assignment_id=message["assignment"],
@@ -255,6 +280,7 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
 
     async def on_result(self, frame: protocol.ResultFrame) -> None:
         header = frame.header
+        self.unconfirmed.discard(header["assignment"])
         if not self.group_commit:
             try:
                 outcome = await db(dispatch.result_submit)(
