@@ -7,15 +7,14 @@ Thin by design: authenticate, validate each message against its schema, call a s
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 
-from jobs import dispatch, fl_shards, protocol, realtime
+from jobs import dispatch, protocol, realtime
 from jobs.consumer_base import GuardedConsumer, TokenBucket, db
+from jobs.consumers_invites import RoundInviteMixin
 from jobs.consumers_secagg import SecAggConsumerMixin
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
 from jobs.dispatch.batch_sessions import DisconnectItem, HelloItem
@@ -24,10 +23,8 @@ from jobs.dispatch.idle import IdleConsumer, idle_registry
 from jobs.protocol import ProtocolError
 from jobs.services.fl_rounds_declines import participation_decline
 
-logger = logging.getLogger(__name__)
 
-
-class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
+class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
     """One worker connection. Work is pushed: claims happen on hello, after each result, and
     whenever the dispatch group is woken because tasks became ready.
 
@@ -60,15 +57,6 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         await self.accept()
         loop = asyncio.get_running_loop()
         self.hello_timer = loop.call_later(protocol.HELLO_TIMEOUT_S, self._hello_timeout)
-
-    async def invites_send(self, invites: list[dict[str, Any]]) -> None:
-        """Send the open rounds' invites this worker has not had on this connection (an invite
-        pushed from another process, or lost on the way, would otherwise wait for nobody)."""
-        if self.worker_id is None or self.released:
-            return
-        for invite in invites:
-            if invite.get("participation") not in self.invites_sent:
-                await self.worker_round_invite(invite)
 
     def _hello_timeout(self) -> None:
         if self.worker_id is None:
@@ -391,21 +379,6 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         await self.send_message(
             protocol.credit(validated=event["validated"], work_units=event["work_units"])
         )
-
-    async def worker_round_invite(self, event: dict[str, Any]) -> None:
-        deadline = datetime.fromisoformat(event["deadline"])
-        left_ms = int((deadline - datetime.now(UTC)).total_seconds() * 1000)
-        try:
-            # An analytics round names its kernel in the query instead of a model.
-            kernel = (event.get("analytics") or event["model"])["kernel"]
-            kernel_sha256 = fl_shards.training_kernel_sha256(kernel)
-        except (OSError, KeyError):  # no build of that kernel here: the invitee drops out
-            logger.exception("round invite without a built kernel: %s", event.get("job"))
-            return
-        await self.send_message(
-            protocol.round_invite(event=event, kernel_sha256=kernel_sha256, deadline_ms=left_ms)
-        )
-        self.invites_sent.add(event.get("participation"))
 
 
 class BrowserWorkerConsumer(WorkerConsumer):
