@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum
 
 from billing.models import Account, AccountKind, EntryKind, JournalEntry, Posting
@@ -119,12 +119,30 @@ def entry_post(
             )
             for line in lines
         )
-        for account_id, delta in deltas.items():
-            if delta:
-                Account.objects.filter(pk=account_id).update(
-                    balance_cents=F("balance_cents") + delta
-                )
+        _balances_add({account_id: delta for account_id, delta in deltas.items() if delta})
         return entry, True
+
+
+def _balances_add(deltas: dict[int, int]) -> None:
+    """Add each delta to its account's cached balance in one UPDATE (caller holds the rows).
+
+    One statement whatever the number of accounts: a batch's credits entry touches one account
+    per credited contributor, and an UPDATE each was most of a dispatch flush's statements."""
+    if len(deltas) == 1:
+        ((account_id, delta),) = deltas.items()
+        Account.objects.filter(pk=account_id).update(balance_cents=F("balance_cents") + delta)
+        return
+    if not deltas:
+        return
+    ids = sorted(deltas)
+    cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+    table = connection.ops.quote_name(Account._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET balance_cents = balance_cents + CASE id {cases} END "  # noqa: S608 - table name only
+            f"WHERE id IN ({', '.join(['%s'] * len(ids))})",
+            [value for account_id in ids for value in (account_id, deltas[account_id])] + ids,
+        )
 
 
 def entry_reverse(

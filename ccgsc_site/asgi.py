@@ -1,5 +1,6 @@
 """ASGI entry point: Django for HTTP, Channels for WebSockets (routes in jobs.routing)."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -8,9 +9,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ccgsc_site.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - needs Django set up
+from django.conf import settings  # noqa: E402
 
 from jobs.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)}
 )
+
+# What is loaded now lives as long as the process: the collector need not walk it again, and
+# collects young objects in larger, rarer passes (settings.ASGI_GC_THRESHOLDS says why).
+gc.freeze()
+gc.set_threshold(*settings.ASGI_GC_THRESHOLDS)

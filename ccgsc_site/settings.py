@@ -169,6 +169,16 @@ DISPATCH_PREFETCH = int(os.environ.get("CCGSC_DISPATCH_PREFETCH", "1"))
 # How often (±50 % jitter) a process re-checks all its idle worker sockets at once for work a
 # lost wake did not announce (jobs.dispatch.idle).
 DISPATCH_IDLE_RECHECK_S = float(os.environ.get("CCGSC_DISPATCH_IDLE_RECHECK_S", "15"))
+# The ASGI server process's cyclic garbage collector (ccgsc_site.asgi): thresholds of
+# generations 0, 1 and 2 (Python's own are 700, 10, 10; 0 turns automatic collection off). Under 1,000 sockets, Python's defaults
+# promote every in-flight message's objects to the oldest generation and then run a full
+# collection over every socket's objects several times a second: half a Daphne's CPU.
+_gc_thresholds = _env_list("CCGSC_ASGI_GC_THRESHOLDS", ["50000", "20", "10"])
+if not (1 <= len(_gc_thresholds) <= 3 and all(value.isdigit() for value in _gc_thresholds)):
+    raise ImproperlyConfigured(
+        "CCGSC_ASGI_GC_THRESHOLDS takes one to three non-negative integers, comma-separated"
+    )
+ASGI_GC_THRESHOLDS = tuple(int(value) for value in _gc_thresholds)
 # Starting or resuming a job queues this many of its tasks in the request's transaction, the rest
 # in chunks of this size after commit (jobs.services.lifecycle.job_queue_fill).
 DISPATCH_QUEUE_CHUNK = int(os.environ.get("CCGSC_DISPATCH_QUEUE_CHUNK", "5000"))

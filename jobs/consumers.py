@@ -7,15 +7,14 @@ Thin by design: authenticate, validate each message against its schema, call a s
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 
-from jobs import dispatch, fl_shards, protocol, realtime
+from jobs import dispatch, protocol, realtime
 from jobs.consumer_base import GuardedConsumer, TokenBucket, db
+from jobs.consumers_invites import RoundInviteMixin
 from jobs.consumers_secagg import SecAggConsumerMixin
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
 from jobs.dispatch.batch_sessions import DisconnectItem, HelloItem
@@ -24,10 +23,8 @@ from jobs.dispatch.idle import IdleConsumer, idle_registry
 from jobs.protocol import ProtocolError
 from jobs.services.fl_rounds_declines import participation_decline
 
-logger = logging.getLogger(__name__)
 
-
-class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
+class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
     """One worker connection. Work is pushed: claims happen on hello, after each result, and
     whenever the dispatch group is woken because tasks became ready.
 
@@ -41,12 +38,18 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
     worker_id: uuid.UUID | None = None
     contributor_id: uuid.UUID | None = None
     hello_timer: asyncio.TimerHandle | None = None
+    confirm_timer: asyncio.TimerHandle | None = None
     released = False
+    # A resumed session's outstanding leases count as in flight until the worker shows it no
+    # longer holds them: no progress, result or error for one within this time (clients send a
+    # progress for every held task on welcome and every half heartbeat period).
+    resume_confirm_ms = dispatch.HEARTBEAT_MS
 
     async def connect(self) -> None:
         self.slots = 0
         self.group_commit = group_commit_enabled()
         self.in_flight: set[str] = set()
+        self.unconfirmed: set[str] = set()
         self.bucket = TokenBucket(protocol.MESSAGES_PER_SECOND, protocol.MESSAGE_BURST)
         self.violations = 0
         self.fill_lock = asyncio.Lock()
@@ -54,15 +57,6 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         await self.accept()
         loop = asyncio.get_running_loop()
         self.hello_timer = loop.call_later(protocol.HELLO_TIMEOUT_S, self._hello_timeout)
-
-    async def invites_send(self, invites: list[dict[str, Any]]) -> None:
-        """Send the open rounds' invites this worker has not had on this connection (an invite
-        pushed from another process, or lost on the way, would otherwise wait for nobody)."""
-        if self.worker_id is None or self.released:
-            return
-        for invite in invites:
-            if invite.get("participation") not in self.invites_sent:
-                await self.worker_round_invite(invite)
 
     def _hello_timeout(self) -> None:
         if self.worker_id is None:
@@ -76,8 +70,9 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         if self.released:
             return
         self.released = True
-        if self.hello_timer is not None:
-            self.hello_timer.cancel()
+        for timer in (self.hello_timer, self.confirm_timer):
+            if timer is not None:
+                timer.cancel()
         if self.worker_id is not None:
             idle_registry().discard(self.channel_name)
             # The database row first: a channel-layer outage must not leave the worker online.
@@ -165,6 +160,14 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
                 outstanding=session.outstanding,
             )
         )
+        # Its outstanding leases are in flight on this connection too: a resumed worker must not
+        # be claimed a full set of slots on top of what it still runs.
+        self.in_flight.update(session.outstanding)
+        self.unconfirmed.update(session.outstanding)
+        if self.unconfirmed:
+            self.confirm_timer = asyncio.get_running_loop().call_later(
+                self.resume_confirm_ms / 1000, self._unconfirmed_drop
+            )
         await self.invites_send(session.invites)
         if session.resumed:  # a new worker is in no secure round yet
             await self.secagg_requests_resend()
@@ -202,6 +205,14 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
             )
         )
 
+    def _unconfirmed_drop(self) -> None:
+        """Outstanding leases the worker never named are not running there: free their slots
+        (the sweeper expires the leases themselves)."""
+        self.in_flight.difference_update(self.unconfirmed)
+        self.unconfirmed.clear()
+        if not self.released:
+            asyncio.ensure_future(self.fill())
+
     async def on_capacity(self, message: dict[str, Any]) -> None:
         self.slots = message["slots"]
         await db(dispatch.worker_set_slots)(worker_id=self.worker_id, slots=self.slots)
@@ -211,6 +222,7 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         await self.send_message(protocol.pong())
 
     async def on_progress(self, message: dict[str, Any]) -> None:
+        self.unconfirmed.discard(message["assignment"])
         if self.group_commit:
             held = await flusher().submit(
                 HeartbeatItem(worker_id=self.worker_id, assignment_id=message["assignment"])
@@ -235,6 +247,7 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         )
 
     async def on_error(self, message: dict[str, Any]) -> None:
+        self.unconfirmed.discard(message["assignment"])
         item = ErrorItem(
             worker_id=self.worker_id,
             assignment_id=message["assignment"],
@@ -255,6 +268,7 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
 
     async def on_result(self, frame: protocol.ResultFrame) -> None:
         header = frame.header
+        self.unconfirmed.discard(header["assignment"])
         if not self.group_commit:
             try:
                 outcome = await db(dispatch.result_submit)(
@@ -365,21 +379,6 @@ class WorkerConsumer(SecAggConsumerMixin, GuardedConsumer):
         await self.send_message(
             protocol.credit(validated=event["validated"], work_units=event["work_units"])
         )
-
-    async def worker_round_invite(self, event: dict[str, Any]) -> None:
-        deadline = datetime.fromisoformat(event["deadline"])
-        left_ms = int((deadline - datetime.now(UTC)).total_seconds() * 1000)
-        try:
-            # An analytics round names its kernel in the query instead of a model.
-            kernel = (event.get("analytics") or event["model"])["kernel"]
-            kernel_sha256 = fl_shards.training_kernel_sha256(kernel)
-        except (OSError, KeyError):  # no build of that kernel here: the invitee drops out
-            logger.exception("round invite without a built kernel: %s", event.get("job"))
-            return
-        await self.send_message(
-            protocol.round_invite(event=event, kernel_sha256=kernel_sha256, deadline_ms=left_ms)
-        )
-        self.invites_sent.add(event.get("participation"))
 
 
 class BrowserWorkerConsumer(WorkerConsumer):

@@ -270,3 +270,80 @@ async def test_viewers_of_one_job_share_one_snapshot_per_interval(monkeypatch):
     assert calls == [job_id]
     assert {state["n"] for _, state in states} == {1}
     assert len({read_at for read_at, _ in states}) == 1
+
+
+async def _resumed_with_two_outstanding(tenant, owner, kernels):  # noqa: ANN001, ANN202
+    """A worker (slots 1, so 1 + prefetch leases) that lost its socket and resumes with slots 1
+    on a new one; returns (communicator, welcome, the first connection's assigns)."""
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    first = await _connect()
+    welcome = await _hello(first, token, slots=1)
+    await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], range_end=80_001)
+    held = [await first.receive_json_from(timeout=5) for _ in range(1 + settings.DISPATCH_PREFETCH)]
+    await first.disconnect()
+    second = await _connect()
+    again = await _hello(second, token, slots=1, resume=welcome["worker"])
+    return second, again, held
+
+
+def _assigned_to(worker_id: str) -> set[str]:
+    return {
+        str(a)
+        for a in Assignment.objects.unscoped()
+        .filter(worker_id=worker_id, status=AssignmentStatus.ASSIGNED)
+        .values_list("id", flat=True)
+    }
+
+
+async def test_resumed_worker_is_not_claimed_beyond_its_outstanding_leases(tenant, owner, kernels):
+    # given a worker that resumes holding its slot and its prefetch
+    second, again, held = await _resumed_with_two_outstanding(tenant, owner, kernels)
+    assert set(again["outstanding"]) == {a["assignment"] for a in held}
+    # when it says anything more, every message the hello caused has been sent before the answer
+    await second.send_to(text_data=json.dumps({"v": 1, "type": "ping"}))
+    # then no new assign came: its outstanding leases fill its slot and its prefetch
+    assert (await second.receive_json_from(timeout=5))["type"] == "pong"
+    assert await sync_to_async(_assigned_to)(again["worker"]) == set(again["outstanding"])
+    # and a finished outstanding task frees exactly one place
+    offer = held[0]
+    runner = await sync_to_async(_runner)(offer["kernel"]["sha256"])
+    output = runner.run(
+        abi.encode_input(
+            int(offer["input"]["lo"]),
+            int(offer["input"]["hi"]),
+            int(offer["input"]["seed"]),
+            offer["input"]["params"],
+        )
+    )
+    await second.send_to(bytes_data=encode_result_frame(offer["assignment"], output, 5))
+    messages = {m["type"]: m for m in [await second.receive_json_from(timeout=5) for _ in range(3)]}
+    assert sorted(messages) == ["ack", "assign", "credit"]  # quorum 1: validated at once
+    refill = messages["assign"]
+    await second.send_to(text_data=json.dumps({"v": 1, "type": "ping"}))
+    assert (await second.receive_json_from(timeout=5))["type"] == "pong"
+    assigned = await sync_to_async(_assigned_to)(again["worker"])
+    assert assigned == {held[1]["assignment"], refill["assignment"]}
+    await second.disconnect()
+
+
+async def test_resumed_leases_the_worker_never_names_stop_counting(
+    tenant, owner, kernels, monkeypatch
+):
+    # given a resumed worker that names only one of its two outstanding leases
+    from jobs.consumers import WorkerConsumer
+
+    monkeypatch.setattr(WorkerConsumer, "resume_confirm_ms", 300)
+    second, again, held = await _resumed_with_two_outstanding(tenant, owner, kernels)
+    kept = held[1]["assignment"]
+    await second.send_to(text_data=json.dumps({"v": 1, "type": "progress", "assignment": kept}))
+    # when the confirmation time passes, the unnamed lease no longer holds a place
+    fresh = await second.receive_json_from(timeout=5)
+    # then exactly one new task is pushed (slot 1 + prefetch 1, one still held)
+    assert fresh["type"] == "assign"
+    assert fresh["assignment"] not in again["outstanding"]
+    await second.send_to(text_data=json.dumps({"v": 1, "type": "ping"}))
+    assert (await second.receive_json_from(timeout=5))["type"] == "pong"
+    assigned = await sync_to_async(_assigned_to)(again["worker"])
+    # the unnamed lease itself is left to the sweeper (still assigned until it expires)
+    assert assigned == {held[0]["assignment"], kept, fresh["assignment"]}
+    await second.disconnect()
