@@ -97,9 +97,13 @@ def test_one_recheck_per_process_finds_work_a_lost_wake_did_not_announce(
         window_s = end["t"] - start["t"]
         idle_statements = end["statements"] - start["statements"]
         # then the process re-checked them together: two statements a re-check, at most one
-        # re-check each half second; a timer per socket would run two per socket per period
+        # re-check each half second, plus at most one batched flush per socket for whatever else
+        # lands in the window on a loaded machine (a late welcome's claim, a heartbeat); a timer
+        # per socket would run two per socket per period, 2 · 30 · 6 / 1.5 = 240 here
         assert window_s > 4
-        assert 2 <= idle_statements <= 2 * (window_s / 0.5 + 1), (idle_statements, window_s)
+        bound = 2 * (window_s / 0.5 + 1) + len(sockets)
+        assert 2 <= idle_statements <= bound, (idle_statements, window_s)
+        assert bound < 2 * len(sockets) * window_s / 1.5
         # when a job's tasks become dispatchable without any wake (as if it were lost)
         job = services.job_create(
             tenant=tenant,
