@@ -1,5 +1,5 @@
-"""Starting a job queues its first chunk of tasks in the request's transaction and the rest in
-chunks after commit (``job_queue_fill``): a fill respects a pause, never re-queues a task that is
+"""Starting a job queues its first chunk of tasks (what the online workers can hold at once) in
+the request's transaction and the rest in chunks after commit (``job_queue_fill``): a fill respects a pause, never re-queues a task that is
 fully held, and leaves the same queue the one-statement start left. Real PostgreSQL."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from jobs import dispatch, services
-from jobs.models import Job, JobStatus, Task
+from jobs.models import Job, JobStatus, Task, Worker
+from jobs.services import lifecycle
 from tenants.roles import Role
 from tests.jobs.helpers import new_worker
 
@@ -94,3 +95,46 @@ def test_a_fill_stops_for_a_paused_job_and_skips_fully_held_tasks(tenant, owner,
     # and the periodic safety net finds nothing left to do
     assert services.job_queue_fill_all() == 0
     assert Job.objects.unscoped().get(pk=job.pk).status == JobStatus.RUNNING
+
+
+@pytest.mark.django_db
+def test_a_start_queues_what_the_online_workers_can_hold_and_the_fill_the_rest(
+    tenant, owner, kernels, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given chunks of ten, no floor, prefetch 1, and three online workers of one slot each
+    # (room for six replicas: three tasks at quorum 2), one of them banned and one offline
+    settings.DISPATCH_QUEUE_CHUNK = 10
+    settings.DISPATCH_PREFETCH = 1
+    monkeypatch.setattr(lifecycle, "FIRST_CHUNK_MIN", 1)
+    for _ in range(3):
+        new_worker(slots=1)
+    banned, offline = new_worker(slots=4)[0], new_worker(slots=4)[0]
+    Worker.objects.filter(pk=banned.worker_id).update(is_banned=True)
+    dispatch.worker_disconnect(worker_id=offline.worker_id)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=12)
+    # when the job starts
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.job_start(job=job, actor_role=Role.OWNER)
+    # then the request queued three tasks, and a fill waits for the commit
+    assert _queued(job) == [0, 1, 2]
+    assert len(callbacks) == 3  # the event, the fill, the wake
+    # and the fill queues the other nine, nothing twice
+    assert services.job_queue_fill(job_id=job.pk) == 9
+    assert _queued(job) == list(range(12))
+
+
+@pytest.mark.django_db
+def test_a_start_with_no_worker_online_queues_the_floor(
+    tenant, owner, kernels, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given chunks of ten, a floor of two and nobody online
+    settings.DISPATCH_QUEUE_CHUNK = 10
+    monkeypatch.setattr(lifecycle, "FIRST_CHUNK_MIN", 2)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=5)
+    # when the job starts, two tasks are queued now and the fill queues the rest
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.job_start(job=job, actor_role=Role.OWNER)
+    assert _queued(job) == [0, 1]
+    assert len(callbacks) == 3
+    assert services.job_queue_fill(job_id=job.pk) == 3
+    assert _queued(job) == list(range(5))
