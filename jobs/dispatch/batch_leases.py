@@ -44,6 +44,17 @@ class ClaimItem:
 
 # ---------------------------------------------------------------- claims
 
+# What a claim reads of its workers (not their capabilities' JSON, decoded per row otherwise).
+CLAIM_WORKER_FIELDS = (
+    "id",
+    "contributor_id",
+    "is_banned",
+    "consecutive_valid",
+    "contributor__id",
+    "contributor__is_banned",
+    "contributor__pool_tenant_id",
+)
+
 
 def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     """Claim for many workers at once: one ``SKIP LOCKED`` select of dispatchable tasks, one
@@ -58,9 +69,9 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
         return offers
     workers = {
         w.pk: w
-        for w in Worker.objects.select_related("contributor").filter(
-            pk__in={item.worker_id for _, item in wanted}
-        )
+        for w in Worker.objects.select_related("contributor")
+        .filter(pk__in={item.worker_id for _, item in wanted})
+        .only(*CLAIM_WORKER_FIELDS)
     }
     public = []
     for index, item in wanted:
