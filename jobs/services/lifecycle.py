@@ -112,16 +112,19 @@ FIRST_CHUNK_MIN = 64
 
 
 def _first_chunk(job: Job) -> int:
-    """How many tasks a start queues in its own transaction: what the workers online now can
-    hold at once (their slots plus the prefetch each, over the quorum), at least
+    """How many tasks a start queues in its own transaction: twice what the workers online now
+    can hold at once (their slots plus the prefetch each, over the quorum), at least
     ``FIRST_CHUNK_MIN`` and at most ``DISPATCH_QUEUE_CHUNK``. Every task marked here is a row
-    written before the request returns and the first ``assign`` leaves; more would only wait
-    in the queue, and the fill marks the rest right after."""
+    written before the request returns and the first ``assign`` leaves; the fill marks the rest
+    right after. Twice, because a batched claim locks up to twice the tasks it takes (it skips
+    its claimers' own), and the first claims of every process run at the same time: with only
+    what they take queued, one process's flush would lock it all and the others' find none."""
     online = Worker.objects.filter(is_online=True, is_banned=False).aggregate(
         slots=Sum("slots"), workers=Count("id")
     )
     capacity = (online["slots"] or 0) + settings.DISPATCH_PREFETCH * online["workers"]
-    return min(_chunk(), max(FIRST_CHUNK_MIN, math.ceil(capacity / max(job.quorum or 1, 1))))
+    wanted = 2 * math.ceil(capacity / max(job.quorum or 1, 1))
+    return min(_chunk(), max(FIRST_CHUNK_MIN, wanted))
 
 
 def _queue(job: Job) -> None:

@@ -101,9 +101,9 @@ def test_a_fill_stops_for_a_paused_job_and_skips_fully_held_tasks(tenant, owner,
 def test_a_start_queues_what_the_online_workers_can_hold_and_the_fill_the_rest(
     tenant, owner, kernels, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
-    # given chunks of ten, no floor, prefetch 1, and three online workers of one slot each
-    # (room for six replicas: three tasks at quorum 2), one of them banned and one offline
-    settings.DISPATCH_QUEUE_CHUNK = 10
+    # given chunks of twenty, no floor, prefetch 1, and three online workers of one slot each
+    # (room for six replicas: three tasks at quorum 2), plus a banned and an offline one
+    settings.DISPATCH_QUEUE_CHUNK = 20
     settings.DISPATCH_PREFETCH = 1
     monkeypatch.setattr(lifecycle, "FIRST_CHUNK_MIN", 1)
     for _ in range(3):
@@ -115,11 +115,12 @@ def test_a_start_queues_what_the_online_workers_can_hold_and_the_fill_the_rest(
     # when the job starts
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
-    # then the request queued three tasks, and a fill waits for the commit
-    assert _queued(job) == [0, 1, 2]
+    # then the request queued twice those three tasks (concurrent claims lock twice what they
+    # take), and a fill waits for the commit
+    assert _queued(job) == list(range(6))
     assert len(callbacks) == 3  # the event, the fill, the wake
-    # and the fill queues the other nine, nothing twice
-    assert services.job_queue_fill(job_id=job.pk) == 9
+    # and the fill queues the other six, nothing twice
+    assert services.job_queue_fill(job_id=job.pk) == 6
     assert _queued(job) == list(range(12))
 
 
