@@ -44,6 +44,10 @@ class ClaimItem:
 
 # ---------------------------------------------------------------- claims
 
+# How many times a batched claim locks more tasks when its claimers' own held some of those it
+# locked (each round one SKIP LOCKED select, one read of what they hold).
+CLAIM_ROUNDS = 3
+
 # What a claim reads of its workers (not their capabilities' JSON, decoded per row otherwise).
 CLAIM_WORKER_FIELDS = (
     "id",
@@ -57,9 +61,11 @@ CLAIM_WORKER_FIELDS = (
 
 
 def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
-    """Claim for many workers at once: one ``SKIP LOCKED`` select of dispatchable tasks, one
-    read of what the claimers' contributors already hold, one UPDATE of the tasks and one INSERT
-    of the assignments (both with one array per column). Offers in input order.
+    """Claim for many workers at once: one ``SKIP LOCKED`` select of as many dispatchable tasks
+    as replicas are wanted, one read of what the claimers' contributors already hold of them
+    (again, up to ``CLAIM_ROUNDS`` times, only if that left claimers short), one UPDATE of the
+    tasks and one INSERT of the assignments (both with one array per column). Offers in input
+    order.
 
     Replicas of a task go to distinct contributors (checked here, and by the partial unique
     index). Private-pool workers, rare, claim through :func:`assignment_claim`."""
@@ -84,59 +90,59 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
             public.append((index, item, worker))
     if not public:
         return offers
-    total = sum(item.count for _, item, _ in public)
-    # Room for the tasks the claimers' own contributors already hold (a task waiting for its
-    # second replica stays dispatchable): they are skipped for them, not for others.
-    tasks = list(
-        Task.objects.unscoped()
-        .filter(dispatchable=True, private_pool=False)
-        .order_by("-priority", "id")
-        .select_for_update(skip_locked=True, of=("self",))
-        .only(*CLAIM_FIELDS)[: 2 * total + 32]
-    )
-    if not tasks:
-        return offers
-    contributors = {worker.contributor_id for _, _, worker in public}
-    with connection.cursor() as cursor:  # arrays, not an IN list of a placeholder per task
-        cursor.execute(
-            f"SELECT task_id, contributor_id FROM {Assignment._meta.db_table} "  # noqa: S608
-            "WHERE task_id = ANY(%s::bigint[]) AND contributor_id = ANY(%s::uuid[]) "
-            "AND status = ANY(%s::varchar[])",
-            [
-                [t.pk for t in tasks],
-                [str(c) for c in contributors],
-                [str(status) for status in COUNTED_REPLICA_STATUSES],
-            ],
-        )
-        held = set(cursor.fetchall())
-    jobs = running_jobs_of(tasks)
+    contributors = [str(c) for c in {worker.contributor_id for _, _, worker in public}]
     now = timezone.now()
     rng = random.Random()  # noqa: S311 - spot-check sampling, not secrecy
     queue = deque((index, item.count, worker) for index, item, worker in public)
-    assignments, changed, stopped = [], [], []
-    for task in tasks:
-        job = jobs.get(task.job_id)
-        if job is None:  # paused or cancelled between the flag and the lock
-            stopped.append(task.pk)
-            continue
-        taken = False
-        for _ in range(len(queue)):
-            if task.active_replicas >= task.target_replicas or not queue:
-                break
-            index, need, worker = queue.popleft()
-            if (task.pk, worker.contributor_id) in held:
-                queue.append((index, need, worker))
+    assignments, changed, stopped, locked = [], [], [], []
+    held: set[tuple[int, uuid.UUID]] = set()
+    # Lock one task per replica still wanted: a task gives a claimer at most one replica, so
+    # that is enough unless tasks the claimers' own contributors hold (a task waiting for its
+    # second replica stays dispatchable) are skipped for them; then the next tasks, as many as
+    # are still wanted. Locking more up front kept other processes' claims, running at the same
+    # time, from tasks this flush did not take (a job start's first claims found none).
+    for _ in range(CLAIM_ROUNDS):
+        wanted_now = sum(need for _, need, _ in queue)
+        if wanted_now <= 0:
+            break
+        tasks = list(
+            Task.objects.unscoped()
+            .filter(dispatchable=True, private_pool=False)
+            .exclude(pk__in=locked)
+            .order_by("-priority", "id")
+            .select_for_update(skip_locked=True, of=("self",))
+            .only(*CLAIM_FIELDS)[:wanted_now]
+        )
+        if not tasks:
+            break
+        locked += [t.pk for t in tasks]
+        held |= _held(tasks, contributors)
+        jobs = running_jobs_of(tasks)
+        for task in tasks:
+            job = jobs.get(task.job_id)
+            if job is None:  # paused or cancelled between the flag and the lock
+                stopped.append(task.pk)
                 continue
-            held.add((task.pk, worker.contributor_id))
-            assignment = replica_take(task=task, job=job, worker=worker, rng=rng, now=now)
-            assignments.append(assignment)
-            offers[index].append(Offer.for_assignment(assignment, task, job))
-            taken = True
-            if need > 1:
-                queue.append((index, need - 1, worker))
-        if taken:
-            changed.append(task)
-        if not queue:
+            taken = False
+            for _ in range(len(queue)):
+                if task.active_replicas >= task.target_replicas or not queue:
+                    break
+                index, need, worker = queue.popleft()
+                if (task.pk, worker.contributor_id) in held:
+                    queue.append((index, need, worker))
+                    continue
+                held.add((task.pk, worker.contributor_id))
+                assignment = replica_take(task=task, job=job, worker=worker, rng=rng, now=now)
+                assignments.append(assignment)
+                offers[index].append(Offer.for_assignment(assignment, task, job))
+                taken = True
+                if need > 1:
+                    queue.append((index, need - 1, worker))
+            if taken:
+                changed.append(task)
+            if not queue:
+                break
+        if len(tasks) < wanted_now:  # the queue is empty for now
             break
     if stopped:
         Task.objects.unscoped().filter(pk__in=stopped).update(dispatchable=False)
@@ -149,6 +155,23 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     )
     assignments_insert(assignments)
     return offers
+
+
+def _held(tasks: list[Task], contributors: list[str]) -> set[tuple[int, uuid.UUID]]:
+    """Which of ``tasks`` the ``contributors`` hold a counted replica of, as (task, contributor)
+    pairs (arrays, not an IN list of a placeholder per task)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT task_id, contributor_id FROM {Assignment._meta.db_table} "  # noqa: S608
+            "WHERE task_id = ANY(%s::bigint[]) AND contributor_id = ANY(%s::uuid[]) "
+            "AND status = ANY(%s::varchar[])",
+            [
+                [t.pk for t in tasks],
+                contributors,
+                [str(status) for status in COUNTED_REPLICA_STATUSES],
+            ],
+        )
+        return set(cursor.fetchall())
 
 
 # ---------------------------------------------------------------- heartbeats
