@@ -7,7 +7,6 @@ the queue and are handed out again on resume.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any
 
@@ -111,29 +110,28 @@ def _chunk() -> int:
 FIRST_CHUNK_MIN = 64
 
 
-def _first_chunk(job: Job) -> int:
-    """How many tasks a start queues in its own transaction: twice what the workers online now
-    can hold at once (their slots plus the prefetch each, over the quorum), at least
-    ``FIRST_CHUNK_MIN`` and at most ``DISPATCH_QUEUE_CHUNK``. Every task marked here is a row
-    written before the request returns and the first ``assign`` leaves; the fill marks the rest
-    right after. Twice, because a batched claim locks up to twice the tasks it takes (it skips
-    its claimers' own), and the first claims of every process run at the same time: with only
-    what they take queued, one process's flush would lock it all and the others' find none."""
+def _first_chunk() -> int:
+    """How many tasks a start queues in its own transaction: one per replica the workers online
+    now can hold at once (their slots plus the prefetch each), at least ``FIRST_CHUNK_MIN`` and
+    at most ``DISPATCH_QUEUE_CHUNK``. Every task marked here is a row written before the request
+    returns and the first ``assign`` leaves; the fill marks the rest right after. One task per
+    replica, not per quorum of replicas: a batched claim locks one task per replica it wants,
+    and every process's first claims run at the same time, so with fewer queued one process's
+    flush would lock what the others' claimers needed."""
     online = Worker.objects.filter(is_online=True, is_banned=False).aggregate(
         slots=Sum("slots"), workers=Count("id")
     )
     capacity = (online["slots"] or 0) + settings.DISPATCH_PREFETCH * online["workers"]
-    wanted = 2 * math.ceil(capacity / max(job.quorum or 1, 1))
-    return min(_chunk(), max(FIRST_CHUNK_MIN, wanted))
+    return min(_chunk(), max(FIRST_CHUNK_MIN, capacity))
 
 
 def _queue(job: Job) -> None:
-    """A job that starts running: as many tasks as the online workers can take at once are
+    """A job that starts running: a task per replica the online workers can take at once is
     queued in the caller's transaction (``_first_chunk``); the rest by ``job_queue_fill``
     after commit (Celery), a chunk per transaction. So starting a job of 60,000 tasks with
-    1,000 single-slot workers online writes about 1,000 rows before its first ``assign``, not
-    60,000."""
-    first = _first_chunk(job)
+    1,000 single-slot workers online (prefetch 1) writes 2,000 rows before its first
+    ``assign``, not 5,000 (or 60,000)."""
+    first = _first_chunk()
     marked, _ = _queue_chunk(job.pk, first)
     if marked == first:
         from jobs.tasks import job_queue_fill  # tasks import services: looked up late

@@ -115,8 +115,8 @@ def test_a_start_queues_what_the_online_workers_can_hold_and_the_fill_the_rest(
     # when the job starts
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
-    # then the request queued twice those three tasks (concurrent claims lock twice what they
-    # take), and a fill waits for the commit
+    # then the request queued one task per replica they can hold (concurrent claims lock one
+    # task per replica they want), and a fill waits for the commit
     assert _queued(job) == list(range(6))
     assert len(callbacks) == 3  # the event, the fill, the wake
     # and the fill queues the other six, nothing twice
