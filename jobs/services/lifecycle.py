@@ -218,9 +218,11 @@ def job_start(*, job: Job, actor_role: str) -> Job:
     job.status = JobStatus.RUNNING
     job.started_at = timezone.now()
     job.save(update_fields=["status", "started_at"])
+    # On-commit callbacks run in the order they were registered: the wake first, so idle
+    # workers claim while the fill is handed to Celery and the director told.
+    realtime.wake_dispatch_on_commit()
     _queue(job)
     job_event(job=job, kind="started", message="Job started")
-    realtime.wake_dispatch_on_commit()
     return job
 
 
@@ -269,9 +271,9 @@ def job_resume(*, job: Job, actor_role: str) -> Job:
     job.status = JobStatus.RUNNING
     job.status_reason = ""
     job.save(update_fields=["status", "status_reason"])
+    realtime.wake_dispatch_on_commit()  # first after commit, as for a start
     _queue(job)
     job_event(job=job, kind="resumed", message="Job resumed")
-    realtime.wake_dispatch_on_commit()
     return job
 
 

@@ -4,9 +4,13 @@ fully held, and leaves the same queue the one-statement start left. Real Postgre
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from jobs import dispatch, services
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from jobs import dispatch, realtime, services
 from jobs.models import Job, JobStatus, Task, Worker
 from jobs.services import lifecycle
 from tenants.roles import Role
@@ -139,3 +143,31 @@ def test_a_start_with_no_worker_online_queues_the_floor(
     assert len(callbacks) == 3
     assert services.job_queue_fill(job_id=job.pk) == 3
     assert _queued(job) == list(range(5))
+
+
+async def _receive(layer, channel: str) -> dict | None:  # noqa: ANN001
+    try:
+        return await asyncio.wait_for(layer.receive(channel), 5)
+    except TimeoutError:
+        return None
+
+
+@pytest.mark.django_db
+def test_the_wake_is_the_first_thing_a_start_does_after_commit(
+    tenant, owner, kernels, django_capture_on_commit_callbacks
+):
+    # given a channel in the dispatch group (a Daphne process's) and a draft job
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(realtime.DISPATCH_GROUP, channel)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=8)
+    try:
+        # when it starts and only its first on-commit callback runs
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            services.job_start(job=job, actor_role=Role.OWNER)
+        callbacks[0]()
+        # then that was the wake: idle workers claim before the fill and the event are sent
+        message = async_to_sync(_receive)(layer, channel)
+        assert message == {"type": "dispatch.wake"}
+    finally:
+        async_to_sync(layer.group_discard)(realtime.DISPATCH_GROUP, channel)
