@@ -15,7 +15,10 @@ steady window is measured:
 - push latency: job start request sent -> each worker's first ``assign``;
 - turnaround: result sent -> the same worker's next ``assign``;
 - database work per validated replica: transactions, sessions and rows from
-  ``pg_stat_database``.
+  ``pg_stat_database``;
+- where the push went (``push_trace``): the start request, its queue chunk, the wake, each
+  Daphne's woken sockets and flushes until its last first ``assign``, Celery's chunks, and this
+  process's own event-loop lag (``bench/sqlcount/push_trace.py`` in every server process).
 With ``--profile`` one more run uses bench/daphne_profiled.py (stack sampler + SQL counter) over
 the steady window.
 
