@@ -15,7 +15,10 @@ steady window is measured:
 - push latency: job start request sent -> each worker's first ``assign``;
 - turnaround: result sent -> the same worker's next ``assign``;
 - database work per validated replica: transactions, sessions and rows from
-  ``pg_stat_database``.
+  ``pg_stat_database``;
+- where the push went (``push_trace``): the start request, its queue chunk, the wake, each
+  Daphne's woken sockets and flushes until its last first ``assign``, Celery's chunks, and this
+  process's own event-loop lag (``bench/sqlcount/push_trace.py`` in every server process).
 With ``--profile`` one more run uses bench/daphne_profiled.py (stack sampler + SQL counter) over
 the steady window.
 
@@ -51,6 +54,7 @@ from dispatch_probes import (  # noqa: E402 - after the path setup
     cpu_snapshot,
     pct,
     pg_stats,
+    push_trace,
     sql_env,
     sql_per_replica,
     sql_totals,
@@ -71,6 +75,7 @@ TARGET_REPLICAS_PER_S = 1000.0
 TARGET_P99_MS = 100.0
 TARGET_CONNECTIONS = 1000
 CHUNK = 10  # montecarlo samples per task: dispatch cost dominates, not compute
+HTTP_WARMUP_REQUESTS = 8  # each lands on a Daphne at random: 2 Daphnes all warm with p > 0.99
 
 
 # ---------------------------------------------------------------- environment and servers
@@ -353,8 +358,15 @@ async def run_swarm(
             "start": False,
         },
     )
+    # Warm every Daphne's HTTP path (a process's first request imports and builds what views
+    # need, ~0.1 s): with several Daphnes on one port the start request lands on any of them,
+    # and push latency is the dispatch plane's, not a cold process's first request.
+    for _ in range(HTTP_WARMUP_REQUESTS):
+        await asyncio.to_thread(api, base, key, "GET", f"/api/v1/jobs/{job['id']}/")
     await asyncio.sleep(0.5)
-    t_start = time.perf_counter()
+    lags: list[tuple[float, float]] = []
+    lag_probe = asyncio.create_task(loop_lag(lags))
+    t_start_wall, t_start = time.time(), time.perf_counter()
     await asyncio.to_thread(api, base, key, "POST", f"/api/v1/jobs/{job['id']}/start/")
     t_started = time.perf_counter()
 
@@ -366,6 +378,7 @@ async def run_swarm(
     while len(swarm.first_assign) < 0.95 * len(workers) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     all_busy_seconds = time.perf_counter() - t_start
+    lag_probe.cancel()
     await asyncio.sleep(warmup)
     if profiler is not None:
         profiler.process.send_signal(signal.SIGUSR1)
@@ -407,6 +420,15 @@ async def run_swarm(
         "validated_replicas": int(validated),
         "replicas_per_second": validated / window,
         "credits_per_second": credits / window,
+        "t_start_wall": t_start_wall,
+        "push_received_s": push,
+        # How late this process's own loop ran while the first assigns arrived: a late loop
+        # reads an assign late, so the push figures include it.
+        "swarm_loop_lag_ms": {
+            "p50": pct([lag for t, lag in lags], 50),
+            "p99": pct([lag for t, lag in lags], 99),
+            "max": max((lag for t, lag in lags), default=0) * 1000,
+        },
         "push_latency_ms": {
             "workers": len(push),
             "p50": pct(push, 50),
@@ -435,6 +457,14 @@ async def run_swarm(
     }
 
 
+async def loop_lag(lags: list[tuple[float, float]], period_s: float = 0.005) -> None:
+    """How late this event loop wakes from a short sleep, until cancelled."""
+    while True:
+        began = time.perf_counter()
+        await asyncio.sleep(period_s)
+        lags.append((began, time.perf_counter() - began - period_s))
+
+
 # ---------------------------------------------------------------- scenarios
 
 
@@ -453,7 +483,7 @@ def scenario(
     """One run: fresh database, fresh servers (``daphnes`` > 1: the launcher), N workers."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     sql_dir = RESULTS.parent / f"sql-{os.getpid()}"
-    env = {**bench_env(queue, extra_env), **sql_env(sql_dir)}
+    env = {**bench_env(queue, extra_env), **sql_env(sql_dir), "CCGSC_BENCH_TRACE": "1"}
     fresh_database()
     flush_redis()
     key, tokens = make_fixtures(n)
@@ -493,6 +523,9 @@ def scenario(
         f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}", autocommit=True
     ) as conn:
         result["invariants"] = invariants(conn, result["job_id"], 2)
+    result["push_trace"] = push_trace(
+        sql_dir, result.pop("t_start_wall"), result.pop("push_received_s")
+    )
     result["label"] = label
     result["env"] = extra_env or {}
     result["daphnes"] = daphnes

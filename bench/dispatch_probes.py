@@ -109,7 +109,7 @@ def pct(values: list[float], p: float) -> float | None:
 def sql_env(directory: Path) -> dict[str, str]:
     """Environment that gives every server process the benchmark's SQL counter."""
     directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("sql-*.json"):
+    for old in [*directory.glob("sql-*.json"), *directory.glob("trace-*.json")]:
         old.unlink()
     path = os.environ.get("PYTHONPATH", "")
     return {
@@ -159,3 +159,73 @@ def sql_per_replica(
         "connections_opened": round(connections / per, 4),
         "transactions": round(transactions / per, 4),
     }
+
+
+def push_trace(directory: Path, t0: float, received: list[float]) -> dict[str, Any]:
+    """Where a job start's push went, from the servers' trace files (``sqlcount/push_trace``)
+    and the workers' own first-``assign`` times (``received``); milliseconds after ``t0``, the
+    wall-clock time the start request was sent. Per Daphne: when its idle registry was woken,
+    its flushes until its last first ``assign`` was sent (start, duration, claims, results,
+    offers), and when its sockets' first ``assign``s were sent."""
+
+    def ms(t: float) -> float:
+        return round((t - t0) * 1000, 1)
+
+    out: dict[str, Any] = {"daphnes": [], "received": {}}
+    last_received = t0 + max(received) if received else t0
+    for path in sorted(directory.glob("trace-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        events = [(t, kind, info) for t, kind, info in data["events"] if t >= t0 - 1]
+        if "celery" in data["argv"]:
+            chunks = [(t, info) for t, kind, info in events if kind == "queue_chunk"]
+            out["celery_queue_chunks"] = [
+                {"at": ms(t), "ms": round(info["seconds"] * 1000, 1), "tasks": info["tasks"]}
+                for t, info in chunks
+                if t <= last_received
+            ]
+            continue
+        for t, kind, info in events:
+            if kind in ("start_begin", "start_end"):
+                out[kind] = ms(t)
+            elif kind == "queue_chunk":
+                out["request_queue_chunk"] = {"ms": round(info["seconds"] * 1000, 1)}
+                out["request_queue_chunk"]["tasks"] = info["tasks"]
+            elif kind == "wake_sent" and "wake_sent" not in out:
+                out["wake_sent"] = {"at": ms(t), "ms": round(info["seconds"] * 1000, 1)}
+        sent = sorted(t for t, kind, _ in events if kind == "first_assign")
+        if not sent:
+            continue
+        woken = [(t, info) for t, kind, info in events if kind == "woken"]
+        flushes = [
+            {"at": ms(t), "ms": round(info["seconds"] * 1000, 1)}
+            | {k: info[k] for k in ("claims", "results", "other", "offers")}
+            for t, kind, info in events
+            if kind == "flush" and t <= sent[-1]
+        ]
+        out["daphnes"].append(
+            {
+                "pid": data["pid"],
+                "woken_at": ms(woken[0][0]) if woken else None,
+                "woken": woken[0][1]["count"] if woken else 0,
+                "flushes": flushes[-12:],
+                "flushes_until_last_first_assign": len(flushes),
+                "first_assign_sent": {
+                    "sockets": len(sent),
+                    "first": ms(sent[0]),
+                    "p50": ms(sent[len(sent) // 2]),
+                    "last": ms(sent[-1]),
+                },
+            }
+        )
+    if received:
+        ordered = sorted(received)
+        out["received"] = {
+            "first": round(ordered[0] * 1000, 1),
+            "p50": round(ordered[len(ordered) // 2] * 1000, 1),
+            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
+            "last": round(ordered[-1] * 1000, 1),
+        }
+    return out

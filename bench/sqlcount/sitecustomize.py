@@ -105,3 +105,11 @@ if _DIR:
         _install(_DIR)
     except Exception as exc:  # never break the process it rides in  # noqa: BLE001
         print(f"bench sql counter not installed: {exc!r}", file=sys.stderr)
+
+if _DIR and os.environ.get("CCGSC_BENCH_TRACE"):
+    try:
+        import push_trace  # this directory: timestamps of a job start's push
+
+        push_trace.install(_DIR)
+    except Exception as exc:  # never break the process it rides in  # noqa: BLE001
+        print(f"bench push trace not installed: {exc!r}", file=sys.stderr)

@@ -13,13 +13,22 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import F, Value
+from django.db.models import Count, F, Sum, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from jobs import realtime
 from jobs.metering import WorkQuote, WorkRefused, metering
-from jobs.models import Assignment, AssignmentStatus, Job, JobEvent, JobStatus, Task, TaskStatus
+from jobs.models import (
+    Assignment,
+    AssignmentStatus,
+    Job,
+    JobEvent,
+    JobStatus,
+    Task,
+    TaskStatus,
+    Worker,
+)
 from jobs.selectors import job_get
 from jobs.services.fl_admission import fl_job_admit
 from tenants.models import Tenant
@@ -70,11 +79,12 @@ def _unqueue(job: Job) -> None:
     Task.objects.unscoped().filter(job=job, dispatchable=True).update(dispatchable=False)
 
 
-def _queue_chunk(job_id: Any) -> tuple[int, int]:
-    """Mark the next ``DISPATCH_QUEUE_CHUNK`` of a job's open tasks that may be handed out but
-    are not queued (lowest ids first, the claim order); returns (tasks marked, replicas they
-    want). One statement; the caller holds the job's row lock or its key-share lock and has
-    checked that the job runs. Idempotent: a task already queued or fully held is not taken."""
+def _queue_chunk(job_id: Any, limit: int | None = None) -> tuple[int, int]:
+    """Mark the next ``limit`` (default ``DISPATCH_QUEUE_CHUNK``) of a job's open tasks that may
+    be handed out but are not queued (lowest ids first, the claim order); returns (tasks marked,
+    replicas they want). One statement; the caller holds the job's row lock or its key-share
+    lock and has checked that the job runs. Idempotent: a task already queued or fully held is
+    not taken."""
     task = Task._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
@@ -82,7 +92,11 @@ def _queue_chunk(job_id: Any) -> tuple[int, int]:
             f"SELECT id FROM {task} WHERE job_id = %s AND status = %s AND NOT dispatchable"
             " AND active_replicas < target_replicas ORDER BY id LIMIT %s)"
             " RETURNING target_replicas - active_replicas",
-            [Job._meta.pk.get_db_prep_value(job_id, connection), TaskStatus.OPEN, _chunk()],
+            [
+                Job._meta.pk.get_db_prep_value(job_id, connection),
+                TaskStatus.OPEN,
+                _chunk() if limit is None else limit,
+            ],
         )
         wanted = [row[0] for row in cursor.fetchall()]
     return len(wanted), sum(wanted)
@@ -92,12 +106,34 @@ def _chunk() -> int:
     return int(getattr(settings, "DISPATCH_QUEUE_CHUNK", 5000))
 
 
+# Below this, a first chunk is not worth a Celery round trip: small jobs queue whole.
+FIRST_CHUNK_MIN = 64
+
+
+def _first_chunk() -> int:
+    """How many tasks a start queues in its own transaction: one per replica the workers online
+    now can hold at once (their slots plus the prefetch each), at least ``FIRST_CHUNK_MIN`` and
+    at most ``DISPATCH_QUEUE_CHUNK``. Every task marked here is a row written before the request
+    returns and the first ``assign`` leaves; the fill marks the rest right after. One task per
+    replica, not per quorum of replicas: a batched claim locks one task per replica it wants,
+    and every process's first claims run at the same time, so with fewer queued one process's
+    flush would lock what the others' claimers needed."""
+    online = Worker.objects.filter(is_online=True, is_banned=False).aggregate(
+        slots=Sum("slots"), workers=Count("id")
+    )
+    capacity = (online["slots"] or 0) + settings.DISPATCH_PREFETCH * online["workers"]
+    return min(_chunk(), max(FIRST_CHUNK_MIN, capacity))
+
+
 def _queue(job: Job) -> None:
-    """A job that starts running: its first chunk of tasks is queued in the caller's
-    transaction; the rest by ``job_queue_fill`` after commit (Celery). So starting a job of
-    60,000 tasks writes 5,000 rows before its first ``assign``, not 60,000."""
-    marked, _ = _queue_chunk(job.pk)
-    if marked == _chunk():
+    """A job that starts running: a task per replica the online workers can take at once is
+    queued in the caller's transaction (``_first_chunk``); the rest by ``job_queue_fill``
+    after commit (Celery), a chunk per transaction. So starting a job of 60,000 tasks with
+    1,000 single-slot workers online (prefetch 1) writes 2,000 rows before its first
+    ``assign``, not 5,000 (or 60,000)."""
+    first = _first_chunk()
+    marked, _ = _queue_chunk(job.pk, first)
+    if marked == first:
         from jobs.tasks import job_queue_fill  # tasks import services: looked up late
 
         job_id = str(job.pk)
@@ -182,9 +218,11 @@ def job_start(*, job: Job, actor_role: str) -> Job:
     job.status = JobStatus.RUNNING
     job.started_at = timezone.now()
     job.save(update_fields=["status", "started_at"])
+    # On-commit callbacks run in the order they were registered: the wake first, so idle
+    # workers claim while the fill is handed to Celery and the director told.
+    realtime.wake_dispatch_on_commit()
     _queue(job)
     job_event(job=job, kind="started", message="Job started")
-    realtime.wake_dispatch_on_commit()
     return job
 
 
@@ -233,9 +271,9 @@ def job_resume(*, job: Job, actor_role: str) -> Job:
     job.status = JobStatus.RUNNING
     job.status_reason = ""
     job.save(update_fields=["status", "status_reason"])
+    realtime.wake_dispatch_on_commit()  # first after commit, as for a start
     _queue(job)
     job_event(job=job, kind="resumed", message="Job resumed")
-    realtime.wake_dispatch_on_commit()
     return job
 
 

@@ -197,3 +197,65 @@ def test_a_burst_of_hellos_is_welcomed_in_a_few_transactions(tmp_path):
     assert hellos <= BURST // 4, hellos
     assert closes <= BURST // 4, closes
     assert "Traceback" not in daphne.log_tail(10_000), daphne.log_tail(80)
+
+
+STARTED = 120
+
+
+def test_a_job_start_reaches_every_idle_socket_in_a_few_flushes(tmp_path, tenant, owner, kernels):
+    sql_dir = tmp_path / "sql"
+    tokens = [dispatch.contributor_create_anonymous()[1] for _ in range(STARTED)]
+    job = services.job_create(
+        tenant=tenant,
+        actor=owner,
+        actor_role=Role.OWNER,
+        spec=services.JobSpec(
+            name="pushed",
+            kernel=kernels["prime_count"],
+            range_start=1,
+            range_end=1 + 2000 * 100,
+            chunk_size=100,
+            params={},
+            quorum=2,
+            seed=3,
+        ),
+        start=False,
+    )
+
+    async def start(daphne: servers.DaphneServer) -> tuple[list[dict], int]:
+        async with AsyncExitStack() as stack:
+            sockets = await asyncio.gather(
+                *(
+                    stack.enter_async_context(
+                        connect_async(daphne.ws_url + "/ws/edge/", open_timeout=30, close_timeout=5)
+                    )
+                    for _ in range(STARTED)
+                )
+            )
+            await asyncio.gather(
+                *(s.send(hello(t, "edge", slots=1)) for s, t in zip(sockets, tokens, strict=True))
+            )
+            replies = await asyncio.gather(*(s.recv() for s in sockets))
+            assert {json.loads(r)["type"] for r in replies} == {"welcome"}
+            before = await asyncio.to_thread(_settled, sql_dir)
+            # when the job starts (its wake goes through the channel layer to the process)
+            await asyncio.to_thread(services.job_start, job=job, actor_role=Role.OWNER)
+
+            async def first_assign(socket) -> dict:  # noqa: ANN001
+                while (message := json.loads(await asyncio.wait_for(socket.recv(), 30)))[
+                    "type"
+                ] != "assign":
+                    pass
+                return message
+
+            assigns = await asyncio.gather(*(first_assign(s) for s in sockets))
+            claims = await asyncio.to_thread(_settled, sql_dir) - before
+        return assigns, claims
+
+    with servers.running(_daphne(sql_dir, CCGSC_DISPATCH_IDLE_RECHECK_S="3600")) as daphne:
+        assigns, claims = asyncio.run(start(daphne))
+    # then every idle socket got its first assign, all distinct, without a re-check (an hour
+    # away), and their claims shared a few transactions (one by one: one each)
+    assert len({a["assignment"] for a in assigns}) == STARTED
+    assert claims <= STARTED // 4, claims
+    assert "Traceback" not in daphne.log_tail(10_000), daphne.log_tail(80)

@@ -1,0 +1,111 @@
+"""Batched claims lock only as many tasks as they want, so claims of several processes running
+at the same time share a short queue; tasks a claimer's contributor already holds are skipped for
+it and the next ones locked instead. Real PostgreSQL, two connections."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection, transaction
+
+from jobs import dispatch, services
+from jobs.dispatch.batch_leases import ClaimItem, claims_batch
+from jobs.models import Job, Worker
+from tenants.roles import Role
+from tests.jobs.helpers import new_worker
+
+pytestmark = [pytest.mark.services]
+
+
+def _started(tenant, owner, kernel, *, tasks: int, quorum: int) -> Job:  # noqa: ANN001
+    job = services.job_create(
+        tenant=tenant,
+        actor=owner,
+        actor_role=Role.OWNER,
+        spec=services.JobSpec(
+            name="claimed",
+            kernel=kernel,
+            range_start=1,
+            range_end=1 + tasks * 1000,
+            chunk_size=1000,
+            params={},
+            quorum=quorum,
+            seed=5,
+        ),
+        start=False,
+    )
+    return services.job_start(job=job, actor_role=Role.OWNER)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_flush_still_open_leaves_the_tasks_it_does_not_take_to_others(
+    tenant, owner, kernels
+):
+    # given a job of two single-replica tasks and two idle workers
+    _started(tenant, owner, kernels["prime_count"], tasks=2, quorum=1)
+    first, second = new_worker(slots=1)[0], new_worker(slots=1)[0]
+    taken: dict[str, list] = {}
+    locked, release = threading.Event(), threading.Event()
+
+    def claim_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                taken["first"] = claims_batch(items=[ClaimItem(worker_id=first.worker_id, count=1)])
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    # when one process's flush claimed one task and has not committed yet
+    holder = threading.Thread(target=claim_and_hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        # and another process's flush claims one task at the same time
+        with transaction.atomic():
+            taken["second"] = claims_batch(items=[ClaimItem(worker_id=second.worker_id, count=1)])
+    finally:
+        release.set()
+        holder.join(10)
+    # then each got one task, not the second nothing because the first locked both
+    ((mine,),), ((theirs,),) = taken["first"], taken["second"]
+    assert {mine.task_index, theirs.task_index} == {0, 1}
+
+
+@pytest.mark.django_db
+def test_tasks_a_claimers_contributor_holds_are_skipped_and_the_next_ones_locked(
+    tenant, owner, kernels
+):
+    # given a job of four tasks at quorum 2, whose first two a contributor's worker holds
+    _started(tenant, owner, kernels["prime_count"], tasks=4, quorum=2)
+    session, _ = new_worker(slots=2)
+    held = dispatch.assignment_claim(worker_id=session.worker_id, count=2)
+    assert [offer.task_index for offer in held] == [0, 1]
+    # and a second worker of the same contributor
+    other = dispatch.worker_connect(
+        contributor=Worker.objects.get(pk=session.worker_id).contributor,
+        hello={
+            "v": 1,
+            "type": "hello",
+            "token": "x" * 20,
+            "client": {"kind": "edge", "version": "test"},
+            "capabilities": {},
+            "slots": 2,
+        },
+        channel_name="",
+    )
+    # when it claims two tasks in a batch with a worker of another contributor
+    stranger, _ = new_worker(slots=1)
+    with transaction.atomic():
+        mine, theirs = claims_batch(
+            items=[
+                ClaimItem(worker_id=other.worker_id, count=2),
+                ClaimItem(worker_id=stranger.worker_id, count=1),
+            ]
+        )
+    # then the contributor's worker gets the next two tasks, never a second replica of its own
+    assert sorted(offer.task_index for offer in mine) == [2, 3]
+    # and the stranger gets a replica of a task it does not hold
+    assert len(theirs) == 1
+    assert theirs[0].task_index in {0, 1, 2, 3}
