@@ -37,6 +37,18 @@ def wait_until(
     raise AssertionError(f"timed out waiting for {what}\n{logs()}")
 
 
+def workers_online(count: int, stack: Any) -> None:
+    """Wait (up to 60 s) until at least ``count`` workers are online; fail with the stack's logs."""
+    from jobs.models import Worker
+
+    wait_until(
+        lambda: Worker.objects.filter(is_online=True).count() >= count,
+        timeout_s=60,
+        what=f"{count} workers online",
+        logs=stack.logs,
+    )
+
+
 def contributors_accounted() -> None:
     """Give every contributor an account: a secure or DP cohort admits few anonymous ones (the
     eligibility rule, docs/security.md)."""

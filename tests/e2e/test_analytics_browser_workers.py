@@ -12,8 +12,6 @@ power-of-two scale holds these sixteenths exactly, so the sum is still exact).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -21,14 +19,13 @@ from billing.operations import balance_adjust
 from jobs.analytics import Column, QuerySpec, summarize
 from jobs.analytics_models import AnalyticsResult
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.models import Worker
 from jobs.secagg_models import SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.analytics_creation import AnalyticsJobSpec, analytics_job_create
 from jobs.services.lifecycle import job_pause, job_resume
 from tenants.roles import Role
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
-from tests.e2e.fl_checks import contributors_accounted
+from tests.e2e.fl_checks import contributors_accounted, workers_online
 
 pytestmark = [pytest.mark.services, pytest.mark.browser, pytest.mark.slow]
 
@@ -141,10 +138,7 @@ def test_a_page_with_a_local_csv_and_two_edge_workers_share_an_analytics_round(
     page.get_by_test_id("cores").select_option("1")
     page.get_by_test_id("join").click()
     page.wait_for_function("() => window.ccgscWorker.state().welcomed", timeout=15_000)
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < 3:
-        assert time.monotonic() < deadline, fc_stack.logs()
-        time.sleep(0.2)
+    workers_online(3, fc_stack)
     contributors_accounted()  # a secure cohort admits few anonymous contributors
 
     # when the job resumes and its round runs

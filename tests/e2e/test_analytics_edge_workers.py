@@ -7,8 +7,6 @@ within the noise's stated bound with it."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -18,13 +16,12 @@ from jobs.analytics import Column, QuerySpec, block_noise_std, summarize
 from jobs.analytics_models import AnalyticsResult
 from jobs.federated.data import load_digits
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.models import Worker
 from jobs.services.analytics_creation import AnalyticsJobSpec, analytics_job_create
 from jobs.services.fl_data import partition_shards
 from tenants.roles import Role
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
-from tests.e2e.fl_checks import contributors_accounted
+from tests.e2e.fl_checks import contributors_accounted, workers_online
 from tests.servers import EdgeWorkerProcess
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -73,10 +70,7 @@ def test_three_edge_workers_compute_digits_statistics_exactly_then_under_dp(
         worker = EdgeWorkerProcess(fc_stack.daphne.url, token, extra_args=["--data", str(path)])
         worker.start()
         fc_stack.edge_workers.append(worker)
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < 3:
-        assert time.monotonic() < deadline, fc_stack.logs()
-        time.sleep(0.2)
+    workers_online(3, fc_stack)
     contributors_accounted()  # a DP cohort admits few anonymous contributors
 
     def create(**fields):  # noqa: ANN003, ANN202

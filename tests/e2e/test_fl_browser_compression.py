@@ -7,8 +7,6 @@ each client's residual replayed round after round."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -18,10 +16,10 @@ from ccgsc_worker.compression import ResidualStore
 from jobs.aggregation import SparseUpdate, StreamingFold
 from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.models import Worker
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
+from tests.e2e.fl_checks import workers_online
 from tests.e2e.test_fl_browser_workers import _open_worker_page
 from tests.e2e.test_fl_edge_compression import D, _client_body
 from tests.jobs.fl_helpers import fl_job
@@ -40,10 +38,7 @@ def test_a_page_and_edge_workers_upload_topk_with_their_residuals(fc_stack, brow
     page = _open_worker_page(browser, fc_stack.daphne.url, errors)
     for _ in range(2):
         fc_stack.edge_worker()
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < 3:
-        assert time.monotonic() < deadline, fc_stack.logs()
-        time.sleep(0.2)
+    workers_online(3, fc_stack)
     # when a top-k job (10 % kept) runs two rounds inviting all three
     job = fl_job(
         tenant,

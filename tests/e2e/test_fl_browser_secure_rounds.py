@@ -12,7 +12,6 @@ carries the four shares' noise and no server noise."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -23,13 +22,13 @@ from jobs import dispatch
 from jobs.federated.client import TrainConfig, client_train, load_training_kernel
 from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.models import Worker
 from jobs.privacy import clip_l2
 from jobs.secagg_models import SecAggPhaseSet, SecAggRound
 from jobs.services.fl_data import partition_shards
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
+from tests.e2e.fl_checks import workers_online
 from tests.factories import PASSWORD, UserFactory
 from tests.jobs.fl_helpers import fl_job
 
@@ -104,10 +103,7 @@ def test_pages_and_edge_workers_share_a_secure_round_whose_model_is_the_clipped_
     for _ in range(2):
         contributor = dispatch.contributor_for_user(user=UserFactory())
         fc_stack.edge_worker(token=dispatch.worker_token_issue(contributor=contributor))
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < 4:
-        assert time.monotonic() < deadline, fc_stack.logs()
-        time.sleep(0.2)
+    workers_online(4, fc_stack)
     # when a secure job of one round invites all four
     job = fl_job(
         tenant,
@@ -170,10 +166,7 @@ def test_pages_add_their_skellam_shares_in_a_distributed_dp_round(fc_stack, brow
     for _ in range(2):
         contributor = dispatch.contributor_for_user(user=UserFactory())
         fc_stack.edge_worker(token=dispatch.worker_token_issue(contributor=contributor))
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < 4:
-        assert time.monotonic() < deadline, fc_stack.logs()
-        time.sleep(0.2)
+    workers_online(4, fc_stack)
     # when a distributed-DP job (z = 2, C = 0.3, shares sized for 3 survivors) invites all four
     z, clip = 2.0, 0.3
     job = fl_job(

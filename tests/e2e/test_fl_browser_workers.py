@@ -8,7 +8,6 @@ tenant API, is scored here with numpy on the held-out digits."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
 import numpy as np
@@ -19,12 +18,12 @@ from billing.operations import balance_adjust
 from jobs.federated import data
 from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.models import Worker
 from jobs.services.fl_data import TEST_FRACTION
 from tenants import services as services_tenants
 from tenants.roles import Role
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
+from tests.e2e.fl_checks import workers_online
 from tests.jobs.fl_helpers import fl_job
 
 pytestmark = [pytest.mark.services, pytest.mark.browser, pytest.mark.slow]
@@ -88,10 +87,7 @@ def test_two_pages_and_an_edge_worker_train_the_2nn_on_non_iid_digits(
     errors: list[str] = []
     pages = [_open_worker_page(browser, fc_stack.daphne.url, errors) for _ in range(2)]
     fc_stack.edge_worker()
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < 3:
-        assert time.monotonic() < deadline, fc_stack.logs()
-        time.sleep(0.2)
+    workers_online(3, fc_stack)
     # when an FL job trains the demo's 2NN on a pathological non-IID partition (2 label shards
     # per client), inviting all three each round
     job = fl_job(

@@ -25,10 +25,9 @@ from jobs.privacy.skellam import skellam_epsilon, skellam_release
 from jobs.secagg_models import SecAggPhaseSet, SecAggRound
 from jobs.services.model_registry import model_version_read
 from tests.e2e.conftest import wait_for_job
-from tests.e2e.fl_checks import contributors_accounted
+from tests.e2e.fl_checks import contributors_accounted, workers_online
 from tests.e2e.test_fl_secure_rounds import (
     _core_tenant,
-    _online,
     _Registry,
     _retrained_update,
 )
@@ -46,7 +45,7 @@ def test_a_distributed_dp_round_carries_the_clients_noise_and_records_its_epsilo
     _core_tenant(tenant, owner)
     for _ in range(4):
         fc_stack.edge_worker()
-    _online(4, fc_stack)
+    workers_online(4, fc_stack)
     contributors_accounted()
     # when a distributed-DP job of one round over all four runs (three survivors suffice)
     job = fl_job(

@@ -19,11 +19,11 @@ from jobs.federated.client import load_training_kernel
 from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import Round, RoundStatus
 from jobs.fl_shards import job_shards, training_kernel_sha256
-from jobs.models import Worker
 from jobs.services.fl_rounds_scaffold import control_read
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
+from tests.e2e.fl_checks import workers_online
 from tests.jobs.fl_helpers import fl_job
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -81,10 +81,7 @@ def test_edge_workers_run_scaffold_and_a_robust_rule_and_match_the_pure_modules(
     balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
     for _ in range(3):
         fc_stack.edge_worker()
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < 3:
-        assert time.monotonic() < deadline, fc_stack.logs()
-        time.sleep(0.2)
+    workers_online(3, fc_stack)
     # when the job runs two rounds of three clients, two local epochs each
     job = fl_job(
         tenant,

@@ -16,10 +16,10 @@ from jobs.federated import data
 from jobs.federated.client import evaluate, load_training_kernel
 from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.models import Worker
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
+from tests.e2e.fl_checks import workers_online
 from tests.jobs.fl_helpers import fl_job
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -40,10 +40,7 @@ def test_three_edge_workers_train_logreg_on_two_shard_digits_for_three_rounds(
     balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
     for _ in range(3):
         fc_stack.edge_worker()
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < 3:
-        assert time.monotonic() < deadline, fc_stack.logs()
-        time.sleep(0.2)
+    workers_online(3, fc_stack)
     # when an FL job on a pathological non-IID partition (2 label shards per client) runs
     job = fl_job(
         tenant,

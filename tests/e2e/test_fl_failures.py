@@ -28,6 +28,7 @@ from tests.e2e.fl_checks import (
     assert_versions_recompute,
     closed_rounds,
     wait_until,
+    workers_online,
 )
 from tests.jobs.fl_helpers import fl_job
 from tests.servers import TcpProxy
@@ -44,15 +45,6 @@ def _funded(tenant, owner) -> int:  # noqa: ANN001
     tenant.save(update_fields=["tier"])
     balance_adjust(tenant=tenant, amount_cents=5000, actor=owner, reason="tests", promotional=True)
     return ledger.account_get(AccountKind.TENANT_BALANCE, tenant=tenant).balance_cents
-
-
-def _online(stack, count: int) -> None:  # noqa: ANN001
-    wait_until(
-        lambda: Worker.objects.filter(is_online=True).count() >= count,
-        timeout_s=60,
-        what=f"{count} workers online",
-        logs=stack.logs,
-    )
 
 
 def _job(tenant, **overrides):  # noqa: ANN001, ANN003, ANN202
@@ -90,7 +82,7 @@ def test_a_worker_killed_mid_upload_is_a_dropout_and_the_rounds_go_on(fl_stack, 
     victim = fl_stack.edge_worker(extra_args=(RATE, "40000"))
     for _ in range(2):
         fl_stack.edge_worker(extra_args=(RATE, "200000"))
-    _online(fl_stack, 3)
+    workers_online(3, fl_stack)
     job = _job(tenant, min_reports=2)
     # when the victim is SIGKILLed right after the server stored its first chunk
     upload = wait_until(
@@ -134,7 +126,7 @@ def test_a_worker_cut_off_mid_upload_reconnects_and_resumes_without_resending(
         cut_off = fl_stack.edge_worker(url=proxy.url, extra_args=(RATE, "150000"))
         fl_stack.edge_worker()
         fl_stack.edge_worker()
-        _online(fl_stack, 3)
+        workers_online(3, fl_stack)
         worker_row = Worker.objects.get(contributor_id=cut_off.contributor_id)
         job = _job(tenant, rounds=1)
         upload = wait_until(
@@ -199,7 +191,7 @@ def test_daphne_killed_mid_round_loses_nothing_and_counts_nothing_twice(
     balance = _funded(tenant, owner)
     for _ in range(3):
         fl_stack.edge_worker(extra_args=(RATE, "300000"))
-    _online(fl_stack, 3)
+    workers_online(3, fl_stack)
     launcher = fl_stack.daphne
     job = _job(tenant)
     # when an upload is under way, Daphne is SIGKILLed: the one holding the most connections
@@ -252,7 +244,7 @@ def test_a_celery_worker_killed_mid_round_resumes_the_fold_from_its_checkpoint(
     fl_stack.edge_worker()
     fl_stack.edge_worker(extra_args=(RATE, "400000"))
     fl_stack.edge_worker(extra_args=(RATE, "200000"))
-    _online(fl_stack, 3)
+    workers_online(3, fl_stack)
     job = _job(tenant, rounds=1)
 
     def folding() -> Round | None:

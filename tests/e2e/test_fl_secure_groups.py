@@ -28,7 +28,7 @@ from jobs.models import Worker
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.model_registry import model_version_read
 from tests.e2e.conftest import wait_for_job
-from tests.e2e.fl_checks import contributors_accounted, wait_until
+from tests.e2e.fl_checks import contributors_accounted, wait_until, workers_online
 from tests.e2e.test_fl_secure_rounds import (
     DISTINCT,
     ScriptedClient,
@@ -42,15 +42,6 @@ from tests.e2e.test_fl_secure_rounds import (
 from tests.servers import TcpProxy
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-
-
-def _online(count: int, logs) -> None:  # noqa: ANN001
-    wait_until(
-        lambda: Worker.objects.filter(is_online=True).count() >= count,
-        timeout_s=60,
-        what=f"{count} workers online",
-        logs=logs,
-    )
 
 
 def _quiesce(stack, *clients: threading.Thread) -> None:  # noqa: ANN001
@@ -85,7 +76,7 @@ def test_an_async_secure_job_runs_groups_of_k_and_a_group_below_threshold_aborts
     _, doomed_token = dispatch.contributor_create_anonymous()
     doomed = ScriptedClient(fc_stack.daphne.url, doomed_token, DISTINCT, "advertise")
     doomed.start()
-    _online(3, fc_stack.logs)
+    workers_online(3, fc_stack)
     contributors_accounted()
     # when an async secure job (K = 3, three buffers) starts, its first group is those three
     job = _secure_job(
@@ -109,7 +100,7 @@ def test_an_async_secure_job_runs_groups_of_k_and_a_group_below_threshold_aborts
     # and four more edge workers come online for the next groups
     for _ in range(4):
         fc_stack.edge_worker()
-    _online(6, fc_stack.logs)
+    workers_online(6, fc_stack)
     contributors_accounted()
     job = wait_for_job(job.pk, timeout_s=180, stack=fc_stack)
     # then the first group failed at its share phase, alone: no version, no charge from it
@@ -189,7 +180,7 @@ def test_an_edge_worker_cut_off_mid_phase_is_sent_the_phase_request_again(
             fc_stack.daphne.url, held_token, DISTINCT, "unmask", hold_advertise=release
         )
         held.start()
-        _online(4, fc_stack.logs)
+        workers_online(4, fc_stack)
         contributors_accounted()
         worker_row = Worker.objects.get(contributor_id=cut_off.contributor_id)
         job = _secure_job(

@@ -35,12 +35,11 @@ from ccgsc_worker.transfer import Http, Response, upload_update
 from jobs import dispatch, fl_shards, protocol
 from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.models import Worker
 from jobs.secagg_models import SecAggPhaseSet, SecAggRound
 from jobs.services.model_registry import model_version_read
 from tenants.tiers import Tier
 from tests.e2e.conftest import wait_for_job
-from tests.e2e.fl_checks import contributors_accounted
+from tests.e2e.fl_checks import contributors_accounted, workers_online
 from tests.jobs.fl_helpers import fl_job
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -148,13 +147,6 @@ class ScriptedClient(threading.Thread):
                     await socket.send(edge.encode_text(wire.on_unmask(message)))
                     self.reached.append("unmask")
                     return
-
-
-def _online(count: int, stack) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + 30
-    while Worker.objects.filter(is_online=True).count() < count:
-        assert time.monotonic() < deadline, stack.logs()
-        time.sleep(0.2)
 
 
 def _core_tenant(tenant, owner):  # noqa: ANN001, ANN202
@@ -272,7 +264,7 @@ def test_a_secure_round_of_edge_workers_survives_a_dropout_and_leaks_no_update(
     release = threading.Event()
     fifth = ScriptedClient(fc_stack.daphne.url, fifth_token, DISTINCT, "unmask", release)
     fifth.start()
-    _online(5, fc_stack)
+    workers_online(5, fc_stack)
     contributors_accounted()
     # when a secure job of one round runs, and one worker is killed once its masked input is in
     job = _secure_job(tenant)
@@ -345,7 +337,7 @@ def test_a_secure_round_below_threshold_aborts_and_tells_its_participants(fc_sta
     _, doomed_token = dispatch.contributor_create_anonymous()
     doomed = ScriptedClient(fc_stack.daphne.url, doomed_token, DISTINCT, "advertise")
     doomed.start()
-    _online(5, fc_stack)
+    workers_online(5, fc_stack)
     contributors_accounted()
     # when a secure job that needs all five survivors runs
     job = _secure_job(tenant, secagg_min_survivors=5)
