@@ -723,7 +723,7 @@ def test_rounds_record_epsilon_and_a_spent_budget_completes_the_job(
 def test_browser_pages_are_invited_beside_edge_workers_when_they_can_train(core):
     # given an FL job, an edge worker, a browser page with SIMD and memory, and a page
     # without SIMD (the kernels need it)
-    from jobs.models import WorkerKind
+    from jobs.worker_models import WorkerKind
 
     job = fl_job(core, cohort_size=5, min_reports=1)
     (edge,) = workers(1)
