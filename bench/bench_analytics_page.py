@@ -52,7 +52,7 @@ import { parseColumnsCsv } from "/rt/local-columns.js";
 import { encodeAnalyticsInput, decodeAnalyticsOutput } from "/rt/analytics-round.js";
 import { compileVerified, runKernel } from "/rt/kernel-runtime.js";
 import { SecureRoundClient } from "/rt/secagg-round.js";
-import { neighbours } from "/rt/secagg.js";
+import { neighbours } from "/rt/secagg-graph.js";
 
 const b64 = (bytes) => btoa(String.fromCharCode(...bytes)).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
 

@@ -231,16 +231,19 @@ def node_mask_ms(d: int) -> float | None:
     if not shutil.which("node"):
         return None
     script = (
-        "const s = await import(process.argv[1]);"
-        f"const key = s.systemRandomBytes(32); const t = new Uint32Array({d});"
-        f"s.addInPlace(t, await s.expandMask(key, {d}), 1);"
+        "const dir = process.argv[1];"
+        "const { systemRandomBytes } = await import(`${dir}/secagg-bytes.js`);"
+        "const { expandMask } = await import(`${dir}/secagg-primitives.js`);"
+        "const { addInPlace } = await import(`${dir}/secagg-encoding.js`);"
+        f"const key = systemRandomBytes(32); const t = new Uint32Array({d});"
+        f"addInPlace(t, await expandMask(key, {d}), 1);"
         "const start = performance.now();"
-        f"for (let i = 0; i < 10; i++) s.addInPlace(t, await s.expandMask(key, {d}), 1);"
+        f"for (let i = 0; i < 10; i++) addInPlace(t, await expandMask(key, {d}), 1);"
         "console.log((performance.now() - start) / 10);"
     )
-    module = (ROOT / "static/worker_frontend/secagg.js").as_uri()
+    module_dir = (ROOT / "static/worker_frontend").as_uri()
     out = subprocess.run(
-        ["node", "--input-type=module", "-e", script, module],  # noqa: S607 - node on PATH
+        ["node", "--input-type=module", "-e", script, module_dir],  # noqa: S607 - node on PATH
         capture_output=True,
         text=True,
         check=False,

@@ -82,8 +82,9 @@ def run(dropout: float, split: bool) -> dict:
     from jobs.secagg import unmask_range
     from jobs.secagg_models import SecAggPhase, SecAggRound
     from jobs.services import fl_secagg, fl_secagg_phases, fl_secagg_state, fl_secagg_unmask
-    from jobs.services.fl_rounds import latest_version, round_open
+    from jobs.services.fl_rounds import round_open
     from jobs.services.fl_secagg_fold import masked_sum_load
+    from jobs.services.model_registry import latest_version
     from tenants.models import Role
     from tenants.tiers import Tier
     from tests.factories import MembershipFactory, UserFactory, WorkerFactory

@@ -16,8 +16,8 @@ from rest_framework.response import Response
 from ccgsc_site.api import TenantApi, request_person
 from jobs import exports, selectors, services
 from jobs.forms import params_shape_error
+from jobs.kernel_models import Reducer
 from jobs.kernels import kernel_upload
-from jobs.models import Reducer
 from tenants.roles import Action
 from tenants.tiers import JobKind
 

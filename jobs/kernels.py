@@ -14,7 +14,8 @@ from django.db import IntegrityError, transaction
 
 from ccgsc_worker.abi import MAX_MODULE_BYTES
 from ccgsc_worker.kernel import KernelRejected, validate_module
-from jobs.models import Kernel, Reducer
+from jobs.kernel_models import Reducer
+from jobs.models import Kernel
 from tenants.models import Tenant, User
 from tenants.roles import Action
 from tenants.services import audit_record, require_role

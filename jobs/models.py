@@ -1,4 +1,7 @@
-"""Jobs, tasks, assignments (replicas), kernels, workers and contributors.
+"""Jobs, tasks, assignments (replicas) and job events; the app's other models live in their own
+modules (kernels in ``kernel_models``, contributors and workers in ``worker_models``, FL, secure
+aggregation, analytics and counters further down) and are imported here, so ``jobs.models`` is
+where every model of the app is imported from.
 
 PostgreSQL is the source of truth for every lease: a task is claimed with
 ``SELECT ... FOR UPDATE SKIP LOCKED`` and an assignment's lease is a column, so any number of
@@ -13,89 +16,11 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from jobs.kernel_models import Kernel
+from jobs.worker_models import Contributor, Worker
 from tenants.models import Tenant
 from tenants.scoping import TenantOwnedModel
 from tenants.tiers import JobKind
-
-
-class Reducer(models.TextChoices):
-    SUM_U64 = "sum_u64", "Sum (u64 vector)"
-    BEST_K = "best_k", "Best k (lowest values)"
-    MIN_F64 = "min_f64", "Minimum"
-    MAX_F64 = "max_f64", "Maximum"
-    CONCAT = "concat", "Concatenation"
-
-
-class Kernel(models.Model):
-    """A WebAssembly kernel, content-addressed by the SHA-256 of its module.
-
-    Built-in kernels have no tenant and are visible to all; a tenant's uploaded kernels are visible
-    to that tenant only (``selectors.kernel_list`` filters by ``tenant IS NULL OR tenant = t``).
-    Workers fetch modules by hash and check it before running them.
-    """
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(
-        Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="kernels"
-    )
-    name = models.SlugField(max_length=60)
-    version = models.CharField(max_length=30)
-    # Unique per tenant and among built-ins, not globally: a global constraint would tell one
-    # tenant that another already uploaded the same module, and let it block that upload.
-    sha256 = models.CharField(max_length=64)
-    size_bytes = models.PositiveIntegerField()
-    reducer = models.CharField(max_length=20, choices=Reducer.choices)
-    output_bytes = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Fixed output length, when the reducer needs one."
-    )
-    description = models.TextField(blank=True)
-    params_schema = models.JSONField(default=list, blank=True)
-    max_range_per_task = models.BigIntegerField(default=1_000_000_000)
-    # What the reduced output means, declared in wasm/kernels.json (interpreted by jobs.manifest).
-    summary = models.JSONField(default=dict, blank=True)
-    # The manifest's "output" and "range" declarations, as written there.
-    output_layout = models.JSONField(default=dict, blank=True)
-    index_range = models.JSONField(default=dict, blank=True)
-    work_unit_scale = models.FloatField(
-        default=1.0, help_text="Work units credited per index of a task's range."
-    )
-    module = models.FileField(upload_to="kernels/", blank=True)
-    builtin = models.BooleanField(default=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["name", "-created_at"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["tenant", "name", "version"],
-                condition=Q(tenant__isnull=False),
-                name="kernel_tenant_name_version_unique",
-            ),
-            models.UniqueConstraint(
-                fields=["name", "version"],
-                condition=Q(tenant__isnull=True),
-                name="kernel_builtin_name_version_unique",
-            ),
-            models.UniqueConstraint(
-                fields=["tenant", "sha256"],
-                condition=Q(tenant__isnull=False),
-                name="kernel_tenant_sha256_unique",
-            ),
-            models.UniqueConstraint(
-                fields=["sha256"],
-                condition=Q(tenant__isnull=True),
-                name="kernel_builtin_sha256_unique",
-            ),
-        ]
-        indexes = [models.Index(fields=["sha256"], name="kernel_sha256")]
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.version}"
-
-    def params_by_name(self, values: list[float]) -> dict[str, float]:
-        """A job's parameter vector keyed by this kernel's declared parameter names."""
-        names = [p["name"] for p in self.params_schema or []]
-        return dict(zip(names, values, strict=False))
 
 
 class JobStatus(models.TextChoices):
@@ -259,80 +184,6 @@ class Task(TenantOwnedModel):
         return bool(self.known_answer_sha256)
 
 
-class Contributor(models.Model):
-    """Someone who lends compute: an account, or an anonymous device that can be claimed later."""
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user = models.OneToOneField(
-        settings.AUTH_USER_MODEL,
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
-        related_name="contributor",
-    )
-    display_name = models.CharField(max_length=80, blank=True)
-    team = models.CharField(max_length=80, blank=True, db_index=True)
-    stripe_account_id = models.CharField(
-        max_length=100, blank=True, help_text="Stripe Connect account that receives payouts."
-    )
-    # Enterprise private pools: a contributor registered by a tenant serves only that tenant.
-    pool_tenant = models.ForeignKey(
-        Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="pool_contributors"
-    )
-    token_version = models.PositiveIntegerField(default=1)
-    is_banned = models.BooleanField(default=False)
-    validated_replicas = models.PositiveBigIntegerField(default=0)
-    validated_work_units = models.PositiveBigIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    claimed_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        if self.display_name:
-            return self.display_name
-        return self.user.email if self.user_id else f"anonymous-{str(self.id)[:8]}"
-
-
-class WorkerKind(models.TextChoices):
-    BROWSER = "browser", "Browser"
-    EDGE = "edge", "Edge"
-
-
-class Worker(models.Model):
-    """One connected runtime (a browser page or an edge process) of a contributor."""
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    contributor = models.ForeignKey(Contributor, on_delete=models.CASCADE, related_name="workers")
-    kind = models.CharField(max_length=10, choices=WorkerKind.choices)
-    client_version = models.CharField(max_length=40, blank=True)
-    user_agent = models.CharField(max_length=300, blank=True)
-    capabilities = models.JSONField(default=dict, blank=True)
-    slots = models.PositiveSmallIntegerField(default=1)
-    channel_name = models.CharField(max_length=200, blank=True)
-    connected_at = models.DateTimeField(null=True, blank=True)
-    last_seen_at = models.DateTimeField(null=True, blank=True)
-    disconnected_at = models.DateTimeField(null=True, blank=True)
-    is_online = models.BooleanField(default=False)
-    is_banned = models.BooleanField(default=False)
-    # Trust: consecutive validated results; reset by any invalid result, error or time-out.
-    consecutive_valid = models.PositiveIntegerField(default=0)
-    validated_replicas = models.PositiveBigIntegerField(default=0)
-    invalid_replicas = models.PositiveBigIntegerField(default=0)
-    errored_replicas = models.PositiveBigIntegerField(default=0)
-    expired_replicas = models.PositiveBigIntegerField(default=0)
-    validated_work_units = models.PositiveBigIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-last_seen_at"]
-        indexes = [models.Index(fields=["is_online"])]
-
-    def __str__(self) -> str:
-        return f"{self.kind} {str(self.id)[:8]}"
-
-
 class AssignmentStatus(models.TextChoices):
     ASSIGNED = "assigned", "Assigned (lease held)"
     RETURNED = "returned", "Returned, awaiting quorum"
@@ -423,7 +274,8 @@ class JobEvent(TenantOwnedModel):
         return f"{self.kind}: {self.message}"
 
 
-# The FL models live in their own module; importing them here registers them with the app.
+# Models that reference these live in their own modules; importing them here registers them
+# with the app.
 from jobs.analytics_models import AnalyticsQuery, AnalyticsResult  # noqa: E402, F401
 from jobs.counter_models import JobCounters  # noqa: E402, F401
 from jobs.fl_artifact_models import ModelVersion, UpdateUpload  # noqa: E402, F401

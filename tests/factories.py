@@ -8,6 +8,7 @@ from datetime import timedelta
 import factory
 from django.utils import timezone
 
+from jobs.kernel_models import Reducer
 from jobs.models import (
     Assignment,
     AssignmentStatus,
@@ -15,11 +16,10 @@ from jobs.models import (
     Job,
     JobStatus,
     Kernel,
-    Reducer,
     Task,
     Worker,
-    WorkerKind,
 )
+from jobs.worker_models import WorkerKind
 from tenants.models import Membership, Tenant, User
 from tenants.roles import Role
 from tenants.tiers import Tier

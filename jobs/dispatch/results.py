@@ -17,6 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs import realtime
+from jobs.kernel_models import Reducer
 from jobs.metering import metering
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
@@ -25,7 +26,6 @@ from jobs.models import (
     Contributor,
     Job,
     JobStatus,
-    Reducer,
     Task,
     TaskStatus,
     Worker,

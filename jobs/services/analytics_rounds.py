@@ -20,8 +20,8 @@ from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.metering import metering
 from jobs.models import Job, JobStatus
 from jobs.services.analytics_creation import query_spec
-from jobs.services.fl_rounds import _job_finish, _mark_dropouts
 from jobs.services.fl_rounds_cohort import update_total_bytes
+from jobs.services.fl_rounds_end import fl_job_finish, round_dropouts_mark
 from jobs.services.fl_rounds_storage import fold_load, round_storage_release, round_uploads_abandon
 
 
@@ -54,7 +54,7 @@ def analytics_round_aggregate(*, round_: Round, job: Job, now: Any) -> Analytics
     scoped = Participation.objects.for_tenant(job.tenant)
     included = list(scoped.filter(pk__in=folded_ids))
     scoped.filter(pk__in=folded_ids).update(included=True)
-    dropouts = _mark_dropouts(round_)
+    dropouts = round_dropouts_mark(round_)
     rows = sum(p.samples for p in included)
     result = AnalyticsResult.objects.create(
         tenant_id=job.tenant_id,
@@ -97,5 +97,5 @@ def analytics_round_aggregate(*, round_: Round, job: Job, now: Any) -> Analytics
     )
     closed = Round.objects.for_tenant(job.tenant).filter(job=job, status=RoundStatus.CLOSED)
     if closed.count() >= config.rounds:
-        _job_finish(job, JobStatus.COMPLETED, f"{config.rounds} rounds done", now)
+        fl_job_finish(job, JobStatus.COMPLETED, f"{config.rounds} rounds done", now)
     return result

@@ -21,6 +21,7 @@ from jobs.fl_artifact_models import ModelVersion
 from jobs.fl_models import Round, RoundStatus
 from jobs.models import Job, JobStatus
 from jobs.services.fl_data import has_public_partition, held_out_set
+from jobs.services.fl_rounds_end import fl_job_finish, round_fail
 from jobs.services.model_registry import model_version_read
 
 
@@ -97,8 +98,6 @@ def _record(*, version: ModelVersion, job: Job, measured: dict[str, Any]) -> Non
 def job_complete_at_target(*, job: Job, accuracy: float, source: str) -> None:
     """Complete a running job that reached its target accuracy; a round opened meanwhile ends
     without a version (failed with the reason ``job_completed``, its invitees dropped)."""
-    from jobs.services.fl_rounds import _fail, _job_finish
-
     now = timezone.now()
     locked = (
         Job.objects.unscoped()
@@ -109,8 +108,8 @@ def job_complete_at_target(*, job: Job, accuracy: float, source: str) -> None:
     if locked.status != JobStatus.RUNNING:
         return
     reason = f"target accuracy {accuracy:.4f} reached ({source})"
-    _job_finish(locked, JobStatus.COMPLETED, reason, now)
+    fl_job_finish(locked, JobStatus.COMPLETED, reason, now)
     for round_ in (
         Round.objects.unscoped().select_for_update().filter(job_id=job.pk, status=RoundStatus.OPEN)
     ):
-        _fail(round_, locked, now, reason="job_completed")
+        round_fail(round_, locked, now, reason="job_completed")

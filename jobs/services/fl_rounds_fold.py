@@ -19,7 +19,7 @@ from jobs.fl_models import (
     ServerStrategy,
     StalenessWeighting,
 )
-from jobs.services.fl_rounds import close_condition, latest_version, round_close
+from jobs.services.fl_rounds import close_condition, round_close
 from jobs.services.fl_rounds_compression import update_fold_into
 from jobs.services.fl_rounds_dp import dp_fold_record, dp_fold_terms
 from jobs.services.fl_rounds_storage import fold_checkpoint_key, fold_load, storage_put
@@ -29,6 +29,7 @@ from jobs.services.fl_rounds_uploads import (
     upload_reject,
     upload_set_status,
 )
+from jobs.services.model_registry import latest_version
 from tenants.tiers import JobKind
 
 

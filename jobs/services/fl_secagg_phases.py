@@ -155,14 +155,14 @@ def secagg_abort_locked(
 ) -> None:
     """End a secure round without a result: the round fails with the reason (no version, no
     charge), every participant is told, stored masked inputs go, the next round opens."""
-    from jobs.services import fl_rounds
+    from jobs.services import fl_rounds, fl_rounds_end
     from jobs.services.fl_privacy import fl_privacy_record
     from jobs.services.fl_secagg_fold import secagg_storage_release
 
     secagg.phase, secagg.abort_reason = SecAggPhase.ABORTED, reason[:300]
     secagg.save(update_fields=["phase", "abort_reason"])
     secagg_storage_release(secagg=secagg, round_=round_)
-    fl_rounds._fail(round_, job, now)  # noqa: SLF001 - the one way a round fails
+    fl_rounds_end.round_fail(round_, job, now)
     round_.metrics = {**round_.metrics, "reason": "secure_aggregation", "detail": reason[:300]}
     round_.save(update_fields=["metrics"])
     everyone = sorted(int(c) for c in secagg.clients)

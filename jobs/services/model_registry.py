@@ -90,3 +90,8 @@ def model_version_onnx(*, model_version: ModelVersion) -> bytes:
     entry = next(k for k in manifest["training_kernels"] if k["name"] == config.model_kernel)
     architecture = Architecture.from_manifest(entry, tuple(config.model_sizes))
     return to_onnx(architecture, model_version_read(model_version=model_version))
+
+
+def latest_version(*, job: Job) -> ModelVersion:
+    """The job's newest global model."""
+    return ModelVersion.objects.for_tenant(job.tenant).filter(job=job).order_by("-version")[0]

@@ -10,8 +10,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from ccgsc_worker import abi
+from jobs.kernel_models import Reducer
 from jobs.manifest import records_limit, summary_derive
-from jobs.models import Job, JobStatus, Reducer, Task, TaskStatus
+from jobs.models import Job, JobStatus, Task, TaskStatus
 from jobs.services.lifecycle import job_event, replicas_cancel_running
 
 

@@ -8,7 +8,7 @@
 // (one uniform per draw); mean ≥ 10 by Hörmann's PTRS (two uniforms per attempt), redrawing the
 // rejected coordinates in the next pass in index order, with the log-pmf in the saddle-point
 // form that keeps its precision at the means the shares use (10⁸ and more).
-import { systemRandomBytes } from "./secagg.js";
+import { systemRandomBytes } from "./secagg-bytes.js";
 
 export const MECHANISM = "skellam";
 const SMALL_MEAN = 10;

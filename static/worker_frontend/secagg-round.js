@@ -6,7 +6,9 @@
 // same bytes (tests/secagg/test_wire_round.py runs both in one round). See docs/security.md.
 
 import { addShare, noiseShare } from "./dp-noise.js";
-import { RequestRefused, SecAggClient, encode, roundConfig, systemRandomBytes } from "./secagg.js";
+import { RequestRefused, SecAggClient, roundConfig } from "./secagg.js";
+import { systemRandomBytes } from "./secagg-bytes.js";
+import { encode } from "./secagg-encoding.js";
 
 const PROTOCOL_VERSION = 1;
 

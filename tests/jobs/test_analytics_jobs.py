@@ -14,11 +14,12 @@ from billing.operations import balance_adjust
 from jobs.analytics import Column, QuerySpec, block_noise_std, summarize_body
 from jobs.analytics_models import AnalyticsQuery, AnalyticsResult
 from jobs.fl_models import Participation, RoundStatus
-from jobs.models import Job, JobStatus, WorkerKind
+from jobs.models import Job, JobStatus
 from jobs.protocol import round_invite
 from jobs.services.analytics_creation import AnalyticsJobSpec, analytics_job_create
 from jobs.services.fl_data import job_partition_shards
 from jobs.services.fl_rounds import round_close, round_open
+from jobs.worker_models import WorkerKind
 from tenants.roles import Role
 from tenants.tiers import Tier
 from tests.jobs.test_fl_rounds import Uploader, open_round, workers

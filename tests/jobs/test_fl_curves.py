@@ -24,7 +24,7 @@ from jobs import director, protocol, realtime, selectors
 from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import JobEvent
 from jobs.selectors import FL_CURVE_ROUNDS, job_state
-from jobs.services.fl_rounds import _client_accuracy_std
+from jobs.services.fl_rounds_version import client_accuracy_std
 from tenants.tiers import Tier
 from tests.jobs.fl_helpers import fl_job, fl_job_unchecked
 from tests.jobs.test_fl_rounds import D, Uploader, body, open_round, shard_size, workers
@@ -190,8 +190,8 @@ def test_the_client_accuracy_spread_is_the_population_deviation_of_included_clie
         SimpleNamespace(correct=9, samples=10),
         SimpleNamespace(correct=0, samples=0),  # no samples: not a client accuracy
     ]
-    assert _client_accuracy_std(clients) == pytest.approx(0.2)
-    assert _client_accuracy_std(clients[:1]) is None
+    assert client_accuracy_std(clients) == pytest.approx(0.2)
+    assert client_accuracy_std(clients[:1]) is None
 
 
 @pytest.mark.django_db(transaction=True)

@@ -21,14 +21,10 @@ from jobs.fl_models import Participation, ParticipationStatus, Round, RoundStatu
 from jobs.models import JobEvent, JobStatus
 from jobs.services import fl_rounds_invites
 from jobs.services.fl_data import job_partition_shards, partition_sizes
-from jobs.services.fl_rounds import (
-    MAX_FAILED_ROUNDS,
-    latest_version,
-    round_close,
-    round_open,
-)
+from jobs.services.fl_rounds import round_close, round_open
+from jobs.services.fl_rounds_end import MAX_FAILED_ROUNDS
 from jobs.services.fl_rounds_sweep import round_sweep
-from jobs.services.model_registry import model_version_read
+from jobs.services.model_registry import latest_version, model_version_read
 from tenants.tiers import Tier
 from tests.factories import ContributorFactory, UserFactory, WorkerFactory
 from tests.jobs.fl_helpers import fl_job
@@ -727,7 +723,7 @@ def test_rounds_record_epsilon_and_a_spent_budget_completes_the_job(
 def test_browser_pages_are_invited_beside_edge_workers_when_they_can_train(core):
     # given an FL job, an edge worker, a browser page with SIMD and memory, and a page
     # without SIMD (the kernels need it)
-    from jobs.models import WorkerKind
+    from jobs.worker_models import WorkerKind
 
     job = fl_job(core, cohort_size=5, min_reports=1)
     (edge,) = workers(1)

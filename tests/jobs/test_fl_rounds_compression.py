@@ -28,8 +28,7 @@ from jobs.aggregation import (
 )
 from jobs.fl_artifact_models import UpdateUpload, UploadStatus
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.services.fl_rounds import latest_version
-from jobs.services.model_registry import model_version_read
+from jobs.services.model_registry import latest_version, model_version_read
 from tenants.tiers import Tier
 from tests.jobs.fl_helpers import fl_job
 from tests.jobs.test_fl_rounds import D, Uploader, open_round, shard_size, stored, workers

@@ -17,10 +17,9 @@ from jobs.fl_models import FlConfig, Participation, Round, RoundStatus
 from jobs.models import JobStatus, Worker
 from jobs.privacy import adaptive_noise_multiplier, clip_l2
 from jobs.services.fl_privacy import fl_count_noise_std, fl_privacy_state
-from jobs.services.fl_rounds import latest_version
 from jobs.services.fl_rounds_dp import round_release
 from jobs.services.fl_rounds_storage import fold_load
-from jobs.services.model_registry import model_version_read
+from jobs.services.model_registry import latest_version, model_version_read
 from tenants.tiers import Tier
 from tests.jobs.fl_helpers import fl_job
 from tests.jobs.test_fl_rounds import Uploader, body, open_round, workers

@@ -27,9 +27,9 @@ from jobs import dispatch
 from jobs.fl_artifact_models import UpdateUpload, UploadStatus
 from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.services.fl_data import partition_sizes
-from jobs.services.fl_rounds import latest_version, round_open
+from jobs.services.fl_rounds import round_open
 from jobs.services.fl_rounds_sweep import round_sweep
-from jobs.services.model_registry import model_version_read
+from jobs.services.model_registry import latest_version, model_version_read
 from tenants.tiers import Tier
 from tests.factories import WorkerFactory
 from tests.jobs.fl_helpers import fl_job

@@ -23,8 +23,7 @@ from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.models import JobStatus
 from jobs.services.fl_data import held_out_set, partition_sizes
 from jobs.services.fl_evaluation import model_version_evaluate
-from jobs.services.fl_rounds import latest_version
-from jobs.services.model_registry import model_version_read
+from jobs.services.model_registry import latest_version, model_version_read
 from tenants.tiers import Tier
 from tests.jobs.fl_helpers import fl_job
 from tests.jobs.test_fl_rounds import D, Uploader, body, open_round, shard_size, workers

@@ -21,10 +21,10 @@ from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.privacy import per_client_variance
 from jobs.privacy.skellam import distributed_scale, skellam_epsilon, skellam_release
 from jobs.secagg_models import SecAggMessage, SecAggPhase, SecAggPhaseSet, SecAggRound
-from jobs.services.fl_rounds import latest_version, round_open
+from jobs.services.fl_rounds import round_open
 from jobs.services.fl_secagg import SecAggRefused, secagg_message_receive
 from jobs.services.fl_secagg_phases import secagg_phase_close
-from jobs.services.model_registry import model_version_read
+from jobs.services.model_registry import latest_version, model_version_read
 from tenants.tiers import Tier
 from tests.factories import ContributorFactory, UserFactory, WorkerFactory
 from tests.jobs.fl_helpers import fl_job

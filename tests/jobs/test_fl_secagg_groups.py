@@ -21,12 +21,12 @@ from jobs.fl_models import Participation, Round, RoundStatus
 from jobs.secagg_models import SecAggPhase, SecAggPhaseSet, SecAggRound
 from jobs.services.fl_admission import fl_cohort_invited
 from jobs.services.fl_privacy import fl_epsilon_after, fl_secagg_plan
-from jobs.services.fl_rounds import latest_version, round_open
+from jobs.services.fl_rounds import round_open
 from jobs.services.fl_rounds_sweep import round_sweep
 from jobs.services.fl_secagg import secagg_message_receive
 from jobs.services.fl_secagg_phases import secagg_phase_close
 from jobs.services.fl_secagg_requests import secagg_requests_pending_unscoped
-from jobs.services.model_registry import model_version_read
+from jobs.services.model_registry import latest_version, model_version_read
 from tests.factories import ContributorFactory, UserFactory, WorkerFactory
 from tests.jobs.fl_helpers import fl_job
 from tests.jobs.test_fl_secagg import _upload, core_tenant  # noqa: F401 - the fixture

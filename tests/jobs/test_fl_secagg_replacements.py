@@ -11,10 +11,9 @@ from ccgsc_worker.secagg.wire import WireClient as _WireClient
 from jobs import dispatch, realtime
 from jobs.fl_models import Participation, RoundStatus
 from jobs.secagg_models import SecAggPhase
-from jobs.services.fl_rounds import latest_version
 from jobs.services.fl_rounds_declines import participation_decline
 from jobs.services.fl_secagg import SecAggRefused
-from jobs.services.model_registry import model_version_read
+from jobs.services.model_registry import latest_version, model_version_read
 from tests.factories import ContributorFactory, UserFactory, WorkerFactory
 from tests.jobs.test_fl_secagg import D, SecureCohort, core_tenant  # noqa: F401 - a fixture
 

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
 import { addShare, noiseShare, poisson, skellamShare, uniforms } from "../../static/worker_frontend/dp-noise.js";
-import { systemRandomBytes } from "../../static/worker_frontend/secagg.js";
+import { systemRandomBytes } from "../../static/worker_frontend/secagg-bytes.js";
 
 function moments(values) {
   let sum = 0;

@@ -2,26 +2,24 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
+import { RequestRefused, SecAggClient, roundConfig } from "../../static/worker_frontend/secagg.js";
+import { bytesReader, systemRandomBytes } from "../../static/worker_frontend/secagg-bytes.js";
 import {
-  RequestRefused,
-  SecAggClient,
-  addInPlace,
-  bytesReader,
-  clipL2,
-  decodeSum,
   decryptShares,
-  encode,
   encryptShares,
   expandMask,
-  neighbourCount,
-  neighbours,
-  roundConfig,
-  scaleFor,
   shamirReconstruct,
   shamirShare,
-  systemRandomBytes,
+} from "../../static/worker_frontend/secagg-primitives.js";
+import {
+  addInPlace,
+  clipL2,
+  decodeSum,
+  encode,
+  scaleFor,
   withClipBit,
-} from "../../static/worker_frontend/secagg.js";
+} from "../../static/worker_frontend/secagg-encoding.js";
+import { neighbourCount, neighbours } from "../../static/worker_frontend/secagg-graph.js";
 
 function config(n, dimension) {
   return roundConfig({

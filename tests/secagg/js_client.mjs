@@ -1,4 +1,4 @@
-// Drives static/worker_frontend/secagg.js from Python tests under Node: one JSON request per
+// Drives static/worker_frontend/secagg*.js from Python tests under Node: one JSON request per
 // stdin line, one JSON answer per stdout line (the requests are in js_handlers.mjs).
 import { createInterface } from "node:readline";
 

@@ -1,11 +1,15 @@
-// The requests tests/secagg/test_js_parity.py sends to static/worker_frontend/secagg.js, in
+// The requests tests/secagg/test_js_parity.py sends to static/worker_frontend/secagg*.js, in
 // Node (js_client.mjs) and in Chromium alike. Bytes travel as hex, uint32 vectors as hex of LE
 // bytes; answers are plain JSON.
 import * as noise from "../../static/worker_frontend/dp-noise.js";
 import * as s from "../../static/worker_frontend/secagg.js";
+import * as bytes from "../../static/worker_frontend/secagg-bytes.js";
+import * as keys from "../../static/worker_frontend/secagg-primitives.js";
+import * as encoding from "../../static/worker_frontend/secagg-encoding.js";
+import * as ring from "../../static/worker_frontend/secagg-graph.js";
 
-const hex = s.bytesToHex;
-const unhex = s.hexToBytes;
+const hex = bytes.bytesToHex;
+const unhex = bytes.hexToBytes;
 const clients = new Map();
 
 function u32FromHex(text) {
@@ -45,22 +49,22 @@ export const handlers = {
     return { shares, used };
   },
   async primitives(r) {
-    const random = s.bytesReader(unhex(r.random));
-    const a = await s.keypairFromSeed(unhex(r.seed_a));
-    const b = await s.keypairFromSeed(unhex(r.seed_b));
-    const shared = await s.agree(a.privateBytes, b.publicBytes);
-    const info = s.derivationInfo({
-      label: s.LABEL_PAIR_MASK,
+    const random = bytes.bytesReader(unhex(r.random));
+    const a = await keys.keypairFromSeed(unhex(r.seed_a));
+    const b = await keys.keypairFromSeed(unhex(r.seed_b));
+    const shared = await keys.agree(a.privateBytes, b.publicBytes);
+    const info = keys.derivationInfo({
+      label: keys.LABEL_PAIR_MASK,
       idA: r.id_a,
       idB: r.id_b,
       job: r.job,
       roundNumber: r.round_number,
-      phase: s.PHASE_MASKED_INPUT,
+      phase: keys.PHASE_MASKED_INPUT,
     });
-    const key = await s.deriveKey({ shared, sessionId: unhex(r.session_id), info });
-    const mask = await s.expandMask(key, r.length, r.start);
-    const shares = s.shamirShare([unhex(r.secret_a), unhex(r.secret_b)], r.xs, r.t, random);
-    const ciphertext = await s.encryptShares({
+    const key = await keys.deriveKey({ shared, sessionId: unhex(r.session_id), info });
+    const mask = await keys.expandMask(key, r.length, r.start);
+    const shares = keys.shamirShare([unhex(r.secret_a), unhex(r.secret_b)], r.xs, r.t, random);
+    const ciphertext = await keys.encryptShares({
       key,
       sender: r.id_a,
       receiver: r.id_b,
@@ -68,12 +72,12 @@ export const handlers = {
       roundNumber: r.round_number,
       plaintext: unhex(r.plaintext),
     });
-    const encoded = s.encode(Float64Array.from(r.values), {
-      scale: s.scaleFor(r.n_clients, r.bound),
+    const encoded = encoding.encode(Float64Array.from(r.values), {
+      scale: encoding.scaleFor(r.n_clients, r.bound),
       bound: r.bound,
       randomBytes: random,
     });
-    const graph = await s.neighbours(r.graph_ids, unhex(r.graph_seed), r.k);
+    const graph = await ring.neighbours(r.graph_ids, unhex(r.graph_seed), r.k);
     return {
       public_a: hex(a.publicBytes),
       shared: hex(shared),
@@ -82,13 +86,13 @@ export const handlers = {
       mask: u32ToHex(mask),
       shares: shares.map((row) => row.map((v) => v.toString(16))),
       ciphertext: hex(ciphertext),
-      scale: s.scaleFor(r.n_clients, r.bound),
+      scale: encoding.scaleFor(r.n_clients, r.bound),
       encoded: u32ToHex(encoded),
       graph: Object.fromEntries(
         [...graph].map(([id, set]) => [id, [...set].sort((x, y) => x - y)]),
       ),
-      neighbour_counts: r.graph_ns.map(s.neighbourCount),
-      reconstructed: s
+      neighbour_counts: r.graph_ns.map(ring.neighbourCount),
+      reconstructed: keys
         .shamirReconstruct(
           r.xs.slice(0, r.t),
           shares.slice(0, r.t).map((row) => row[0]),
@@ -97,7 +101,7 @@ export const handlers = {
     };
   },
   async client(r) {
-    const random = r.random ? s.bytesReader(unhex(r.random)) : s.systemRandomBytes;
+    const random = r.random ? bytes.bytesReader(unhex(r.random)) : bytes.systemRandomBytes;
     clients.set(r.client_id, new s.SecAggClient(configFrom(r.config), r.client_id, random));
     return {};
   },

@@ -1,4 +1,4 @@
-"""The browser client (static/worker_frontend/secagg.js, in Node and in Chromium) against the
+"""The browser client (static/worker_frontend/secagg*.js, in Node and in Chromium) against the
 Python one: byte-identical primitives and client messages, and a round mixing both kinds."""
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ class NodeBridge:
 
 
 class ChromiumBridge:
-    """The same requests as NodeBridge, answered by secagg.js in a headless Chromium page
+    """The same requests as NodeBridge, answered by secagg*.js in a headless Chromium page
     (a secure context on 127.0.0.1, so WebCrypto is available)."""
 
     def __init__(self) -> None:
         from playwright.sync_api import sync_playwright
 
-        # secagg.js and the test handlers, nothing else (127.0.0.1 is a secure context)
+        # the worker page's modules and the test handlers, nothing else (127.0.0.1 is a secure context)
         self.site = StaticSite(
             "<!doctype html><title>secagg</title>",
             {
@@ -97,7 +97,7 @@ class ChromiumBridge:
 
 @pytest.fixture(params=["node", pytest.param("chromium", marks=pytest.mark.browser)])
 def js(request):
-    """A JS runtime running secagg.js: Node 20, and Debian's Chromium."""
+    """A JS runtime running secagg*.js: Node 20, and Debian's Chromium."""
     if request.param == "node" and NODE is None:
         pytest.skip("needs Node 20")
     bridge = NodeBridge() if request.param == "node" else ChromiumBridge()

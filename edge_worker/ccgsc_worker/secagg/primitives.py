@@ -2,8 +2,8 @@
 
 X25519 key agreement, HKDF-SHA256 key derivation bound to the session, AES-256-CTR mask
 expansion read as little-endian uint32, AES-GCM share encryption, and Shamir t-of-k sharing of
-32-byte secrets over the prime field GF(2^256 + 297). `static/worker_frontend/secagg.js` is the
-browser twin of this module; `tests/secagg/test_js_parity.py` checks they agree byte for byte.
+32-byte secrets over the prime field GF(2^256 + 297). `static/worker_frontend/secagg-primitives.js` is
+the browser twin of this module; `tests/secagg/test_js_parity.py` checks they agree byte for byte.
 """
 
 from __future__ import annotations
