@@ -169,8 +169,7 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
                 self.resume_confirm_ms / 1000, self._unconfirmed_drop
             )
         await self.invites_send(session.invites)
-        if session.resumed:  # a new worker is in no secure round yet
-            await self.secagg_requests_resend()
+        await self.secagg_requests_resend(session.secagg_requests)
         await self.fill()
 
     async def _session(self, message: dict[str, Any]) -> dispatch.WorkerSession | None:
