@@ -77,10 +77,7 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
             idle_registry().discard(self.channel_name)
             # The database row first: a channel-layer outage must not leave the worker online.
             try:
-                if self.group_commit:
-                    await flusher().submit(DisconnectItem(worker_id=self.worker_id))
-                else:
-                    await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+                await self._worker_offline()
             finally:
                 if self.group_commit:
                     flusher().local_discard(self.channel_name)
@@ -88,6 +85,13 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
                     await self.channel_layer.group_discard(
                         realtime.DISPATCH_GROUP, self.channel_name
                     )
+
+    async def _worker_offline(self) -> None:
+        """Mark this socket's worker offline (in the next flush with group commit)."""
+        if self.group_commit:
+            await flusher().submit(DisconnectItem(worker_id=self.worker_id))
+        else:
+            await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
 
     async def send_error(self, code: str, message: str, ref: str | None = None) -> None:
         await self.send_message(protocol.error(code=code, message=message, ref=ref))
@@ -142,10 +146,7 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
             self.hello_timer.cancel()
         if self.released:
             # The socket closed while the worker was being registered: undo it.
-            if self.group_commit:
-                await flusher().submit(DisconnectItem(worker_id=self.worker_id))
-            else:
-                await db(dispatch.worker_disconnect)(worker_id=self.worker_id)
+            await self._worker_offline()
             return
         self.slots = message["slots"]
         if self.group_commit:
@@ -160,17 +161,10 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
                 outstanding=session.outstanding,
             )
         )
-        # Its outstanding leases are in flight on this connection too: a resumed worker must not
-        # be claimed a full set of slots on top of what it still runs.
-        self.in_flight.update(session.outstanding)
-        self.unconfirmed.update(session.outstanding)
-        if self.unconfirmed:
-            self.confirm_timer = asyncio.get_running_loop().call_later(
-                self.resume_confirm_ms / 1000, self._unconfirmed_drop
-            )
+        self._outstanding_hold(session.outstanding)
+        # What the session read for a resumed worker, after welcome: no query of its own.
         await self.invites_send(session.invites)
-        if session.resumed:  # a new worker is in no secure round yet
-            await self.secagg_requests_resend()
+        await self.secagg_requests_resend(session.secagg_requests)
         await self.fill()
 
     async def _session(self, message: dict[str, Any]) -> dispatch.WorkerSession | None:
@@ -204,6 +198,16 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
                 channel_name=self.channel_name,
             )
         )
+
+    def _outstanding_hold(self, outstanding: list[str]) -> None:
+        """A resumed worker's outstanding leases are in flight on this connection too: it must
+        not be claimed a full set of slots on top of what it still runs."""
+        self.in_flight.update(outstanding)
+        self.unconfirmed.update(outstanding)
+        if self.unconfirmed:
+            self.confirm_timer = asyncio.get_running_loop().call_later(
+                self.resume_confirm_ms / 1000, self._unconfirmed_drop
+            )
 
     def _unconfirmed_drop(self) -> None:
         """Outstanding leases the worker never named are not running there: free their slots

@@ -4,7 +4,8 @@ Inbound ``secagg_*`` messages (already validated against their schemas) go to
 ``fl_secagg.secagg_message_receive``; a refusal is answered with ``secagg_refused`` and changes
 nothing. ``worker.secagg`` events from the phase service become the outbound phase messages;
 after a hello, the requests of the phases the worker has not answered are sent again (a
-reconnect mid-phase would otherwise leave it waiting for a message sent to its old socket).
+reconnect mid-phase would otherwise leave it waiting for a message sent to its old socket); the
+hello's own read found them (``fl_secagg_requests``), so a resumed hello costs no query here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from channels.db import database_sync_to_async
 from jobs import protocol
 from jobs.protocol import ProtocolError
 from jobs.services.fl_secagg import SecAggRefused, secagg_message_receive
-from jobs.services.fl_secagg_requests import secagg_requests_pending_unscoped
 
 
 class SecAggConsumerMixin:
@@ -27,12 +27,10 @@ class SecAggConsumerMixin:
     worker_id: Any
     send_message: Any  # GuardedConsumer.send_message (after this class in the MRO)
 
-    async def secagg_requests_resend(self) -> None:
-        """Send again the phase requests this worker's secure rounds wait on it for."""
-        if self.worker_id is None:
-            return
-        pending = database_sync_to_async(secagg_requests_pending_unscoped)
-        for event in await pending(worker_id=self.worker_id):
+    async def secagg_requests_resend(self, events: list[dict[str, Any]]) -> None:
+        """Send again the phase requests this worker's secure rounds wait on it for (read with
+        its hello: ``WorkerSession.secagg_requests``)."""
+        for event in events:
             await self.worker_secagg(event)
 
     async def _secagg_receive(self, message: dict[str, Any]) -> None:

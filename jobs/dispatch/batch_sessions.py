@@ -3,11 +3,13 @@
 
 A reconnect storm (a Daphne died, a network came back) brings thousands of hellos at once.
 Item by item each costs a token lookup, a transaction registering the worker and, for a resumed
-worker, its outstanding leases and pending invites: thousands of transactions. Here a flush's
-hellos cost one read of their contributors, one UPDATE resuming the workers that asked to be
-resumed, one INSERT of the new ones, one read of the resumed workers' leases and one of their
-invites, whatever their number. Token signatures are checked by the consumer before the item is
-queued (no database); revocation and bans are decided here, as :func:`worker_token_verify` does.
+worker, its outstanding leases, pending invites and unanswered secure-round phase requests:
+thousands of transactions. Here a flush's hellos cost one read of their contributors, one UPDATE
+resuming the workers that asked to be resumed, one INSERT of the new ones, and one read each of
+the resumed workers' leases, invites and phase requests (plus a few reads per open secure round
+waiting on one of them), whatever their number. Token signatures are checked by the consumer
+before the item is queued (no database); revocation and bans are decided here, as
+:func:`worker_token_verify` does.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from jobs.dispatch.sessions import WorkerSession, worker_connect, worker_disconn
 from jobs.dispatch.tokens import token_current
 from jobs.models import Assignment, AssignmentStatus, Contributor, Worker
 from jobs.services.fl_rounds_invites import fl_invites_pending_by_worker_unscoped
+from jobs.services.fl_secagg_requests import secagg_requests_pending_by_worker_unscoped
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,7 @@ def hellos_batch(*, items: list[HelloItem]) -> list[WorkerSession | None]:
         ):
             outstanding.setdefault(worker_id, []).append(str(assignment_id))
     invites = fl_invites_pending_by_worker_unscoped(worker_ids=list(resumed))
+    secagg_requests = secagg_requests_pending_by_worker_unscoped(worker_ids=list(resumed))
     sessions: list[WorkerSession | None] = [None] * len(items)
     for index, worker_id in worker_of.items():
         item = items[index]
@@ -163,6 +167,7 @@ def hellos_batch(*, items: list[HelloItem]) -> list[WorkerSession | None]:
             outstanding=outstanding.get(worker_id, []),
             resumed=worker_id in resumed,
             invites=invites.get(worker_id, []),
+            secagg_requests=secagg_requests.get(worker_id, []),
         )
     return sessions
 

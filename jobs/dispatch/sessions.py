@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from jobs.models import Assignment, AssignmentStatus, Contributor, Worker
 from jobs.services.fl_rounds_invites import fl_invites_pending_unscoped
+from jobs.services.fl_secagg_requests import secagg_requests_pending_unscoped
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,9 @@ class WorkerSession:
     resumed: bool
     # Invites of open rounds a resumed worker has not answered (a new worker has none).
     invites: list[dict[str, Any]] = field(default_factory=list)
+    # The ``worker.secagg`` events of the secure-round phase requests a resumed worker has not
+    # answered (the close sent them to its old socket); the consumer sends them after welcome.
+    secagg_requests: list[dict[str, Any]] = field(default_factory=list)
 
 
 @transaction.atomic
@@ -70,6 +74,7 @@ def worker_connect(
         outstanding=outstanding,
         resumed=resumed,
         invites=fl_invites_pending_unscoped(worker_id=worker.pk) if resumed else [],
+        secagg_requests=secagg_requests_pending_unscoped(worker_id=worker.pk) if resumed else [],
     )
 
 
