@@ -365,8 +365,8 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
             idle_registry().discard(self.channel_name)
         for offer in offers:
             self.in_flight.add(str(offer.assignment_id))
-            await self.send_message(
-                protocol.assign(
+            await self.send(
+                text_data=protocol.assign_text(
                     assignment=offer.assignment_id,
                     job=offer.job_id,
                     task=offer.task_index,
