@@ -346,10 +346,13 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
                     ClaimItem(worker_id=self.worker_id, count=startable)
                 )
                 await self._push(offers, wanted=startable)
-                if len(offers) < startable or self.released:
+                if len(offers) < startable:
                     return
+        # The lock is let go between the two claims: a result that arrives meanwhile claims its
+        # refill (slots and prefetch) at once, and this claim then takes what is still free.
+        async with self.fill_lock:
             prefetch = self._free()
-            if prefetch > 0:
+            if prefetch > 0 and not self.released:
                 offers = await flusher().submit(ClaimItem(worker_id=self.worker_id, count=prefetch))
                 await self._push(offers, wanted=prefetch)
 
