@@ -325,18 +325,40 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
         return free
 
     async def fill(self) -> None:
-        """Claim work for every free slot and push it."""
+        """Claim work for every free slot and push it.
+
+        With group commit the free slots are claimed first and the prefetch in a second claim,
+        once the first claim's ``assign``s are handed to the socket: that claim rides the next
+        flush. A job start's wakes and a burst of hellos then put one replica per socket in
+        their first flush, not one plus the prefetch, and the task a worker can start now goes
+        out sooner. A result's refill still claims slots and prefetch in one flush
+        (``on_result``)."""
         if self.worker_id is None or self.released:
             return
         async with self.fill_lock:
-            free = self._free()
-            if free <= 0:
+            if not self.group_commit:
+                free = self._free()
+                if free > 0:
+                    offers = await db(dispatch.assignment_claim)(
+                        worker_id=self.worker_id, count=free
+                    )
+                    await self._push(offers, wanted=free)
                 return
-            if self.group_commit:
-                offers = await flusher().submit(ClaimItem(worker_id=self.worker_id, count=free))
-            else:
-                offers = await db(dispatch.assignment_claim)(worker_id=self.worker_id, count=free)
-            await self._push(offers, wanted=free)
+            startable = self.slots - len(self.in_flight)
+            if startable > 0:
+                offers = await flusher().submit(
+                    ClaimItem(worker_id=self.worker_id, count=startable)
+                )
+                await self._push(offers, wanted=startable)
+                if len(offers) < startable:
+                    return
+        # The lock is let go between the two claims: a result that arrives meanwhile claims its
+        # refill (slots and prefetch) at once, and this claim then takes what is still free.
+        async with self.fill_lock:
+            prefetch = self._free()
+            if prefetch > 0 and not self.released:
+                offers = await flusher().submit(ClaimItem(worker_id=self.worker_id, count=prefetch))
+                await self._push(offers, wanted=prefetch)
 
     async def _push(self, offers: list[dispatch.Offer], *, wanted: int) -> None:
         """Send claimed offers; with fewer than ``wanted``, wait to be woken (caller holds the
@@ -350,8 +372,8 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
             idle_registry().discard(self.channel_name)
         for offer in offers:
             self.in_flight.add(str(offer.assignment_id))
-            await self.send_message(
-                protocol.assign(
+            await self.send(
+                text_data=protocol.assign_text(
                     assignment=offer.assignment_id,
                     job=offer.job_id,
                     task=offer.task_index,

@@ -15,8 +15,13 @@ from django.utils import timezone
 
 from jobs.dispatch.claim import (
     CLAIM_FIELDS,
+    AssignmentRow,
+    ClaimTask,
+    ClaimWorker,
     Offer,
     assignment_claim,
+    assignments_insert,
+    offer_of,
     replica_take,
     running_jobs_of,
 )
@@ -52,11 +57,19 @@ CLAIM_ROUNDS = 3
 CLAIM_WORKER_FIELDS = (
     "id",
     "contributor_id",
-    "is_banned",
     "consecutive_valid",
-    "contributor__id",
+    "is_banned",
     "contributor__is_banned",
     "contributor__pool_tenant_id",
+)
+
+# The public queue's next tasks, locked, as ``ClaimTask`` rows. Written out rather than built by
+# the ORM: the statement is the same every flush, and its rows are read as tuples.
+_LOCK_TASKS = (
+    f"SELECT {', '.join(f'"{name}"' for name in CLAIM_FIELDS)} "  # noqa: S608 - names only
+    f"FROM {Task._meta.db_table} "
+    "WHERE dispatchable AND NOT private_pool AND NOT (id = ANY(%s::bigint[])) "
+    "ORDER BY priority DESC, id ASC LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 
 
@@ -68,33 +81,37 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     order.
 
     Replicas of a task go to distinct contributors (checked here, and by the partial unique
-    index). Private-pool workers, rare, claim through :func:`assignment_claim`."""
+    index). Private-pool workers, rare, claim through :func:`assignment_claim`. Rows are read
+    and written as tuples: no model instance is built."""
     offers: list[list[Offer]] = [[] for _ in items]
     wanted = [(index, item) for index, item in enumerate(items) if item.count > 0]
     if not wanted:
         return offers
     workers = {
-        w.pk: w
-        for w in Worker.objects.select_related("contributor")
-        .filter(pk__in={item.worker_id for _, item in wanted})
-        .only(*CLAIM_WORKER_FIELDS)
+        row[0]: row
+        for row in Worker.objects.filter(pk__in={item.worker_id for _, item in wanted}).values_list(
+            *CLAIM_WORKER_FIELDS
+        )
     }
     public = []
     for index, item in wanted:
-        worker = workers.get(item.worker_id)
-        if worker is None or worker.is_banned or worker.contributor.is_banned:
+        row = workers.get(item.worker_id)
+        if row is None or row[3] or row[4]:  # unknown, or it or its contributor banned
             continue
-        if worker.contributor.pool_tenant_id is not None:
+        if row[5] is not None:
             offers[index] = assignment_claim(worker_id=item.worker_id, count=item.count)
         else:
-            public.append((index, item, worker))
+            public.append((index, item, ClaimWorker(*row[:3])))
     if not public:
         return offers
     contributors = [str(c) for c in {worker.contributor_id for _, _, worker in public}]
     now = timezone.now()
     rng = random.Random()  # noqa: S311 - spot-check sampling, not secrecy
     queue = deque((index, item.count, worker) for index, item, worker in public)
-    assignments, changed, stopped, locked = [], [], [], []
+    assignments: list[AssignmentRow] = []
+    changed: list[ClaimTask] = []
+    stopped: list[int] = []
+    locked: list[int] = []
     held: set[tuple[int, uuid.UUID]] = set()
     # Lock one task per replica still wanted: a task gives a claimer at most one replica, so
     # that is enough unless tasks the claimers' own contributors hold (a task waiting for its
@@ -105,36 +122,31 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
         wanted_now = sum(need for _, need, _ in queue)
         if wanted_now <= 0:
             break
-        tasks = list(
-            Task.objects.unscoped()
-            .filter(dispatchable=True, private_pool=False)
-            .exclude(pk__in=locked)
-            .order_by("-priority", "id")
-            .select_for_update(skip_locked=True, of=("self",))
-            .only(*CLAIM_FIELDS)[:wanted_now]
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(_LOCK_TASKS, [locked, wanted_now])
+            tasks = [ClaimTask(*row) for row in cursor.fetchall()]
         if not tasks:
             break
-        locked += [t.pk for t in tasks]
+        locked += [t.id for t in tasks]
         held |= _held(tasks, contributors)
         jobs = running_jobs_of(tasks)
         for task in tasks:
             job = jobs.get(task.job_id)
             if job is None:  # paused or cancelled between the flag and the lock
-                stopped.append(task.pk)
+                stopped.append(task.id)
                 continue
             taken = False
             for _ in range(len(queue)):
                 if task.active_replicas >= task.target_replicas or not queue:
                     break
                 index, need, worker = queue.popleft()
-                if (task.pk, worker.contributor_id) in held:
+                if (task.id, worker.contributor_id) in held:
                     queue.append((index, need, worker))
                     continue
-                held.add((task.pk, worker.contributor_id))
+                held.add((task.id, worker.contributor_id))
                 assignment = replica_take(task=task, job=job, worker=worker, rng=rng, now=now)
                 assignments.append(assignment)
-                offers[index].append(Offer.for_assignment(assignment, task, job))
+                offers[index].append(offer_of(assignment[0], task, job))
                 taken = True
                 if need > 1:
                     queue.append((index, need - 1, worker))
@@ -149,7 +161,7 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     update_from_values(
         Task._meta.db_table,
         [("id", "bigint"), ("active", "integer"), ("target", "integer")],
-        [(t.pk, t.active_replicas, t.target_replicas) for t in changed],
+        [(t.id, t.active_replicas, t.target_replicas) for t in changed],
         "active_replicas = v.active, target_replicas = v.target, "
         "dispatchable = v.active < v.target",
     )
@@ -157,7 +169,7 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     return offers
 
 
-def _held(tasks: list[Task], contributors: list[str]) -> set[tuple[int, uuid.UUID]]:
+def _held(tasks: list[ClaimTask], contributors: list[str]) -> set[tuple[int, uuid.UUID]]:
     """Which of ``tasks`` the ``contributors`` hold a counted replica of, as (task, contributor)
     pairs (arrays, not an IN list of a placeholder per task)."""
     with connection.cursor() as cursor:
@@ -166,7 +178,7 @@ def _held(tasks: list[Task], contributors: list[str]) -> set[tuple[int, uuid.UUI
             "WHERE task_id = ANY(%s::bigint[]) AND contributor_id = ANY(%s::uuid[]) "
             "AND status = ANY(%s::varchar[])",
             [
-                [t.pk for t in tasks],
+                [t.id for t in tasks],
                 contributors,
                 [str(status) for status in COUNTED_REPLICA_STATUSES],
             ],
@@ -258,36 +270,3 @@ def _column(values: tuple, kind: str) -> list:
     if kind == "uuid":
         return [None if value is None else str(value) for value in values]
     return list(values)
-
-
-def assignments_insert(assignments: list[Assignment]) -> None:
-    """Write new replicas (unsaved ``Assignment`` instances, as ``replica_take`` builds them)
-    with one ``INSERT … SELECT … FROM unnest(…)``: ``bulk_create`` built a placeholder per field
-    and row (12,000 for a flush of 768 claims), and building and parsing that statement was
-    most of a claim flush's CPU."""
-    if not assignments:
-        return
-    now = timezone.now()
-    column = {f.name: f.column for f in Assignment._meta.concrete_fields}
-    names = ("id", "tenant", "job", "task", "worker", "contributor", "lease_expires_at")
-    blank = ("output_sha256", "error_code", "error_message")
-    for assignment in assignments:
-        assignment.assigned_at = now
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {Assignment._meta.db_table} "  # noqa: S608 - names only
-            f"({', '.join(column[name] for name in (*names, 'status', 'assigned_at', *blank))}) "
-            f"SELECT v.*, %s, %s, {', '.join(["''"] * len(blank))} FROM unnest(%s::uuid[], "
-            "%s::uuid[], %s::uuid[], %s::bigint[], %s::uuid[], %s::uuid[], %s::timestamptz[]) AS v",
-            [
-                AssignmentStatus.ASSIGNED,
-                now,
-                [str(a.pk) for a in assignments],
-                [str(a.tenant_id) for a in assignments],
-                [str(a.job_id) for a in assignments],
-                [a.task_id for a in assignments],
-                [str(a.worker_id) for a in assignments],
-                [str(a.contributor_id) for a in assignments],
-                [a.lease_expires_at for a in assignments],
-            ],
-        )

@@ -12,6 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
+from django.db import connection
 
 from ccgsc_site.asgi import application
 from ccgsc_worker import abi
@@ -347,3 +348,47 @@ async def test_resumed_leases_the_worker_never_names_stop_counting(
     # the unnamed lease itself is left to the sweeper (still assigned until it expires)
     assert assigned == {held[0]["assignment"], kept, fresh["assignment"]}
     await second.disconnect()
+
+
+def _claimed_in(assignment_ids: list[str]) -> list[int]:
+    """The transaction that wrote each assignment (PostgreSQL's ``xmin``: no heartbeat has
+    updated them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id::text, xmin::text::bigint FROM {Assignment._meta.db_table} "  # noqa: S608
+            "WHERE id = ANY(%s::uuid[])",
+            [assignment_ids],
+        )
+        written = dict(cursor.fetchall())
+    return [written[assignment] for assignment in assignment_ids]
+
+
+@pytest.mark.parametrize("job_first", [False, True], ids=["woken", "welcomed"])
+async def test_a_sockets_first_claim_takes_its_slots_and_the_prefetch_follows_in_the_next_flush(
+    tenant, owner, kernels, job_first
+):
+    # given group commit with a prefetch, and a worker of two slots that is woken by a job's
+    # start or welcomed while a job runs
+    assert settings.DISPATCH_GROUP_COMMIT
+    assert settings.DISPATCH_PREFETCH >= 1
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    if job_first:
+        await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], range_end=80_001)
+    communicator = await _connect()
+    await _hello(communicator, token, slots=2)
+    if not job_first:
+        await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], range_end=80_001)
+    # when its assigns arrive
+    assigns = [
+        await communicator.receive_json_from(timeout=5)
+        for _ in range(2 + settings.DISPATCH_PREFETCH)
+    ]
+    # then the two tasks it can start now were claimed in one transaction, and the prefetch in
+    # a later one, sent after them
+    assert [a["type"] for a in assigns] == ["assign"] * (2 + settings.DISPATCH_PREFETCH)
+    claimed = await sync_to_async(_claimed_in)([a["assignment"] for a in assigns])
+    startable, prefetched = claimed[:2], claimed[2:]
+    assert len(set(startable)) == 1
+    assert len(set(prefetched)) == 1
+    assert prefetched[0] > startable[0]
+    await communicator.disconnect()
