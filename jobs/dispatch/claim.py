@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from jobs.dispatch.queue_fill import queue_fill_request
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
     Assignment,
@@ -91,6 +92,7 @@ CLAIM_FIELDS = (
     "target_replicas",
     "active_replicas",
     "known_answer_sha256",
+    "queue_low_mark",
 )
 
 
@@ -171,6 +173,7 @@ def assignment_claim(*, worker_id: uuid.UUID, count: int) -> list[Offer]:
         assignments.append(assignment)
         offers.append(Offer.for_assignment(assignment, task, job))
     Assignment.objects.bulk_create(assignments)
+    queue_fill_request(marks=[(t.pk, t.job_id) for t in tasks if t.queue_low_mark])
     return offers
 
 
