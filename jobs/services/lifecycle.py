@@ -121,7 +121,8 @@ def _queue_mark(job_id: Any, *, offset: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {task} SET queue_low_mark = TRUE WHERE id = (SELECT id FROM {task}"  # noqa: S608
-            " WHERE job_id = %s AND dispatchable ORDER BY priority DESC, id OFFSET %s LIMIT 1)",
+            " WHERE job_id = %s AND dispatchable ORDER BY priority DESC, id OFFSET %s LIMIT 1)"
+            " AND NOT queue_low_mark",  # the periodic fill of a full queue rewrites nothing
             [Job._meta.pk.get_db_prep_value(job_id, connection), max(0, offset)],
         )
 
