@@ -186,6 +186,13 @@ def push_trace(directory: Path, t0: float, received: list[float]) -> dict[str, A
                 for t, info in chunks
                 if t <= last_received
             ]
+            # What the fill cost in the first second after the start, whatever the push did.
+            first_second = [info for t, info in chunks if t0 <= t <= t0 + 1]
+            out["celery_fill_first_second"] = {
+                "statements": len(first_second),
+                "tasks": sum(info["tasks"] for info in first_second),
+                "ms": round(sum(info["seconds"] for info in first_second) * 1000, 1),
+            }
             continue
         for t, kind, info in events:
             if kind in ("start_begin", "start_end"):

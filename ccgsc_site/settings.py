@@ -179,8 +179,11 @@ if not (1 <= len(_gc_thresholds) <= 3 and all(value.isdigit() for value in _gc_t
         "CCGSC_ASGI_GC_THRESHOLDS takes one to three non-negative integers, comma-separated"
     )
 ASGI_GC_THRESHOLDS = tuple(int(value) for value in _gc_thresholds)
-# Starting or resuming a job queues this many of its tasks in the request's transaction, the rest
-# in chunks of this size after commit (jobs.services.lifecycle.job_queue_fill).
+# A running job keeps this many of its tasks queued (the high-water mark; 0: one per replica the
+# workers online can hold, at least 64): the start queues them in the request's transaction, and
+# the claim that leaves half of them asks Celery to top the queue up again
+# (jobs.services.lifecycle.job_queue_fill). Never more than DISPATCH_QUEUE_CHUNK per statement.
+DISPATCH_QUEUE_HIGH = int(os.environ.get("CCGSC_DISPATCH_QUEUE_HIGH", "0"))
 DISPATCH_QUEUE_CHUNK = int(os.environ.get("CCGSC_DISPATCH_QUEUE_CHUNK", "5000"))
 
 AUTH_USER_MODEL = "tenants.User"
@@ -277,7 +280,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CCGSC_CELERY_QUEUE", "ccgsc")
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "lease-sweep": {"task": "jobs.tasks.lease_sweep", "schedule": 5.0},
-    "job-queue-fill": {"task": "jobs.tasks.job_queue_fill_all", "schedule": 15.0},
+    # The safety net of a fill request lost with its message: a few seconds of idle workers at
+    # most (the low-water mark leaves half a queue to work through meanwhile).
+    "job-queue-fill": {"task": "jobs.tasks.job_queue_fill_all", "schedule": 3.0},
     "job-counters-fold": {"task": "jobs.tasks.job_counters_fold", "schedule": 10.0},
     "job-deadline-sweep": {"task": "jobs.tasks.job_deadline_sweep", "schedule": 30.0},
     "fl-round-sweep": {"task": "jobs.tasks.round_sweep", "schedule": 5.0},

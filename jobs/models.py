@@ -154,6 +154,9 @@ class Task(TenantOwnedModel):
     priority = models.SmallIntegerField(default=0)
     private_pool = models.BooleanField(default=False)
     dispatchable = models.BooleanField(default=False, db_index=False)
+    # The task whose claim means its job's queue ran low: the fill marks one per top-up, at the
+    # low-water mark, and a claim that takes it asks for the next fill (jobs.dispatch.queue_fill).
+    queue_low_mark = models.BooleanField(default=False)
     # Known-answer tasks check workers; they are not part of the job's result.
     known_answer_sha256 = models.CharField(max_length=64, blank=True)
     canonical_sha256 = models.CharField(max_length=64, blank=True)

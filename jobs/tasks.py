@@ -21,13 +21,13 @@ def lease_sweep() -> int:
 
 @shared_task(acks_late=True)
 def job_queue_fill(job_id: str) -> int:
-    """Queue the rest of a started or resumed job's tasks, a chunk per transaction."""
+    """Top up a running job's queue to the high-water mark (asked for when it ran low)."""
     return services.job_queue_fill(job_id=job_id)
 
 
 @shared_task(acks_late=True)
 def job_queue_fill_all() -> int:
-    """Queue what any running job has left to queue (a fill lost with its message)."""
+    """Top up every running job's queue (the safety net of a fill lost with its message)."""
     return services.job_queue_fill_all()
 
 

@@ -25,6 +25,7 @@ from jobs.dispatch.claim import (
     replica_take,
     running_jobs_of,
 )
+from jobs.dispatch.queue_fill import queue_fill_request
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
     Assignment,
@@ -166,6 +167,8 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
         "dispatchable = v.active < v.target",
     )
     assignments_insert(assignments)
+    # Lazy queue filling: the jobs whose low-water mark this flush took ask for their next fill.
+    queue_fill_request(marks=[(t.id, t.job_id) for t in changed if t.queue_low_mark])
     return offers
 
 

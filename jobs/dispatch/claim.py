@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from jobs.dispatch.queue_fill import queue_fill_request
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
     Assignment,
@@ -66,6 +67,7 @@ class ClaimTask:
     target_replicas: int
     active_replicas: int
     known_answer_sha256: str
+    queue_low_mark: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ CLAIM_FIELDS = (
     "target_replicas",
     "active_replicas",
     "known_answer_sha256",
+    "queue_low_mark",
 )
 
 _JOB_FIELDS = (
@@ -261,6 +264,7 @@ def assignment_claim(*, worker_id: uuid.UUID, count: int) -> list[Offer]:
         assignments.append(assignment)
         offers.append(offer_of(assignment[0], task, job))
     assignments_insert(assignments)
+    queue_fill_request(marks=[(t.id, t.job_id) for t in tasks if t.queue_low_mark])
     return offers
 
 

@@ -79,97 +79,154 @@ def _unqueue(job: Job) -> None:
     Task.objects.unscoped().filter(job=job, dispatchable=True).update(dispatchable=False)
 
 
-def _queue_chunk(job_id: Any, limit: int | None = None) -> tuple[int, int]:
+def _queue_chunk(
+    job_id: Any, limit: int | None = None, *, mark_offset: int | None = None
+) -> tuple[int, int]:
     """Mark the next ``limit`` (default ``DISPATCH_QUEUE_CHUNK``) of a job's open tasks that may
     be handed out but are not queued (lowest ids first, the claim order); returns (tasks marked,
-    replicas they want). One statement; the caller holds the job's row lock or its key-share
-    lock and has checked that the job runs. Idempotent: a task already queued or fully held is
-    not taken."""
+    replicas they want). With ``mark_offset``, the task at that position among them (0 first)
+    becomes the job's low-water mark (``Task.queue_low_mark``) if the chunk is full (a shorter
+    one queued the last of the job's tasks: no fill is needed after it); the others lose any
+    old mark.
+    One statement; the caller holds the job's row lock or its key-share lock and has checked
+    that the job runs. Idempotent: a task already queued or fully held is not taken."""
     task = Task._meta.db_table
+    limit = _chunk() if limit is None else limit
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {task} SET dispatchable = TRUE WHERE id IN ("  # noqa: S608 - names only
-            f"SELECT id FROM {task} WHERE job_id = %s AND status = %s AND NOT dispatchable"
-            " AND active_replicas < target_replicas ORDER BY id LIMIT %s)"
-            " RETURNING target_replicas - active_replicas",
+            f"WITH picked AS (SELECT id FROM {task} WHERE job_id = %s AND status = %s"  # noqa: S608
+            " AND NOT dispatchable AND active_replicas < target_replicas ORDER BY id LIMIT %s)"
+            f" UPDATE {task} SET dispatchable = TRUE, queue_low_mark = (id IS NOT DISTINCT FROM"
+            " (SELECT id FROM picked ORDER BY id OFFSET %s LIMIT 1)"
+            " AND (SELECT count(*) FROM picked) = %s)"
+            " WHERE id IN (SELECT id FROM picked) RETURNING target_replicas - active_replicas",
             [
                 Job._meta.pk.get_db_prep_value(job_id, connection),
                 TaskStatus.OPEN,
-                _chunk() if limit is None else limit,
+                limit,
+                # Past the end (no mark) when none is wanted.
+                limit if mark_offset is None else mark_offset,
+                limit,
             ],
         )
         wanted = [row[0] for row in cursor.fetchall()]
     return len(wanted), sum(wanted)
 
 
+def _queue_mark(job_id: Any, *, offset: int) -> None:
+    """Make the job's queued task at ``offset`` (0 first, in claim order) its low-water mark:
+    for a top-up whose mark falls among tasks that were already queued. One statement; the
+    caller holds the job's key-share lock."""
+    task = Task._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {task} SET queue_low_mark = TRUE WHERE id = (SELECT id FROM {task}"  # noqa: S608
+            " WHERE job_id = %s AND dispatchable ORDER BY priority DESC, id OFFSET %s LIMIT 1)"
+            " AND NOT queue_low_mark",  # the periodic fill of a full queue rewrites nothing
+            [Job._meta.pk.get_db_prep_value(job_id, connection), max(0, offset)],
+        )
+
+
+def _queued_count(job_id: Any) -> int:
+    """How many of a job's tasks are queued now (on the dispatch queue's partial index)."""
+    return Task.objects.unscoped().filter(job_id=job_id, dispatchable=True).count()
+
+
 def _chunk() -> int:
     return int(getattr(settings, "DISPATCH_QUEUE_CHUNK", 5000))
 
 
-# Below this, a first chunk is not worth a Celery round trip: small jobs queue whole.
-FIRST_CHUNK_MIN = 64
+# Below this, a high-water mark is not worth a Celery round trip: small jobs queue whole.
+QUEUE_HIGH_MIN = 64
 
 
-def _first_chunk() -> int:
-    """How many tasks a start queues in its own transaction: one per replica the workers online
-    now can hold at once (their slots plus the prefetch each), at least ``FIRST_CHUNK_MIN`` and
-    at most ``DISPATCH_QUEUE_CHUNK``. Every task marked here is a row written before the request
-    returns and the first ``assign`` leaves; the fill marks the rest right after. One task per
-    replica, not per quorum of replicas: a batched claim locks one task per replica it wants,
-    and every process's first claims run at the same time, so with fewer queued one process's
-    flush would lock what the others' claimers needed."""
+def _queue_high() -> int:
+    """The high-water mark: how many of a running job's tasks the start and every fill keep
+    queued. ``DISPATCH_QUEUE_HIGH`` when set (above 0); otherwise one per replica the workers
+    online now can hold at once (their slots plus the prefetch each), at least
+    ``QUEUE_HIGH_MIN``. At most ``DISPATCH_QUEUE_CHUNK`` either way. Every task marked at a
+    start is a row written before the request returns and the first ``assign`` leaves. One task
+    per replica, not per quorum of replicas: a batched claim locks one task per replica it
+    wants, and every process's first claims run at the same time, so with fewer queued one
+    process's flush would lock what the others' claimers needed."""
+    configured = int(getattr(settings, "DISPATCH_QUEUE_HIGH", 0))
+    if configured > 0:
+        return min(_chunk(), configured)
     online = Worker.objects.filter(is_online=True, is_banned=False).aggregate(
         slots=Sum("slots"), workers=Count("id")
     )
     capacity = (online["slots"] or 0) + settings.DISPATCH_PREFETCH * online["workers"]
-    return min(_chunk(), max(FIRST_CHUNK_MIN, capacity))
+    return min(_chunk(), max(QUEUE_HIGH_MIN, capacity))
+
+
+def _queue_low(high: int) -> int:
+    """The low-water mark: a claim that leaves about this many of a job's tasks queued asks for
+    the next fill. Half the high mark: the other half is the time the fill has to arrive."""
+    return high // 2
 
 
 def _queue(job: Job) -> None:
-    """A job that starts running: a task per replica the online workers can take at once is
-    queued in the caller's transaction (``_first_chunk``); the rest by ``job_queue_fill``
-    after commit (Celery), a chunk per transaction. So starting a job of 60,000 tasks with
-    1,000 single-slot workers online (prefetch 1) writes 2,000 rows before its first
-    ``assign``, not 5,000 (or 60,000)."""
-    first = _first_chunk()
-    marked, _ = _queue_chunk(job.pk, first)
-    if marked == first:
-        from jobs.tasks import job_queue_fill  # tasks import services: looked up late
-
-        job_id = str(job.pk)
-        transaction.on_commit(lambda: job_queue_fill.delay(job_id))
+    """A job that starts running: the high-water mark of its tasks (``_queue_high``) is queued
+    in the caller's transaction, with a low-water mark among them; the claim that takes the
+    mark asks Celery for the next fill (``job_queue_fill``), so nothing else is written while
+    the first ``assign``s leave. Starting a job of 60,000 tasks with 1,000 single-slot workers
+    online (prefetch 1) writes 2,000 rows before its first ``assign``, and the next ones only
+    once 1,000 of them were taken."""
+    high = _queue_high()
+    _queue_chunk(job.pk, high, mark_offset=high - _queue_low(high) - 1)
 
 
-def job_queue_fill(*, job_id: Any) -> int:
-    """Queue a running job's remaining tasks, a chunk per transaction; returns how many.
+def _queue_top_up(job_id: Any, *, high: int) -> tuple[int, int]:
+    """Queue a running job's tasks up to ``high`` and leave a low-water mark among its queued
+    tasks while it has more to queue; returns (tasks marked, replicas they want). The caller
+    holds the job's key-share lock and has checked that it runs."""
+    low = _queue_low(high)
+    queued = _queued_count(job_id)
+    want = high - queued
+    # Where the mark goes in the job's queue (claim order): ``low`` tasks after it.
+    mark_at = high - low - 1 if want > 0 else queued - low - 1
+    count, replicas = 0, 0
+    if want > 0:
+        new_mark = mark_at - queued if mark_at >= queued else None
+        count, replicas = _queue_chunk(job_id, want, mark_offset=new_mark)
+        if count < want:
+            return count, replicas  # nothing left to queue: no more fills needed
+        if new_mark is not None:
+            return count, replicas
+    # The mark falls among tasks already queued (re-queued ones filled it up): put it there.
+    _queue_mark(job_id, offset=mark_at)
+    return count, replicas
 
-    Each chunk takes the job's key-share lock, which waits for a pause or cancel (they lock
-    the row for update) but not for flushes updating its counters; a job that no longer runs
-    stops the fill. Also run periodically, so a fill lost with its Celery message still
-    happens."""
-    marked = 0
+
+def job_queue_fill(*, job_id: Any, high: int | None = None) -> int:
+    """Top up a running job's queue to the high-water mark; returns how many tasks it marked.
+
+    Asked for by the claim that takes the job's low-water mark (``jobs.dispatch.queue_fill``)
+    and by the periodic safety net. Takes the job's key-share lock, which waits for a pause or
+    cancel (they lock the row for update) but not for flushes updating its counters; a job
+    that no longer runs is not filled. Idempotent: a second fill finds the queue full."""
     lock = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
-    while True:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT status FROM {Job._meta.db_table} WHERE id = %s{lock}",  # noqa: S608
-                [Job._meta.pk.get_db_prep_value(job_id, connection)],
-            )
-            row = cursor.fetchone()
-            if row is None or row[0] != JobStatus.RUNNING:
-                return marked
-            count, replicas = _queue_chunk(job_id)
-            if replicas:
-                realtime.wake_dispatch_on_commit(tasks=replicas)
-        marked += count
-        if count < _chunk():
-            return marked
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT status FROM {Job._meta.db_table} WHERE id = %s{lock}",  # noqa: S608
+            [Job._meta.pk.get_db_prep_value(job_id, connection)],
+        )
+        row = cursor.fetchone()
+        if row is None or row[0] != JobStatus.RUNNING:
+            return 0
+        count, replicas = _queue_top_up(job_id, high=_queue_high() if high is None else high)
+        if replicas:
+            realtime.wake_dispatch_on_commit(tasks=replicas)
+    return count
 
 
 def job_queue_fill_all() -> int:
-    """Queue what every running FC job has left to queue (the periodic safety net)."""
+    """Top up every running FC job's queue (the periodic safety net for a lost fill request)."""
     running = Job.objects.unscoped().filter(status=JobStatus.RUNNING, kind=JobKind.FC)
-    return sum(job_queue_fill(job_id=job_id) for job_id in running.values_list("id", flat=True))
+    high = _queue_high()
+    return sum(
+        job_queue_fill(job_id=job_id, high=high) for job_id in running.values_list("id", flat=True)
+    )
 
 
 def replicas_cancel_running(
@@ -219,7 +276,7 @@ def job_start(*, job: Job, actor_role: str) -> Job:
     job.started_at = timezone.now()
     job.save(update_fields=["status", "started_at"])
     # On-commit callbacks run in the order they were registered: the wake first, so idle
-    # workers claim while the fill is handed to Celery and the director told.
+    # workers claim before the director is told.
     realtime.wake_dispatch_on_commit()
     _queue(job)
     job_event(job=job, kind="started", message="Job started")

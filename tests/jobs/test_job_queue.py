@@ -1,30 +1,38 @@
-"""Starting a job queues its first chunk of tasks (what the online workers can hold at once) in
-the request's transaction and the rest in chunks after commit (``job_queue_fill``): a fill respects a pause, never re-queues a task that is
-fully held, and leaves the same queue the one-statement start left. Real PostgreSQL."""
+"""Lazy queue filling: a start queues its job's high-water mark of tasks (what the online workers
+can hold at once, or ``DISPATCH_QUEUE_HIGH``) in the request's transaction with a low-water mark
+among them; the claim that takes the mark asks Celery for a fill (``job_queue_fill``), which tops
+the queue up again. A fill respects a pause, never re-queues a task that is fully held, and a
+job with more tasks than the high-water mark completes through the real claim path. Real
+PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from jobs import dispatch, realtime, services
-from jobs.models import Job, JobStatus, Task, Worker
+from jobs.dispatch import queue_fill
+from jobs.dispatch.batch import ClaimItem, ResultItem, dispatch_batch
+from jobs.models import Job, JobStatus, Task, TaskStatus, Worker
 from jobs.services import lifecycle
 from tenants.roles import Role
-from tests.jobs.helpers import new_worker
+from tests.jobs.helpers import new_worker, run_offer
 
 pytestmark = [pytest.mark.services]
 
 
 @pytest.fixture(autouse=True)
-def small_chunks(settings):
-    settings.DISPATCH_QUEUE_CHUNK = 3
+def small_marks(settings):
+    # a high-water mark of four tasks (the low-water mark is two), chunks of ten
+    settings.DISPATCH_QUEUE_HIGH = 4
+    settings.DISPATCH_QUEUE_CHUNK = 10
 
 
-def _job(tenant, owner, kernel, *, tasks: int) -> Job:  # noqa: ANN001
+def _job(tenant, owner, kernel, *, tasks: int, start: bool = False) -> Job:  # noqa: ANN001
     return services.job_create(
         tenant=tenant,
         actor=owner,
@@ -39,7 +47,7 @@ def _job(tenant, owner, kernel, *, tasks: int) -> Job:  # noqa: ANN001
             quorum=2,
             seed=5,
         ),
-        start=False,
+        start=start,
     )
 
 
@@ -49,67 +57,147 @@ def _queued(job: Job) -> list[int]:
     )
 
 
+def _marks(job: Job) -> list[int]:
+    return sorted(
+        Task.objects.unscoped()
+        .filter(job=job, dispatchable=True, queue_low_mark=True)
+        .values_list("index", flat=True)
+    )
+
+
 @pytest.mark.django_db
-def test_a_start_queues_one_chunk_now_and_the_fill_queues_the_rest(
+def test_a_start_queues_the_high_water_mark_with_a_low_water_mark_and_asks_no_fill(
     tenant, owner, kernels, django_capture_on_commit_callbacks
 ):
-    # given a draft job of eight tasks (chunks of three)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=8)
+    # given a draft job of twelve tasks
+    job = _job(tenant, owner, kernels["prime_count"], tasks=12)
     # when it starts
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
-    # then the first three are queued now, and a fill waits for the commit (plus the wake)
-    assert _queued(job) == [0, 1, 2]
-    assert len(callbacks) == 3  # the event, the fill, the wake
-    # when the fill runs, everything is queued, in chunks, and a second fill finds nothing
-    assert services.job_queue_fill(job_id=job.pk) == 5
-    assert _queued(job) == list(range(8))
+    # then four tasks are queued, the second is the low-water mark (two are left after it),
+    # and nothing but the wake and the event waits for the commit: no fill yet
+    assert _queued(job) == [0, 1, 2, 3]
+    assert _marks(job) == [1]
+    assert len(callbacks) == 2
+    # and a fill now finds the queue full: it marks nothing
     assert services.job_queue_fill(job_id=job.pk) == 0
+    assert _queued(job) == [0, 1, 2, 3]
+    assert _marks(job) == [1]
 
 
 @pytest.mark.django_db
-def test_a_small_job_needs_no_fill(tenant, owner, kernels, django_capture_on_commit_callbacks):
-    # given a draft job of two tasks
-    job = _job(tenant, owner, kernels["prime_count"], tasks=2)
-    # when it starts, both are queued and no fill is scheduled (the event and the wake only)
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.job_start(job=job, actor_role=Role.OWNER)
-    assert _queued(job) == [0, 1]
-    assert len(callbacks) == 2
+def test_a_small_job_is_queued_whole_without_a_mark(tenant, owner, kernels):
+    # given a draft job of three tasks (under the high-water mark)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=3)
+    # when it starts, all three are queued and none is a mark (no fill will ever be needed)
+    services.job_start(job=job, actor_role=Role.OWNER)
+    assert _queued(job) == [0, 1, 2]
+    assert _marks(job) == []
+
+
+@pytest.mark.django_db
+def test_a_claim_that_takes_the_mark_asks_for_a_fill_that_tops_the_queue_up(
+    tenant, owner, kernels, django_capture_on_commit_callbacks
+):
+    # given a started job of twelve tasks (four queued, the second marked) and two workers
+    job = _job(tenant, owner, kernels["prime_count"], tasks=12, start=True)
+    first, second = new_worker()[0], new_worker()[0]
+    # when one batched claim takes one replica of the first task, the mark is not reached
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        dispatch_batch(claims=[ClaimItem(worker_id=first.worker_id, count=1)])
+    assert callbacks == []
+    assert _queued(job) == [0, 1, 2, 3]
+    # when both workers take two replicas each: the first two tasks are held, the mark taken
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        dispatch_batch(
+            claims=[
+                ClaimItem(worker_id=first.worker_id, count=1),
+                ClaimItem(worker_id=second.worker_id, count=2),
+            ]
+        )
+    # then one fill ran after the commit (eager Celery) and topped the queue up to four, with a
+    # new mark two from its end
+    assert len(callbacks) == 2  # the fill request, then the fill's wake
+    assert _queued(job) == [2, 3, 4, 5]
+    assert _marks(job) == [3]
+
+
+@pytest.mark.django_db
+def test_a_process_asks_once_per_mark_and_a_fill_is_idempotent(tenant, owner, kernels):
+    # given a started job whose mark was taken (its first two tasks fully held)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=12, start=True)
+    mark = Task.objects.unscoped().get(job=job, queue_low_mark=True)
+    for _ in range(2):
+        worker = new_worker()[0]
+        assert len(dispatch.assignment_claim(worker_id=worker.worker_id, count=2)) == 2
+    # when the process asks for the mark twice (its second replica was taken too)
+    assert queue_fill.queue_fill_send(marks=[(mark.pk, job.pk)]) == [job.pk]
+    assert queue_fill.queue_fill_send(marks=[(mark.pk, job.pk)]) == []
+    # then one fill (eager Celery) topped the queue up, and another fill marks nothing
+    assert _queued(job) == [2, 3, 4, 5]
+    assert services.job_queue_fill(job_id=job.pk) == 0
+    assert _queued(job) == [2, 3, 4, 5]
+
+
+@pytest.mark.django_db
+def test_a_full_queue_without_a_mark_gets_one_among_its_tasks(tenant, owner, kernels):
+    # given a started job whose queue is full but holds no mark (re-queued tasks filled it)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=12, start=True)
+    Task.objects.unscoped().filter(job=job).update(queue_low_mark=False)
+    # when a fill runs, it queues nothing and marks the task two from the queue's end
+    assert services.job_queue_fill(job_id=job.pk) == 0
+    assert _queued(job) == [0, 1, 2, 3]
+    assert _marks(job) == [1]
 
 
 @pytest.mark.django_db
 def test_a_fill_stops_for_a_paused_job_and_skips_fully_held_tasks(tenant, owner, kernels):
-    # given a started job whose first chunk is fully held by two workers
+    # given a started job whose queued tasks are fully held by two workers
     job = _job(tenant, owner, kernels["prime_count"], tasks=8)
     services.job_start(job=job, actor_role=Role.OWNER)
     first, second = new_worker()[0], new_worker()[0]
-    assert len(dispatch.assignment_claim(worker_id=first.worker_id, count=3)) == 3
-    assert len(dispatch.assignment_claim(worker_id=second.worker_id, count=3)) == 3
+    assert len(dispatch.assignment_claim(worker_id=first.worker_id, count=4)) == 4
+    assert len(dispatch.assignment_claim(worker_id=second.worker_id, count=4)) == 4
     assert _queued(job) == []
     # when the job is paused, a fill queues nothing
     services.job_pause(job=job, actor_role=Role.OWNER)
     assert services.job_queue_fill(job_id=job.pk) == 0
-    assert _queued(job) == []
-    # when it resumes: the released tasks come back first, the fill queues the rest, once each
-    services.job_resume(job=job, actor_role=Role.OWNER)
-    assert _queued(job) == [0, 1, 2]
-    assert services.job_queue_fill(job_id=job.pk) == 5
-    assert _queued(job) == list(range(8))
-    # and the periodic safety net finds nothing left to do
     assert services.job_queue_fill_all() == 0
-    assert Job.objects.unscoped().get(pk=job.pk).status == JobStatus.RUNNING
+    assert _queued(job) == []
+    # when it resumes: the released tasks come back first, up to the high-water mark, marked
+    services.job_resume(job=job, actor_role=Role.OWNER)
+    assert _queued(job) == [0, 1, 2, 3]
+    assert _marks(job) == [1]
+    # and a cancel stops the fill for good
+    services.job_cancel(job=job, actor_role=Role.OWNER)
+    assert services.job_queue_fill(job_id=job.pk) == 0
+    assert _queued(job) == []
 
 
 @pytest.mark.django_db
-def test_a_start_queues_what_the_online_workers_can_hold_and_the_fill_the_rest(
+def test_the_periodic_fill_tops_up_every_running_job(tenant, owner, kernels):
+    # given two started jobs whose queues were emptied without their marks being taken
+    # (as if the fill requests were lost)
+    jobs = [_job(tenant, owner, kernels["prime_count"], tasks=12, start=True) for _ in range(2)]
+    for job in jobs:
+        Task.objects.unscoped().filter(job=job).update(dispatchable=False, queue_low_mark=False)
+    # when the safety net runs, each is topped up to four tasks with a mark
+    assert services.job_queue_fill_all() == 8
+    for job in jobs:
+        assert _queued(job) == [0, 1, 2, 3]
+        assert _marks(job) == [1]
+
+
+@pytest.mark.django_db
+def test_the_high_water_mark_follows_the_online_workers(
     tenant, owner, kernels, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
-    # given chunks of twenty, no floor, prefetch 1, and three online workers of one slot each
-    # (room for six replicas: three tasks at quorum 2), plus a banned and an offline one
+    # given no configured mark, chunks of twenty, no floor, prefetch 1, and three online workers
+    # of one slot each (room for six replicas), plus a banned and an offline one
+    settings.DISPATCH_QUEUE_HIGH = 0
     settings.DISPATCH_QUEUE_CHUNK = 20
     settings.DISPATCH_PREFETCH = 1
-    monkeypatch.setattr(lifecycle, "FIRST_CHUNK_MIN", 1)
+    monkeypatch.setattr(lifecycle, "QUEUE_HIGH_MIN", 1)
     for _ in range(3):
         new_worker(slots=1)
     banned, offline = new_worker(slots=4)[0], new_worker(slots=4)[0]
@@ -120,29 +208,67 @@ def test_a_start_queues_what_the_online_workers_can_hold_and_the_fill_the_rest(
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
     # then the request queued one task per replica they can hold (concurrent claims lock one
-    # task per replica they want), and a fill waits for the commit
+    # task per replica they want), marked the third (three are left after it), asked no fill
     assert _queued(job) == list(range(6))
-    assert len(callbacks) == 3  # the event, the fill, the wake
-    # and the fill queues the other six, nothing twice
-    assert services.job_queue_fill(job_id=job.pk) == 6
-    assert _queued(job) == list(range(12))
+    assert _marks(job) == [2]
+    assert len(callbacks) == 2
 
 
 @pytest.mark.django_db
-def test_a_start_with_no_worker_online_queues_the_floor(
-    tenant, owner, kernels, settings, monkeypatch, django_capture_on_commit_callbacks
+def test_with_no_worker_online_the_high_water_mark_is_the_floor(
+    tenant, owner, kernels, settings, monkeypatch
 ):
-    # given chunks of ten, a floor of two and nobody online
-    settings.DISPATCH_QUEUE_CHUNK = 10
-    monkeypatch.setattr(lifecycle, "FIRST_CHUNK_MIN", 2)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=5)
-    # when the job starts, two tasks are queued now and the fill queues the rest
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.job_start(job=job, actor_role=Role.OWNER)
+    # given no configured mark, chunks of ten, a floor of two and nobody online
+    settings.DISPATCH_QUEUE_HIGH = 0
+    monkeypatch.setattr(lifecycle, "QUEUE_HIGH_MIN", 2)
+    # when a job of five tasks starts, two tasks are queued, the first marked
+    job = _job(tenant, owner, kernels["prime_count"], tasks=5, start=True)
     assert _queued(job) == [0, 1]
-    assert len(callbacks) == 3
-    assert services.job_queue_fill(job_id=job.pk) == 3
-    assert _queued(job) == list(range(5))
+    assert _marks(job) == [0]
+
+
+def _result(session, offer, *, refill: int) -> ResultItem:  # noqa: ANN001
+    data = run_offer(offer)
+    return ResultItem(
+        contributor_id=session.contributor_id,
+        assignment_id=str(offer.assignment_id),
+        output=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        elapsed_ms=1,
+        worker_id=session.worker_id,
+        refill=refill,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_larger_than_the_high_water_mark_completes_through_claims_alone(
+    tenant, owner, kernels
+):
+    # given a started job of twenty tasks (five times the high-water mark) and three workers
+    job = _job(tenant, owner, kernels["prime_count"], tasks=20, start=True)
+    total = Task.objects.unscoped().filter(job=job).count()
+    workers = [new_worker()[0] for _ in range(3)]
+    # when they claim and return results through group-commit flushes, each result refilling
+    # its worker, with no other fill than the ones the claims ask for (eager Celery) ...
+    claimed = dispatch_batch(claims=[ClaimItem(worker_id=w.worker_id, count=1) for w in workers])
+    held = {w.worker_id: offers for w, offers in zip(workers, claimed.claims, strict=True)}
+    for _ in range(10 * total):
+        pending = [(w, offer) for w in workers for offer in held[w.worker_id]]
+        if not pending:
+            break
+        outcome = dispatch_batch(results=[_result(w, offer, refill=1) for w, offer in pending])
+        held = {w.worker_id: [] for w in workers}
+        for (w, _), stored in zip(pending, outcome.results, strict=True):
+            held[w.worker_id] += stored.offers
+        if not any(held.values()):  # a worker left idle asks again, as a consumer does
+            again = dispatch_batch(
+                claims=[ClaimItem(worker_id=w.worker_id, count=1) for w in workers]
+            )
+            held = {w.worker_id: o for w, o in zip(workers, again.claims, strict=True)}
+    # then every task was decided and the job completed
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED
+    assert not Task.objects.unscoped().filter(job=job, status=TaskStatus.OPEN).exists()
 
 
 async def _receive(layer, channel: str) -> dict | None:  # noqa: ANN001
@@ -166,7 +292,7 @@ def test_the_wake_is_the_first_thing_a_start_does_after_commit(
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
             services.job_start(job=job, actor_role=Role.OWNER)
         callbacks[0]()
-        # then that was the wake: idle workers claim before the fill and the event are sent
+        # then that was the wake: idle workers claim before the event is sent
         message = async_to_sync(_receive)(layer, channel)
         assert message == {"type": "dispatch.wake"}
     finally:
