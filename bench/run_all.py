@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), training speed
 (2NN: our kernel vs numpy and TensorFlow.js-wasm), validation quality, dispatch throughput and
-latency, the push floor (no database), FL aggregation and secure aggregation against Flower, the FedAvg paper's table
-(FedSGD vs FedAvg rounds, sync vs buffered-async), DP rounds, compressed uploads, a worker
-page's analytics contribution.
+latency, the push floor (no database), FL aggregation and secure aggregation against Flower,
+the FedAvg paper's table (FedSGD vs FedAvg rounds, sync vs buffered-async), DP rounds,
+compressed uploads, a worker page's analytics contribution.
 
 Each benchmark runs as its own process (each sets Django up with its own database) and prints
 a markdown table; this script prints the machine first, then the tables, and writes
