@@ -2,9 +2,10 @@
 """The push floor: this machine's least time for "N sockets each get one frame after one trigger".
 
 No database and no dispatch: ``--daphnes`` Daphne processes share one listening socket (as the
-launcher runs them) and serve ``bench/push_floor_app.py``, whose websockets join one Redis
-channel-layer group and, on each group message, send a pre-built ~400-byte frame shaped like an
-``assign``. The clients are bare ``websockets`` connections spread over ``--swarm-procs``
+launcher runs them) and serve ``bench/push_floor_app.py``, whose websockets, on each message to
+one Redis channel-layer group, send a pre-built ~400-byte frame shaped like an ``assign``
+(``--fanout process``: the group holds one channel per Daphne process, which sends to all its
+sockets, as the site's wake does; ``socket``: one channel per socket). The clients are bare ``websockets`` connections spread over ``--swarm-procs``
 load-generator processes (``bench/swarm.py``, the dispatch bench's swarm). For every (connections,
 swarm processes) pair, ``--rounds`` triggers are sent one after the other (the next once every
 frame of the last arrived, then a pause); a socket's k-th frame answers the k-th trigger.
@@ -69,7 +70,7 @@ class FloorSockets:
     async def _socket(self, i: int) -> None:
         from websockets.asyncio.client import connect
 
-        async with connect(self.url, max_size=None) as ws:
+        async with connect(self.url, max_size=None, open_timeout=60) as ws:
             self.recorder.welcome(i)
             async for _ in ws:
                 self.recorder.frame(i)
@@ -97,7 +98,8 @@ class FloorSockets:
 class FloorServers:
     """``processes`` Daphnes on one inherited listening socket, serving the floor app."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, fanout: str) -> None:
+        self.fanout = fanout
         self.sock = listening_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.processes = processes
@@ -108,7 +110,10 @@ class FloorServers:
         env = {
             **os.environ,
             "CCGSC_FLOOR_REDIS_URL": REDIS_URL,
-            "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")]),
+            "CCGSC_FLOOR_FANOUT": self.fanout,
+            "PYTHONPATH": os.pathsep.join(
+                [str(BENCH), str(ROOT), os.environ.get("PYTHONPATH", "")]
+            ),
         }
         fd = self.sock.fileno()
         command = [sys.executable, "-m", "daphne", *DAPHNE_OPTIONS, "--fd", str(fd)]
@@ -177,10 +182,12 @@ async def trigger_rounds(swarm: SwarmProcesses, connections: int, rounds: int) -
     return sent
 
 
-def floor_run(connections: int, swarm_procs: int, *, daphnes: int, rounds: int) -> dict[str, Any]:
+def floor_run(
+    connections: int, swarm_procs: int, *, daphnes: int, rounds: int, fanout: str
+) -> dict[str, Any]:
     """One (connections, swarm processes) pair on fresh servers and a flushed Redis."""
     flush_redis()
-    servers = FloorServers(daphnes)
+    servers = FloorServers(daphnes, fanout)
     servers.start()
     load_before = os.getloadavg()
     url = f"ws://127.0.0.1:{servers.port}/"
@@ -205,6 +212,7 @@ def floor_run(connections: int, swarm_procs: int, *, daphnes: int, rounds: int) 
         "connections": connections,
         "swarm_procs": len(payloads),
         "daphnes": daphnes,
+        "fanout": fanout,
         "opened": opened,
         "rounds": rounds,
         "frames_missing": connections * rounds - len(every),
@@ -227,7 +235,7 @@ def fmt(v: float | None, digits: int = 0) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown table of the runs."""
     head = [
-        "connections", "swarm procs", "Daphnes", "frames", "p50 ms", "p99 ms", "max ms",
+        "connections", "swarm procs", "Daphnes", "fan-out", "frames", "p50 ms", "p99 ms", "max ms",
         "p99 by round ms", "swarm loop lag p99 ms (worst process)", "load before → after",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -241,6 +249,7 @@ def table(results: list[dict[str, Any]]) -> str:
                     f"{r['opened']}/{r['connections']}",
                     str(r["swarm_procs"]),
                     str(r["daphnes"]),
+                    r["fanout"],
                     f"{r['connections'] * r['rounds'] - r['frames_missing']}"
                     f"/{r['connections'] * r['rounds']}",
                     fmt(latency["p50"], 1),
@@ -263,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swarm-procs", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--daphnes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=None, help="triggers per run (default 5)")
+    parser.add_argument(
+        "--fanout",
+        choices=["process", "socket"],
+        default="process",
+        help="group members: one channel per Daphne process (as the site's wake), or per socket",
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 5)
     results = []
@@ -272,7 +287,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"push floor: {connections} sockets, {swarm_procs} swarm processes ...",
                 file=sys.stderr,
             )
-            results.append(floor_run(connections, swarm_procs, daphnes=args.daphnes, rounds=rounds))
+            results.append(
+                floor_run(
+                    connections,
+                    swarm_procs,
+                    daphnes=args.daphnes,
+                    rounds=rounds,
+                    fanout=args.fanout,
+                )
+            )
     print(table(results))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {"quick": args.quick, "runs": results}

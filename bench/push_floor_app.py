@@ -1,15 +1,22 @@
 """The push floor's server (``bench_push_floor.py``): the least a Daphne can do per push.
 
-A websocket joins one channel-layer group on connect; each group message ``floor.push`` makes
-every socket send the same pre-built ~400-byte frame shaped like an ``assign``. No database, no
-authentication, no per-socket work but the send: what is left of a push is Daphne, the Redis
-channel layer and the sockets. ``/healthz`` answers 200 so the probe can tell the server is up.
+Each group message ``floor.push`` on the Redis channel layer makes every socket send the same
+pre-built ~400-byte frame shaped like an ``assign``. No database, no authentication, no per-socket
+work but the send: what is left of a push is Daphne, the channel layer and the sockets.
+``CCGSC_FLOOR_FANOUT`` chooses who is in the group:
+- ``process`` (default): one channel per Daphne process, which on the message sends the frame to
+  every socket of the process, as the site's idle registry is woken once per process;
+- ``socket``: every socket's own channel, one channel-layer message per socket (each process
+  then reads its sockets' messages from Redis one at a time).
+``/healthz`` answers 200 for any HTTP request.
 
 Run by the probe as ``daphne --fd N push_floor_app:application`` with ``CCGSC_FLOOR_REDIS_URL``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 
@@ -17,16 +24,25 @@ import django
 from django.conf import settings
 
 GROUP = "push-floor"
+FANOUT = os.environ.get("CCGSC_FLOOR_FANOUT", "process")
 
 if not settings.configured:
     settings.configure(
         CHANNEL_LAYERS={
             "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                # The site's capacity and expiry (ccgsc_site/settings.py): a process's sockets
-                # share one Redis list, so capacity bounds the sockets one Daphne can push to.
+                # The site's layer and configuration (ccgsc_site/settings.py): a blocking pool,
+                # since a thousand sockets joining at once exceed redis-py's default one.
+                "BACKEND": "ccgsc_site.redis_pools.BlockingRedisChannelLayer",
                 "CONFIG": {
-                    "hosts": [os.environ["CCGSC_FLOOR_REDIS_URL"]],
+                    "hosts": [
+                        {
+                            "address": os.environ["CCGSC_FLOOR_REDIS_URL"],
+                            "socket_timeout": 30,
+                            "socket_connect_timeout": 5,
+                            "max_connections": 50,
+                            "timeout": 10,
+                        }
+                    ],
                     "capacity": 1500,
                     "expiry": 30,
                 },
@@ -36,6 +52,7 @@ if not settings.configured:
     django.setup()
 
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402 - after settings
+from channels.layers import get_channel_layer  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 ASSIGN_FRAME = json.dumps(
@@ -59,10 +76,38 @@ ASSIGN_FRAME = json.dumps(
 )
 
 
-class FloorConsumer(AsyncWebsocketConsumer):
-    """Joins the group, then sends the frame on every ``floor.push``."""
+SOCKETS: set[FloorConsumer] = set()  # this process's open sockets
+_listener: list[asyncio.Task] = []
 
-    groups = [GROUP]
+
+async def _listen() -> None:
+    """The process's one member of the group: each message sends the frame to every socket."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(GROUP, channel)
+    while True:
+        await layer.receive(channel)
+        for socket in list(SOCKETS):
+            with contextlib.suppress(Exception):  # a socket closing meanwhile
+                await socket.send(text_data=ASSIGN_FRAME)
+
+
+class FloorConsumer(AsyncWebsocketConsumer):
+    """Joins the fan-out on connect, then sends the frame on every push."""
+
+    async def connect(self) -> None:
+        if FANOUT == "socket":
+            await self.channel_layer.group_add(GROUP, self.channel_name)
+        else:
+            if not _listener:
+                _listener.append(asyncio.create_task(_listen()))
+            SOCKETS.add(self)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        SOCKETS.discard(self)
+        if FANOUT == "socket":
+            await self.channel_layer.group_discard(GROUP, self.channel_name)
 
     async def floor_push(self, event: dict) -> None:
         await self.send(text_data=ASSIGN_FRAME)
