@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -100,17 +101,21 @@ class FloorServers:
 
     def __init__(self, processes: int, fanout: str) -> None:
         self.fanout = fanout
+        self.trace_dir = LOG_DIR / f"push-floor-trace-{os.getpid()}"
         self.sock = listening_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.processes = processes
         self.children: list[tuple[subprocess.Popen, Path]] = []
 
     def start(self, timeout_s: float = 60) -> None:
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.trace_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.trace_dir.glob("floor-*.json"):
+            old.unlink()
         env = {
             **os.environ,
             "CCGSC_FLOOR_REDIS_URL": REDIS_URL,
             "CCGSC_FLOOR_FANOUT": self.fanout,
+            "CCGSC_FLOOR_TRACE_DIR": str(self.trace_dir),
             "PYTHONPATH": os.pathsep.join(
                 [str(BENCH), str(ROOT), os.environ.get("PYTHONPATH", "")]
             ),
@@ -136,9 +141,28 @@ class FloorServers:
                     raise RuntimeError(f"a floor Daphne did not start:\n{log_path.read_text()}")
                 time.sleep(0.1)
 
-    @property
-    def pids(self) -> list[int]:
-        return [child.pid for child, _ in self.children]
+    def traces(self, triggers: list[float]) -> dict[str, Any]:
+        """The Daphnes' side of each round (process fan-out), in ms after the trigger: when
+        the first and the last process read the message, and when the last frame was handed
+        to Daphne; and how many sockets each process held."""
+        runs = []
+        for path in sorted(self.trace_dir.glob("floor-*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                runs.append(json.loads(path.read_text())["pushes"])
+        rounds = []
+        for k, sent in enumerate(triggers):
+            pushes = [pushes[k] for pushes in runs if len(pushes) > k]
+            if not pushes:
+                continue
+            read = [(p[0] - sent) * 1000 for p in pushes]
+            rounds.append(
+                {
+                    "read_first": round(min(read), 1),
+                    "read_last": round(max(read), 1),
+                    "last_frame_handed": round(max((p[1] - sent) * 1000 for p in pushes), 1),
+                }
+            )
+        return {"sockets_per_daphne": [p[0][2] for p in runs if p], "rounds": rounds}
 
     def stop(self) -> None:
         for child, _ in self.children:
@@ -202,6 +226,7 @@ def floor_run(
         triggers = asyncio.run(trigger_rounds(swarm, connections, rounds))
         finished = time.time()
         reports = swarm.stop()
+        server_side = servers.traces(triggers)
     finally:
         swarm.kill()
         servers.stop()
@@ -223,6 +248,7 @@ def floor_run(
             "p99_by_round": [pct(latencies, 99) for latencies in per_round],
         },
         "swarm_loop_lag_ms": merged["loop_lag_ms"],
+        "daphnes_ms": server_side,
         "events": merged["events"],
         "load_average_before_after": [load_before, os.getloadavg()],
     }
@@ -236,7 +262,7 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown table of the runs."""
     head = [
         "connections", "swarm procs", "Daphnes", "fan-out", "frames", "p50 ms", "p99 ms", "max ms",
-        "p99 by round ms", "swarm loop lag p99 ms (worst process)", "load before → after",
+        "p99 by round ms", "last frame handed to Daphne by round ms", "swarm loop lag p99 ms (worst process)", "load before → after",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -256,6 +282,8 @@ def table(results: list[dict[str, Any]]) -> str:
                     fmt(latency["p99"], 1),
                     fmt(latency["max"], 1),
                     ", ".join(fmt(p) for p in latency["p99_by_round"]),
+                    ", ".join(fmt(x["last_frame_handed"]) for x in r["daphnes_ms"]["rounds"])
+                    or "n/a",
                     fmt(r["swarm_loop_lag_ms"]["p99"], 1),
                     f"{before[0]:.2f} → {after[0]:.2f}",
                 ]

@@ -8,7 +8,9 @@ work but the send: what is left of a push is Daphne, the channel layer and the s
   every socket of the process, as the site's idle registry is woken once per process;
 - ``socket``: every socket's own channel, one channel-layer message per socket (each process
   then reads its sockets' messages from Redis one at a time).
-``/healthz`` answers 200 for any HTTP request.
+``/healthz`` answers 200 for any HTTP request. With ``CCGSC_FLOOR_TRACE_DIR`` (process fan-out),
+each process writes ``floor-<pid>.json``: per push, when the message was read and when the last
+socket's frame was handed to Daphne (wall clock), and to how many sockets.
 
 Run by the probe as ``daphne --fd N push_floor_app:application`` with ``CCGSC_FLOOR_REDIS_URL``.
 """
@@ -19,6 +21,8 @@ import asyncio
 import contextlib
 import json
 import os
+import time
+from pathlib import Path
 
 import django
 from django.conf import settings
@@ -85,11 +89,19 @@ async def _listen() -> None:
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(GROUP, channel)
+    trace_dir = os.environ.get("CCGSC_FLOOR_TRACE_DIR")
+    pushes: list[tuple[float, float, int]] = []
     while True:
         await layer.receive(channel)
-        for socket in list(SOCKETS):
+        read_at = time.time()
+        sockets = list(SOCKETS)
+        for socket in sockets:
             with contextlib.suppress(Exception):  # a socket closing meanwhile
                 await socket.send(text_data=ASSIGN_FRAME)
+        pushes.append((read_at, time.time(), len(sockets)))
+        if trace_dir:
+            path = Path(trace_dir) / f"floor-{os.getpid()}.json"
+            path.write_text(json.dumps({"pid": os.getpid(), "pushes": pushes}))
 
 
 class FloorConsumer(AsyncWebsocketConsumer):
