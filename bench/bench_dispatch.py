@@ -6,8 +6,9 @@ migrated template), flushes a Redis database index, starts Daphne and a Celery w
 subprocesses on loopback, creates an enterprise tenant with an API key and N anonymous
 contributors, and connects N ``EdgeWorker`` clients (concurrency 1) to ``/ws/edge/`` from
 ``--swarm-procs`` load-generator processes (``bench/swarm.py``; default 1 below 500 connections,
-else 4: one asyncio loop with ~1,000 workers lags a quarter of a second and reads assigns late). Their inline executor returns the real ``montecarlo_pi`` output of each tiny task
-(computed once per task with the real kernel, then cached), so quorum 2 validates.
+else 4: one asyncio loop with ~1,000 workers lags a quarter of a second and reads assigns late).
+Their inline executor returns the real ``montecarlo_pi`` output of each tiny task (computed once
+per task with the real kernel, then cached), so quorum 2 validates.
 
 A job with quorum 2 is created through the REST API and started; then, after a warm-up, a
 steady window is measured:
@@ -18,8 +19,9 @@ steady window is measured:
 - database work per validated replica: transactions, sessions and rows from
   ``pg_stat_database``;
 - where the push went (``push_trace``): the start request, its queue chunk, the wake, each
-  Daphne's woken sockets and flushes until its last first ``assign``, Celery's chunks, and the
-  swarm processes' event-loop lag (p99 of the worst process) (``bench/sqlcount/push_trace.py`` in every server process).
+  Daphne's woken sockets and flushes until its last first ``assign``, Celery's chunks
+  (``bench/sqlcount/push_trace.py`` in every server process), and the swarm processes'
+  event-loop lag meanwhile (p99 of the worst process).
 With ``--profile`` one more run uses bench/daphne_profiled.py (stack sampler + SQL counter) over
 the steady window.
 
