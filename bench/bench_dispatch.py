@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "edge_worker"))
 import psycopg  # noqa: E402
 from dispatch_probes import (  # noqa: E402 - after the path setup
     cpu_per_replica,
+    cpu_seconds,
     cpu_snapshot,
     pct,
     pg_stats,
@@ -404,6 +405,7 @@ def run_swarm(
         if profiler is not None:
             profiler.process.send_signal(signal.SIGUSR1)
         cpu_before = cpu_snapshot(conn, servers or {})
+        cpu_before["swarm"] = cpu_seconds(swarm.pids)
         sql_before = sql_totals(sql_dir) if sql_dir is not None else {}
         before = pg_stats(conn)
         time.sleep(duration)
@@ -411,6 +413,7 @@ def run_swarm(
             profiler.process.send_signal(signal.SIGUSR2)
         after = pg_stats(conn)
         cpu_after = cpu_snapshot(conn, servers or {})
+        cpu_after["swarm"] = cpu_seconds(swarm.pids)
         sql_after = sql_totals(sql_dir) if sql_dir is not None else {}
         remaining = conn.execute(
             "SELECT count(*) FROM jobs_task WHERE job_id = %s AND status = 'open'", (job["id"],)
@@ -592,7 +595,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "config", "connections", "validated replicas/s", "credits/s", "push p50 ms",
         "push p99 ms", "swarm procs, loop lag p99 ms", "turnaround p50 ms", "turnaround p99 ms", "vs BOINC 102/s",
         "vs target 1000/s", "p99 ≤ 100 ms", "commits/replica", "SQL statements/replica", "PG sessions/replica",
-        "CPU ms/replica Daphne, PG, Celery", "invariants",
+        "CPU ms/replica Daphne, PG, Celery, swarm", "invariants",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -618,7 +621,7 @@ def table(results: list[dict[str, Any]]) -> str:
                     fmt(per["xact_commit"], 3),
                     fmt(r["sql_statements_per_replica"]["total"], 2),
                     fmt(per["sessions"], 2),
-                    "{daphne:.2f}, {postgresql:.2f}, {celery:.2f}".format(
+                    "{daphne:.2f}, {postgresql:.2f}, {celery:.2f}, {swarm:.2f}".format(
                         **r["cpu_ms_per_replica"]
                     ),
                     "ok" if r["invariants"]["ok"] else "FAILED",

@@ -168,6 +168,10 @@ class SwarmProcesses:
             conn.send("connect")
         return sum(self._recv(conn, timeout_s) for conn in self.conns)
 
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
     def count(self, which: int) -> int:
         """A progress counter summed over the children (``WELCOMED``, ``FIRST_FRAMES``...)."""
         return sum(counters[which] for counters in self.progress)
