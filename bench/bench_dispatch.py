@@ -4,9 +4,11 @@
 For each connection count N the benchmark creates a throwaway PostgreSQL database (from a
 migrated template), flushes a Redis database index, starts Daphne and a Celery worker as
 subprocesses on loopback, creates an enterprise tenant with an API key and N anonymous
-contributors, and connects N ``EdgeWorker`` clients (concurrency 1) to ``/ws/edge/`` from one
-asyncio loop. Their inline executor returns the real ``montecarlo_pi`` output of each tiny task
-(computed once per task with the real kernel, then cached), so quorum 2 validates.
+contributors, and connects N ``EdgeWorker`` clients (concurrency 1) to ``/ws/edge/`` from
+``--swarm-procs`` load-generator processes (``bench/swarm.py``; default 1 below 500 connections,
+else 4: one asyncio loop with ~1,000 workers lags a quarter of a second and reads assigns late).
+Their inline executor returns the real ``montecarlo_pi`` output of each tiny task (computed once
+per task with the real kernel, then cached), so quorum 2 validates.
 
 A job with quorum 2 is created through the REST API and started; then, after a warm-up, a
 steady window is measured:
@@ -17,12 +19,14 @@ steady window is measured:
 - database work per validated replica: transactions, sessions and rows from
   ``pg_stat_database``;
 - where the push went (``push_trace``): the start request, its queue chunk, the wake, each
-  Daphne's woken sockets and flushes until its last first ``assign``, Celery's chunks, and this
-  process's own event-loop lag (``bench/sqlcount/push_trace.py`` in every server process).
+  Daphne's woken sockets and flushes until its last first ``assign``, Celery's chunks
+  (``bench/sqlcount/push_trace.py`` in every server process), and the swarm processes'
+  event-loop lag meanwhile (p99 of the worst process).
 With ``--profile`` one more run uses bench/daphne_profiled.py (stack sampler + SQL counter) over
 the steady window.
 
 Usage: python bench/bench_dispatch.py [--quick] [--connections 100 1000] [--duration 30]
+           [--swarm-procs K]
 Writes bench/results/dispatch.json.
 """
 
@@ -40,7 +44,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ sys.path.insert(0, str(ROOT / "edge_worker"))
 import psycopg  # noqa: E402
 from dispatch_probes import (  # noqa: E402 - after the path setup
     cpu_per_replica,
+    cpu_seconds,
     cpu_snapshot,
     pct,
     pg_stats,
@@ -58,6 +62,14 @@ from dispatch_probes import (  # noqa: E402 - after the path setup
     sql_env,
     sql_per_replica,
     sql_totals,
+)
+from swarm import (  # noqa: E402
+    FIRST_FRAMES,
+    Recorder,
+    SwarmProcesses,
+    default_swarm_procs,
+    merge_reports,
+    shares,
 )
 
 from tests.invariants import invariants  # noqa: E402
@@ -234,37 +246,6 @@ def api(base: str, key: str, method: str, path: str, body: dict | None = None) -
 # ---------------------------------------------------------------- the swarm
 
 
-@dataclass
-class Swarm:
-    """Per-worker timestamps collected from EdgeWorker events."""
-
-    n: int
-    welcomed: set[int] = field(default_factory=set)
-    first_assign: dict[int, float] = field(default_factory=dict)
-    sent_at: dict[int, float] = field(default_factory=dict)
-    turnaround: list[tuple[float, float]] = field(default_factory=list)
-    credits: list[float] = field(default_factory=list)
-    events: dict[str, int] = field(default_factory=dict)
-
-    def hook(self, i: int) -> Any:
-        def on_event(name: str, info: dict[str, Any]) -> None:
-            now = time.perf_counter()
-            self.events[name] = self.events.get(name, 0) + 1
-            if name == "welcome":
-                self.welcomed.add(i)
-            elif name == "assign":
-                self.first_assign.setdefault(i, now)
-                sent = self.sent_at.pop(i, None)
-                if sent is not None:
-                    self.turnaround.append((now, now - sent))
-            elif name == "completed":
-                self.sent_at[i] = now
-            elif name == "credit":
-                self.credits.extend([now] * int(info.get("validated", 1)))
-
-        return on_event
-
-
 class Outputs:
     """Real montecarlo_pi outputs, computed once per distinct task input with the real kernel;
     with ``think_s``, each task also takes that long (an awaited sleep: a ~1 s task)."""
@@ -296,7 +277,67 @@ class Outputs:
         return out
 
 
-async def run_swarm(
+class EdgeSwarm:
+    """One swarm process's share of the workers: ``EdgeWorker``s (``payload``: url, index of the
+    first worker, tokens, think_s, concurrency) whose events go to the process's recorder."""
+
+    def __init__(self, payload: dict[str, Any], recorder: Recorder) -> None:
+        from ccgsc_worker.client import Backoff, EdgeWorker
+
+        self.recorder = recorder
+        outputs = Outputs(payload["think_s"])
+        self.workers = [
+            EdgeWorker(
+                payload["url"],
+                token,
+                payload["concurrency"],
+                executor=outputs,
+                inline_executor=True,
+                on_event=self.hook(payload["first"] + n),
+                capabilities={"cores": 1, "simd": True},
+                backoff=Backoff(),
+            )
+            for n, token in enumerate(payload["tokens"])
+        ]
+        self.runs: list[asyncio.Task] = []
+
+    def hook(self, i: int) -> Any:
+        recorder = self.recorder
+
+        def on_event(name: str, info: dict[str, Any]) -> None:
+            recorder.event(name)
+            if name == "welcome":
+                recorder.welcome(i)
+            elif name == "assign":
+                recorder.frame(i)
+            elif name == "completed":
+                recorder.result_sent(i)
+            elif name == "credit":
+                recorder.credit(int(info.get("validated", 1)))
+
+        return on_event
+
+    async def connect(self) -> None:
+        """Start the workers fifty at a time, each batch once the previous one is welcomed."""
+        batch = 50
+        for start in range(0, len(self.workers), batch):
+            self.runs += [asyncio.create_task(w.run()) for w in self.workers[start : start + batch]]
+            deadline = time.monotonic() + 60
+            while len(self.recorder.welcomed) < len(self.runs) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        for w in self.workers:
+            w.stop(abandon=True)
+        if not self.runs:
+            return
+        _, pending = await asyncio.wait(self.runs, timeout=20)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self.runs, return_exceptions=True)
+
+
+def run_swarm(
     *,
     port: int,
     key: str,
@@ -309,126 +350,104 @@ async def run_swarm(
     concurrency: int = 1,
     servers: dict[str, int] | None = None,
     sql_dir: Path | None = None,
+    swarm_procs: int = 1,
 ) -> dict[str, Any]:
-    """Connect the workers, start a job, measure a steady window, stop everything."""
-    from ccgsc_worker.client import Backoff, EdgeWorker
-
+    """Connect the workers (over ``swarm_procs`` processes), start a job, measure a steady
+    window, stop everything."""
     base = f"http://127.0.0.1:{port}"
-    swarm = Swarm(len(tokens))
-    outputs = Outputs(think_s)
-    workers = [
-        EdgeWorker(
-            base,
-            token,
-            concurrency,
-            executor=outputs,
-            inline_executor=True,
-            on_event=swarm.hook(i),
-            capabilities={"cores": 1, "simd": True},
-            backoff=Backoff(),
-        )
-        for i, token in enumerate(tokens)
+    payloads = [
+        {"url": base, "first": first, "tokens": share}
+        | {"think_s": think_s, "concurrency": concurrency}
+        for first, share in shares(tokens, swarm_procs)
     ]
-    runs: list[asyncio.Task] = []
-    connect_start = time.perf_counter()
-    batch = 50
-    for start in range(0, len(workers), batch):
-        runs += [asyncio.create_task(w.run()) for w in workers[start : start + batch]]
-        deadline = time.monotonic() + 60
-        while len(swarm.welcomed) < len(runs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-    connect_seconds = time.perf_counter() - connect_start
-    if len(swarm.welcomed) < len(workers):
-        print(f"warning: {len(swarm.welcomed)}/{len(workers)} welcomed", file=sys.stderr)
+    swarm = SwarmProcesses(EdgeSwarm, payloads)
+    try:
+        swarm.start()
+        connect_start = time.perf_counter()
+        welcomed = swarm.connect()
+        connect_seconds = time.perf_counter() - connect_start
+        if welcomed < len(tokens):
+            print(f"warning: {welcomed}/{len(tokens)} welcomed", file=sys.stderr)
 
-    job = await asyncio.to_thread(
-        api,
-        base,
-        key,
-        "POST",
-        "/api/v1/jobs/",
-        {
-            "name": f"bench {len(tokens)}",
-            "kernel": "montecarlo_pi",
-            "range_start": 0,
-            "range_end": tasks * CHUNK,
-            "chunk_size": CHUNK,
-            "seed": 42,
-            "quorum": 2,
-            "start": False,
-        },
-    )
-    # Warm every Daphne's HTTP path (a process's first request imports and builds what views
-    # need, ~0.1 s): with several Daphnes on one port the start request lands on any of them,
-    # and push latency is the dispatch plane's, not a cold process's first request.
-    for _ in range(HTTP_WARMUP_REQUESTS):
-        await asyncio.to_thread(api, base, key, "GET", f"/api/v1/jobs/{job['id']}/")
-    await asyncio.sleep(0.5)
-    lags: list[tuple[float, float]] = []
-    lag_probe = asyncio.create_task(loop_lag(lags))
-    t_start_wall, t_start = time.time(), time.perf_counter()
-    await asyncio.to_thread(api, base, key, "POST", f"/api/v1/jobs/{job['id']}/start/")
-    t_started = time.perf_counter()
+        job = api(
+            base,
+            key,
+            "POST",
+            "/api/v1/jobs/",
+            {
+                "name": f"bench {len(tokens)}",
+                "kernel": "montecarlo_pi",
+                "range_start": 0,
+                "range_end": tasks * CHUNK,
+                "chunk_size": CHUNK,
+                "seed": 42,
+                "quorum": 2,
+                "start": False,
+            },
+        )
+        # Warm every Daphne's HTTP path (a process's first request imports and builds what
+        # views need, ~0.1 s): with several Daphnes on one port the start request lands on any
+        # of them, and push latency is the dispatch plane's, not a cold process's first request.
+        for _ in range(HTTP_WARMUP_REQUESTS):
+            api(base, key, "GET", f"/api/v1/jobs/{job['id']}/")
+        time.sleep(0.5)
+        t_start = time.time()
+        api(base, key, "POST", f"/api/v1/jobs/{job['id']}/start/")
+        t_started = time.time()
 
-    conn = await asyncio.to_thread(
-        psycopg.connect, f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}", autocommit=True
-    )
-    # Wait (bounded) until nearly every worker has had its first assignment, then warm up.
-    deadline = time.monotonic() + 180
-    while len(swarm.first_assign) < 0.95 * len(workers) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    all_busy_seconds = time.perf_counter() - t_start
-    lag_probe.cancel()
-    await asyncio.sleep(warmup)
-    if profiler is not None:
-        profiler.process.send_signal(signal.SIGUSR1)
-    cpu_before = await asyncio.to_thread(cpu_snapshot, conn, servers or {})
-    sql_before = sql_totals(sql_dir) if sql_dir is not None else {}
-    before = await asyncio.to_thread(pg_stats, conn)
-    await asyncio.sleep(duration)
-    if profiler is not None:
-        profiler.process.send_signal(signal.SIGUSR2)
-    after = await asyncio.to_thread(pg_stats, conn)
-    cpu_after = await asyncio.to_thread(cpu_snapshot, conn, servers or {})
-    sql_after = sql_totals(sql_dir) if sql_dir is not None else {}
-    remaining = conn.execute(
-        "SELECT count(*) FROM jobs_task WHERE job_id = %s AND status = 'open'", (job["id"],)
-    ).fetchone()[0]
+        conn = psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}", autocommit=True)
+        # Wait (bounded) until nearly every worker has had its first assignment, then warm up.
+        deadline = time.monotonic() + 180
+        while swarm.count(FIRST_FRAMES) < 0.95 * len(tokens) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t_all_busy = time.time()
+        time.sleep(warmup)
+        if profiler is not None:
+            profiler.process.send_signal(signal.SIGUSR1)
+        cpu_before = cpu_snapshot(conn, servers or {})
+        cpu_before["swarm"] = cpu_seconds(swarm.pids)
+        sql_before = sql_totals(sql_dir) if sql_dir is not None else {}
+        before = pg_stats(conn)
+        time.sleep(duration)
+        if profiler is not None:
+            profiler.process.send_signal(signal.SIGUSR2)
+        after = pg_stats(conn)
+        cpu_after = cpu_snapshot(conn, servers or {})
+        cpu_after["swarm"] = cpu_seconds(swarm.pids)
+        sql_after = sql_totals(sql_dir) if sql_dir is not None else {}
+        remaining = conn.execute(
+            "SELECT count(*) FROM jobs_task WHERE job_id = %s AND status = 'open'", (job["id"],)
+        ).fetchone()[0]
+        reports = swarm.stop()
+        conn.close()
+    finally:
+        swarm.kill()
 
-    for w in workers:
-        w.stop(abandon=True)
-    _, pending = await asyncio.wait(runs, timeout=20)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*runs, return_exceptions=True)
-    conn.close()
-
+    # The loop lag that matters is the children's while the first assigns arrive: a late loop
+    # reads an assign late, so the push figures include it.
+    merged = merge_reports(reports, t0=t_start, lag_window=(t_start, t_all_busy))
     window = after["t"] - before["t"]
     validated = after["valid"] - before["valid"]
-    in_window = [lat for t, lat in swarm.turnaround if before["t"] <= t <= after["t"]]
-    credits = sum(1 for t in swarm.credits if before["t"] <= t <= after["t"])
-    push = [t - t_start for t in swarm.first_assign.values()]
+    in_window = [lat for t, lat in merged["turnaround"] if before["t"] <= t <= after["t"]]
+    credits = sum(1 for t in merged["credits"] if before["t"] <= t <= after["t"])
+    push = list(merged["first_frame_s"].values())
     per = max(validated, 1.0)
     return {
         "connections": len(tokens),
-        "welcomed": len(swarm.welcomed),
+        "swarm_procs": len(payloads),
+        "welcomed": merged["welcomed"],
         "connect_seconds": round(connect_seconds, 2),
         "tasks": tasks,
         "tasks_open_at_end": remaining,
-        "seconds_until_95pct_assigned": round(all_busy_seconds, 2),
+        "seconds_until_95pct_assigned": round(t_all_busy - t_start, 2),
         "window_seconds": round(window, 2),
         "validated_replicas": int(validated),
         "replicas_per_second": validated / window,
         "credits_per_second": credits / window,
-        "t_start_wall": t_start_wall,
+        "t_start_wall": t_start,
         "push_received_s": push,
-        # How late this process's own loop ran while the first assigns arrived: a late loop
-        # reads an assign late, so the push figures include it.
-        "swarm_loop_lag_ms": {
-            "p50": pct([lag for t, lag in lags], 50),
-            "p99": pct([lag for t, lag in lags], 99),
-            "max": max((lag for t, lag in lags), default=0) * 1000,
-        },
+        # p99 is the worst process's; per_process has each one's p50 / p99 / max.
+        "swarm_loop_lag_ms": merged["loop_lag_ms"],
         "push_latency_ms": {
             "workers": len(push),
             "p50": pct(push, 50),
@@ -453,16 +472,8 @@ async def run_swarm(
             for k in ("xact_commit", "xact_rollback", "sessions", "tup_returned", "tup_fetched")
             + ("tup_inserted", "tup_updated", "blks_hit")
         },
-        "events": swarm.events,
+        "events": merged["events"],
     }
-
-
-async def loop_lag(lags: list[tuple[float, float]], period_s: float = 0.005) -> None:
-    """How late this event loop wakes from a short sleep, until cancelled."""
-    while True:
-        began = time.perf_counter()
-        await asyncio.sleep(period_s)
-        lags.append((began, time.perf_counter() - began - period_s))
 
 
 # ---------------------------------------------------------------- scenarios
@@ -479,8 +490,10 @@ def scenario(
     think_s: float = 0.0,
     concurrency: int = 1,
     daphnes: int = 1,
+    swarm_procs: int | None = None,
 ) -> dict[str, Any]:
-    """One run: fresh database, fresh servers (``daphnes`` > 1: the launcher), N workers."""
+    """One run: fresh database, fresh servers (``daphnes`` > 1: the launcher), N workers over
+    ``swarm_procs`` load-generator processes (None: ``default_swarm_procs``)."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     sql_dir = RESULTS.parent / f"sql-{os.getpid()}"
     env = {**bench_env(queue, extra_env), **sql_env(sql_dir), "CCGSC_BENCH_TRACE": "1"}
@@ -500,20 +513,19 @@ def scenario(
     # Enough tasks that the queue does not run dry during the window (tasks_open_at_end shows it).
     tasks = max(20_000 if duration > 10 else 10_000, int(1500 * (duration + warmup + 30)))
     try:
-        result = asyncio.run(
-            run_swarm(
-                port=port,
-                key=key,
-                tokens=tokens,
-                tasks=tasks,
-                warmup=warmup,
-                duration=duration,
-                profiler=daphne if profile else None,
-                think_s=think_s,
-                concurrency=concurrency,
-                servers={"daphne": daphne.process.pid, "celery": celery.process.pid},
-                sql_dir=sql_dir,
-            )
+        result = run_swarm(
+            port=port,
+            key=key,
+            tokens=tokens,
+            tasks=tasks,
+            warmup=warmup,
+            duration=duration,
+            profiler=daphne if profile else None,
+            think_s=think_s,
+            concurrency=concurrency,
+            servers={"daphne": daphne.process.pid, "celery": celery.process.pid},
+            sql_dir=sql_dir,
+            swarm_procs=swarm_procs or default_swarm_procs(n),
         )
     finally:
         daphne.stop()
@@ -581,9 +593,9 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown table of the scenarios with the BOINC and target ratios."""
     head = [
         "config", "connections", "validated replicas/s", "credits/s", "push p50 ms",
-        "push p99 ms", "turnaround p50 ms", "turnaround p99 ms", "vs BOINC 102/s",
+        "push p99 ms", "swarm procs, loop lag p99 ms", "turnaround p50 ms", "turnaround p99 ms", "vs BOINC 102/s",
         "vs target 1000/s", "p99 ≤ 100 ms", "commits/replica", "SQL statements/replica", "PG sessions/replica",
-        "CPU ms/replica Daphne, PG, Celery", "invariants",
+        "CPU ms/replica Daphne, PG, Celery, swarm", "invariants",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -600,6 +612,7 @@ def table(results: list[dict[str, Any]]) -> str:
                     fmt(r["credits_per_second"], 1),
                     fmt(r["push_latency_ms"]["p50"]),
                     fmt(r["push_latency_ms"]["p99"]),
+                    f"{r['swarm_procs']}, {fmt(r['swarm_loop_lag_ms']['p99'])}",
                     fmt(r["turnaround_ms"]["p50"], 1),
                     fmt(p99, 1),
                     f"{rate / BOINC_JOBS_PER_S:.2f}×",
@@ -608,7 +621,7 @@ def table(results: list[dict[str, Any]]) -> str:
                     fmt(per["xact_commit"], 3),
                     fmt(r["sql_statements_per_replica"]["total"], 2),
                     fmt(per["sessions"], 2),
-                    "{daphne:.2f}, {postgresql:.2f}, {celery:.2f}".format(
+                    "{daphne:.2f}, {postgresql:.2f}, {celery:.2f}, {swarm:.2f}".format(
                         **r["cpu_ms_per_replica"]
                     ),
                     "ok" if r["invariants"]["ok"] else "FAILED",
@@ -662,6 +675,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prefetch", type=int, default=None, help="CCGSC_DISPATCH_PREFETCH for the servers"
     )
+    parser.add_argument(
+        "--swarm-procs",
+        type=int,
+        default=None,
+        help="load-generator processes the workers are spread over (default: 1 below 500 "
+        "connections, else 4)",
+    )
     parser.add_argument("--label", default=None, help="the table's config column")
     parser.add_argument(
         "--conn-max-age",
@@ -702,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
                     think_s=args.think_ms / 1000,
                     concurrency=args.concurrency,
                     daphnes=args.daphnes,
+                    swarm_procs=args.swarm_procs,
                 )
             )
         top = max(args.connections)
@@ -714,13 +735,19 @@ def main(argv: list[str] | None = None) -> int:
                     warmup=warmup,
                     extra_env={**base_env, "DATABASE_CONN_MAX_AGE": str(args.conn_max_age)},
                     label=f"CONN_MAX_AGE={args.conn_max_age}",
+                    swarm_procs=args.swarm_procs,
                 )
             )
         if args.profile:
             print(f"dispatch: {top} connections, profiled ...", file=sys.stderr)
             results.append(
                 scenario(
-                    top, duration=min(duration, 15.0), warmup=warmup, profile=True, label="profiled"
+                    top,
+                    duration=min(duration, 15.0),
+                    warmup=warmup,
+                    profile=True,
+                    label="profiled",
+                    swarm_procs=args.swarm_procs,
                 )
             )
     finally:

@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -42,14 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "edge_worker"))
 
+from swarm import raise_open_files  # noqa: E402 - after the path setup
+
 RESULTS = ROOT / "bench" / "results" / "sockets.json"
-
-
-def raise_open_files() -> int:
-    """Raise this process's soft open-files limit to its hard limit; returns the new limit."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def rss_kib(pid: int) -> int:

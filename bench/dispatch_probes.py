@@ -16,7 +16,8 @@ SQLCOUNT_DIR = Path(__file__).resolve().parent / "sqlcount"
 
 
 def pg_stats(conn: psycopg.Connection) -> dict[str, float]:
-    """Counters of the benchmark database and of validated replicas."""
+    """Counters of the benchmark database and of validated replicas, at wall time ``t`` (the
+    swarm processes' clock, ``bench/swarm.py``)."""
     conn.execute("SELECT pg_stat_clear_snapshot()")
     row = conn.execute(
         "SELECT xact_commit, xact_rollback, sessions, tup_returned, tup_fetched, tup_inserted,"
@@ -27,7 +28,7 @@ def pg_stats(conn: psycopg.Connection) -> dict[str, float]:
     names += ["tup_inserted", "tup_updated", "blks_hit"]
     stats = dict(zip(names, (float(v) for v in row), strict=True))
     stats["valid"] = float(valid[0])
-    stats["t"] = time.perf_counter()
+    stats["t"] = time.time()
     return stats
 
 

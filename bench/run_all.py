@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """Run every benchmark and report: kernels (wasmtime, Node, Chromium, native), training speed
 (2NN: our kernel vs numpy and TensorFlow.js-wasm), validation quality, dispatch throughput and
-latency, FL aggregation and secure aggregation against Flower, the FedAvg paper's table
-(FedSGD vs FedAvg rounds, sync vs buffered-async), DP rounds, compressed uploads, a worker
-page's analytics contribution.
+latency, the push floor (no database), FL aggregation and secure aggregation against Flower,
+the FedAvg paper's table (FedSGD vs FedAvg rounds, sync vs buffered-async), DP rounds,
+compressed uploads, a worker page's analytics contribution.
 
 Each benchmark runs as its own process (each sets Django up with its own database) and prints
 a markdown table; this script prints the machine first, then the tables, and writes
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
-       [--only kernels training validation ledger dispatch sockets aggregation secagg
+       [--only kernels training validation ledger dispatch push_floor sockets aggregation secagg
                secagg_wire fedavg_paper analytics_page dp_rounds compression dp_shares]
 """
 
@@ -42,6 +42,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--profile"],
         "dispatch.json",
     ),
+    # The push floor: N sockets, one frame each per channel-layer trigger, no database.
+    "push_floor": ("bench_push_floor.py", [], [], "push_floor.json"),
     # 10,000 worker sockets on several Daphnes, one Daphne killed under them (--quick: 300).
     "sockets": ("bench_sockets.py", [], ["--sockets", "300", "--clients", "2"], "sockets.json"),
     # Both create var/flower-venv from their pinned requirements when missing.
