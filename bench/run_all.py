@@ -31,30 +31,30 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
-    # name: (script, extra args, extra args with --quick, JSON written)
-    "kernels": ("bench_kernels_chromium.py", [], [], "kernels.json"),
-    "training": ("bench_training.py", [], [], "training.json"),
-    "validation": ("bench_validation.py", [], [], "validation.json"),
+    # name: (script, its args, its args with --quick (each script's own short form), JSON written)
+    "kernels": ("bench_kernels_chromium.py", [], ["--quick"], "kernels.json"),
+    "training": ("bench_training.py", [], ["--quick"], "training.json"),
+    "validation": ("bench_validation.py", [], ["--quick"], "validation.json"),
     "ledger": ("bench_ledger.py", [], ["--quick"], "ledger.json"),
     "dispatch": (
         "bench_dispatch.py",
         ["--profile", "--conn-max-age", "600"],
-        ["--profile"],
+        ["--quick", "--profile"],
         "dispatch.json",
     ),
     # The push floor: N sockets, one frame each per channel-layer trigger, no database.
-    "push_floor": ("bench_push_floor.py", [], [], "push_floor.json"),
+    "push_floor": ("bench_push_floor.py", [], ["--quick"], "push_floor.json"),
     # 10,000 worker sockets on several Daphnes, one Daphne killed under them (--quick: 300).
     "sockets": ("bench_sockets.py", [], ["--sockets", "300", "--clients", "2"], "sockets.json"),
     # Both create var/flower-venv from their pinned requirements when missing.
     "aggregation": ("bench_aggregation.py", [], ["--quick"], "aggregation.json"),
-    "secagg": ("bench_secagg.py", [], [], "secagg.json"),
+    "secagg": ("bench_secagg.py", [], ["--quick"], "secagg.json"),
     # One secure round through the services (PostgreSQL) against the pure path.
     "secagg_wire": ("bench_secagg_wire.py", [], [], "secagg_wire.json"),
     # McMahan et al. 2017's table on the offline MNIST digits, and sync vs buffered-async.
-    "fedavg_paper": ("bench_fedavg_paper.py", [], [], "fedavg_paper.json"),
+    "fedavg_paper": ("bench_fedavg_paper.py", [], ["--quick"], "fedavg_paper.json"),
     # A worker page's analytics contribution in Chromium: read the CSV, summarise, mask.
-    "analytics_page": ("bench_analytics_page.py", [], [], "analytics_page.json"),
+    "analytics_page": ("bench_analytics_page.py", [], ["--quick"], "analytics_page.json"),
     # DP-FedAvg as the rounds run it: accuracy on digits against ε at q = 1.
     "dp_rounds": ("bench_dp_rounds.py", [], ["--rounds", "10", "--seeds", "1"], "dp_rounds.json"),
     # Compressed uploads: bytes per scheme at the 2NN's d, accuracy on digits per scheme.
@@ -127,6 +127,13 @@ def machine_table(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def bench_command(name: str, *, quick: bool) -> list[str]:
+    """The command that runs one benchmark: only the flags its entry names (``--quick`` where
+    the script has it)."""
+    script, extra, quick_extra, _ = BENCHMARKS[name]
+    return [sys.executable, str(ROOT / "bench" / script), *(quick_extra if quick else extra)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs of everything")
@@ -138,9 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"quick": args.quick, "machine": info, "benchmarks": {}}
     status = 0
     for name in args.only:
-        script, extra, quick_extra, json_name = BENCHMARKS[name]
-        cmd = [sys.executable, str(ROOT / "bench" / script)]
-        cmd += ["--quick", *quick_extra] if args.quick else extra
+        json_name = BENCHMARKS[name][3]
+        cmd = bench_command(name, quick=args.quick)
         print(f"\n## {name}\n", flush=True)
         start = time.monotonic()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)

@@ -1,0 +1,47 @@
+"""``make bench``'s runner hands each benchmark only flags that benchmark declares: ``--quick``
+was once passed to every script, and the six without it stopped with "unrecognized arguments"."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def declared_flags(script: Path) -> set[str]:
+    """The ``--flags`` a script (or the bench module it hands its arguments to) declares."""
+    flags: set[str] = set()
+    sources = [script]
+    if script.name == "bench_kernels_chromium.py":  # it runs bench_kernels.main(argv)
+        sources.append(BENCH / "bench_kernels.py")
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_argument"
+            ):
+                flags |= {
+                    arg.value
+                    for arg in node.args
+                    if isinstance(arg, ast.Constant) and str(arg.value).startswith("--")
+                }
+    return flags
+
+
+@pytest.fixture
+def run_all(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
+
+    return run_all
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_flag_run_all_passes_is_declared_by_its_script(run_all, quick):
+    for name in run_all.BENCHMARKS:
+        _, script, *args = run_all.bench_command(name, quick=quick)
+        declared = declared_flags(Path(script))
+        for flag in (arg for arg in args if arg.startswith("--")):
+            assert flag in declared, f"{name}: {Path(script).name} does not take {flag}"
