@@ -357,7 +357,9 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
         async with self.fill_lock:
             prefetch = self._free()
             if prefetch > 0 and not self.released:
-                offers = await flusher().submit(ClaimItem(worker_id=self.worker_id, count=prefetch))
+                offers = await flusher().submit(
+                    ClaimItem(worker_id=self.worker_id, count=prefetch, prefetch=True)
+                )
                 await self._push(offers, wanted=prefetch)
 
     async def _push(self, offers: list[dispatch.Offer], *, wanted: int) -> None:

@@ -46,6 +46,9 @@ class HeartbeatItem:
 class ClaimItem:
     worker_id: uuid.UUID
     count: int
+    # A socket's prefetch, claimed after its first claim's assigns went out: it may wait a
+    # flush or two while other sockets' first claims go first (``jobs.dispatch.flusher``).
+    prefetch: bool = False
 
 
 # ---------------------------------------------------------------- claims

@@ -133,13 +133,44 @@ def flush_sync(items: list[Any]) -> tuple[list[Any], list[tuple[str, dict[str, A
     return answers, sends
 
 
+# How many flushes a socket's prefetch claim may wait while first claims go ahead of it.
+PREFETCH_WAIT_FLUSHES = 2
+
+
+def batch_take(
+    pending: list[tuple[Any, asyncio.Future, int]], *, max_items: int, flush: int
+) -> tuple[list[tuple[Any, asyncio.Future, int]], list[tuple[Any, asyncio.Future, int]]]:
+    """The next flush's items and what stays pending: up to ``max_items`` in arrival order,
+    except that while sockets' first claims wait, prefetch claims queued fewer than
+    ``PREFETCH_WAIT_FLUSHES`` flushes ago stay behind. A job start wakes hundreds of sockets at
+    once; the first to be answered ask for their prefetch while the others' first claims are
+    still queued, and a flush of both took twice as long, so the last sockets' first
+    ``assign`` left one long flush later. Entries: (item, future, flush number at arrival)."""
+
+    def waits(entry: tuple[Any, asyncio.Future, int]) -> bool:
+        item, _, arrived = entry
+        return (
+            isinstance(item, ClaimItem)
+            and item.prefetch
+            and flush - arrived < PREFETCH_WAIT_FLUSHES
+        )
+
+    first_claims = any(isinstance(item, ClaimItem) and not item.prefetch for item, _, _ in pending)
+    if not first_claims:
+        return pending[:max_items], pending[max_items:]
+    batch, rest = [], []
+    for entry in pending:
+        (rest if waits(entry) or len(batch) >= max_items else batch).append(entry)
+    return batch, rest
+
+
 class Flusher:
     """Collects items from this process's sockets and flushes them in batches."""
 
     def __init__(self, *, flush_ms: float, max_items: int) -> None:
         self.flush_s = flush_ms / 1000
         self.max_items = max_items
-        self.items: list[tuple[Any, asyncio.Future]] = []
+        self.items: list[tuple[Any, asyncio.Future, int]] = []
         self.arrived = asyncio.Event()
         self.full = asyncio.Event()
         self.local: dict[str, Callable[[dict], Awaitable[None]]] = {}
@@ -164,7 +195,7 @@ class Flusher:
     async def submit(self, item: Any) -> Any:
         """Queue one item and return its outcome once its batch committed (or raise its error)."""
         future = self.loop.create_future()
-        self.items.append((item, future))
+        self.items.append((item, future, self.flushes))
         self.arrived.set()
         if len(self.items) >= self.max_items:
             self.full.set()
@@ -179,20 +210,20 @@ class Flusher:
             if len(self.items) < self.max_items:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.full.wait(), self.flush_s)
-            batch, self.items = self.items[: self.max_items], self.items[self.max_items :]
+            batch, self.items = batch_take(self.items, max_items=self.max_items, flush=self.flushes)
             if not self.items:
                 self.arrived.clear()
             if len(self.items) < self.max_items:
                 self.full.clear()
             sends: list[tuple[str, dict[str, Any]]] = []
             try:
-                answers, sends = await self.database([item for item, _ in batch])
+                answers, sends = await self.database([item for item, _, _ in batch])
             except Exception as exc:  # the database thread itself failed: nothing committed
                 logger.exception("dispatch flush failed")
                 answers = [exc] * len(batch)
             self.flushes += 1
             self.flushed_items += len(batch)
-            for (_, future), answer in zip(batch, answers, strict=True):
+            for (_, future, _), answer in zip(batch, answers, strict=True):
                 if not future.done():
                     future.set_result(answer)
             if sends:
