@@ -9,6 +9,7 @@ from functools import cache
 from ccgsc_worker import abi
 from ccgsc_worker.kernel import KernelRunner
 from jobs import dispatch
+from jobs.dispatch.batch import ResultItem
 from jobs.kernels import kernel_module_bytes
 from jobs.models import Kernel
 from tests.factories import ContributorFactory
@@ -56,6 +57,21 @@ def submit(session, offer, output: bytes | None = None):  # noqa: ANN001, ANN201
         output=data,
         sha256=hashlib.sha256(data).hexdigest(),
         elapsed_ms=1,
+    )
+
+
+def result_item(session, offer, *, output: bytes | None = None, refill: int = 0):  # noqa: ANN001, ANN201
+    """An offer's result (computed, or the given bytes) as the flusher takes it; with
+    ``refill``, it also claims that many tasks for the session's worker."""
+    data = run_offer(offer) if output is None else output
+    return ResultItem(
+        contributor_id=session.contributor_id,
+        assignment_id=str(offer.assignment_id),
+        output=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        elapsed_ms=1,
+        worker_id=session.worker_id,
+        refill=refill,
     )
 
 

@@ -32,7 +32,7 @@ from jobs.models import (
 from tenants.models import Tenant
 from tenants.roles import Role
 from tenants.tiers import Tier
-from tests.jobs.helpers import new_worker, run_offer
+from tests.jobs.helpers import new_worker, result_item, run_offer
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -66,24 +66,13 @@ def _claim_all(sessions, count: int = 8) -> list[tuple]:  # noqa: ANN001
     ]
 
 
-def _item(session, offer, output: bytes | None = None) -> ResultItem:  # noqa: ANN001
-    data = run_offer(offer) if output is None else output
-    return ResultItem(
-        contributor_id=session.contributor_id,
-        assignment_id=str(offer.assignment_id),
-        output=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        elapsed_ms=1,
-    )
-
-
 def test_one_batch_validates_every_task_once_and_answers_in_order(tenant, owner, kernels):
     # given four tasks, quorum 2, two workers holding a replica of each
     job = _job(tenant, owner, kernels["prime_count"])
     sessions = [new_worker()[0] for _ in range(2)]
     claimed = _claim_all(sessions)
     assert len(claimed) == 8
-    items = [_item(s, o) for s, o in claimed]
+    items = [result_item(s, o) for s, o in claimed]
     # when all eight results and a replay of the first arrive in one flush
     outcome = dispatch_batch(results=[*items, items[0]])
     # then
@@ -110,14 +99,16 @@ def test_a_disagreement_in_a_batch_penalises_the_liar_and_asks_for_another_repli
     (l_offer,) = dispatch.assignment_claim(worker_id=liar.worker_id, count=1)
     wrong = bytes(len(run_offer(l_offer)))
     # when both arrive in one batch
-    outcome = dispatch_batch(results=[_item(honest, h_offer), _item(liar, l_offer, wrong)])
+    outcome = dispatch_batch(
+        results=[result_item(honest, h_offer), result_item(liar, l_offer, output=wrong)]
+    )
     # then both are stored, the task needs a third replica, and a third worker can take it
     assert [o.status for o in outcome.results] == ["accepted", "accepted"]
     task = job.tasks.get()
     assert (task.status, task.target_replicas, task.dispatchable) == (TaskStatus.OPEN, 3, True)
     third = new_worker()[0]
     (t_offer,) = dispatch.assignment_claim(worker_id=third.worker_id, count=1)
-    dispatch_batch(results=[_item(third, t_offer)])
+    dispatch_batch(results=[result_item(third, t_offer)])
     task.refresh_from_db()
     assert task.status == TaskStatus.VALIDATED
     assert Worker.objects.get(pk=liar.worker_id).invalid_replicas == 1
@@ -131,7 +122,7 @@ def test_concurrent_batches_for_the_same_tasks_validate_exactly_once(tenant, own
     sessions = [new_worker()[0] for _ in range(3)]
     claimed = _claim_all(sessions, count=12)
     assert len(claimed) == 36
-    items = [_item(s, o) for s, o in claimed]
+    items = [result_item(s, o) for s, o in claimed]
     # when three flushers (three processes) each take every third result, at the same time
     barrier = threading.Barrier(3)
 
@@ -163,7 +154,7 @@ def test_a_failed_commit_answers_nothing_from_the_batch_and_each_item_runs_alone
     # given a batch whose transaction fails after doing all its work, and one poison item
     job = _job(tenant, owner, kernels["prime_count"], tasks=2)
     sessions = [new_worker()[0] for _ in range(2)]
-    items = [_item(s, o) for s, o in _claim_all(sessions)]
+    items = [result_item(s, o) for s, o in _claim_all(sessions)]
     poison = ResultItem(
         contributor_id=items[0].contributor_id,
         assignment_id=items[0].assignment_id,
@@ -296,7 +287,7 @@ def test_a_batch_posts_one_charge_per_tenant_and_one_credit_entry_and_the_books_
     ]
     Task.objects.unscoped().update(work_units=10 * TASK_UNITS)  # 10 cents a task
     sessions = [new_worker()[0] for _ in range(2)]
-    items = [_item(s, o) for s, o in _claim_all(sessions, count=6)]
+    items = [result_item(s, o) for s, o in _claim_all(sessions, count=6)]
     assert len(items) == 12
     charges_before = JournalEntry.objects.filter(kind=EntryKind.CHARGE).count()
     # when one flush validates all six tasks

@@ -5,7 +5,6 @@ them instead of counting."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -18,10 +17,10 @@ from django.utils import timezone
 from jobs import dispatch, selectors, services
 from jobs.counter_models import JobCounterDelta
 from jobs.dispatch import flusher
-from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem, ResultItem
+from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem
 from jobs.models import Assignment, Job, JobCounters, Task, TaskStatus
 from tenants.roles import Role
-from tests.jobs.helpers import new_worker, run_offer
+from tests.jobs.helpers import new_worker, result_item
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -77,17 +76,6 @@ def counters(job: Job) -> dict[str, int]:
     return selectors.job_counters(tenant=job.tenant, job=job)
 
 
-def _result(session, offer, output: bytes | None = None) -> ResultItem:  # noqa: ANN001
-    data = run_offer(offer) if output is None else output
-    return ResultItem(
-        contributor_id=session.contributor_id,
-        assignment_id=str(offer.assignment_id),
-        output=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        elapsed_ms=1,
-    )
-
-
 def test_a_new_job_counts_its_tasks_and_a_start_queues_them(tenant, owner, kernels):
     # given a draft job of six tasks
     job = _job(tenant, owner, kernels["prime_count"], tasks=6, start=False)
@@ -123,9 +111,9 @@ def test_counters_equal_a_recount_after_concurrent_flushes(tenant, owner, kernel
                 )
             )
         elif n % 6 == 5:
-            items.append(_result(session, offer, output=b"\x00" * 8))
+            items.append(result_item(session, offer, output=b"\x00" * 8))
         else:
-            items.append(_result(session, offer))
+            items.append(result_item(session, offer))
         items.append(
             HeartbeatItem(worker_id=session.worker_id, assignment_id=str(offer.assignment_id))
         )
@@ -257,7 +245,7 @@ def test_the_director_snapshot_reads_the_counters_in_a_fixed_number_of_queries(
     first = dispatch.assignment_claim(worker_id=a.worker_id, count=2)
     second = dispatch.assignment_claim(worker_id=b.worker_id, count=1)
     assert first[0].task_index == second[0].task_index
-    flusher.flush_sync([_result(a, first[0]), _result(b, second[0])])
+    flusher.flush_sync([result_item(a, first[0]), result_item(b, second[0])])
     # when the director reads its snapshot
     with django_assert_max_num_queries(8):
         state = selectors.job_state(tenant=tenant, job_id=job.pk)

@@ -8,7 +8,6 @@ PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -16,11 +15,11 @@ from channels.layers import get_channel_layer
 
 from jobs import dispatch, realtime, services
 from jobs.dispatch import queue_fill
-from jobs.dispatch.batch import ClaimItem, ResultItem, dispatch_batch
+from jobs.dispatch.batch import ClaimItem, dispatch_batch
 from jobs.models import Job, JobStatus, Task, TaskStatus, Worker
 from jobs.services import lifecycle
 from tenants.roles import Role
-from tests.jobs.helpers import new_worker, run_offer
+from tests.jobs.helpers import new_worker, result_item
 
 pytestmark = [pytest.mark.services]
 
@@ -227,19 +226,6 @@ def test_with_no_worker_online_the_high_water_mark_is_the_floor(
     assert _marks(job) == [0]
 
 
-def _result(session, offer, *, refill: int) -> ResultItem:  # noqa: ANN001
-    data = run_offer(offer)
-    return ResultItem(
-        contributor_id=session.contributor_id,
-        assignment_id=str(offer.assignment_id),
-        output=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        elapsed_ms=1,
-        worker_id=session.worker_id,
-        refill=refill,
-    )
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_job_larger_than_the_high_water_mark_completes_through_claims_alone(
     tenant, owner, kernels
@@ -256,7 +242,7 @@ def test_a_job_larger_than_the_high_water_mark_completes_through_claims_alone(
         pending = [(w, offer) for w in workers for offer in held[w.worker_id]]
         if not pending:
             break
-        outcome = dispatch_batch(results=[_result(w, offer, refill=1) for w, offer in pending])
+        outcome = dispatch_batch(results=[result_item(w, offer, refill=1) for w, offer in pending])
         held = {w.worker_id: [] for w in workers}
         for (w, _), stored in zip(pending, outcome.results, strict=True):
             held[w.worker_id] += stored.offers

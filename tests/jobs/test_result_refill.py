@@ -4,7 +4,6 @@ fallback refills too. Real PostgreSQL."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
 import pytest
@@ -12,10 +11,10 @@ from django.db import transaction
 
 from jobs import dispatch, services
 from jobs.dispatch import batch, flusher
-from jobs.dispatch.batch import ResultItem, dispatch_batch
+from jobs.dispatch.batch import dispatch_batch
 from jobs.models import Assignment, AssignmentStatus, Job
 from tenants.roles import Role
-from tests.jobs.helpers import new_worker, run_offer
+from tests.jobs.helpers import new_worker, result_item
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -38,19 +37,6 @@ def _job(tenant, owner, kernel, *, tasks: int) -> Job:  # noqa: ANN001
     )
 
 
-def _result(session, offer, *, refill: int, output: bytes | None = None) -> ResultItem:  # noqa: ANN001
-    data = run_offer(offer) if output is None else output
-    return ResultItem(
-        contributor_id=session.contributor_id,
-        assignment_id=str(offer.assignment_id),
-        output=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        elapsed_ms=1,
-        worker_id=session.worker_id,
-        refill=refill,
-    )
-
-
 def _held(session) -> set[str]:  # noqa: ANN001
     return {
         str(pk)
@@ -66,7 +52,7 @@ def test_a_stored_result_brings_its_workers_next_tasks_in_the_same_flush(tenant,
     worker = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=worker.worker_id, count=1)
     # when its result arrives with a refill of two
-    outcome = dispatch_batch(results=[_result(worker, offer, refill=2)])
+    outcome = dispatch_batch(results=[result_item(worker, offer, refill=2)])
     # then the result is stored and two new replicas (other tasks) are the worker's, as offers
     (stored,) = outcome.results
     assert stored.status == "accepted"
@@ -80,7 +66,7 @@ def test_a_refused_result_claims_nothing(tenant, owner, kernels):
     _job(tenant, owner, kernels["prime_count"], tasks=4)
     worker = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=worker.worker_id, count=1)
-    bad = replace(_result(worker, offer, refill=3), sha256="0" * 64)
+    bad = replace(result_item(worker, offer, refill=3), sha256="0" * 64)
     # when its result does not match its hash
     outcome = dispatch_batch(results=[bad])
     # then it is refused and the worker holds exactly what it held before
@@ -102,7 +88,7 @@ def test_the_item_by_item_fallback_refills_too(tenant, owner, kernels, monkeypat
 
     monkeypatch.setattr(flusher, "dispatch_batch", failing)
     # when the flusher handles the result with a refill of one
-    answers, _ = flusher.flush_sync([_result(worker, offer, refill=1)])
+    answers, _ = flusher.flush_sync([result_item(worker, offer, refill=1)])
     # then alone it was stored and one new replica came with it
     (answer,) = answers
     assert answer.status == "accepted"
