@@ -13,16 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from jobs import realtime
 from jobs.analytics import add_query_noise, block_noise_std, derive_statistics
 from jobs.analytics_models import AnalyticsResult
 from jobs.fl_models import Participation, Round, RoundStatus
-from jobs.metering import metering
 from jobs.models import Job, JobStatus
 from jobs.services.analytics_creation import query_spec
 from jobs.services.fl_rounds_cohort import update_total_bytes
-from jobs.services.fl_rounds_end import fl_job_finish, round_dropouts_mark
-from jobs.services.fl_rounds_storage import fold_load, round_storage_release, round_uploads_abandon
+from jobs.services.fl_rounds_end import fl_job_finish, round_closed_save, round_dropouts_mark
+from jobs.services.fl_rounds_storage import fold_load
 
 
 def _per_column(values: np.ndarray, lengths: list[int]) -> list[list[float]]:
@@ -82,18 +80,13 @@ def analytics_round_aggregate(*, round_: Round, job: Job, now: Any) -> Analytics
         "duration_seconds": round((now - round_.started_at).total_seconds(), 3),
         "analytics_result": result.pk,
     }
-    round_.save()
-    round_storage_release(round_=round_, job=job, folded_ids=folded_ids)
-    round_uploads_abandon(round_=round_, job=job, config=config)
-    metering().round_completed(
+    round_closed_save(
+        round_=round_,
         job=job,
-        round_number=round_.number,
+        config=config,
+        folded_ids=folded_ids,
+        included=included,
         bytes_transferred=bytes_up,
-        contributor_ids=sorted({str(p.contributor_id) for p in included}, key=str),
-    )
-    realtime.broadcast_on_commit(
-        realtime.job_group(job.pk),
-        {"type": "job.round_closed", "round": round_.number, "metrics": round_.metrics},
     )
     closed = Round.objects.for_tenant(job.tenant).filter(job=job, status=RoundStatus.CLOSED)
     if closed.count() >= config.rounds:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from jobs.fl_models import ParticipationStatus, Round, RoundStatus
+from jobs import realtime
+from jobs.fl_models import FlConfig, Participation, ParticipationStatus, Round, RoundStatus
+from jobs.metering import metering
 from jobs.models import Job, JobStatus
 from jobs.services.fl_rounds_storage import fold_load, round_storage_release, round_uploads_abandon
 from jobs.services.lifecycle import job_event
@@ -71,3 +73,30 @@ def fl_job_finish(job: Job, status: str, reason: str, now: Any) -> None:
     )
     job.status = status
     job_event(job=job, kind=f"fl.{status}", message=reason)
+
+
+def round_closed_save(
+    *,
+    round_: Round,
+    job: Job,
+    config: FlConfig,
+    folded_ids: list[Any],
+    included: list[Participation],
+    bytes_transferred: int,
+) -> None:
+    """Save a round closed in memory and do what every close does after it (an FL round's and
+    an analytics round's alike): release the folded uploads' storage, abandon the rest, meter
+    the round once with its contributors, and tell the job's viewers after commit."""
+    round_.save()
+    round_storage_release(round_=round_, job=job, folded_ids=folded_ids)
+    round_uploads_abandon(round_=round_, job=job, config=config)
+    metering().round_completed(
+        job=job,
+        round_number=round_.number,
+        bytes_transferred=bytes_transferred,
+        contributor_ids=sorted({str(p.contributor_id) for p in included}, key=str),
+    )
+    realtime.broadcast_on_commit(
+        realtime.job_group(job.pk),
+        {"type": "job.round_closed", "round": round_.number, "metrics": round_.metrics},
+    )

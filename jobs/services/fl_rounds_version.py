@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from django.db import transaction
 
-from jobs import realtime
 from jobs.aggregation import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
 from jobs.federated.fedbuff import buffer_mean
 from jobs.fl_artifact_models import ModelVersion
@@ -27,17 +26,19 @@ from jobs.fl_models import (
     RoundStatus,
     ServerStrategy,
 )
-from jobs.metering import metering
 from jobs.models import Job, JobStatus
 from jobs.services.fl_evaluation import evaluation_available
 from jobs.services.fl_rounds_cohort import update_total_bytes
 from jobs.services.fl_rounds_dp import round_release
 from jobs.services.fl_rounds_dp_distributed import clients_noised
-from jobs.services.fl_rounds_end import fl_job_finish, round_dropouts_mark, round_rejection_metrics
+from jobs.services.fl_rounds_end import (
+    fl_job_finish,
+    round_closed_save,
+    round_dropouts_mark,
+    round_rejection_metrics,
+)
 from jobs.services.fl_rounds_storage import (
     fold_load,
-    round_storage_release,
-    round_uploads_abandon,
     storage_put,
     strategy_state_key,
     strategy_state_read,
@@ -169,18 +170,13 @@ def round_aggregate(round_: Round, job: Job, config: FlConfig, now: Any) -> None
     round_.bytes_up = bytes_up
     round_.bytes_down = bytes_down
     round_.metrics = metrics | {"version": version.version}
-    round_.save()
-    round_storage_release(round_=round_, job=job, folded_ids=folded_ids)
-    round_uploads_abandon(round_=round_, job=job, config=config)
-    metering().round_completed(
+    round_closed_save(
+        round_=round_,
         job=job,
-        round_number=round_.number,
+        config=config,
+        folded_ids=folded_ids,
+        included=included,
         bytes_transferred=bytes_up + bytes_down,
-        contributor_ids=sorted({str(p.contributor_id) for p in included}, key=str),
-    )
-    realtime.broadcast_on_commit(
-        realtime.job_group(job.pk),
-        {"type": "job.round_closed", "round": round_.number, "metrics": round_.metrics},
     )
     if evaluation_available(job=job):
         # Evaluated on the held-out set in Celery, which then decides the target accuracy.
