@@ -142,7 +142,9 @@ class Task(TenantOwnedModel):
 
     id = models.BigAutoField(primary_key=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks")
+    # No index of its own: (job, status) and (job, index) lead with it, and every write that
+    # queues, claims or closes a task touches each of the task's indexes.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks", db_index=False)
     index = models.PositiveIntegerField()
     lo = models.BigIntegerField()
     hi = models.BigIntegerField()
@@ -214,9 +216,15 @@ class Assignment(TenantOwnedModel):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="assignments")
+    # job and worker: no index of their own; (job, status) and (worker, status) lead with them,
+    # and every replica claimed or returned writes each of the assignment's indexes.
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="assignments", db_index=False
+    )
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
-    worker = models.ForeignKey(Worker, on_delete=models.PROTECT, related_name="assignments")
+    worker = models.ForeignKey(
+        Worker, on_delete=models.PROTECT, related_name="assignments", db_index=False
+    )
     contributor = models.ForeignKey(
         Contributor, on_delete=models.PROTECT, related_name="assignments"
     )
