@@ -8,13 +8,11 @@ from billing import ledger
 from billing.metering import BillingMetering
 from billing.models import AccountKind, EntryKind, JournalEntry, UsageKind, UsageRecord, UsageStatus
 from billing.topups import topup_fulfil
-from jobs import services as job_services
 from jobs.metering import WorkQuote, WorkRefused, metering
 from jobs.models import Contributor, JobStatus
 from tenants.models import Tenant
-from tenants.roles import Role
 from tenants.tiers import Tier
-from tests.jobs.helpers import new_worker, work_until_done
+from tests.jobs.helpers import fc_job, new_worker, work_until_done
 
 pytestmark = pytest.mark.django_db
 
@@ -26,24 +24,6 @@ def core_tenant(tenant):
     Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.CORE)
     tenant.refresh_from_db()
     return tenant
-
-
-def _job(tenant, owner, kernels, *, tasks=2, quorum=1):  # noqa: ANN001, ANN202
-    return job_services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=job_services.JobSpec(
-            name="metered",
-            kernel=kernels["montecarlo_pi"],
-            range_start=0,
-            range_end=tasks * TASK,
-            chunk_size=TASK,
-            params={},
-            quorum=quorum,
-            seed=3,
-        ),
-    )
 
 
 def test_billing_registers_itself_behind_the_port():
@@ -64,7 +44,16 @@ def test_validated_tasks_are_metered_with_a_foreign_key_and_earnings_follow_it(
 ):
     topup_fulfil(session_id="cs_fk", tenant_id=str(core_tenant.pk), amount_cents=1000)
     Tenant.objects.filter(pk=core_tenant.pk).update(tier=Tier.CORE)
-    job = _job(core_tenant, owner, kernels, tasks=2, quorum=2)
+    job = fc_job(
+        core_tenant,
+        owner,
+        kernels["montecarlo_pi"],
+        tasks=2,
+        quorum=2,
+        range_start=0,
+        chunk_size=TASK,
+        seed=3,
+    )
     # 10 cents per task, so the contributors' half-share (5 cents) splits between two replicas
     job.tasks.update(work_units=10 * TASK)
     workers = [new_worker()[0], new_worker()[0]]
@@ -92,7 +81,16 @@ def test_an_fl_round_is_charged_once_and_credits_the_listed_contributors(
     core_tenant, owner, kernels, django_capture_on_commit_callbacks
 ):
     topup_fulfil(session_id="cs_round", tenant_id=str(core_tenant.pk), amount_cents=1000)
-    job = _job(core_tenant, owner, kernels)
+    job = fc_job(
+        core_tenant,
+        owner,
+        kernels["montecarlo_pi"],
+        tasks=2,
+        quorum=1,
+        range_start=0,
+        chunk_size=TASK,
+        seed=3,
+    )
     included, left_out = new_worker()[0], new_worker()[0]
     for _ in range(2):  # a replayed round close meters nothing new
         with django_capture_on_commit_callbacks(execute=True):

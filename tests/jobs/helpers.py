@@ -1,5 +1,5 @@
-"""Test helpers: connect workers (rows from tests/factories.py) and run offers through the real
-kernels."""
+"""Test helpers: create FC jobs, connect workers (rows from tests/factories.py) and run offers
+through the real kernels."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from functools import cache
 
 from ccgsc_worker import abi
 from ccgsc_worker.kernel import KernelRunner
-from jobs import dispatch
+from jobs import dispatch, services
 from jobs.dispatch.batch import ResultItem
 from jobs.kernels import kernel_module_bytes
-from jobs.models import Kernel
+from jobs.models import Job, Kernel
+from tenants.models import Tenant
+from tenants.roles import Role
 from tests.factories import ContributorFactory
 
 HELLO = {
@@ -22,6 +24,45 @@ HELLO = {
     "capabilities": {"cores": 2, "simd": True},
     "slots": 4,
 }
+
+
+def fc_job(  # noqa: ANN003
+    tenant: Tenant,
+    owner,  # noqa: ANN001
+    kernel: Kernel,
+    *,
+    tasks: int,
+    chunk_size: int = 1000,
+    range_start: int = 1,
+    quorum: int = 2,
+    seed: int = 5,
+    start: bool = True,
+    start_after: bool = False,
+    **spec_overrides,
+) -> Job:
+    """An FC job the tenant's owner creates: ``tasks`` tasks of ``chunk_size`` numbers from
+    ``range_start``, no parameters, other JobSpec fields from ``spec_overrides``. ``job_create``
+    starts it unless ``start`` is false (it stays a draft); with ``start_after`` it is created as
+    a draft and then started by a ``job_start`` of its own."""
+    spec = {
+        "name": "fc",
+        "kernel": kernel,
+        "range_start": range_start,
+        "range_end": range_start + tasks * chunk_size,
+        "chunk_size": chunk_size,
+        "params": {},
+        "quorum": quorum,
+        "seed": seed,
+        **spec_overrides,
+    }
+    job = services.job_create(
+        tenant=tenant,
+        actor=owner,
+        actor_role=Role.OWNER,
+        spec=services.JobSpec(**spec),
+        start=start and not start_after,
+    )
+    return services.job_start(job=job, actor_role=Role.OWNER) if start_after else job
 
 
 def new_worker(slots: int = 4, **contributor_fields):  # noqa: ANN003, ANN201

@@ -9,33 +9,12 @@ import threading
 import pytest
 from django.db import connection, transaction
 
-from jobs import dispatch, services
+from jobs import dispatch
 from jobs.dispatch.batch_leases import ClaimItem, claims_batch
-from jobs.models import Job, Worker
-from tenants.roles import Role
-from tests.jobs.helpers import new_worker
+from jobs.models import Worker
+from tests.jobs.helpers import fc_job, new_worker
 
 pytestmark = [pytest.mark.services]
-
-
-def _started(tenant, owner, kernel, *, tasks: int, quorum: int) -> Job:  # noqa: ANN001
-    job = services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="claimed",
-            kernel=kernel,
-            range_start=1,
-            range_end=1 + tasks * 1000,
-            chunk_size=1000,
-            params={},
-            quorum=quorum,
-            seed=5,
-        ),
-        start=False,
-    )
-    return services.job_start(job=job, actor_role=Role.OWNER)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -43,7 +22,7 @@ def test_a_claim_flush_still_open_leaves_the_tasks_it_does_not_take_to_others(
     tenant, owner, kernels
 ):
     # given a job of two single-replica tasks and two idle workers
-    _started(tenant, owner, kernels["prime_count"], tasks=2, quorum=1)
+    fc_job(tenant, owner, kernels["prime_count"], tasks=2, quorum=1, start_after=True)
     first, second = new_worker(slots=1)[0], new_worker(slots=1)[0]
     taken: dict[str, list] = {}
     locked, release = threading.Event(), threading.Event()
@@ -78,7 +57,7 @@ def test_tasks_a_claimers_contributor_holds_are_skipped_and_the_next_ones_locked
     tenant, owner, kernels
 ):
     # given a job of four tasks at quorum 2, whose first two a contributor's worker holds
-    _started(tenant, owner, kernels["prime_count"], tasks=4, quorum=2)
+    fc_job(tenant, owner, kernels["prime_count"], tasks=4, quorum=2, start_after=True)
     session, _ = new_worker(slots=2)
     held = dispatch.assignment_claim(worker_id=session.worker_id, count=2)
     assert [offer.task_index for offer in held] == [0, 1]

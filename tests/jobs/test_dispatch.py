@@ -21,33 +21,21 @@ from jobs.models import (
     Worker,
 )
 from tenants.roles import Role
-from tests.jobs.helpers import new_worker, run_offer, submit, work_until_done
+from tests.jobs.helpers import fc_job, new_worker, run_offer, submit, work_until_done
 
 pytestmark = pytest.mark.django_db
 
 
-def _job(tenant, owner, kernel, **overrides):  # noqa: ANN001, ANN202
-    spec = {
-        "name": "primes",
-        "kernel": kernel,
-        "range_start": 1,
-        "range_end": 100_001,
-        "chunk_size": 25_000,
-        "params": {},
-        "quorum": 2,
-        "seed": 7,
-    }
-    spec.update(overrides)
-    return services.job_create(
-        tenant=tenant, actor=owner, actor_role=Role.OWNER, spec=services.JobSpec(**spec)
-    )
+def _job(tenant, owner, kernel, **spec):  # noqa: ANN001, ANN003, ANN202
+    """An FC job as this module sizes them unless told otherwise: 25,000 numbers a task, seed 7."""
+    return fc_job(tenant, owner, kernel, **{"chunk_size": 25_000, "seed": 7, **spec})
 
 
 def test_prime_job_completes_with_the_exact_count(
     tenant, owner, kernels, django_capture_on_commit_callbacks
 ):
     # given
-    job = _job(tenant, owner, kernels["prime_count"])
+    job = _job(tenant, owner, kernels["prime_count"], tasks=4)
     workers = [new_worker()[0] for _ in range(3)]
     # when
     with django_capture_on_commit_callbacks(execute=True):
@@ -63,7 +51,7 @@ def test_prime_job_completes_with_the_exact_count(
 
 
 def test_replicas_of_a_task_go_to_distinct_contributors(tenant, owner, kernels):
-    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    _job(tenant, owner, kernels["prime_count"], tasks=1)
     session, _ = new_worker(slots=8)
     first = dispatch.assignment_claim(worker_id=session.worker_id, count=8)
     second = dispatch.assignment_claim(worker_id=session.worker_id, count=8)
@@ -77,7 +65,7 @@ def test_replicas_of_a_task_go_to_distinct_contributors(tenant, owner, kernels):
 def test_mismatch_adds_a_replica_and_the_liar_loses_trust(
     tenant, owner, kernels, django_capture_on_commit_callbacks
 ):
-    job = _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=1)
     honest, liar, tiebreaker = new_worker()[0], new_worker()[0], new_worker()[0]
     Worker.objects.filter(pk=liar.worker_id).update(consecutive_valid=5)
     (offer_h,) = dispatch.assignment_claim(worker_id=honest.worker_id, count=1)
@@ -106,7 +94,7 @@ def test_mismatch_adds_a_replica_and_the_liar_loses_trust(
 
 
 def test_task_fails_when_replicas_never_agree(tenant, owner, kernels):
-    job = _job(tenant, owner, kernels["prime_count"], range_end=25_001, quorum=2, max_replicas=3)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=1, quorum=2, max_replicas=3)
     for value in (1, 2, 3):
         session = new_worker()[0]
         (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
@@ -117,7 +105,7 @@ def test_task_fails_when_replicas_never_agree(tenant, owner, kernels):
 
 
 def test_duplicate_result_is_counted_once(tenant, owner, kernels):
-    _job(tenant, owner, kernels["prime_count"], range_end=25_001, quorum=1)
+    _job(tenant, owner, kernels["prime_count"], tasks=1, quorum=1)
     session = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
     assert submit(session, offer).status == "accepted"
@@ -127,7 +115,7 @@ def test_duplicate_result_is_counted_once(tenant, owner, kernels):
 
 
 def test_result_with_wrong_hash_is_rejected_and_changes_nothing(tenant, owner, kernels):
-    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    _job(tenant, owner, kernels["prime_count"], tasks=1)
     session = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
     with pytest.raises(ValueError, match="sha256"):
@@ -142,7 +130,7 @@ def test_result_with_wrong_hash_is_rejected_and_changes_nothing(tenant, owner, k
 
 
 def test_another_contributors_result_is_discarded(tenant, owner, kernels):
-    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    _job(tenant, owner, kernels["prime_count"], tasks=1)
     session, stranger = new_worker()[0], new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
     assert submit(stranger, offer).status == "discarded"
@@ -150,7 +138,7 @@ def test_another_contributors_result_is_discarded(tenant, owner, kernels):
 
 
 def test_expired_lease_is_requeued_and_a_late_result_is_used_once(tenant, owner, kernels):
-    job = _job(tenant, owner, kernels["prime_count"], range_end=25_001, quorum=2)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=1, quorum=2)
     slow, fast, third = new_worker()[0], new_worker()[0], new_worker()[0]
     (slow_offer,) = dispatch.assignment_claim(worker_id=slow.worker_id, count=1)
     (fast_offer,) = dispatch.assignment_claim(worker_id=fast.worker_id, count=1)
@@ -182,7 +170,7 @@ def test_expired_lease_is_requeued_and_a_late_result_is_used_once(tenant, owner,
 
 
 def test_error_frees_the_replica_for_another_worker(tenant, owner, kernels):
-    _job(tenant, owner, kernels["prime_count"], range_end=25_001, quorum=1)
+    _job(tenant, owner, kernels["prime_count"], tasks=1, quorum=1)
     broken, healthy = new_worker()[0], new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=broken.worker_id, count=1)
     assert dispatch.assignment_error(
@@ -196,7 +184,7 @@ def test_error_frees_the_replica_for_another_worker(tenant, owner, kernels):
 
 
 def test_pause_stops_dispatch_and_resume_restarts_it(tenant, owner, kernels):
-    job = _job(tenant, owner, kernels["prime_count"])
+    job = _job(tenant, owner, kernels["prime_count"], tasks=4)
     services.job_pause(job=job, actor_role=Role.MEMBER)
     session = new_worker()[0]
     assert dispatch.assignment_claim(worker_id=session.worker_id, count=4) == []
@@ -205,7 +193,7 @@ def test_pause_stops_dispatch_and_resume_restarts_it(tenant, owner, kernels):
 
 
 def test_cancel_stops_everything(tenant, owner, kernels):
-    job = _job(tenant, owner, kernels["prime_count"])
+    job = _job(tenant, owner, kernels["prime_count"], tasks=4)
     session = new_worker()[0]
     offers = dispatch.assignment_claim(worker_id=session.worker_id, count=2)
     services.job_cancel(job=job, actor_role=Role.MEMBER)
@@ -218,9 +206,7 @@ def test_cancel_stops_everything(tenant, owner, kernels):
 
 def test_known_answer_tasks_catch_a_cheater(tenant, owner, kernels):
     # given a job large enough to carry known-answer tasks
-    job = _job(
-        tenant, owner, kernels["prime_count"], range_end=1_000_001, chunk_size=10_000, quorum=1
-    )
+    job = _job(tenant, owner, kernels["prime_count"], tasks=100, chunk_size=10_000, quorum=1)
     known = Task.objects.for_tenant(tenant).filter(job=job).exclude(known_answer_sha256="")
     assert known.count() == 2
     assert job.task_count == 100
@@ -244,7 +230,7 @@ def test_adaptive_replication_trusts_proven_workers_but_still_spot_checks(tenant
         owner,
         kernels["montecarlo_pi"],
         range_start=0,
-        range_end=400_000,
+        tasks=400,
         chunk_size=1000,
         quorum=2,
         adaptive_replication=True,
@@ -270,7 +256,7 @@ def test_montecarlo_estimate_is_the_same_whichever_workers_run_it(tenant, owner,
             owner,
             kernels["montecarlo_pi"],
             range_start=0,
-            range_end=200_000,
+            tasks=10,
             chunk_size=20_000,
             seed=42,
             name=f"mc-{n_workers}",
@@ -286,14 +272,14 @@ def test_montecarlo_estimate_is_the_same_whichever_workers_run_it(tenant, owner,
 
 
 def test_run_offer_matches_the_python_sieve(kernels, tenant, owner):
-    _job(tenant, owner, kernels["prime_count"], range_end=101, chunk_size=100, quorum=1)
+    _job(tenant, owner, kernels["prime_count"], tasks=1, chunk_size=100, quorum=1)
     session = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
     assert struct.unpack("<Q", run_offer(offer)) == (25,)
 
 
 def test_job_reduce_is_idempotent(tenant, owner, kernels, django_capture_on_commit_callbacks):
-    job = _job(tenant, owner, kernels["prime_count"], range_end=50_001, quorum=1)
+    job = _job(tenant, owner, kernels["prime_count"], tasks=2, quorum=1)
     with django_capture_on_commit_callbacks(execute=True):
         work_until_done([new_worker()[0]])
     job.refresh_from_db()
@@ -309,7 +295,7 @@ def test_run_periodic_once_sweeps_expired_leases(tenant, owner, kernels):
 
     from django.core.management import call_command
 
-    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    _job(tenant, owner, kernels["prime_count"], tasks=1)
     session = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
     Assignment.objects.for_tenant(tenant).filter(pk=offer.assignment_id).update(
@@ -322,7 +308,7 @@ def test_run_periodic_once_sweeps_expired_leases(tenant, owner, kernels):
 
 
 def test_outputs_of_the_wrong_size_are_refused(tenant, owner, kernels):
-    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    _job(tenant, owner, kernels["prime_count"], tasks=1)
     session = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
     with pytest.raises(ValueError, match="outputs 8 bytes, got 16"):
@@ -339,7 +325,7 @@ def test_colluders_whose_results_cannot_be_reduced_fail_the_job_instead_of_hangi
         owner,
         kernels["montecarlo_pi"],
         range_start=0,
-        range_end=2000,
+        tasks=2,
         chunk_size=1000,
         quorum=2,
     )
@@ -363,7 +349,7 @@ def test_a_disagreement_wakes_idle_workers(
 
     from jobs import realtime
 
-    _job(tenant, owner, kernels["prime_count"], range_end=25_001)
+    _job(tenant, owner, kernels["prime_count"], tasks=1)
     first, second = new_worker()[0], new_worker()[0]
     (a,) = dispatch.assignment_claim(worker_id=first.worker_id, count=1)
     (b,) = dispatch.assignment_claim(worker_id=second.worker_id, count=1)

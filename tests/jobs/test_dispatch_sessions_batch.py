@@ -17,7 +17,7 @@ from jobs.dispatch.batch_sessions import DisconnectItem, HelloItem
 from jobs.models import Worker
 from tenants.roles import Role
 from tests.factories import ContributorFactory
-from tests.jobs.helpers import HELLO, new_worker
+from tests.jobs.helpers import HELLO, fc_job, new_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -36,27 +36,9 @@ def _hello_item(contributor, *, resume: uuid.UUID | None = None, version: int | 
     )
 
 
-def _job(tenant, owner, kernel, *, tasks: int = 3):  # noqa: ANN001, ANN202
-    return services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="idle",
-            kernel=kernel,
-            range_start=1,
-            range_end=1 + tasks * 1000,
-            chunk_size=1000,
-            params={},
-            quorum=2,
-            seed=5,
-        ),
-    )
-
-
 def test_a_batch_of_hellos_registers_resumes_and_refuses_like_one_by_one(tenant, owner, kernels):
     # given a worker holding a lease, a revoked token, a banned contributor and fresh devices
-    _job(tenant, owner, kernels["prime_count"])
+    fc_job(tenant, owner, kernels["prime_count"], tasks=3)
     old, _ = new_worker(slots=1)
     (offer,) = dispatch.assignment_claim(worker_id=old.worker_id, count=1)
     Worker.objects.filter(pk=old.worker_id).update(is_online=False)
@@ -111,7 +93,7 @@ def test_disconnects_in_one_batch_mark_every_worker_offline():
 def test_the_idle_query_finds_only_workers_that_could_claim(tenant, owner, kernels):
     # given one task of quorum 2, a worker already holding it, a fresh worker, a banned one and
     # a private-pool worker of another tenant's pool
-    job = _job(tenant, owner, kernels["prime_count"], tasks=1)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=1)
     holder, _ = new_worker(slots=1)
     assert len(dispatch.assignment_claim(worker_id=holder.worker_id, count=1)) == 1
     fresh, _ = new_worker(slots=1)
@@ -136,7 +118,7 @@ def test_a_recheck_wakes_only_idle_consumers_with_work_and_no_more_than_the_repl
     tenant, owner, kernels
 ):
     # given three idle consumers of which one already holds the only task's replica
-    _job(tenant, owner, kernels["prime_count"], tasks=1)
+    fc_job(tenant, owner, kernels["prime_count"], tasks=1)
     sessions = [new_worker(slots=1)[0] for _ in range(3)]
     assert len(dispatch.assignment_claim(worker_id=sessions[0].worker_id, count=1)) == 1
 

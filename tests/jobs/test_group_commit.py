@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from billing import ledger
 from billing.models import EntryKind, JournalEntry, UsageRecord, UsageStatus
 from billing.topups import topup_fulfil
-from jobs import dispatch, services
+from jobs import dispatch
 from jobs.dispatch import batch, flusher, idle
 from jobs.dispatch.batch import ClaimItem, HeartbeatItem, ResultItem, dispatch_batch
 from jobs.models import (
@@ -30,31 +30,12 @@ from jobs.models import (
     Worker,
 )
 from tenants.models import Tenant
-from tenants.roles import Role
 from tenants.tiers import Tier
-from tests.jobs.helpers import new_worker, result_item, run_offer
+from tests.jobs.helpers import fc_job, new_worker, result_item, run_offer
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 TASK_UNITS = 100_000_000  # 1 cent of FC work on FL Core
-
-
-def _job(tenant, owner, kernel, *, tasks: int = 4, quorum: int = 2) -> Job:  # noqa: ANN001
-    return services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="batched",
-            kernel=kernel,
-            range_start=1,
-            range_end=1 + tasks * 1000,
-            chunk_size=1000,
-            params={},
-            quorum=quorum,
-            seed=5,
-        ),
-    )
 
 
 def _claim_all(sessions, count: int = 8) -> list[tuple]:  # noqa: ANN001
@@ -68,7 +49,7 @@ def _claim_all(sessions, count: int = 8) -> list[tuple]:  # noqa: ANN001
 
 def test_one_batch_validates_every_task_once_and_answers_in_order(tenant, owner, kernels):
     # given four tasks, quorum 2, two workers holding a replica of each
-    job = _job(tenant, owner, kernels["prime_count"])
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=4)
     sessions = [new_worker()[0] for _ in range(2)]
     claimed = _claim_all(sessions)
     assert len(claimed) == 8
@@ -93,7 +74,7 @@ def test_a_disagreement_in_a_batch_penalises_the_liar_and_asks_for_another_repli
     tenant, owner, kernels
 ):
     # given one task whose two replicas disagree
-    job = _job(tenant, owner, kernels["prime_count"], tasks=1)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=1)
     honest, liar = new_worker()[0], new_worker()[0]
     (h_offer,) = dispatch.assignment_claim(worker_id=honest.worker_id, count=1)
     (l_offer,) = dispatch.assignment_claim(worker_id=liar.worker_id, count=1)
@@ -117,7 +98,7 @@ def test_a_disagreement_in_a_batch_penalises_the_liar_and_asks_for_another_repli
 
 def test_concurrent_batches_for_the_same_tasks_validate_exactly_once(tenant, owner, kernels):
     # given twelve tasks with three replicas wanted each (quorum 2: one is cancelled or late)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=12)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=12)
     Task.objects.unscoped().filter(job=job).update(target_replicas=3)
     sessions = [new_worker()[0] for _ in range(3)]
     claimed = _claim_all(sessions, count=12)
@@ -152,7 +133,7 @@ def test_a_failed_commit_answers_nothing_from_the_batch_and_each_item_runs_alone
     tenant, owner, kernels, monkeypatch
 ):
     # given a batch whose transaction fails after doing all its work, and one poison item
-    job = _job(tenant, owner, kernels["prime_count"], tasks=2)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=2)
     sessions = [new_worker()[0] for _ in range(2)]
     items = [result_item(s, o) for s, o in _claim_all(sessions)]
     poison = ResultItem(
@@ -230,7 +211,7 @@ def test_claims_in_one_batch_never_give_one_contributor_two_replicas_of_a_task(
     tenant, owner, kernels
 ):
     # given one contributor with two workers and another contributor, two tasks of quorum 2
-    job = _job(tenant, owner, kernels["prime_count"], tasks=2)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=2)
     first, _ = new_worker()
     contributor = Contributor.objects.get(pk=first.contributor_id)
     second = dispatch.worker_connect(
@@ -255,7 +236,7 @@ def test_claims_in_one_batch_never_give_one_contributor_two_replicas_of_a_task(
 
 
 def test_heartbeats_extend_held_leases_in_one_statement_and_refuse_others(tenant, owner, kernels):
-    _job(tenant, owner, kernels["prime_count"], tasks=2)
+    fc_job(tenant, owner, kernels["prime_count"], tasks=2)
     holder, stranger = new_worker()[0], new_worker()[0]
     offers = dispatch.assignment_claim(worker_id=holder.worker_id, count=2)
     Assignment.objects.unscoped().update(heartbeat_at=None)
@@ -282,8 +263,8 @@ def test_a_batch_posts_one_charge_per_tenant_and_one_credit_entry_and_the_books_
     other_tenant.refresh_from_db()
     topup_fulfil(session_id="cs_batch", tenant_id=str(tenant.pk), amount_cents=1000)
     jobs = [
-        _job(tenant, owner, kernels["prime_count"], tasks=3),
-        _job(other_tenant, other_owner, kernels["prime_count"], tasks=3),
+        fc_job(tenant, owner, kernels["prime_count"], tasks=3),
+        fc_job(other_tenant, other_owner, kernels["prime_count"], tasks=3),
     ]
     Task.objects.unscoped().update(work_units=10 * TASK_UNITS)  # 10 cents a task
     sessions = [new_worker()[0] for _ in range(2)]
@@ -349,7 +330,7 @@ def test_a_wake_for_two_tasks_wakes_two_idle_consumers_not_all():
 
 
 def test_batched_claims_skip_a_paused_jobs_tasks_and_clear_their_flag(tenant, owner, kernels):
-    job = _job(tenant, owner, kernels["prime_count"], tasks=2)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=2)
     Job.objects.unscoped().filter(pk=job.pk).update(status=JobStatus.PAUSED)
     worker = new_worker()[0]
     outcome = dispatch_batch(claims=[ClaimItem(worker_id=worker.worker_id, count=2)])

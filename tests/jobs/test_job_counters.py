@@ -20,28 +20,9 @@ from jobs.dispatch import flusher
 from jobs.dispatch.batch import ClaimItem, ErrorItem, HeartbeatItem
 from jobs.models import Assignment, Job, JobCounters, Task, TaskStatus
 from tenants.roles import Role
-from tests.jobs.helpers import new_worker, result_item
+from tests.jobs.helpers import fc_job, new_worker, result_item
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
-
-def _job(tenant, owner, kernel, *, tasks: int, start: bool = True) -> Job:  # noqa: ANN001
-    return services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="counted",
-            kernel=kernel,
-            range_start=1,
-            range_end=1 + tasks * 1000,
-            chunk_size=1000,
-            params={},
-            quorum=2,
-            seed=5,
-        ),
-        start=start,
-    )
 
 
 def recount(job: Job) -> dict[str, int]:
@@ -78,7 +59,7 @@ def counters(job: Job) -> dict[str, int]:
 
 def test_a_new_job_counts_its_tasks_and_a_start_queues_them(tenant, owner, kernels):
     # given a draft job of six tasks
-    job = _job(tenant, owner, kernels["prime_count"], tasks=6, start=False)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=6, start=False)
     # then its counters row exists and counts six open tasks, none queued
     assert counters(job) == recount(job)
     assert counters(job)["tasks_open"] == 6
@@ -91,7 +72,7 @@ def test_a_new_job_counts_its_tasks_and_a_start_queues_them(tenant, owner, kerne
 
 def test_counters_equal_a_recount_after_concurrent_flushes(tenant, owner, kernels):
     # given 24 tasks (quorum 2, three replicas wanted so some results come late), six workers
-    job = _job(tenant, owner, kernels["prime_count"], tasks=24)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=24)
     Task.objects.unscoped().filter(job=job).update(target_replicas=3)
     sessions = [new_worker()[0] for _ in range(6)]
     claimed = [
@@ -147,7 +128,7 @@ def test_counters_equal_a_recount_after_concurrent_flushes(tenant, owner, kernel
 
 def test_counters_follow_pause_resume_sweep_and_cancel(tenant, owner, kernels):
     # given a running job with replicas out
-    job = _job(tenant, owner, kernels["prime_count"], tasks=5)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=5)
     session = new_worker()[0]
     offers = dispatch.assignment_claim(worker_id=session.worker_id, count=3)
     assert counters(job)["replicas_running"] == 3
@@ -173,7 +154,7 @@ def test_counters_follow_pause_resume_sweep_and_cancel(tenant, owner, kernels):
 
 def test_a_rolled_back_transaction_takes_its_increments_with_it(tenant, owner, kernels):
     # given a running job
-    job = _job(tenant, owner, kernels["prime_count"], tasks=3)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=3)
     before = counters(job)
     session = new_worker()[0]
 
@@ -191,7 +172,7 @@ def test_a_rolled_back_transaction_takes_its_increments_with_it(tenant, owner, k
 
 def test_a_job_with_counters_can_still_be_deleted(tenant, owner, kernels):
     # given a job with replicas (counters row, tasks and replicas all present)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=3)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=3)
     session = new_worker()[0]
     dispatch.assignment_claim(worker_id=session.worker_id, count=2)
     services.job_counters_fold()
@@ -205,7 +186,7 @@ def test_a_job_with_counters_can_still_be_deleted(tenant, owner, kernels):
 
 def test_a_fold_beside_flushes_never_counts_a_delta_twice_or_loses_one(tenant, owner, kernels):
     # given a job whose replicas are being claimed while folds run, in three threads
-    job = _job(tenant, owner, kernels["prime_count"], tasks=30)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=30)
     sessions = [new_worker()[0] for _ in range(4)]
     barrier = threading.Barrier(3)
 
@@ -240,7 +221,7 @@ def test_the_director_snapshot_reads_the_counters_in_a_fixed_number_of_queries(
     tenant, owner, kernels, django_assert_max_num_queries
 ):
     # given a job of 40 tasks with a few replicas out and one task validated
-    job = _job(tenant, owner, kernels["prime_count"], tasks=40)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=40)
     a, b = new_worker()[0], new_worker()[0]
     first = dispatch.assignment_claim(worker_id=a.worker_id, count=2)
     second = dispatch.assignment_claim(worker_id=b.worker_id, count=1)

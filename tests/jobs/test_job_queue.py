@@ -19,7 +19,7 @@ from jobs.dispatch.batch import ClaimItem, dispatch_batch
 from jobs.models import Job, JobStatus, Task, TaskStatus, Worker
 from jobs.services import lifecycle
 from tenants.roles import Role
-from tests.jobs.helpers import new_worker, result_item
+from tests.jobs.helpers import fc_job, new_worker, result_item
 
 pytestmark = [pytest.mark.services]
 
@@ -29,25 +29,6 @@ def small_marks(settings):
     # a high-water mark of four tasks (the low-water mark is two), chunks of ten
     settings.DISPATCH_QUEUE_HIGH = 4
     settings.DISPATCH_QUEUE_CHUNK = 10
-
-
-def _job(tenant, owner, kernel, *, tasks: int, start: bool = False) -> Job:  # noqa: ANN001
-    return services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="queued",
-            kernel=kernel,
-            range_start=1,
-            range_end=1 + tasks * 1000,
-            chunk_size=1000,
-            params={},
-            quorum=2,
-            seed=5,
-        ),
-        start=start,
-    )
 
 
 def _queued(job: Job) -> list[int]:
@@ -69,7 +50,7 @@ def test_a_start_queues_the_high_water_mark_with_a_low_water_mark_and_asks_no_fi
     tenant, owner, kernels, django_capture_on_commit_callbacks
 ):
     # given a draft job of twelve tasks
-    job = _job(tenant, owner, kernels["prime_count"], tasks=12)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=12, start=False)
     # when it starts
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
@@ -87,7 +68,7 @@ def test_a_start_queues_the_high_water_mark_with_a_low_water_mark_and_asks_no_fi
 @pytest.mark.django_db
 def test_a_small_job_is_queued_whole_without_a_mark(tenant, owner, kernels):
     # given a draft job of three tasks (under the high-water mark)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=3)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=3, start=False)
     # when it starts, all three are queued and none is a mark (no fill will ever be needed)
     services.job_start(job=job, actor_role=Role.OWNER)
     assert _queued(job) == [0, 1, 2]
@@ -99,7 +80,7 @@ def test_a_claim_that_takes_the_mark_asks_for_a_fill_that_tops_the_queue_up(
     tenant, owner, kernels, django_capture_on_commit_callbacks
 ):
     # given a started job of twelve tasks (four queued, the second marked) and two workers
-    job = _job(tenant, owner, kernels["prime_count"], tasks=12, start=True)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=12)
     first, second = new_worker()[0], new_worker()[0]
     # when one batched claim takes one replica of the first task, the mark is not reached
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
@@ -124,7 +105,7 @@ def test_a_claim_that_takes_the_mark_asks_for_a_fill_that_tops_the_queue_up(
 @pytest.mark.django_db
 def test_a_process_asks_once_per_mark_and_a_fill_is_idempotent(tenant, owner, kernels):
     # given a started job whose mark was taken (its first two tasks fully held)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=12, start=True)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=12)
     mark = Task.objects.unscoped().get(job=job, queue_low_mark=True)
     for _ in range(2):
         worker = new_worker()[0]
@@ -141,7 +122,7 @@ def test_a_process_asks_once_per_mark_and_a_fill_is_idempotent(tenant, owner, ke
 @pytest.mark.django_db
 def test_a_full_queue_without_a_mark_gets_one_among_its_tasks(tenant, owner, kernels):
     # given a started job whose queue is full but holds no mark (re-queued tasks filled it)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=12, start=True)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=12)
     Task.objects.unscoped().filter(job=job).update(queue_low_mark=False)
     # when a fill runs, it queues nothing and marks the task two from the queue's end
     assert services.job_queue_fill(job_id=job.pk) == 0
@@ -152,7 +133,7 @@ def test_a_full_queue_without_a_mark_gets_one_among_its_tasks(tenant, owner, ker
 @pytest.mark.django_db
 def test_a_fill_stops_for_a_paused_job_and_skips_fully_held_tasks(tenant, owner, kernels):
     # given a started job whose queued tasks are fully held by two workers
-    job = _job(tenant, owner, kernels["prime_count"], tasks=8)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=8, start=False)
     services.job_start(job=job, actor_role=Role.OWNER)
     first, second = new_worker()[0], new_worker()[0]
     assert len(dispatch.assignment_claim(worker_id=first.worker_id, count=4)) == 4
@@ -177,7 +158,7 @@ def test_a_fill_stops_for_a_paused_job_and_skips_fully_held_tasks(tenant, owner,
 def test_the_periodic_fill_tops_up_every_running_job(tenant, owner, kernels):
     # given two started jobs whose queues were emptied without their marks being taken
     # (as if the fill requests were lost)
-    jobs = [_job(tenant, owner, kernels["prime_count"], tasks=12, start=True) for _ in range(2)]
+    jobs = [fc_job(tenant, owner, kernels["prime_count"], tasks=12) for _ in range(2)]
     for job in jobs:
         Task.objects.unscoped().filter(job=job).update(dispatchable=False, queue_low_mark=False)
     # when the safety net runs, each is topped up to four tasks with a mark
@@ -202,7 +183,7 @@ def test_the_high_water_mark_follows_the_online_workers(
     banned, offline = new_worker(slots=4)[0], new_worker(slots=4)[0]
     Worker.objects.filter(pk=banned.worker_id).update(is_banned=True)
     dispatch.worker_disconnect(worker_id=offline.worker_id)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=12)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=12, start=False)
     # when the job starts
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
@@ -221,7 +202,7 @@ def test_with_no_worker_online_the_high_water_mark_is_the_floor(
     settings.DISPATCH_QUEUE_HIGH = 0
     monkeypatch.setattr(lifecycle, "QUEUE_HIGH_MIN", 2)
     # when a job of five tasks starts, two tasks are queued, the first marked
-    job = _job(tenant, owner, kernels["prime_count"], tasks=5, start=True)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=5)
     assert _queued(job) == [0, 1]
     assert _marks(job) == [0]
 
@@ -231,7 +212,7 @@ def test_a_job_larger_than_the_high_water_mark_completes_through_claims_alone(
     tenant, owner, kernels
 ):
     # given a started job of twenty tasks (five times the high-water mark) and three workers
-    job = _job(tenant, owner, kernels["prime_count"], tasks=20, start=True)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=20)
     total = Task.objects.unscoped().filter(job=job).count()
     workers = [new_worker()[0] for _ in range(3)]
     # when they claim and return results through group-commit flushes, each result refilling
@@ -272,7 +253,7 @@ def test_the_wake_is_the_first_thing_a_start_does_after_commit(
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.group_add)(realtime.DISPATCH_GROUP, channel)
-    job = _job(tenant, owner, kernels["prime_count"], tasks=8)
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=8, start=False)
     try:
         # when it starts and only its first on-commit callback runs
         with django_capture_on_commit_callbacks(execute=False) as callbacks:

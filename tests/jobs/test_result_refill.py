@@ -9,32 +9,13 @@ from dataclasses import replace
 import pytest
 from django.db import transaction
 
-from jobs import dispatch, services
+from jobs import dispatch
 from jobs.dispatch import batch, flusher
 from jobs.dispatch.batch import dispatch_batch
-from jobs.models import Assignment, AssignmentStatus, Job
-from tenants.roles import Role
-from tests.jobs.helpers import new_worker, result_item
+from jobs.models import Assignment, AssignmentStatus
+from tests.jobs.helpers import fc_job, new_worker, result_item
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
-
-def _job(tenant, owner, kernel, *, tasks: int) -> Job:  # noqa: ANN001
-    return services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="refilled",
-            kernel=kernel,
-            range_start=1,
-            range_end=1 + tasks * 1000,
-            chunk_size=1000,
-            params={},
-            quorum=2,
-            seed=5,
-        ),
-    )
 
 
 def _held(session) -> set[str]:  # noqa: ANN001
@@ -48,7 +29,7 @@ def _held(session) -> set[str]:  # noqa: ANN001
 
 def test_a_stored_result_brings_its_workers_next_tasks_in_the_same_flush(tenant, owner, kernels):
     # given a worker holding one replica of a six-task job
-    _job(tenant, owner, kernels["prime_count"], tasks=6)
+    fc_job(tenant, owner, kernels["prime_count"], tasks=6)
     worker = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=worker.worker_id, count=1)
     # when its result arrives with a refill of two
@@ -63,7 +44,7 @@ def test_a_stored_result_brings_its_workers_next_tasks_in_the_same_flush(tenant,
 
 def test_a_refused_result_claims_nothing(tenant, owner, kernels):
     # given a worker holding one replica
-    _job(tenant, owner, kernels["prime_count"], tasks=4)
+    fc_job(tenant, owner, kernels["prime_count"], tasks=4)
     worker = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=worker.worker_id, count=1)
     bad = replace(result_item(worker, offer, refill=3), sha256="0" * 64)
@@ -76,7 +57,7 @@ def test_a_refused_result_claims_nothing(tenant, owner, kernels):
 
 def test_the_item_by_item_fallback_refills_too(tenant, owner, kernels, monkeypatch):
     # given a batch whose transaction fails, so every item runs alone
-    _job(tenant, owner, kernels["prime_count"], tasks=4)
+    fc_job(tenant, owner, kernels["prime_count"], tasks=4)
     worker = new_worker()[0]
     (offer,) = dispatch.assignment_claim(worker_id=worker.worker_id, count=1)
     real = batch.dispatch_batch
