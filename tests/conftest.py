@@ -19,6 +19,12 @@ REDIS = bool(os.environ.get("REDIS_URL"))
 CHROMIUM = shutil.which("chromium") or (os.path.exists("/usr/bin/chromium") and "/usr/bin/chromium")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from tests import db_flush
+
+    db_flush.install()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip service and browser tests when their dependencies are absent — unless CI requires them."""
     missing_services = not (POSTGRES and REDIS)
