@@ -20,6 +20,8 @@ CHROMIUM = shutil.which("chromium") or (os.path.exists("/usr/bin/chromium") and 
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """The flush between transactional tests retries when it is a deadlock's victim
+    (``tests.db_flush``)."""
     from tests import db_flush
 
     db_flush.install()
