@@ -19,6 +19,20 @@ pytestmark = pytest.mark.django_db
 TASK = 100_000_000  # 1 cent of FC work on FL Core
 
 
+def _metered_job(tenant, owner, kernels, *, quorum: int):  # noqa: ANN001, ANN202
+    """Two montecarlo tasks of ``TASK`` samples each, started: 1 cent of work per task."""
+    return fc_job(
+        tenant,
+        owner,
+        kernels["montecarlo_pi"],
+        tasks=2,
+        quorum=quorum,
+        range_start=0,
+        chunk_size=TASK,
+        seed=3,
+    )
+
+
 @pytest.fixture
 def core_tenant(tenant):
     Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.CORE)
@@ -44,16 +58,7 @@ def test_validated_tasks_are_metered_with_a_foreign_key_and_earnings_follow_it(
 ):
     topup_fulfil(session_id="cs_fk", tenant_id=str(core_tenant.pk), amount_cents=1000)
     Tenant.objects.filter(pk=core_tenant.pk).update(tier=Tier.CORE)
-    job = fc_job(
-        core_tenant,
-        owner,
-        kernels["montecarlo_pi"],
-        tasks=2,
-        quorum=2,
-        range_start=0,
-        chunk_size=TASK,
-        seed=3,
-    )
+    job = _metered_job(core_tenant, owner, kernels, quorum=2)
     # 10 cents per task, so the contributors' half-share (5 cents) splits between two replicas
     job.tasks.update(work_units=10 * TASK)
     workers = [new_worker()[0], new_worker()[0]]
@@ -81,16 +86,7 @@ def test_an_fl_round_is_charged_once_and_credits_the_listed_contributors(
     core_tenant, owner, kernels, django_capture_on_commit_callbacks
 ):
     topup_fulfil(session_id="cs_round", tenant_id=str(core_tenant.pk), amount_cents=1000)
-    job = fc_job(
-        core_tenant,
-        owner,
-        kernels["montecarlo_pi"],
-        tasks=2,
-        quorum=1,
-        range_start=0,
-        chunk_size=TASK,
-        seed=3,
-    )
+    job = _metered_job(core_tenant, owner, kernels, quorum=1)
     included, left_out = new_worker()[0], new_worker()[0]
     for _ in range(2):  # a replayed round close meters nothing new
         with django_capture_on_commit_callbacks(execute=True):
