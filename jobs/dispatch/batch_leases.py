@@ -76,13 +76,21 @@ _LOCK_TASKS = (
     "ORDER BY priority DESC, id ASC LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 
+# How many replicas the public queue's first task still wants (not locked: an estimate of how
+# many each of the tasks a claim locks next can give).
+_HEAD_OPEN = (
+    f"SELECT target_replicas - active_replicas FROM {Task._meta.db_table} "  # noqa: S608
+    "WHERE dispatchable AND NOT private_pool AND NOT (id = ANY(%s::bigint[])) "
+    "ORDER BY priority DESC, id ASC LIMIT 1"
+)
+
 
 def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     """Claim for many workers at once: one ``SKIP LOCKED`` select of as many dispatchable tasks
-    as replicas are wanted, one read of what the claimers' contributors already hold of them
-    (again, up to ``CLAIM_ROUNDS`` times, only if that left claimers short), one UPDATE of the
-    tasks and one INSERT of the assignments (both with one array per column). Offers in input
-    order.
+    as the replicas wanted need (a task's open replicas go to as many claimers), one read of
+    what the claimers' contributors already hold of them (again, up to ``CLAIM_ROUNDS`` times,
+    only if that left claimers short), one UPDATE of the tasks and one INSERT of the
+    assignments (both with one array per column). Offers in input order.
 
     Replicas of a task go to distinct contributors (checked here, and by the partial unique
     index). Private-pool workers, rare, claim through :func:`assignment_claim`. Rows are read
@@ -117,17 +125,24 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     stopped: list[int] = []
     locked: list[int] = []
     held: set[tuple[int, uuid.UUID]] = set()
-    # Lock one task per replica still wanted: a task gives a claimer at most one replica, so
-    # that is enough unless tasks the claimers' own contributors hold (a task waiting for its
-    # second replica stays dispatchable) are skipped for them; then the next tasks, as many as
-    # are still wanted. Locking more up front kept other processes' claims, running at the same
+    # Lock as many tasks as the replicas still wanted need, each task's open replicas going to
+    # as many claimers of distinct contributors: as many tasks as the wanted replicas divided
+    # by the open replicas of the queue's first task (a job start's tasks each want their
+    # quorum). That is enough unless later tasks want fewer, or tasks the claimers' own contributors hold (a task waiting for its second
+    # replica stays dispatchable) are skipped for them; then the next tasks, as many as are
+    # still wanted. Locking more up front kept other processes' claims, running at the same
     # time, from tasks this flush did not take (a job start's first claims found none).
     for _ in range(CLAIM_ROUNDS):
         wanted_now = sum(need for _, need, _ in queue)
         if wanted_now <= 0:
             break
         with connection.cursor() as cursor:
-            cursor.execute(_LOCK_TASKS, [locked, wanted_now])
+            cursor.execute(_HEAD_OPEN, [locked])
+            head = cursor.fetchone()
+            if head is None:  # the queue is empty for now
+                break
+            limit = -(-wanted_now // max(1, head[0]))
+            cursor.execute(_LOCK_TASKS, [locked, limit])
             tasks = [ClaimTask(*row) for row in cursor.fetchall()]
         if not tasks:
             break
@@ -158,7 +173,7 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
                 changed.append(task)
             if not queue:
                 break
-        if len(tasks) < wanted_now:  # the queue is empty for now
+        if len(tasks) < limit:  # the queue is empty for now
             break
     if stopped:
         Task.objects.unscoped().filter(pk__in=stopped).update(dispatchable=False)

@@ -140,23 +140,30 @@ def _chunk() -> int:
 QUEUE_HIGH_MIN = 64
 
 
-def _queue_high() -> int:
-    """The high-water mark: how many of a running job's tasks the start and every fill keep
-    queued. ``DISPATCH_QUEUE_HIGH`` when set (above 0); otherwise one per replica the workers
-    online now can hold at once (their slots plus the prefetch each), at least
-    ``QUEUE_HIGH_MIN``. At most ``DISPATCH_QUEUE_CHUNK`` either way. Every task marked at a
-    start is a row written before the request returns and the first ``assign`` leaves. One task
-    per replica, not per quorum of replicas: a batched claim locks one task per replica it
-    wants, and every process's first claims run at the same time, so with fewer queued one
-    process's flush would lock what the others' claimers needed."""
-    configured = int(getattr(settings, "DISPATCH_QUEUE_HIGH", 0))
-    if configured > 0:
-        return min(_chunk(), configured)
+def _queue_capacity() -> int:
+    """How many replicas the workers online now can hold at once: their slots plus the prefetch
+    each."""
     online = Worker.objects.filter(is_online=True, is_banned=False).aggregate(
         slots=Sum("slots"), workers=Count("id")
     )
-    capacity = (online["slots"] or 0) + settings.DISPATCH_PREFETCH * online["workers"]
-    return min(_chunk(), max(QUEUE_HIGH_MIN, capacity))
+    return (online["slots"] or 0) + settings.DISPATCH_PREFETCH * online["workers"]
+
+
+def _queue_high(*, quorum: int, capacity: int | None = None) -> int:
+    """The high-water mark: how many of a running job's tasks the start and every fill keep
+    queued. ``DISPATCH_QUEUE_HIGH`` when set (above 0); otherwise one task per ``quorum``
+    replicas of the online workers' ``capacity`` (``_queue_capacity``, read when not given), at
+    least ``QUEUE_HIGH_MIN``. At most ``DISPATCH_QUEUE_CHUNK`` either way. Every task marked at
+    a start is a row written before the request returns and the first ``assign`` leaves. A
+    batched claim locks one task per ``quorum`` replicas it wants and hands a task's replicas to
+    as many of its claimers (``jobs.dispatch.batch_leases``), so that many tasks serve every
+    process's first claims without one flush locking what the others' claimers need."""
+    configured = int(getattr(settings, "DISPATCH_QUEUE_HIGH", 0))
+    if configured > 0:
+        return min(_chunk(), configured)
+    if capacity is None:
+        capacity = _queue_capacity()
+    return min(_chunk(), max(QUEUE_HIGH_MIN, -(-capacity // max(1, quorum))))
 
 
 def _queue_low(high: int) -> int:
@@ -169,10 +176,10 @@ def _queue(job: Job) -> None:
     """A job that starts running: the high-water mark of its tasks (``_queue_high``) is queued
     in the caller's transaction, with a low-water mark among them; the claim that takes the
     mark asks Celery for the next fill (``job_queue_fill``), so nothing else is written while
-    the first ``assign``s leave. Starting a job of 60,000 tasks with 1,000 single-slot workers
-    online (prefetch 1) writes 2,000 rows before its first ``assign``, and the next ones only
-    once 1,000 of them were taken."""
-    high = _queue_high()
+    the first ``assign``s leave. Starting a job of 60,000 tasks of quorum 2 with 1,000
+    single-slot workers online (prefetch 1) writes 1,000 rows before its first ``assign``, and
+    the next ones only once 500 of them were taken."""
+    high = _queue_high(quorum=job.quorum)
     _queue_chunk(job.pk, high, mark_offset=high - _queue_low(high) - 1)
 
 
@@ -198,8 +205,9 @@ def _queue_top_up(job_id: Any, *, high: int) -> tuple[int, int]:
     return count, replicas
 
 
-def job_queue_fill(*, job_id: Any, high: int | None = None) -> int:
-    """Top up a running job's queue to the high-water mark; returns how many tasks it marked.
+def job_queue_fill(*, job_id: Any, capacity: int | None = None) -> int:
+    """Top up a running job's queue to the high-water mark (``_queue_high``; ``capacity`` is
+    the online workers' when the caller read it); returns how many tasks it marked.
 
     Asked for by the claim that takes the job's low-water mark (``jobs.dispatch.queue_fill``)
     and by the periodic safety net. Takes the job's key-share lock, which waits for a pause or
@@ -208,13 +216,14 @@ def job_queue_fill(*, job_id: Any, high: int | None = None) -> int:
     lock = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT status FROM {Job._meta.db_table} WHERE id = %s{lock}",  # noqa: S608
+            f"SELECT status, quorum FROM {Job._meta.db_table} WHERE id = %s{lock}",  # noqa: S608
             [Job._meta.pk.get_db_prep_value(job_id, connection)],
         )
         row = cursor.fetchone()
         if row is None or row[0] != JobStatus.RUNNING:
             return 0
-        count, replicas = _queue_top_up(job_id, high=_queue_high() if high is None else high)
+        high = _queue_high(quorum=row[1], capacity=capacity)
+        count, replicas = _queue_top_up(job_id, high=high)
         if replicas:
             realtime.wake_dispatch_on_commit(tasks=replicas)
     return count
@@ -223,9 +232,10 @@ def job_queue_fill(*, job_id: Any, high: int | None = None) -> int:
 def job_queue_fill_all() -> int:
     """Top up every running FC job's queue (the periodic safety net for a lost fill request)."""
     running = Job.objects.unscoped().filter(status=JobStatus.RUNNING, kind=JobKind.FC)
-    high = _queue_high()
+    capacity = _queue_capacity()
     return sum(
-        job_queue_fill(job_id=job_id, high=high) for job_id in running.values_list("id", flat=True)
+        job_queue_fill(job_id=job_id, capacity=capacity)
+        for job_id in running.values_list("id", flat=True)
     )
 
 

@@ -1,6 +1,7 @@
-"""Batched claims lock only as many tasks as they want, so claims of several processes running
-at the same time share a short queue; tasks a claimer's contributor already holds are skipped for
-it and the next ones locked instead. Real PostgreSQL, two connections."""
+"""Batched claims lock only as many tasks as the replicas they want need (a task's open replicas
+going to as many claimers), so claims of several processes running at the same time share a short
+queue; tasks a claimer's contributor already holds are skipped for it and the next ones locked
+instead. Real PostgreSQL, two connections."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.db import connection, transaction
 
 from jobs import dispatch
 from jobs.dispatch.batch_leases import ClaimItem, claims_batch
-from jobs.models import Worker
+from jobs.models import Task, Worker
 from tests.jobs.helpers import fc_job, new_worker
 
 pytestmark = [pytest.mark.services]
@@ -50,6 +51,69 @@ def test_a_claim_flush_still_open_leaves_the_tasks_it_does_not_take_to_others(
     # then each got one task, not the second nothing because the first locked both
     ((mine,),), ((theirs,),) = taken["first"], taken["second"]
     assert {mine.task_index, theirs.task_index} == {0, 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_flush_locks_one_task_per_quorum_of_the_replicas_it_wants(tenant, owner, kernels):
+    # given a job of two tasks at quorum 2 and four idle workers of four contributors
+    fc_job(tenant, owner, kernels["prime_count"], tasks=2, quorum=2, start_after=True)
+    workers = [new_worker(slots=1)[0] for _ in range(4)]
+    taken: dict[str, list] = {}
+    locked, release = threading.Event(), threading.Event()
+
+    def claim_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                taken["first"] = claims_batch(
+                    items=[ClaimItem(worker_id=w.worker_id, count=1) for w in workers[:2]]
+                )
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    # when one process's flush claimed a replica for each of two workers, not committed yet
+    holder = threading.Thread(target=claim_and_hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        # and another process's flush claims for the other two at the same time
+        with transaction.atomic():
+            taken["second"] = claims_batch(
+                items=[ClaimItem(worker_id=w.worker_id, count=1) for w in workers[2:]]
+            )
+    finally:
+        release.set()
+        holder.join(10)
+    # then the first flush locked one task and gave both its replicas, and the second flush got
+    # both replicas of the other: four workers served from a queue of two tasks
+    first = [offer.task_index for (offer,) in taken["first"]]
+    second = [offer.task_index for (offer,) in taken["second"]]
+    assert len(set(first)) == 1
+    assert len(set(second)) == 1
+    assert sorted(first + second) == [0, 0, 1, 1]
+
+
+@pytest.mark.django_db
+def test_a_claim_locks_more_when_later_tasks_want_fewer_replicas_than_the_first(
+    tenant, owner, kernels
+):
+    # given a job of three tasks at quorum 2 whose second task already has one replica out
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=3, quorum=2, start_after=True)
+    tasks = Task.objects.unscoped().filter(job=job)
+    session, _ = new_worker(slots=1)
+    tasks.filter(index=0).update(dispatchable=False)
+    (held,) = dispatch.assignment_claim(worker_id=session.worker_id, count=1)
+    assert held.task_index == 1
+    tasks.filter(index=0).update(dispatchable=True)
+    # when four workers of other contributors claim one replica each in one flush (the first
+    # task wants two, so two tasks are locked first: three replicas, one short)
+    workers = [new_worker(slots=1)[0] for _ in range(4)]
+    with transaction.atomic():
+        claimed = claims_batch(items=[ClaimItem(worker_id=w.worker_id, count=1) for w in workers])
+    # then every worker got one, the last from a task locked by a second round
+    assert sorted(offer.task_index for (offer,) in claimed) == [0, 0, 1, 2]
+    assert tasks.get(index=2).active_replicas == 1
 
 
 @pytest.mark.django_db

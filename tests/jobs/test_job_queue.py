@@ -187,10 +187,11 @@ def test_the_high_water_mark_follows_the_online_workers(
     # when the job starts
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
-    # then the request queued one task per replica they can hold (concurrent claims lock one
-    # task per replica they want), marked the third (three are left after it), asked no fill
-    assert _queued(job) == list(range(6))
-    assert _marks(job) == [2]
+    # then the request queued one task per quorum (two) of the replicas they can hold
+    # (concurrent claims lock one task per quorum of the replicas they want), marked the second
+    # (one is left after it), asked no fill
+    assert _queued(job) == [0, 1, 2]
+    assert _marks(job) == [1]
     assert len(callbacks) == 2
 
 
