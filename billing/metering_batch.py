@@ -29,17 +29,28 @@ logger = logging.getLogger(__name__)
 
 
 def _accounts_for_contributors(kind: str, contributor_ids: set) -> dict:
-    """Each contributor's account of ``kind``, in one query (created on first use)."""
+    """Each contributor's account of ``kind``: one read, and for contributors without one (their
+    first credit or share) one read of which exist, one insert of their accounts that skips any
+    another transaction created meanwhile (the unique constraint decides; PostgreSQL waits for
+    that transaction) and one read of those accounts. Created one by one, a batch of new
+    contributors cost four statements each (read, savepoint, insert, release): a cohort of
+    10,000 new workers' first credits made them most of the statements per validated replica."""
     currency = CREDIT if kind == AccountKind.CONTRIBUTOR_CREDITS else CURRENCY
+    mine = Account.objects.filter(kind=kind, currency=currency)
     accounts = {
         account.contributor_id: account
-        for account in Account.objects.filter(
-            kind=kind, currency=currency, contributor_id__in=contributor_ids
-        )
+        for account in mine.filter(contributor_id__in=contributor_ids)
     }
     missing = contributor_ids - accounts.keys()
-    for contributor in Contributor.objects.filter(pk__in=missing):
-        accounts[contributor.pk] = ledger.account_get(kind, contributor=contributor)
+    if missing:
+        missing = set(Contributor.objects.filter(pk__in=missing).values_list("pk", flat=True))
+        Account.objects.bulk_create(
+            [Account(kind=kind, currency=currency, contributor_id=c) for c in missing],
+            ignore_conflicts=True,
+        )
+        accounts.update(
+            (account.contributor_id, account) for account in mine.filter(contributor_id__in=missing)
+        )
     return accounts
 
 
