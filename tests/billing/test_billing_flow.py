@@ -32,7 +32,7 @@ from tests.billing.helpers import (
     paid_checkout,
 )
 from tests.factories import UserFactory
-from tests.jobs.helpers import new_worker, submit, work_until_done
+from tests.jobs.helpers import fc_job, new_worker, submit, work_until_done
 
 pytestmark = pytest.mark.django_db
 
@@ -54,21 +54,16 @@ def webhook_settings(settings):
 
 
 def _paid_job(tenant, owner, kernels, tasks: int = 4, **extra):  # noqa: ANN001, ANN202
-    return job_services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=job_services.JobSpec(
-            name="paid",
-            kernel=kernels["montecarlo_pi"],
-            range_start=0,
-            range_end=tasks * TASK,
-            chunk_size=TASK,
-            params={},
-            quorum=1,
-            seed=1,
-            **extra,
-        ),
+    return fc_job(
+        tenant,
+        owner,
+        kernels["montecarlo_pi"],
+        tasks=tasks,
+        range_start=0,
+        chunk_size=TASK,
+        quorum=1,
+        seed=1,
+        **extra,
     )
 
 
@@ -195,20 +190,14 @@ def test_contributors_earn_credits_and_a_share_once_and_appear_on_the_leaderboar
     core_tenant, owner, kernels, django_capture_on_commit_callbacks
 ):
     _topup(core_tenant, 1000)
-    job = job_services.job_create(
-        tenant=core_tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=job_services.JobSpec(
-            name="q2",
-            kernel=kernels["montecarlo_pi"],
-            range_start=0,
-            range_end=2 * TASK,
-            chunk_size=TASK,
-            params={},
-            quorum=2,
-            seed=5,
-        ),
+    job = fc_job(
+        core_tenant,
+        owner,
+        kernels["montecarlo_pi"],
+        tasks=2,
+        range_start=0,
+        chunk_size=TASK,
+        quorum=2,
     )
     workers = [new_worker()[0], new_worker()[0]]
     with django_capture_on_commit_callbacks(execute=True):

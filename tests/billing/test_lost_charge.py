@@ -22,12 +22,11 @@ from billing import ledger, metering, tasks
 from billing.metering import tenant_balance_cents, usage_emit
 from billing.models import UsageKind, UsageRecord, UsageStatus
 from billing.topups import topup_fulfil
-from jobs import services as job_services
 from jobs.metering import metering as registered_metering
 from jobs.models import Job, JobStatus
 from tenants.models import Tenant
-from tenants.roles import Role
 from tenants.tiers import Tier
+from tests.jobs.helpers import fc_job
 
 TASK = 100_000_000
 
@@ -41,20 +40,15 @@ def core_tenant(tenant):
 
 def _running_job(tenant, owner, kernels) -> Job:  # noqa: ANN001
     topup_fulfil(session_id="cs_seed", tenant_id=str(tenant.pk), amount_cents=1)
-    job = job_services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=job_services.JobSpec(
-            name="drained",
-            kernel=kernels["montecarlo_pi"],
-            range_start=0,
-            range_end=4 * TASK,
-            chunk_size=TASK,
-            params={},
-            quorum=1,
-            seed=1,
-        ),
+    job = fc_job(
+        tenant,
+        owner,
+        kernels["montecarlo_pi"],
+        tasks=4,
+        range_start=0,
+        chunk_size=TASK,
+        quorum=1,
+        seed=1,
     )
     # spend the balance so that the next charge finds it exhausted
     spent = usage_emit(

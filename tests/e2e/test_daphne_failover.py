@@ -21,12 +21,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import dispatch, services
+from jobs import dispatch
 from jobs.models import Job, Kernel
-from tenants.roles import Role
 from tests import servers
 from tests.e2e.conftest import wait_for_job
 from tests.invariants import invariants
+from tests.jobs.helpers import fc_job
 from tests.servers import CeleryWorker, DaphneLauncher
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -147,21 +147,8 @@ def test_killing_one_daphne_of_three_moves_its_workers_and_loses_nothing(launche
         assert time.monotonic() < deadline, daphnes.log_tail()
         time.sleep(0.1)
     # given a job of 400 tasks (quorum 2, 0.2 s each) running on fifty workers
-    job = services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="failover",
-            kernel=kernel,
-            range_start=0,
-            range_end=400 * 10,
-            chunk_size=10,
-            params={},
-            quorum=2,
-            seed=42,
-            lease_seconds=5,
-        ),
+    job = fc_job(
+        tenant, owner, kernel, tasks=400, range_start=0, chunk_size=10, seed=42, lease_seconds=5
     )
     while Job.objects.unscoped().get(pk=job.pk).tasks_validated < 60:
         assert time.monotonic() < deadline + 60, daphnes.log_tail()

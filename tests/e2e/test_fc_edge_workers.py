@@ -8,31 +8,25 @@ import time
 import pytest
 from django.db.models import Count, Q
 
-from jobs import services
 from jobs.models import Assignment, AssignmentStatus, Contributor, Job, Kernel, Task
-from tenants.roles import Role
 from tests.e2e.conftest import wait_for_job
+from tests.jobs.helpers import fc_job
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 PI_1E10 = 455_052_511  # pi(10^10), a published value
 
 
-def _prime_job(tenant, owner, *, range_end: int, chunk_size: int, lease_seconds: int = 60) -> Job:  # noqa: ANN001
-    return services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="primes",
-            kernel=Kernel.objects.get(name="prime_count", tenant=None),
-            range_start=1,
-            range_end=range_end,
-            chunk_size=chunk_size,
-            params={},
-            quorum=2,
-            lease_seconds=lease_seconds,
-        ),
+def _prime_job(tenant, owner, *, tasks: int, chunk_size: int, lease_seconds: int = 60) -> Job:  # noqa: ANN001
+    """A started prime count of ``tasks`` tasks from 1, quorum 2, with a random seed."""
+    return fc_job(
+        tenant,
+        owner,
+        Kernel.objects.get(name="prime_count", tenant=None),
+        tasks=tasks,
+        chunk_size=chunk_size,
+        seed=None,
+        lease_seconds=lease_seconds,
     )
 
 
@@ -60,7 +54,7 @@ def _assert_credited_exactly_once(job: Job) -> None:
 
 def test_two_edge_workers_count_primes_below_ten_million(fc_stack, tenant, owner):
     workers = [fc_stack.edge_worker(concurrency=2) for _ in range(2)]
-    job = _prime_job(tenant, owner, range_end=10_000_001, chunk_size=500_000)
+    job = _prime_job(tenant, owner, tasks=20, chunk_size=500_000)
     job = wait_for_job(job.pk, timeout_s=120, stack=fc_stack)
     assert job.result["primes"] == 664_579
     _assert_credited_exactly_once(job)
@@ -74,9 +68,7 @@ def test_killing_a_part_mid_job_loses_nothing_and_credits_once(fc_stack, tenant,
     # given a job long enough to be interrupted (about 40 tasks of ~0.3 s each, quorum 2)
     first = fc_stack.edge_worker(concurrency=1)
     second = fc_stack.edge_worker(concurrency=1)
-    job = _prime_job(
-        tenant, owner, range_end=10_000_000_001, chunk_size=250_000_000, lease_seconds=5
-    )
+    job = _prime_job(tenant, owner, tasks=40, chunk_size=250_000_000, lease_seconds=5)
     deadline = time.monotonic() + 60
     while Job.objects.unscoped().get(pk=job.pk).tasks_validated < 8:
         assert time.monotonic() < deadline, fc_stack.logs()

@@ -17,10 +17,9 @@ from django.db import connection
 from ccgsc_site.asgi import application
 from ccgsc_worker import abi
 from ccgsc_worker.protocol import encode_result_frame
-from jobs import director, dispatch, selectors, services
+from jobs import director, dispatch, selectors
 from jobs.models import Assignment, AssignmentStatus, JobStatus
-from tenants.roles import Role
-from tests.jobs.helpers import HELLO, _runner
+from tests.jobs.helpers import HELLO, _runner, fc_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,21 +38,9 @@ async def _hello(communicator, token: str, **overrides) -> dict:  # noqa: ANN001
     return await communicator.receive_json_from(timeout=5)
 
 
-def _create_job(tenant, owner, kernel, **overrides):  # noqa: ANN001, ANN202
-    spec = {
-        "name": "primes",
-        "kernel": kernel,
-        "range_start": 1,
-        "range_end": 20_001,
-        "chunk_size": 10_000,
-        "params": {},
-        "quorum": 1,
-        "seed": 3,
-    }
-    spec.update(overrides)
-    return services.job_create(
-        tenant=tenant, actor=owner, actor_role=Role.OWNER, spec=services.JobSpec(**spec)
-    )
+def _create_job(tenant, owner, kernel, *, tasks: int = 2):  # noqa: ANN001, ANN202
+    """A started job of ``tasks`` tasks of 10,000 numbers, quorum 1."""
+    return fc_job(tenant, owner, kernel, tasks=tasks, chunk_size=10_000, quorum=1, seed=3)
 
 
 async def test_invalid_messages_get_clear_errors_and_change_nothing():
@@ -279,7 +266,7 @@ async def _resumed_with_two_outstanding(tenant, owner, kernels):  # noqa: ANN001
     _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
     first = await _connect()
     welcome = await _hello(first, token, slots=1)
-    await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], range_end=80_001)
+    await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], tasks=8)
     held = [await first.receive_json_from(timeout=5) for _ in range(1 + settings.DISPATCH_PREFETCH)]
     await first.disconnect()
     second = await _connect()
@@ -373,11 +360,11 @@ async def test_a_sockets_first_claim_takes_its_slots_and_the_prefetch_follows_in
     assert settings.DISPATCH_PREFETCH >= 1
     _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
     if job_first:
-        await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], range_end=80_001)
+        await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], tasks=8)
     communicator = await _connect()
     await _hello(communicator, token, slots=2)
     if not job_first:
-        await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], range_end=80_001)
+        await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], tasks=8)
     # when its assigns arrive
     assigns = [
         await communicator.receive_json_from(timeout=5)

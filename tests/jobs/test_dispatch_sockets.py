@@ -24,7 +24,7 @@ from jobs.models import Job, JobStatus, Task, Worker
 from tenants.roles import Role
 from tests import servers
 from tests.invariants import invariants
-from tests.jobs.helpers import _runner
+from tests.jobs.helpers import _runner, fc_job
 from tests.protocol.wire import hello, result_frame
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -105,22 +105,7 @@ def test_one_recheck_per_process_finds_work_a_lost_wake_did_not_announce(
         assert 2 <= idle_statements <= bound, (idle_statements, window_s)
         assert bound < 2 * len(sockets) * window_s / 1.5
         # when a job's tasks become dispatchable without any wake (as if it were lost)
-        job = services.job_create(
-            tenant=tenant,
-            actor=owner,
-            actor_role=Role.OWNER,
-            spec=services.JobSpec(
-                name="silent",
-                kernel=kernels["prime_count"],
-                range_start=1,
-                range_end=2001,
-                chunk_size=1000,
-                params={},
-                quorum=2,
-                seed=3,
-            ),
-            start=False,
-        )
+        job = fc_job(tenant, owner, kernels["prime_count"], tasks=2, seed=3, start=False)
         Job.objects.unscoped().filter(pk=job.pk).update(status=JobStatus.RUNNING)
         Task.objects.unscoped().filter(job=job).update(dispatchable=True)
         # then within a few re-checks the idle sockets are handed all four replicas
@@ -205,21 +190,8 @@ STARTED = 120
 def test_a_job_start_reaches_every_idle_socket_in_a_few_flushes(tmp_path, tenant, owner, kernels):
     sql_dir = tmp_path / "sql"
     tokens = [dispatch.contributor_create_anonymous()[1] for _ in range(STARTED)]
-    job = services.job_create(
-        tenant=tenant,
-        actor=owner,
-        actor_role=Role.OWNER,
-        spec=services.JobSpec(
-            name="pushed",
-            kernel=kernels["prime_count"],
-            range_start=1,
-            range_end=1 + 2000 * 100,
-            chunk_size=100,
-            params={},
-            quorum=2,
-            seed=3,
-        ),
-        start=False,
+    job = fc_job(
+        tenant, owner, kernels["prime_count"], tasks=2000, chunk_size=100, seed=3, start=False
     )
 
     async def start(daphne: servers.DaphneServer) -> tuple[list[dict], int]:
