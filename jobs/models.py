@@ -142,7 +142,7 @@ class Task(TenantOwnedModel):
 
     id = models.BigAutoField(primary_key=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    # No index of its own: (job, status) and (job, index) lead with it, and every write that
+    # No index of its own: (job, status, id) and (job, index) lead with it, and every write that
     # queues, claims or closes a task touches each of the task's indexes.
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks", db_index=False)
     index = models.PositiveIntegerField()
@@ -178,7 +178,11 @@ class Task(TenantOwnedModel):
                 name="task_dispatch_queue",
                 condition=Q(dispatchable=True),
             ),
-            models.Index(fields=["job", "status"]),
+            # A job's tasks by status in claim order (a job's tasks share its priority): a fill
+            # walks the job's open tasks from the lowest id and stops after its chunk. On (job,
+            # status) alone it read every open task of the job and sorted them (57,000 index
+            # entries and heap rows per fill of a 60,000-task job, whatever the chunk).
+            models.Index(fields=["job", "status", "id"], name="task_job_status_id"),
         ]
 
     def __str__(self) -> str:

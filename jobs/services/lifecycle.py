@@ -115,21 +115,34 @@ def _queue_chunk(
 
 def _queue_mark(job_id: Any, *, offset: int) -> None:
     """Make the job's queued task at ``offset`` (0 first, in claim order) its low-water mark:
-    for a top-up whose mark falls among tasks that were already queued. One statement; the
-    caller holds the job's key-share lock."""
+    for a top-up whose mark falls among tasks that were already queued. One statement, along
+    the job's open tasks in id order (its tasks share its priority, so that is claim order);
+    the caller holds the job's key-share lock."""
     task = Task._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {task} SET queue_low_mark = TRUE WHERE id = (SELECT id FROM {task}"  # noqa: S608
-            " WHERE job_id = %s AND dispatchable ORDER BY priority DESC, id OFFSET %s LIMIT 1)"
+            " WHERE job_id = %s AND status = %s AND dispatchable ORDER BY id OFFSET %s LIMIT 1)"
             " AND NOT queue_low_mark",  # the periodic fill of a full queue rewrites nothing
-            [Job._meta.pk.get_db_prep_value(job_id, connection), max(0, offset)],
+            [Job._meta.pk.get_db_prep_value(job_id, connection), TaskStatus.OPEN, max(0, offset)],
         )
 
 
-def _queued_count(job_id: Any) -> int:
-    """How many of a job's tasks are queued now (on the dispatch queue's partial index)."""
-    return Task.objects.unscoped().filter(job_id=job_id, dispatchable=True).count()
+def _queued_count(job_id: Any, *, high: int) -> int:
+    """How many of a job's tasks are queued now, up to ``high``: the queued ones among its first
+    ``high`` open tasks that want replicas, in claim order. A job's queued tasks are the first of
+    those (fills queue in claim order; a task whose replica is released wants one again and is
+    queued again), so this reads about ``high`` entries of the (job, status, id) index, not
+    every task of the job as a count of its queued tasks did."""
+    task = Task._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FILTER (WHERE dispatchable) FROM (SELECT dispatchable"  # noqa: S608
+            f" FROM {task} WHERE job_id = %s AND status = %s AND active_replicas < target_replicas"
+            " ORDER BY id LIMIT %s) AS head",
+            [Job._meta.pk.get_db_prep_value(job_id, connection), TaskStatus.OPEN, high],
+        )
+        return cursor.fetchone()[0]
 
 
 def _chunk() -> int:
@@ -188,7 +201,7 @@ def _queue_top_up(job_id: Any, *, high: int) -> tuple[int, int]:
     tasks while it has more to queue; returns (tasks marked, replicas they want). The caller
     holds the job's key-share lock and has checked that it runs."""
     low = _queue_low(high)
-    queued = _queued_count(job_id)
+    queued = _queued_count(job_id, high=high)
     want = high - queued
     # Where the mark goes in the job's queue (claim order): ``low`` tasks after it.
     mark_at = high - low - 1 if want > 0 else queued - low - 1
