@@ -57,8 +57,10 @@ from dispatch_probes import (  # noqa: E402 - after the path setup
     cpu_seconds,
     cpu_snapshot,
     pct,
+    pg_reads,
     pg_stats,
     push_trace,
+    reads_per_replica,
     sql_env,
     sql_per_replica,
     sql_totals,
@@ -358,6 +360,10 @@ class EdgeSwarm:
         await asyncio.gather(*self.runs, return_exceptions=True)
 
 
+# How long the push's CPU is measured at most, when some worker never gets its first assign.
+PUSH_CPU_WAIT_S = 5.0
+
+
 def run_swarm(
     *,
     port: int,
@@ -412,11 +418,21 @@ def run_swarm(
         for _ in range(HTTP_WARMUP_REQUESTS):
             api(base, key, "GET", f"/api/v1/jobs/{job['id']}/")
         time.sleep(0.5)
+        conn = psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}", autocommit=True)
+        # CPU of every process from the start request until every worker read its first assign
+        # (or PUSH_CPU_WAIT_S): with ~1 s tasks no result comes back meanwhile, so that is what
+        # the push costs, and how much of the two cores' time it had.
+        push_cpu_before = cpu_snapshot(conn, servers or {})
+        push_cpu_before["swarm"] = cpu_seconds(swarm.pids)
         t_start = time.time()
         api(base, key, "POST", f"/api/v1/jobs/{job['id']}/start/")
         t_started = time.time()
-
-        conn = psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}", autocommit=True)
+        deadline = time.monotonic() + PUSH_CPU_WAIT_S
+        while swarm.count(FIRST_FRAMES) < len(tokens) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        t_pushed = time.time()
+        push_cpu_after = cpu_snapshot(conn, servers or {})
+        push_cpu_after["swarm"] = cpu_seconds(swarm.pids)
         # Wait (bounded) until nearly every worker has had its first assignment, then warm up.
         deadline = time.monotonic() + 180
         while swarm.count(FIRST_FRAMES) < 0.95 * len(tokens) and time.monotonic() < deadline:
@@ -429,10 +445,12 @@ def run_swarm(
         cpu_before["swarm"] = cpu_seconds(swarm.pids)
         sql_before = sql_totals(sql_dir) if sql_dir is not None else {}
         before = pg_stats(conn)
+        reads_before = pg_reads(conn)
         time.sleep(duration)
         if profiler is not None:
             profiler.process.send_signal(signal.SIGUSR2)
         after = pg_stats(conn)
+        reads_after = pg_reads(conn)
         cpu_after = cpu_snapshot(conn, servers or {})
         cpu_after["swarm"] = cpu_seconds(swarm.pids)
         sql_after = sql_totals(sql_dir) if sql_dir is not None else {}
@@ -482,6 +500,11 @@ def run_swarm(
             "p99": pct(in_window, 99),
             "mean": statistics.fmean(in_window) * 1000 if in_window else None,
         },
+        "push_cpu": {
+            "wall_ms": round((t_pushed - t_start) * 1000, 1),
+            # CPU milliseconds by process over that wall time (two cores give twice the wall).
+            "cpu_ms": cpu_per_replica(push_cpu_before, push_cpu_after, 1.0),
+        },
         "think_ms": think_s * 1000,
         "concurrency": concurrency,
         "cpu_ms_per_replica": cpu_per_replica(cpu_before, cpu_after, per),
@@ -493,6 +516,9 @@ def run_swarm(
             for k in ("xact_commit", "xact_rollback", "sessions", "tup_returned", "tup_fetched")
             + ("tup_inserted", "tup_updated", "blks_hit")
         },
+        # Which tables and indexes the window's statements read, rows per validated replica
+        # (the statistics views report with a delay of up to a second).
+        "rows_read_per_replica": reads_per_replica(reads_before, reads_after, per),
         "events": merged["events"],
     }
 

@@ -32,6 +32,30 @@ def pg_stats(conn: psycopg.Connection) -> dict[str, float]:
     return stats
 
 
+def pg_reads(conn: psycopg.Connection) -> dict[str, float]:
+    """Rows read so far per table by sequential scans (``seq:<table>``) and per index
+    (``idx:<index>``, index entries read), from the statistics views."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    reads = {
+        f"seq:{name}": float(n)
+        for name, n in conn.execute("SELECT relname, seq_tup_read FROM pg_stat_user_tables")
+    }
+    reads.update(
+        (f"idx:{name}", float(n))
+        for name, n in conn.execute("SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes")
+    )
+    return reads
+
+
+def reads_per_replica(
+    before: dict[str, float], after: dict[str, float], per: float, top: int = 8
+) -> dict[str, float]:
+    """The ``top`` relations by rows read per validated replica between two ``pg_reads``."""
+    delta = {name: (after[name] - before.get(name, 0.0)) / per for name in after}
+    ranked = sorted(delta.items(), key=lambda item: -item[1])[:top]
+    return {name: round(n, 2) for name, n in ranked if n > 0}
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of processes (and their reaped children), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
