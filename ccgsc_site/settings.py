@@ -166,6 +166,11 @@ DISPATCH_FLUSH_MS = float(os.environ.get("CCGSC_DISPATCH_FLUSH_MS", "5"))
 DISPATCH_FLUSH_ITEMS = int(os.environ.get("CCGSC_DISPATCH_FLUSH_ITEMS", "256"))
 # Tasks a worker holds beyond its slots, so its next task is there when one finishes.
 DISPATCH_PREFETCH = int(os.environ.get("CCGSC_DISPATCH_PREFETCH", "1"))
+# How long a woken or welcomed socket that just got tasks to start waits before it claims its
+# prefetch (jobs.consumers.WorkerConsumer.fill): a job start's prefetch claims then leave the
+# CPU to the other sockets' first claims (docs/benchmarks.md). A socket whose slots are busy,
+# and a result's refill, claim the prefetch at once.
+DISPATCH_PREFETCH_HOLD_S = float(os.environ.get("CCGSC_DISPATCH_PREFETCH_HOLD_S", "0.3"))
 # How often (±50 % jitter) a process re-checks all its idle worker sockets at once for work a
 # lost wake did not announce (jobs.dispatch.idle).
 DISPATCH_IDLE_RECHECK_S = float(os.environ.get("CCGSC_DISPATCH_IDLE_RECHECK_S", "15"))

@@ -345,6 +345,7 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
                     await self._push(offers, wanted=free)
                 return
             startable = self.slots - len(self.in_flight)
+            started = 0
             if startable > 0:
                 offers = await flusher().submit(
                     ClaimItem(worker_id=self.worker_id, count=startable)
@@ -352,8 +353,13 @@ class WorkerConsumer(RoundInviteMixin, SecAggConsumerMixin, GuardedConsumer):
                 await self._push(offers, wanted=startable)
                 if len(offers) < startable:
                     return
+                started = len(offers)
         # The lock is let go between the two claims: a result that arrives meanwhile claims its
-        # refill (slots and prefetch) at once, and this claim then takes what is still free.
+        # refill (slots and prefetch) at once, and this claim then takes what is still free. A
+        # socket that just got tasks to start holds its prefetch claim for a moment (its tasks
+        # run meanwhile); one whose slots were busy already claims it now.
+        if started and settings.DISPATCH_PREFETCH_HOLD_S > 0:
+            await asyncio.sleep(settings.DISPATCH_PREFETCH_HOLD_S)
         async with self.fill_lock:
             prefetch = self._free()
             if prefetch > 0 and not self.released:

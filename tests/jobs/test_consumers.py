@@ -379,3 +379,46 @@ async def test_a_sockets_first_claim_takes_its_slots_and_the_prefetch_follows_in
     assert len(set(prefetched)) == 1
     assert prefetched[0] > startable[0]
     await communicator.disconnect()
+
+
+async def test_a_woken_socket_that_got_a_task_to_start_holds_its_prefetch_claim(
+    tenant, owner, kernels, settings
+):
+    # given group commit with a prefetch held for 30 s after a first claim, and an idle worker
+    # of one slot
+    assert settings.DISPATCH_GROUP_COMMIT
+    settings.DISPATCH_PREFETCH = 1
+    settings.DISPATCH_PREFETCH_HOLD_S = 30.0
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    communicator = await _connect()
+    await _hello(communicator, token, slots=1)
+    # when a job of eight tasks starts and wakes it
+    await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], tasks=8)
+    # then the task it can start now comes, and its prefetch does not follow yet
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "assign"
+    assert await communicator.receive_nothing(timeout=1)
+    await communicator.disconnect()
+
+
+async def test_a_woken_socket_whose_slots_are_busy_claims_its_prefetch_at_once(
+    tenant, owner, kernels, settings
+):
+    # given a worker of one slot running the only task of a first job (its prefetch claim, not
+    # held, found nothing, so it waits to be woken)
+    settings.DISPATCH_PREFETCH = 1
+    settings.DISPATCH_PREFETCH_HOLD_S = 0.0
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    communicator = await _connect()
+    await _hello(communicator, token, slots=1)
+    await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], tasks=1)
+    running = await communicator.receive_json_from(timeout=5)
+    assert running["type"] == "assign"
+    assert await communicator.receive_nothing(timeout=0.5)
+    # when, with a prefetch hold of 30 s, a second job starts and wakes it
+    settings.DISPATCH_PREFETCH_HOLD_S = 30.0
+    await sync_to_async(_create_job)(tenant, owner, kernels["prime_count"], tasks=4)
+    # then its prefetch comes well within the hold: nothing to start, nothing to wait for
+    prefetched = await communicator.receive_json_from(timeout=10)
+    assert prefetched["type"] == "assign"
+    assert prefetched["job"] != running["job"]
+    await communicator.disconnect()
