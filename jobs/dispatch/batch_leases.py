@@ -128,10 +128,11 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     # Lock as many tasks as the replicas still wanted need, each task's open replicas going to
     # as many claimers of distinct contributors: as many tasks as the wanted replicas divided
     # by the open replicas of the queue's first task (a job start's tasks each want their
-    # quorum). That is enough unless later tasks want fewer, or tasks the claimers' own contributors hold (a task waiting for its second
-    # replica stays dispatchable) are skipped for them; then the next tasks, as many as are
-    # still wanted. Locking more up front kept other processes' claims, running at the same
-    # time, from tasks this flush did not take (a job start's first claims found none).
+    # quorum). That is enough unless later tasks want fewer, or tasks the claimers' own
+    # contributors hold (a task waiting for its second replica stays dispatchable) are skipped
+    # for them; then the next tasks, as many as are still wanted. Locking more up front kept
+    # other processes' claims, running at the same time, from tasks this flush did not take (a
+    # job start's first claims found none).
     for _ in range(CLAIM_ROUNDS):
         wanted_now = sum(need for _, need, _ in queue)
         if wanted_now <= 0:
