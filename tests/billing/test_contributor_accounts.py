@@ -4,7 +4,6 @@ creating at the same time is used, not duplicated. Real PostgreSQL, two connecti
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import pytest
@@ -15,6 +14,7 @@ from billing.metering_batch import _accounts_for_contributors
 from billing.models import Account, AccountKind
 from billing.money import CREDIT
 from jobs.models import Contributor
+from tests.held_transaction import transaction_held
 
 pytestmark = [pytest.mark.services]
 
@@ -70,32 +70,18 @@ def test_an_account_another_transaction_is_creating_is_waited_for_and_used():
     # given two new contributors, and another transaction that created the first one's credit
     # account and has not committed
     first, second = sorted(_contributors(2), key=str)
-    created, release = threading.Event(), threading.Event()
-    theirs: dict[str, int] = {}
-
-    def create_and_hold() -> None:
-        try:
-            with transaction.atomic():
-                theirs["pk"] = Account.objects.create(
-                    kind=AccountKind.CONTRIBUTOR_CREDITS, currency=CREDIT, contributor_id=first
-                ).pk
-                created.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=create_and_hold)
-    holder.start()
-    try:
-        assert created.wait(10)
-        # when a batch asks for both accounts meanwhile (the other commits half a second later)
-        threading.Timer(0.5, release.set).start()
-        with transaction.atomic():
-            accounts = _accounts_for_contributors(AccountKind.CONTRIBUTOR_CREDITS, {first, second})
-    finally:
-        release.set()
-        holder.join(10)
+    # when a batch asks for both accounts meanwhile (the other commits half a second later)
+    with (
+        transaction_held(
+            lambda: Account.objects.create(
+                kind=AccountKind.CONTRIBUTOR_CREDITS, currency=CREDIT, contributor_id=first
+            ),
+            release_after_s=0.5,
+        ) as theirs,
+        transaction.atomic(),
+    ):
+        accounts = _accounts_for_contributors(AccountKind.CONTRIBUTOR_CREDITS, {first, second})
     # then the batch waited and used the other's account; one account per contributor
-    assert accounts[first].pk == theirs["pk"]
+    assert accounts[first].pk == theirs.pk
     assert Account.objects.filter(contributor_id=first).count() == 1
     assert Account.objects.filter(contributor_id=second).count() == 1

@@ -5,14 +5,13 @@ instead. Real PostgreSQL, two connections."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 
 from jobs import dispatch
 from jobs.dispatch.batch_leases import ClaimItem, claims_batch
 from jobs.models import Task, Worker
+from tests.held_transaction import transaction_held
 from tests.jobs.helpers import fc_job, new_worker
 
 pytestmark = [pytest.mark.services]
@@ -25,31 +24,17 @@ def test_a_claim_flush_still_open_leaves_the_tasks_it_does_not_take_to_others(
     # given a job of two single-replica tasks and two idle workers
     fc_job(tenant, owner, kernels["prime_count"], tasks=2, quorum=1, start_after=True)
     first, second = new_worker(slots=1)[0], new_worker(slots=1)[0]
-    taken: dict[str, list] = {}
-    locked, release = threading.Event(), threading.Event()
-
-    def claim_and_hold() -> None:
-        try:
-            with transaction.atomic():
-                taken["first"] = claims_batch(items=[ClaimItem(worker_id=first.worker_id, count=1)])
-                locked.set()
-                release.wait(10)
-        finally:
-            connection.close()
-
-    # when one process's flush claimed one task and has not committed yet
-    holder = threading.Thread(target=claim_and_hold)
-    holder.start()
-    try:
-        assert locked.wait(10)
-        # and another process's flush claims one task at the same time
-        with transaction.atomic():
-            taken["second"] = claims_batch(items=[ClaimItem(worker_id=second.worker_id, count=1)])
-    finally:
-        release.set()
-        holder.join(10)
+    # when one process's flush claimed one task and has not committed yet, and another
+    # process's flush claims one task at the same time
+    with (
+        transaction_held(
+            lambda: claims_batch(items=[ClaimItem(worker_id=first.worker_id, count=1)])
+        ) as mine_claimed,
+        transaction.atomic(),
+    ):
+        theirs_claimed = claims_batch(items=[ClaimItem(worker_id=second.worker_id, count=1)])
     # then each got one task, not the second nothing because the first locked both
-    ((mine,),), ((theirs,),) = taken["first"], taken["second"]
+    ((mine,),), ((theirs,),) = mine_claimed, theirs_claimed
     assert {mine.task_index, theirs.task_index} == {0, 1}
 
 
@@ -58,37 +43,18 @@ def test_a_claim_flush_locks_one_task_per_quorum_of_the_replicas_it_wants(tenant
     # given a job of two tasks at quorum 2 and four idle workers of four contributors
     fc_job(tenant, owner, kernels["prime_count"], tasks=2, quorum=2, start_after=True)
     workers = [new_worker(slots=1)[0] for _ in range(4)]
-    taken: dict[str, list] = {}
-    locked, release = threading.Event(), threading.Event()
 
-    def claim_and_hold() -> None:
-        try:
-            with transaction.atomic():
-                taken["first"] = claims_batch(
-                    items=[ClaimItem(worker_id=w.worker_id, count=1) for w in workers[:2]]
-                )
-                locked.set()
-                release.wait(10)
-        finally:
-            connection.close()
+    def claim(claimers: list) -> list:
+        return claims_batch(items=[ClaimItem(worker_id=w.worker_id, count=1) for w in claimers])
 
-    # when one process's flush claimed a replica for each of two workers, not committed yet
-    holder = threading.Thread(target=claim_and_hold)
-    holder.start()
-    try:
-        assert locked.wait(10)
-        # and another process's flush claims for the other two at the same time
-        with transaction.atomic():
-            taken["second"] = claims_batch(
-                items=[ClaimItem(worker_id=w.worker_id, count=1) for w in workers[2:]]
-            )
-    finally:
-        release.set()
-        holder.join(10)
+    # when one process's flush claimed a replica for each of two workers, not committed yet,
+    # and another process's flush claims for the other two at the same time
+    with transaction_held(lambda: claim(workers[:2])) as first_claimed, transaction.atomic():
+        second_claimed = claim(workers[2:])
     # then the first flush locked one task and gave both its replicas, and the second flush got
     # both replicas of the other: four workers served from a queue of two tasks
-    first = [offer.task_index for (offer,) in taken["first"]]
-    second = [offer.task_index for (offer,) in taken["second"]]
+    first = [offer.task_index for (offer,) in first_claimed]
+    second = [offer.task_index for (offer,) in second_claimed]
     assert len(set(first)) == 1
     assert len(set(second)) == 1
     assert sorted(first + second) == [0, 0, 1, 1]
