@@ -191,10 +191,29 @@ def offer_of(assignment_id: uuid.UUID, task: ClaimTask, job: ClaimJob) -> Offer:
 def assignments_insert(rows: list[AssignmentRow]) -> None:
     """Write new replicas (as ``replica_take`` builds them) with one ``INSERT … SELECT … FROM
     unnest(…)``: ``bulk_create`` built a placeholder per field and row (12,000 for a flush of
-    768 claims), and building and parsing that statement was most of a claim flush's CPU."""
+    768 claims), and building and parsing that statement was most of a claim flush's CPU.
+    SQLite, which has no arrays, gets ``bulk_create``: it claims one worker at a time."""
     if not rows:
         return
     now = timezone.now()
+    if connection.vendor != "postgresql":  # SQLite (the embedded default) has no arrays
+        Assignment.objects.unscoped().bulk_create(
+            [
+                Assignment(
+                    id=row[0],
+                    tenant_id=row[1],
+                    job_id=row[2],
+                    task_id=row[3],
+                    worker_id=row[4],
+                    contributor_id=row[5],
+                    lease_expires_at=row[6],
+                    status=AssignmentStatus.ASSIGNED,
+                    assigned_at=now,
+                )
+                for row in rows
+            ]
+        )
+        return
     column = {f.name: f.column for f in Assignment._meta.concrete_fields}
     names = ("id", "tenant", "job", "task", "worker", "contributor", "lease_expires_at")
     blank = ("output_sha256", "error_code", "error_message")

@@ -97,7 +97,7 @@ def _queue_chunk(
             f"WITH picked AS (SELECT id FROM {task} WHERE job_id = %s AND status = %s"  # noqa: S608
             " AND NOT dispatchable AND active_replicas < target_replicas ORDER BY id LIMIT %s)"
             f" UPDATE {task} SET dispatchable = TRUE, queue_low_mark = (id IS NOT DISTINCT FROM"
-            " (SELECT id FROM picked ORDER BY id OFFSET %s LIMIT 1)"
+            " (SELECT id FROM picked ORDER BY id LIMIT 1 OFFSET %s)"
             " AND (SELECT count(*) FROM picked) = %s)"
             " WHERE id IN (SELECT id FROM picked) RETURNING target_replicas - active_replicas",
             [
@@ -122,7 +122,7 @@ def _queue_mark(job_id: Any, *, offset: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {task} SET queue_low_mark = TRUE WHERE id = (SELECT id FROM {task}"  # noqa: S608
-            " WHERE job_id = %s AND status = %s AND dispatchable ORDER BY id OFFSET %s LIMIT 1)"
+            " WHERE job_id = %s AND status = %s AND dispatchable ORDER BY id LIMIT 1 OFFSET %s)"
             " AND NOT queue_low_mark",  # the periodic fill of a full queue rewrites nothing
             [Job._meta.pk.get_db_prep_value(job_id, connection), TaskStatus.OPEN, max(0, offset)],
         )
