@@ -23,6 +23,10 @@ from tests.jobs.helpers import HELLO, _runner, fc_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# Group commit's prefetch and flushes run on PostgreSQL deployments only (SQLite, the embedded
+# default, claims per item without a prefetch).
+GROUP_COMMIT = pytest.mark.services
+
 
 async def _connect(path: str = "/ws/edge/") -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(
@@ -176,6 +180,7 @@ async def test_result_with_a_wrong_hash_is_refused(tenant, owner, kernels):
     await communicator.disconnect()
 
 
+@GROUP_COMMIT
 async def test_reconnect_with_resume_lists_outstanding_work(tenant, owner, kernels):
     _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
     first = await _connect()
@@ -283,6 +288,7 @@ def _assigned_to(worker_id: str) -> set[str]:
     }
 
 
+@GROUP_COMMIT
 async def test_resumed_worker_is_not_claimed_beyond_its_outstanding_leases(tenant, owner, kernels):
     # given a worker that resumes holding its slot and its prefetch
     second, again, held = await _resumed_with_two_outstanding(tenant, owner, kernels)
@@ -314,6 +320,7 @@ async def test_resumed_worker_is_not_claimed_beyond_its_outstanding_leases(tenan
     await second.disconnect()
 
 
+@GROUP_COMMIT
 async def test_resumed_leases_the_worker_never_names_stop_counting(
     tenant, owner, kernels, monkeypatch
 ):
@@ -350,6 +357,7 @@ def _claimed_in(assignment_ids: list[str]) -> list[int]:
     return [written[assignment] for assignment in assignment_ids]
 
 
+@GROUP_COMMIT
 @pytest.mark.parametrize("job_first", [False, True], ids=["woken", "welcomed"])
 async def test_a_sockets_first_claim_takes_its_slots_and_the_prefetch_follows_in_the_next_flush(
     tenant, owner, kernels, job_first
@@ -381,6 +389,7 @@ async def test_a_sockets_first_claim_takes_its_slots_and_the_prefetch_follows_in
     await communicator.disconnect()
 
 
+@GROUP_COMMIT
 async def test_a_woken_socket_that_got_a_task_to_start_holds_its_prefetch_claim(
     tenant, owner, kernels, settings
 ):
@@ -400,6 +409,7 @@ async def test_a_woken_socket_that_got_a_task_to_start_holds_its_prefetch_claim(
     await communicator.disconnect()
 
 
+@GROUP_COMMIT
 async def test_a_woken_socket_whose_slots_are_busy_claims_its_prefetch_at_once(
     tenant, owner, kernels, settings
 ):
