@@ -26,6 +26,7 @@ from jobs.dispatch.claim import (
     running_jobs_of,
 )
 from jobs.dispatch.queue_fill import queue_fill_request
+from jobs.dispatch.sql import bound_cursor
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
     Assignment,
@@ -72,7 +73,7 @@ CLAIM_WORKER_FIELDS = (
 _LOCK_TASKS = (
     f"SELECT {', '.join(f'"{name}"' for name in CLAIM_FIELDS)} "  # noqa: S608 - names only
     f"FROM {Task._meta.db_table} "
-    "WHERE dispatchable AND NOT private_pool AND NOT (id = ANY(%s::bigint[])) "
+    "WHERE dispatchable AND NOT private_pool AND NOT (id = ANY(%b::bigint[])) "
     "ORDER BY priority DESC, id ASC LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 
@@ -80,7 +81,7 @@ _LOCK_TASKS = (
 # many each of the tasks a claim locks next can give).
 _HEAD_OPEN = (
     f"SELECT target_replicas - active_replicas FROM {Task._meta.db_table} "  # noqa: S608
-    "WHERE dispatchable AND NOT private_pool AND NOT (id = ANY(%s::bigint[])) "
+    "WHERE dispatchable AND NOT private_pool AND NOT (id = ANY(%b::bigint[])) "
     "ORDER BY priority DESC, id ASC LIMIT 1"
 )
 
@@ -137,7 +138,7 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
         wanted_now = sum(need for _, need, _ in queue)
         if wanted_now <= 0:
             break
-        with connection.cursor() as cursor:
+        with bound_cursor() as cursor:
             cursor.execute(_HEAD_OPEN, [locked])
             head = cursor.fetchone()
             if head is None:  # the queue is empty for now
@@ -194,11 +195,11 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
 def _held(tasks: list[ClaimTask], contributors: list[str]) -> set[tuple[int, uuid.UUID]]:
     """Which of ``tasks`` the ``contributors`` hold a counted replica of, as (task, contributor)
     pairs (arrays, not an IN list of a placeholder per task)."""
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             f"SELECT task_id, contributor_id FROM {Assignment._meta.db_table} "  # noqa: S608
-            "WHERE task_id = ANY(%s::bigint[]) AND contributor_id = ANY(%s::uuid[]) "
-            "AND status = ANY(%s::varchar[])",
+            "WHERE task_id = ANY(%b::bigint[]) AND contributor_id = ANY(%b::uuid[]) "
+            "AND status = ANY(%b::varchar[])",
             [
                 [t.id for t in tasks],
                 contributors,
@@ -273,9 +274,9 @@ def update_from_values(
         _column(values, kind)
         for values, (_, kind) in zip(zip(*rows, strict=True), columns, strict=True)
     ]
-    unnest = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+    unnest = ", ".join(f"%b::{kind}[]" for _, kind in columns)
     names = ", ".join(name for name, _ in columns)
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} AS t SET {sets} "  # noqa: S608 - table and column names only
             f"FROM unnest({unnest}) AS v({names}) WHERE t.id = v.id"

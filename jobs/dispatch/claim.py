@@ -17,6 +17,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from jobs.dispatch.queue_fill import queue_fill_request
+from jobs.dispatch.sql import bound_cursor
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
     Assignment,
@@ -218,12 +219,12 @@ def assignments_insert(rows: list[AssignmentRow]) -> None:
     names = ("id", "tenant", "job", "task", "worker", "contributor", "lease_expires_at")
     blank = ("output_sha256", "error_code", "error_message")
     ids, tenants, jobs, tasks, workers, contributors, expiries = zip(*rows, strict=True)
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {Assignment._meta.db_table} "  # noqa: S608 - names only
             f"({', '.join(column[name] for name in (*names, 'status', 'assigned_at', *blank))}) "
-            f"SELECT v.*, %s, %s, {', '.join(["''"] * len(blank))} FROM unnest(%s::uuid[], "
-            "%s::uuid[], %s::uuid[], %s::bigint[], %s::uuid[], %s::uuid[], %s::timestamptz[]) AS v",
+            f"SELECT v.*, %s, %s, {', '.join(["''"] * len(blank))} FROM unnest(%b::uuid[], "
+            "%b::uuid[], %b::uuid[], %b::bigint[], %b::uuid[], %b::uuid[], %b::timestamptz[]) AS v",
             [
                 AssignmentStatus.ASSIGNED,
                 now,
