@@ -7,6 +7,8 @@ SQL that only PostgreSQL accepts passed it while a job start on the embedded def
 it (``scripts/serve.sh`` after ``migrate`` and ``kernels_sync``, in a fresh var directory, with
 every service variable removed); a tenant's API key starts a prime count through the REST API,
 two anonymous contributors' ``ccgsc-worker``s compute it, and the published answer comes back.
+The README's federated-learning demo runs the same way: ``bootstrap_demo``'s training job,
+started as its owner presses Start, trained by two edge workers to the end of its rounds.
 """
 
 from __future__ import annotations
@@ -52,6 +54,24 @@ def _embedded_env(var_dir: Path, port: int) -> dict[str, str]:
     }
     env.update({"CCGSC_VAR_DIR": str(var_dir), "CCGSC_PORT": str(port), "PYTHONUNBUFFERED": "1"})
     return env
+
+
+_START_DEMO = """
+from jobs.models import Job
+from jobs.services import job_control
+from tenants.models import Tenant
+from tenants.roles import Role
+tenant = Tenant.objects.get(name="Demo Lab")
+job = Job.objects.for_tenant(tenant).get()
+job_control(tenant=tenant, job_id=job.pk, role=Role.OWNER, action="start")
+print(job.pk)
+"""
+
+_DEMO_STATE = """
+from jobs.models import Job
+job = Job.objects.unscoped().get(pk="{job}")
+print(job.status, job.model_versions.count(), job.fl_config.rounds)
+"""
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
@@ -128,6 +148,46 @@ def test_make_run_defaults_run_a_job_to_its_published_answer(tmp_path):
         assert detail["tasks_validated"] == detail["task_count"] == 10
         result = _api(base, "GET", f"/api/v1/jobs/{job['id']}/result/", key=key)
         assert result["result"]["primes"] == PRIMES_BELOW_ONE_MILLION
+    finally:
+        for worker in workers:
+            worker.stop()
+        site.stop()
+
+
+def test_make_run_defaults_train_the_readme_demo_to_its_last_round(tmp_path):
+    # given `make run`'s set-up (migrate, kernels, the demo tenant and its draft training job)
+    port = free_port()
+    env = _embedded_env(tmp_path, port)
+    _manage(env, "migrate", "--noinput")
+    _manage(env, "kernels_sync")
+    _manage(env, "bootstrap_demo")
+    site = ManagedProcess("embedded-site", ["bash", "scripts/serve.sh"], env)
+    workers: list[EdgeWorkerProcess] = []
+    site.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(base + "/healthz", timeout_s=60, process=site.process)
+        # when its owner starts the demo job and two anonymous edge workers connect, as the
+        # README says
+        job = _manage(env, "shell", "-c", _START_DEMO).strip().splitlines()[-1]
+        for _ in range(2):
+            token = _api(base, "POST", "/api/v1/contributors/anonymous/")["token"]
+            worker = EdgeWorkerProcess(base, token)
+            workers.append(worker)
+            worker.start()
+        # then the job trains through every round: one model version per round after the
+        # initial one, and it completes
+        deadline = time.monotonic() + 240
+        while True:
+            status, versions, rounds = _manage(
+                env, "shell", "-c", _DEMO_STATE.format(job=job)
+            ).split()[-3:]
+            if status in {"completed", "failed", "cancelled"}:
+                break
+            assert time.monotonic() < deadline, (status, versions, site.log_tail(80))
+            time.sleep(2)
+        assert status == "completed", site.log_tail(80)
+        assert int(versions) == int(rounds) + 1
     finally:
         for worker in workers:
             worker.stop()
