@@ -42,6 +42,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--quick", "--profile"],
         "dispatch.json",
     ),
+    # One 256-claim flush alone, its array parameters bound by PostgreSQL or quoted by Django.
+    "claim_flush": ("bench_claim_flush.py", [], ["--quick"], "claim_flush.json"),
     # The push floor: N sockets, one frame each per channel-layer trigger, no database.
     "push_floor": ("bench_push_floor.py", [], ["--quick"], "push_floor.json"),
     # 10,000 worker sockets on several Daphnes, one Daphne killed under them (--quick: 300).
