@@ -11,11 +11,15 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - needs Django set up
 from django.conf import settings  # noqa: E402
 
+from ccgsc_site import accept_balance  # noqa: E402
 from jobs.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)}
+# Counted, so that the Daphnes sharing one port can even out new connections between them
+# (ccgsc_site.accept_balance; only in processes the launcher started).
+application = accept_balance.ConnectionCount(
+    ProtocolTypeRouter({"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)})
 )
+accept_balance.start_from_environment(application)
 
 # What is loaded now lives as long as the process: the collector need not walk it again, and
 # collects young objects in larger, rarer passes (settings.ASGI_GC_THRESHOLDS says why).

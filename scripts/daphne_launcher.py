@@ -7,6 +7,12 @@ the next socket while a busy one works. When a Daphne dies, the others keep acce
 socket (nothing queued is lost: the queue belongs to the socket, not to the process) and the
 launcher starts a replacement. SIGTERM or SIGINT stops every Daphne, then the launcher.
 
+The kernel's split of a burst can be uneven (340–660 of 1,000 sockets between two processes), so
+the Daphnes even it out themselves (``ccgsc_site.accept_balance``): the launcher gives each a slot
+in a small shared file where every process publishes how many connections it serves, and a
+process serving more than the least loaded one stops accepting until the others catch up. The
+launcher clears a dead child's slot and gives its replacement the same one.
+
 This is the one place the Daphne command line is built (``daphne_command``): ``scripts/serve.sh``
 and the deployment manifests run this script, so a new Daphne flag goes into ``DAPHNE_OPTIONS``.
 Several processes need a shared channel layer (Redis); with the in-memory one, run one process.
@@ -21,11 +27,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 APPLICATION = "ccgsc_site.asgi:application"
+
+from ccgsc_site.accept_balance import ENVIRONMENT, SlotTable  # noqa: E402 - after the path
 
 
 def _websocket_cap_bytes() -> int:
@@ -89,15 +99,39 @@ class Launcher:
         self.processes = processes
         self.extra = extra
         self.children: dict[int, tuple[subprocess.Popen, float]] = {}
+        self.slots: dict[int, int] = {}  # child pid -> its slot in the load table
         self.stopping = False
         self.failed_starts = 0
+        self.table: SlotTable | None = None
+        if processes > 1:
+            shm = Path("/dev/shm")  # noqa: S108 - memory, not disk, where Linux has it
+            folder = shm if shm.is_dir() else Path(tempfile.gettempdir())
+            handle, name = tempfile.mkstemp(prefix="ccgsc-daphne-load-", dir=folder)
+            os.close(handle)
+            self.table = SlotTable.create(Path(name), processes)
 
     def spawn(self) -> None:
+        env = os.environ.copy()
+        if self.table is not None:
+            slot = min(set(range(self.processes)) - set(self.slots.values()))
+            self.table.clear(slot)
+            env[ENVIRONMENT] = f"{self.table.path}:{slot}"
         child = subprocess.Popen(
-            daphne_command(self.sock, extra=self.extra), cwd=ROOT, pass_fds=(self.sock.fileno(),)
+            daphne_command(self.sock, extra=self.extra),
+            cwd=ROOT,
+            env=env,
+            pass_fds=(self.sock.fileno(),),
         )
         self.children[child.pid] = (child, time.monotonic())
+        if self.table is not None:
+            self.slots[child.pid] = slot
         log(f"started daphne pid={child.pid}")
+
+    def forget(self, pid: int) -> None:
+        """A child exited: its slot no longer counts, and is free for its replacement."""
+        slot = self.slots.pop(pid, None)
+        if slot is not None and self.table is not None:
+            self.table.clear(slot)
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -112,6 +146,7 @@ class Launcher:
                 if child.poll() is None:
                     continue
                 del self.children[pid]
+                self.forget(pid)
                 log(f"daphne pid={pid} exited with {child.returncode}")
                 if self.stopping:
                     break
@@ -138,6 +173,8 @@ class Launcher:
                 child.kill()
                 child.wait()
         self.children.clear()
+        if self.table is not None:
+            self.table.path.unlink(missing_ok=True)
         log("stopped")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import wait_for_http
-from tests.services.helpers import Launcher
+from tests.services.helpers import Launcher, established_connections
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -93,3 +93,62 @@ def test_two_daphnes_share_one_port_and_the_survivor_serves_after_a_kill(transac
         launcher.stop()
     assert launcher.process.returncode == 0
     assert "stopped" in launcher.log_tail()
+
+
+def _open_websockets(port: int, count: int) -> list[socket.socket]:
+    """``count`` WebSocket connections to the edge route, upgraded and left open (no hello)."""
+    opened = []
+    for _ in range(count):
+        client = socket.create_connection(("127.0.0.1", port), timeout=30)
+        client.sendall(
+            b"GET /ws/edge/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert client.recv(4096).startswith(b"HTTP/1.1 101"), "no WebSocket upgrade"
+        opened.append(client)
+    return opened
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_a_daphne_serving_more_than_its_share_lets_the_others_accept(transactional_db):
+    # given the launcher with two Daphnes on one port, both serving
+    launcher = Launcher(processes=2)
+    launcher.start()
+    held: list[socket.socket] = []
+    stopped = None
+    try:
+        wait_for_http(f"http://127.0.0.1:{launcher.port}/healthz", process=launcher.process)
+        deadline = time.monotonic() + 60
+        while len(launcher.daphne_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first, second = launcher.daphne_pids()
+        served: set[int | None] = set()
+        while not {first, second} <= served and time.monotonic() < deadline:
+            served.add(_request(launcher.port, [first, second])[1])
+        assert {first, second} <= served, launcher.log_tail()
+        # and 60 WebSockets on the second alone (the first is stopped meanwhile: its load
+        # stops counting after a second, so the second keeps accepting)
+        os.kill(first, signal.SIGSTOP)
+        stopped = first
+        time.sleep(1.2)
+        held += _open_websockets(launcher.port, 60)
+        os.kill(first, signal.SIGCONT)
+        stopped = None
+        time.sleep(0.5)
+        assert established_connections(launcher.port, [first, second]) == {first: 0, second: 60}
+        # when 60 more connect
+        held += _open_websockets(launcher.port, 60)
+        # then the first took most of them: the second, past the first's load plus the slack
+        # (8), stopped accepting until the first caught up (the kernel alone splits such a burst
+        # about evenly, which would leave 30 and 90)
+        counts = established_connections(launcher.port, [first, second])
+        assert sum(counts.values()) == 120
+        assert abs(counts[first] - counts[second]) <= 20, counts
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        for client in held:
+            client.close()
+        launcher.stop()
+    assert launcher.process.returncode == 0
