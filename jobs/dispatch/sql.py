@@ -4,9 +4,11 @@ Django's PostgreSQL backend uses psycopg's ``ClientCursor`` unless ``server_side
 for the whole site: parameters are quoted into the SQL text in Python. For the group-commit
 statements, whose parameters are one array per column (``unnest``), that quoting was most of a
 claim flush's Python time: a regular expression per array element, ten thousand per 1,000
-claims, plus a ``str`` per UUID. With :func:`bound_cursor` the same ``%s`` statements go as
-``$n`` placeholders and each array is sent as one binary value. The cursor is wrapped by Django
-(query logging and execute wrappers see its statements) and runs in the current transaction.
+claims, plus a ``str`` per UUID. On :func:`bound_cursor` the statements' placeholders go to
+PostgreSQL as ``$n`` and the ones written ``%b`` (the arrays) are sent as one binary value each.
+The cursor is made as Django makes its own (health check, error wrapping, query logging and
+execute wrappers see its statements) and runs in the current transaction. Statements that must
+also run on SQLite keep ``connection.cursor()``: ``%b`` is PostgreSQL's alone.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ from django.db import connection
 
 @contextmanager
 def bound_cursor() -> Iterator[Any]:
-    """A Django cursor on the default connection with server-side parameter binding
-    (PostgreSQL); elsewhere the ordinary cursor."""
+    """A Django cursor on the default connection with server-side parameter binding (only
+    PostgreSQL has it: group commit's paths, which SQLite deployments do not take)."""
     if connection.vendor != "postgresql":
-        with connection.cursor() as cursor:
-            yield cursor
-        return
+        raise NotImplementedError(f"bound_cursor needs PostgreSQL, not {connection.vendor}")
     from django.db.backends.postgresql.base import ServerBindingCursor
 
+    # As BaseDatabaseWrapper._cursor does, with the cursor class chosen here.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = ServerBindingCursor(connection.connection)
     connection.validate_thread_sharing()
-    raw = ServerBindingCursor(connection.connection)
     wrapped = (
         connection.make_debug_cursor(raw)
         if connection.queries_logged
