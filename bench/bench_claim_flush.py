@@ -92,20 +92,14 @@ def _fixtures(claims: int, tasks: int) -> list[Any]:
     from tenants.models import Tenant, User
     from tenants.roles import Role
     from tenants.tiers import Tier
+    from tests.jobs.helpers import HELLO
 
     user = User.objects.create_user(email="flush-bench@example.com")
     tenant = tenant_services.tenant_create(name="Flush bench", owner=user, tier=Tier.ENTERPRISE)
     Tenant.objects.filter(pk=tenant.pk).update(tier=Tier.ENTERPRISE)
     tenant.refresh_from_db()
     contributors = Contributor.objects.bulk_create([Contributor() for _ in range(claims)])
-    hello = {
-        "v": 1,
-        "type": "hello",
-        "token": "x" * 20,
-        "client": {"kind": "edge", "version": "bench"},
-        "capabilities": {"cores": 1, "simd": True},
-        "slots": 1,
-    }
+    hello = {**HELLO, "slots": 1}
     workers = [
         dispatch.worker_connect(contributor=c, hello=hello, channel_name="").worker_id
         for c in contributors

@@ -117,7 +117,6 @@ class Balancer:
         self.count = count
         self.ports: list[Any] = []
         self.paused = False
-        self.pauses = 0
 
     def start(self) -> None:
         from twisted.internet import task
@@ -154,7 +153,6 @@ class Balancer:
             else:
                 port.startReading()
         self.paused = pause
-        self.pauses += pause
 
 
 def start_from_environment(count: ConnectionCount) -> Balancer | None:

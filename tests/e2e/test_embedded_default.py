@@ -101,23 +101,57 @@ def _api(base: str, method: str, path: str, *, key: str | None = None, body: dic
         return json.loads(response.read())
 
 
+class EmbeddedSite:
+    """The site as `make run` serves it (``scripts/serve.sh``), on a fresh var directory with
+    no service variable, after ``setup`` management commands; ``manage`` runs more of them on
+    its database and ``anonymous_workers`` starts edge workers of new anonymous contributors."""
+
+    def __init__(self, tmp_path: Path, *setup: tuple[str, ...]) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = _embedded_env(tmp_path, self.port)
+        for command in (("migrate", "--noinput"), ("kernels_sync",), *setup):
+            self.manage(*command)
+        self.process = ManagedProcess("embedded-site", ["bash", "scripts/serve.sh"], self.env)
+        self.workers: list[EdgeWorkerProcess] = []
+
+    def manage(self, *args: str) -> str:
+        return _manage(self.env, *args)
+
+    def anonymous_workers(self, count: int) -> None:
+        for _ in range(count):
+            token = _api(self.base, "POST", "/api/v1/contributors/anonymous/")["token"]
+            worker = EdgeWorkerProcess(self.base, token)
+            self.workers.append(worker)
+            worker.start()
+
+    def log_tail(self) -> str:
+        return self.process.log_tail(80)
+
+    def __enter__(self) -> EmbeddedSite:
+        self.process.start()
+        try:
+            wait_for_http(self.base + "/healthz", timeout_s=60, process=self.process.process)
+        except BaseException:
+            self.process.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.process.stop()
+
+
 def test_make_run_defaults_run_a_job_to_its_published_answer(tmp_path):
     # given the site served as `make run` serves it, on a fresh var directory and no services
-    port = free_port()
-    env = _embedded_env(tmp_path, port)
-    _manage(env, "migrate", "--noinput")
-    _manage(env, "kernels_sync")
-    key = _manage(env, "shell", "-c", _MAKE_KEY).strip().splitlines()[-1]
-    site = ManagedProcess("embedded-site", ["bash", "scripts/serve.sh"], env)
-    workers: list[EdgeWorkerProcess] = []
-    site.start()
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for_http(base + "/healthz", timeout_s=60, process=site.process)
+    site = EmbeddedSite(tmp_path)
+    key = site.manage("shell", "-c", _MAKE_KEY).strip().splitlines()[-1]
+    with site:
         # when a tenant creates and starts a prime count through the API and two anonymous
         # contributors' edge workers connect
         job = _api(
-            base,
+            site.base,
             "POST",
             "/api/v1/jobs/",
             key=key,
@@ -131,64 +165,38 @@ def test_make_run_defaults_run_a_job_to_its_published_answer(tmp_path):
                 "start": True,
             },
         )
-        for _ in range(2):
-            token = _api(base, "POST", "/api/v1/contributors/anonymous/")["token"]
-            worker = EdgeWorkerProcess(base, token)
-            workers.append(worker)
-            worker.start()
+        site.anonymous_workers(2)
         # then the job completes with the published count, every task validated
         deadline = time.monotonic() + 120
         while True:
-            detail = _api(base, "GET", f"/api/v1/jobs/{job['id']}/", key=key)
+            detail = _api(site.base, "GET", f"/api/v1/jobs/{job['id']}/", key=key)
             if detail["status"] in {"completed", "failed", "cancelled"}:
                 break
-            assert time.monotonic() < deadline, (detail, site.log_tail(80))
+            assert time.monotonic() < deadline, (detail, site.log_tail())
             time.sleep(0.5)
-        assert detail["status"] == "completed", (detail, site.log_tail(80))
+        assert detail["status"] == "completed", (detail, site.log_tail())
         assert detail["tasks_validated"] == detail["task_count"] == 10
-        result = _api(base, "GET", f"/api/v1/jobs/{job['id']}/result/", key=key)
+        result = _api(site.base, "GET", f"/api/v1/jobs/{job['id']}/result/", key=key)
         assert result["result"]["primes"] == PRIMES_BELOW_ONE_MILLION
-    finally:
-        for worker in workers:
-            worker.stop()
-        site.stop()
 
 
 def test_make_run_defaults_train_the_readme_demo_to_its_last_round(tmp_path):
     # given `make run`'s set-up (migrate, kernels, the demo tenant and its draft training job)
-    port = free_port()
-    env = _embedded_env(tmp_path, port)
-    _manage(env, "migrate", "--noinput")
-    _manage(env, "kernels_sync")
-    _manage(env, "bootstrap_demo")
-    site = ManagedProcess("embedded-site", ["bash", "scripts/serve.sh"], env)
-    workers: list[EdgeWorkerProcess] = []
-    site.start()
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for_http(base + "/healthz", timeout_s=60, process=site.process)
+    with EmbeddedSite(tmp_path, ("bootstrap_demo",)) as site:
         # when its owner starts the demo job and two anonymous edge workers connect, as the
         # README says
-        job = _manage(env, "shell", "-c", _START_DEMO).strip().splitlines()[-1]
-        for _ in range(2):
-            token = _api(base, "POST", "/api/v1/contributors/anonymous/")["token"]
-            worker = EdgeWorkerProcess(base, token)
-            workers.append(worker)
-            worker.start()
+        job = site.manage("shell", "-c", _START_DEMO).strip().splitlines()[-1]
+        site.anonymous_workers(2)
         # then the job trains through every round: one model version per round after the
         # initial one, and it completes
         deadline = time.monotonic() + 240
         while True:
-            status, versions, rounds = _manage(
-                env, "shell", "-c", _DEMO_STATE.format(job=job)
+            status, versions, rounds = site.manage(
+                "shell", "-c", _DEMO_STATE.format(job=job)
             ).split()[-3:]
             if status in {"completed", "failed", "cancelled"}:
                 break
-            assert time.monotonic() < deadline, (status, versions, site.log_tail(80))
+            assert time.monotonic() < deadline, (status, versions, site.log_tail())
             time.sleep(2)
-        assert status == "completed", site.log_tail(80)
+        assert status == "completed", site.log_tail()
         assert int(versions) == int(rounds) + 1
-    finally:
-        for worker in workers:
-            worker.stop()
-        site.stop()

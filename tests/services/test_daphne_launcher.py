@@ -48,17 +48,23 @@ def _request(port: int, candidates: list[int]) -> tuple[int, int | None]:
         return status, _server_pid(client, candidates)
 
 
+def _two_daphnes_serving(launcher: Launcher, timeout_s: float) -> tuple[int, int]:
+    """Wait until the launcher's two Daphnes are up; their pids."""
+    wait_for_http(f"http://127.0.0.1:{launcher.port}/healthz", process=launcher.process)
+    deadline = time.monotonic() + timeout_s
+    while len(launcher.daphne_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first, second = launcher.daphne_pids()
+    return first, second
+
+
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
 def test_two_daphnes_share_one_port_and_the_survivor_serves_after_a_kill(transactional_db):
     # given: the launcher with two Daphnes on one port
     launcher = Launcher(processes=2)
     launcher.start()
     try:
-        wait_for_http(f"http://127.0.0.1:{launcher.port}/healthz", process=launcher.process)
-        deadline = time.monotonic() + 30
-        while len(launcher.daphne_pids()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        first, second = launcher.daphne_pids()
+        first, second = _two_daphnes_serving(launcher, 30)
         # both Daphnes come up and accept on the one port (each takes connections once ready)
         served: dict[int | None, int] = {}
         deadline = time.monotonic() + 60  # the second may still be starting Django
@@ -118,11 +124,8 @@ def test_a_daphne_serving_more_than_its_share_lets_the_others_accept(transaction
     held: list[socket.socket] = []
     stopped = None
     try:
-        wait_for_http(f"http://127.0.0.1:{launcher.port}/healthz", process=launcher.process)
+        first, second = _two_daphnes_serving(launcher, 60)
         deadline = time.monotonic() + 60
-        while len(launcher.daphne_pids()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        first, second = launcher.daphne_pids()
         served: set[int | None] = set()
         while not {first, second} <= served and time.monotonic() < deadline:
             served.add(_request(launcher.port, [first, second])[1])
