@@ -112,8 +112,9 @@ class FloorSockets:
 class FloorServers:
     """``processes`` Daphnes on one inherited listening socket, serving the floor app."""
 
-    def __init__(self, processes: int, fanout: str) -> None:
+    def __init__(self, processes: int, fanout: str, write: str = "immediate") -> None:
         self.fanout = fanout
+        self.write = write
         self.trace_dir = LOG_DIR / f"push-floor-trace-{os.getpid()}"
         self.sock = listening_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
@@ -128,6 +129,7 @@ class FloorServers:
             **os.environ,
             "CCGSC_FLOOR_REDIS_URL": REDIS_URL,
             "CCGSC_FLOOR_FANOUT": self.fanout,
+            "CCGSC_FLOOR_WRITE": self.write,
             "CCGSC_FLOOR_TRACE_DIR": str(self.trace_dir),
             "PYTHONPATH": os.pathsep.join(
                 [str(BENCH), str(ROOT), os.environ.get("PYTHONPATH", "")]
@@ -220,11 +222,17 @@ async def trigger_rounds(swarm: SwarmProcesses, connections: int, rounds: int) -
 
 
 def floor_run(
-    connections: int, swarm_procs: int, *, daphnes: int, rounds: int, fanout: str
+    connections: int,
+    swarm_procs: int,
+    *,
+    daphnes: int,
+    rounds: int,
+    fanout: str,
+    write: str = "immediate",
 ) -> dict[str, Any]:
     """One (connections, swarm processes) pair on fresh servers and a flushed Redis."""
     flush_redis()
-    servers = FloorServers(daphnes, fanout)
+    servers = FloorServers(daphnes, fanout, write)
     servers.start()
     load_before = os.getloadavg()
     url = f"ws://127.0.0.1:{servers.port}/"
@@ -251,6 +259,7 @@ def floor_run(
         "swarm_procs": len(payloads),
         "daphnes": daphnes,
         "fanout": fanout,
+        "write": write,
         "opened": opened,
         "rounds": rounds,
         "frames_missing": connections * rounds - len(every),
@@ -274,7 +283,7 @@ def fmt(v: float | None, digits: int = 0) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown table of the runs."""
     head = [
-        "connections", "swarm procs", "Daphnes", "fan-out", "frames", "p50 ms", "p99 ms", "max ms",
+        "connections", "swarm procs", "Daphnes", "fan-out", "writes", "frames", "p50 ms", "p99 ms", "max ms",
         "p99 by round ms", "last frame handed to Daphne by round ms", "swarm loop lag p99 ms (worst process)", "load before → after",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -289,6 +298,7 @@ def table(results: list[dict[str, Any]]) -> str:
                     str(r["swarm_procs"]),
                     str(r["daphnes"]),
                     r["fanout"],
+                    r.get("write", "immediate"),
                     f"{r['connections'] * r['rounds'] - r['frames_missing']}"
                     f"/{r['connections'] * r['rounds']}",
                     fmt(latency["p50"], 1),
@@ -319,24 +329,36 @@ def main(argv: list[str] | None = None) -> int:
         default="process",
         help="group members: one channel per Daphne process (as the site's wake), or per socket",
     )
+    parser.add_argument(
+        "--writes",
+        nargs="+",
+        choices=["immediate", "twisted"],
+        default=["immediate", "twisted"],
+        help="how Daphne's connections send: at once when nothing is buffered (the site's,"
+        " ccgsc_site.immediate_write) or on the loop's next turn (Twisted's own); each pair runs"
+        " once per choice, alternating",
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 5)
     results = []
     for connections in args.connections:
         for swarm_procs in args.swarm_procs:
-            print(
-                f"push floor: {connections} sockets, {swarm_procs} swarm processes ...",
-                file=sys.stderr,
-            )
-            results.append(
-                floor_run(
-                    connections,
-                    swarm_procs,
-                    daphnes=args.daphnes,
-                    rounds=rounds,
-                    fanout=args.fanout,
+            for write in args.writes:
+                print(
+                    f"push floor: {connections} sockets, {swarm_procs} swarm processes,"
+                    f" {write} writes ...",
+                    file=sys.stderr,
                 )
-            )
+                results.append(
+                    floor_run(
+                        connections,
+                        swarm_procs,
+                        daphnes=args.daphnes,
+                        rounds=rounds,
+                        fanout=args.fanout,
+                        write=write,
+                    )
+                )
     print(table(results))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {"quick": args.quick, "runs": results}

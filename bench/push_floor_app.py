@@ -8,6 +8,8 @@ work but the send: what is left of a push is Daphne, the channel layer and the s
   every socket of the process, as the site's idle registry is woken once per process;
 - ``socket``: every socket's own channel, one channel-layer message per socket (each process
   then reads its sockets' messages from Redis one at a time).
+``CCGSC_FLOOR_WRITE`` chooses how the connections send: ``immediate`` (default, as the site's
+Daphnes: ``ccgsc_site.immediate_write``) or ``twisted`` (Twisted's own, on the loop's next turn).
 ``/healthz`` answers 200 for any HTTP request. With ``CCGSC_FLOOR_TRACE_DIR`` (process fan-out),
 each process writes ``floor-<pid>.json``: per push, when the message was read and when the last
 socket's frame was handed to Daphne (wall clock), and to how many sockets.
@@ -56,6 +58,11 @@ if not settings.configured:
     django.setup()
 
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402 - after settings
+
+from ccgsc_site import immediate_write  # noqa: E402
+
+if os.environ.get("CCGSC_FLOOR_WRITE", "immediate") == "immediate":
+    immediate_write.install()
 from channels.layers import get_channel_layer  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 

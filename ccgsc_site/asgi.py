@@ -11,7 +11,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - needs Django set up
 from django.conf import settings  # noqa: E402
 
-from ccgsc_site import accept_balance  # noqa: E402
+from ccgsc_site import accept_balance, immediate_write  # noqa: E402
 from jobs.routing import websocket_urlpatterns  # noqa: E402
 
 # Counted, so that the Daphnes sharing one port can even out new connections between them
@@ -20,6 +20,8 @@ application = accept_balance.ConnectionCount(
     ProtocolTypeRouter({"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)})
 )
 accept_balance.start_from_environment(application)
+# Frames go to the socket when written, not on the loop's next turn (ccgsc_site.immediate_write).
+immediate_write.install()
 
 # What is loaded now lives as long as the process: the collector need not walk it again, and
 # collects young objects in larger, rarer passes (settings.ASGI_GC_THRESHOLDS says why).

@@ -1,0 +1,156 @@
+"""Daphne's connections send at once when nothing is buffered (ccgsc_site.immediate_write).
+
+Each test runs a real Twisted reactor instance (not the process's global one) with a real
+listening TCP port on loopback, and a plain blocking socket as the peer; the reactor is turned
+by hand, so a test sees exactly what was sent before the loop's next turn.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+from twisted.internet import protocol, tcp
+from twisted.internet.selectreactor import SelectReactor
+
+from ccgsc_site import immediate_write
+
+
+class Recording(protocol.Protocol):
+    def __init__(self) -> None:
+        self.lost = False
+
+    def connectionLost(self, reason: object = None) -> None:  # noqa: N802 - Twisted's name
+        self.lost = True
+
+
+class Site:
+    """A reactor, a listening port with the given connection class, and one connected peer."""
+
+    def __init__(self, connection_class: type[tcp.Server]) -> None:
+        self.reactor = SelectReactor()
+        self.protocols: list[Recording] = []
+        factory = protocol.Factory()
+        factory.buildProtocol = self._build  # type: ignore[method-assign]
+        self.port = tcp.Port(0, factory, interface="127.0.0.1", reactor=self.reactor)
+        self.port.transport = connection_class
+        self.port.startListening()
+        self.peer = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        self.peer.settimeout(0.2)
+        self.turn_until(lambda: self.protocols and self.protocols[0].transport is not None)
+        self.protocol = self.protocols[0]
+        self.transport = self.protocol.transport
+
+    def _build(self, addr: object) -> Recording:
+        self.protocols.append(Recording())
+        return self.protocols[-1]
+
+    def turn_until(self, done, timeout_s: float = 5.0) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            assert time.monotonic() < deadline, "the reactor never got there"
+            self.reactor.iterate(0.01)
+
+    def received_now(self, limit: int = 1 << 20) -> bytes:
+        """What the peer can read without the reactor turning."""
+        self.peer.setblocking(False)
+        try:
+            return self.peer.recv(limit)
+        except BlockingIOError:
+            return b""
+        finally:
+            self.peer.settimeout(0.2)
+
+    def close(self) -> None:
+        self.peer.close()
+        self.port.stopListening()
+        if self.transport.connected:
+            self.transport.loseConnection()
+        for _ in range(20):
+            self.reactor.iterate(0)
+
+
+@pytest.fixture
+def site():
+    made: list[Site] = []
+
+    def make(connection_class: type[tcp.Server] = immediate_write.ImmediateWriteServer) -> Site:
+        made.append(Site(connection_class))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_a_write_reaches_the_peer_before_the_loop_turns(site):
+    s = site()
+    assert type(s.transport) is immediate_write.ImmediateWriteServer
+    s.transport.write(b'{"type":"assign"}')
+    assert s.received_now() == b'{"type":"assign"}'
+    # Nothing was left for the loop: the socket is not registered for writing.
+    assert s.transport not in s.reactor.getWriters()
+
+
+def test_twisted_own_connection_waits_for_the_loop(site):
+    """What the class changes: Twisted's connection sends only on the loop's next turn."""
+    s = site(tcp.Server)
+    s.transport.write(b"frame")
+    assert s.received_now() == b""
+    assert s.transport in s.reactor.getWriters()
+    s.turn_until(lambda: s.transport not in s.reactor.getWriters())
+    assert s.received_now() == b"frame"
+
+
+def test_what_the_kernel_does_not_take_is_buffered_and_later_writes_keep_their_order(site):
+    s = site()
+    big = bytes(range(256)) * 65536  # 16 MiB: more than both sockets' buffers hold
+    s.transport.write(big)
+    assert s.transport.dataBuffer or s.transport._tempDataBuffer  # the rest waits in Twisted
+    assert s.transport in s.reactor.getWriters()
+    # Written while bytes wait: buffered behind them, not sent ahead of them.
+    s.transport.write(b"tail")
+    assert s.transport._tempDataBuffer[-1] == b"tail"
+    received = bytearray()
+    s.peer.setblocking(False)
+    deadline = time.monotonic() + 30
+    while len(received) < len(big) + 4:
+        assert time.monotonic() < deadline, f"only {len(received)} bytes arrived"
+        s.reactor.iterate(0)
+        try:
+            received += s.peer.recv(1 << 20)
+        except BlockingIOError:
+            time.sleep(0.001)
+    assert bytes(received) == big + b"tail"
+    # Once the buffer is empty again, the next write is immediate again.
+    s.turn_until(lambda: s.transport not in s.reactor.getWriters())
+    s.transport.write(b"again")
+    assert s.received_now() == b"again"
+
+
+def test_a_write_to_a_reset_peer_closes_the_connection_as_twisted_does(site):
+    s = site()
+    s.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.peer.close()  # an RST, not a FIN
+    time.sleep(0.05)
+    for _ in range(3):
+        s.transport.write(b"x" * 1000)  # never raises
+    s.turn_until(lambda: s.protocol.lost)
+    assert not s.transport.connected
+
+
+def test_writes_after_the_write_side_closed_are_dropped(site):
+    s = site()
+    s.transport.loseWriteConnection()
+    s.turn_until(lambda: s.transport._writeDisconnected)
+    s.transport.write(b"late")
+    s.peer.settimeout(2)
+    assert s.peer.recv(100) == b""  # end of stream, nothing after it
+
+
+def test_the_site_installs_it_for_daphne():
+    import ccgsc_site.asgi  # noqa: F401 - installs on import, before Daphne listens
+
+    assert tcp.Port.transport is immediate_write.ImmediateWriteServer
