@@ -58,13 +58,13 @@ if not settings.configured:
     django.setup()
 
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402 - after settings
+from channels.layers import get_channel_layer  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from ccgsc_site import immediate_write  # noqa: E402
 
 if os.environ.get("CCGSC_FLOOR_WRITE", "immediate") == "immediate":
     immediate_write.install()
-from channels.layers import get_channel_layer  # noqa: E402
-from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 ASSIGN_FRAME = json.dumps(
     {
