@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +18,7 @@ from twisted.internet import protocol, tcp
 from twisted.internet.selectreactor import SelectReactor
 
 from ccgsc_site import immediate_write
+from tests.site.test_health_settings_admin import ROOT, _clean_env
 
 
 class Recording(protocol.Protocol):
@@ -150,7 +153,17 @@ def test_writes_after_the_write_side_closed_are_dropped(site):
     assert s.peer.recv(100) == b""  # end of stream, nothing after it
 
 
-def test_the_site_installs_it_for_daphne():
-    import ccgsc_site.asgi  # noqa: F401 - installs on import, before Daphne listens
-
-    assert tcp.Port.transport is immediate_write.ImmediateWriteServer
+def test_the_site_installs_it_for_daphne(tmp_path):
+    """Importing the ASGI application, as Daphne does before it listens, installs the class (in
+    a process of its own: the import also freezes that process's collector)."""
+    probe = "import ccgsc_site.asgi; from twisted.internet import tcp; print(tcp.Port.transport)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=_clean_env(CCGSC_VAR_DIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ccgsc_site.immediate_write.ImmediateWriteServer" in result.stdout
