@@ -153,22 +153,27 @@ def _chunk() -> int:
 QUEUE_HIGH_MIN = 64
 
 
-def _queue_capacity() -> int:
-    """How many replicas the workers online now can hold at once: their slots plus the prefetch
-    each."""
+def _online_slots() -> tuple[int, int]:
+    """The workers online now: their slots, and how many they are."""
     online = Worker.objects.filter(is_online=True, is_banned=False).aggregate(
         slots=Sum("slots"), workers=Count("id")
     )
-    return (online["slots"] or 0) + settings.DISPATCH_PREFETCH * online["workers"]
+    return online["slots"] or 0, online["workers"]
+
+
+def _queue_capacity(online: tuple[int, int] | None = None) -> int:
+    """How many replicas the workers online now (``_online_slots``, read when not given) can
+    hold at once: their slots plus the prefetch each."""
+    slots, workers = _online_slots() if online is None else online
+    return slots + settings.DISPATCH_PREFETCH * workers
 
 
 def _queue_high(*, quorum: int, capacity: int | None = None) -> int:
-    """The high-water mark: how many of a running job's tasks the start and every fill keep
-    queued. ``DISPATCH_QUEUE_HIGH`` when set (above 0); otherwise one task per ``quorum``
-    replicas of the online workers' ``capacity`` (``_queue_capacity``, read when not given), at
-    least ``QUEUE_HIGH_MIN``. At most ``DISPATCH_QUEUE_CHUNK`` either way. Every task marked at
-    a start is a row written before the request returns and the first ``assign`` leaves. A
-    batched claim locks one task per ``quorum`` replicas it wants and hands a task's replicas to
+    """The high-water mark: how many of a running job's tasks every fill keeps queued (a start
+    queues its online slots' worth first: ``_queue``). ``DISPATCH_QUEUE_HIGH`` when set (above
+    0); otherwise one task per ``quorum`` replicas of the online workers' ``capacity``
+    (``_queue_capacity``, read when not given), at least ``QUEUE_HIGH_MIN``. At most
+    ``DISPATCH_QUEUE_CHUNK`` either way. A batched claim locks one task per ``quorum`` replicas it wants and hands a task's replicas to
     as many of its claimers (``jobs.dispatch.batch_leases``), so that many tasks serve every
     process's first claims without one flush locking what the others' claimers need."""
     configured = int(getattr(settings, "DISPATCH_QUEUE_HIGH", 0))
@@ -186,14 +191,31 @@ def _queue_low(high: int) -> int:
 
 
 def _queue(job: Job) -> None:
-    """A job that starts running: the high-water mark of its tasks (``_queue_high``) is queued
-    in the caller's transaction, with a low-water mark among them; the claim that takes the
-    mark asks Celery for the next fill (``job_queue_fill``), so nothing else is written while
-    the first ``assign``s leave. Starting a job of 60,000 tasks of quorum 2 with 1,000
-    single-slot workers online (prefetch 1) writes 1,000 rows before its first ``assign``, and
-    the next ones only once 500 of them were taken."""
-    high = _queue_high(quorum=job.quorum)
-    _queue_chunk(job.pk, high, mark_offset=high - _queue_low(high) - 1)
+    """A job that starts (or resumes) running: what the online workers' free slots can start
+    is queued in the caller's transaction, and the rest of the high-water mark
+    (``_queue_high``) once those are taken.
+
+    Every task queued here is a row written before the request commits and the wake leaves.
+    The wake's first claims take one replica per free slot (prefetch claims follow once their
+    ``assign``s went out), so the start queues one task per ``quorum`` of the online slots (at
+    least ``QUEUE_HIGH_MIN``) and makes the last of them the low-water mark: the claim that
+    takes it asks Celery for the fill up to the high-water mark (``job_queue_fill``), which the
+    prefetch claims then find. Starting a job of quorum 2 with 1,000 single-slot workers online
+    (prefetch 2) writes 500 rows before the wake instead of 1,500, a third of the request's
+    queue time (``docs/benchmarks.md``). With ``DISPATCH_QUEUE_HIGH`` set, or when the slots'
+    worth reaches the high-water mark, the start queues the high-water mark with its low-water
+    mark among them, as every fill does."""
+    if int(getattr(settings, "DISPATCH_QUEUE_HIGH", 0)) > 0:
+        high = _queue_high(quorum=job.quorum)
+        _queue_chunk(job.pk, high, mark_offset=high - _queue_low(high) - 1)
+        return
+    online = _online_slots()
+    high = _queue_high(quorum=job.quorum, capacity=_queue_capacity(online))
+    first = max(QUEUE_HIGH_MIN, -(-online[0] // max(1, job.quorum)))
+    if first < high:
+        _queue_chunk(job.pk, first, mark_offset=first - 1)
+    else:
+        _queue_chunk(job.pk, high, mark_offset=high - _queue_low(high) - 1)
 
 
 def _queue_top_up(job_id: Any, *, high: int) -> tuple[int, int]:

@@ -1,5 +1,6 @@
-"""Lazy queue filling: a start queues its job's high-water mark of tasks (what the online workers
-can hold at once, or ``DISPATCH_QUEUE_HIGH``) in the request's transaction with a low-water mark
+"""Lazy queue filling: a start queues what the online workers' slots can start (the rest of the
+high-water mark, what they can hold at once with their prefetch, follows once those are taken),
+or ``DISPATCH_QUEUE_HIGH`` when that is set, in the request's transaction with a low-water mark
 among them; the claim that takes the mark asks Celery for a fill (``job_queue_fill``), which tops
 the queue up again. A fill respects a pause, never re-queues a task that is fully held, and a
 job with more tasks than the high-water mark completes through the real claim path. Real
@@ -187,12 +188,46 @@ def test_the_high_water_mark_follows_the_online_workers(
     # when the job starts
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
-    # then the request queued one task per quorum (two) of the replicas they can hold
-    # (concurrent claims lock one task per quorum of the replicas they want), marked the second
-    # (one is left after it), asked no fill
-    assert _queued(job) == [0, 1, 2]
+    # then the request queued one task per quorum (two) of their three slots (concurrent claims
+    # lock one task per quorum of the replicas they want), marked the last, asked no fill
+    assert _queued(job) == [0, 1]
     assert _marks(job) == [1]
     assert len(callbacks) == 2
+    # and a fill tops it up to one task per quorum of the six replicas they can hold with their
+    # prefetch, marked one from its end
+    assert services.job_queue_fill(job_id=job.pk) == 1
+    assert _queued(job) == [0, 1, 2]
+    assert _marks(job) == [1]
+
+
+@pytest.mark.django_db
+def test_a_start_queues_the_slots_worth_and_the_claim_taking_its_last_asks_for_the_rest(
+    tenant, owner, kernels, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given no configured mark, prefetch 2, no floor, and four online workers of one slot each
+    # (room for twelve replicas: six tasks of quorum 2)
+    settings.DISPATCH_QUEUE_HIGH = 0
+    settings.DISPATCH_QUEUE_CHUNK = 20
+    settings.DISPATCH_PREFETCH = 2
+    monkeypatch.setattr(lifecycle, "QUEUE_HIGH_MIN", 1)
+    workers = [new_worker(slots=1)[0] for _ in range(4)]
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=12, start=False)
+    # when the job starts, only what the four slots can start is queued: two tasks, the last
+    # of them marked
+    services.job_start(job=job, actor_role=Role.OWNER)
+    assert _queued(job) == [0, 1]
+    assert _marks(job) == [1]
+    # when the workers' first claims take one replica each (the start's wake)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        offers = dispatch_batch(
+            claims=[ClaimItem(worker_id=w.worker_id, count=1) for w in workers]
+        ).claims
+    # then every worker got a task, and the claim that took the mark asked for the fill, which
+    # ran (eager Celery) and queued the rest of the high-water mark, with a new mark
+    assert sorted(o.task_index for offer in offers for o in offer) == [0, 0, 1, 1]
+    assert len(callbacks) == 2  # the fill request, then the fill's wake
+    assert _queued(job) == [2, 3, 4, 5, 6, 7]
+    assert _marks(job) == [4]
 
 
 @pytest.mark.django_db
