@@ -19,7 +19,9 @@ def lease_sweep() -> int:
     return dispatch.lease_sweep()
 
 
-@shared_task(acks_late=True)
+# Nobody waits for a fill's result: ignoring it spares each request the result backend's
+# subscription (a connection and a SUBSCRIBE in the Daphne that asks) and the worker its store.
+@shared_task(acks_late=True, ignore_result=True)
 def job_queue_fill(job_id: str) -> int:
     """Top up a running job's queue to the high-water mark (asked for when it ran low)."""
     return services.job_queue_fill(job_id=job_id)
