@@ -46,6 +46,14 @@ def _marks(job: Job) -> list[int]:
     )
 
 
+def _marks_from_workers(settings, monkeypatch, *, prefetch: int) -> None:  # noqa: ANN001
+    """No configured mark, chunks of twenty, no floor: the marks follow the online workers."""
+    settings.DISPATCH_QUEUE_HIGH = 0
+    settings.DISPATCH_QUEUE_CHUNK = 20
+    settings.DISPATCH_PREFETCH = prefetch
+    monkeypatch.setattr(lifecycle, "QUEUE_HIGH_MIN", 1)
+
+
 @pytest.mark.django_db
 def test_a_start_queues_the_high_water_mark_with_a_low_water_mark_and_asks_no_fill(
     tenant, owner, kernels, django_capture_on_commit_callbacks
@@ -175,10 +183,7 @@ def test_the_high_water_mark_follows_the_online_workers(
 ):
     # given no configured mark, chunks of twenty, no floor, prefetch 1, and three online workers
     # of one slot each (room for six replicas), plus a banned and an offline one
-    settings.DISPATCH_QUEUE_HIGH = 0
-    settings.DISPATCH_QUEUE_CHUNK = 20
-    settings.DISPATCH_PREFETCH = 1
-    monkeypatch.setattr(lifecycle, "QUEUE_HIGH_MIN", 1)
+    _marks_from_workers(settings, monkeypatch, prefetch=1)
     for _ in range(3):
         new_worker(slots=1)
     banned, offline = new_worker(slots=4)[0], new_worker(slots=4)[0]
@@ -206,10 +211,7 @@ def test_a_start_queues_the_slots_worth_and_the_claim_taking_its_last_asks_for_t
 ):
     # given no configured mark, prefetch 2, no floor, and four online workers of one slot each
     # (room for twelve replicas: six tasks of quorum 2)
-    settings.DISPATCH_QUEUE_HIGH = 0
-    settings.DISPATCH_QUEUE_CHUNK = 20
-    settings.DISPATCH_PREFETCH = 2
-    monkeypatch.setattr(lifecycle, "QUEUE_HIGH_MIN", 1)
+    _marks_from_workers(settings, monkeypatch, prefetch=2)
     workers = [new_worker(slots=1)[0] for _ in range(4)]
     job = fc_job(tenant, owner, kernels["prime_count"], tasks=12, start=False)
     # when the job starts, only what the four slots can start is queued: two tasks, the last
