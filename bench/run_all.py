@@ -10,8 +10,9 @@ a markdown table; this script prints the machine first, then the tables, and wri
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
-       [--only kernels training validation ledger dispatch push_floor sockets aggregation secagg
-               secagg_wire fedavg_paper analytics_page dp_rounds compression dp_shares]
+       [--only kernels training validation ledger dispatch claim_flush protocol_check push_floor
+               sockets aggregation secagg secagg_wire fedavg_paper analytics_page dp_rounds
+               compression dp_shares]
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
         ["--quick", "--profile"],
         "dispatch.json",
     ),
+    # One protocol message checked: our compiled checker against jsonschema and jsonschema-rs.
+    "protocol_check": ("bench_protocol_check.py", [], ["--quick"], "protocol_check.json"),
     # One 256-claim flush alone, its array parameters bound by PostgreSQL or quoted by Django.
     "claim_flush": ("bench_claim_flush.py", [], ["--quick"], "claim_flush.json"),
     # The push floor: N sockets, one frame each per channel-layer trigger, no database.

@@ -24,7 +24,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError, validators
 
-from ccgsc_worker.protocol_schema import check, ecma_pattern, load_definition
+from ccgsc_worker.protocol_schema import compile_check, ecma_pattern, load_definition
 
 DEFINITION = load_definition(1)
 LIMITS: dict[str, int] = DEFINITION["limits"]
@@ -87,6 +87,11 @@ def _validators(direction: str) -> dict[str, dict[str, Any]]:
 
 
 _INBOUND = _validators("inbound")
+# The small checker, compiled once per inbound message type: the fast path of ``validate``.
+_INBOUND_CHECKS = {
+    route: {kind: compile_check(schema) for kind, schema in spec["inbound"].items()}
+    for route, spec in ROUTES.items()
+}
 _OUTBOUND = _validators("outbound")
 _TYPE_RE = ecma_pattern(DEFINITION["type_name_pattern"])
 _RESULT_PREFIX = struct.Struct(">I")
@@ -169,8 +174,7 @@ def validate(message: object, *, binary: bool = False, route: str = "worker") ->
     if (kind == binary_kind) != binary:
         expected = "binary frame" if kind == binary_kind else "text frame"
         raise ProtocolError("invalid_message", f"'{kind}' must be sent as a {expected}", ref=kind)
-    schema = ROUTES[route]["inbound"][kind]
-    problem = check(schema, message)
+    problem = _INBOUND_CHECKS[route][kind](message)
     if problem is None:
         # The small checker is the fast path (~7 µs against ~50 µs); the tests hold it to the
         # full validator's verdict on thousands of mutated messages.

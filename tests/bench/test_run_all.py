@@ -45,3 +45,16 @@ def test_every_flag_run_all_passes_is_declared_by_its_script(run_all, quick):
         declared = declared_flags(Path(script))
         for flag in (arg for arg in args if arg.startswith("--")):
             assert flag in declared, f"{name}: {Path(script).name} does not take {flag}"
+
+
+def test_the_protocol_check_benchmark_times_every_checker_on_valid_messages(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_protocol_check
+
+    rows = bench_protocol_check.measure(0.002)
+    assert [row["message"] for row in rows] == [
+        kind for _, kind, _ in bench_protocol_check.MESSAGES
+    ]
+    for row in rows:
+        assert set(row["us"]) == {"compiled", "jsonschema", "jsonschema-rs", "json.loads"}
+        assert all(value > 0 for value in row["us"].values())
