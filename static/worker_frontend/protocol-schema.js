@@ -3,6 +3,7 @@
 // definition inside it and compares the verdicts with the server's validator). No DOM, no deps.
 
 function isType(value, kind) {
+  if (Array.isArray(kind)) return kind.some((one) => isType(value, one)); // any of a list
   switch (kind) {
     case "object":
       return value !== null && typeof value === "object" && !Array.isArray(value);

@@ -234,3 +234,19 @@ def test_the_reference_tables_in_the_docs_are_generated_from_the_definition():
     assert (ROOT / "static" / "worker_frontend" / "protocol-defs.js").read_text() == (
         generator.render()
     )
+
+
+def test_the_three_checkers_admit_any_type_of_a_list_of_types():
+    # given the director's state sample with its nullable fields null (``"type": [.., "null"]``)
+    state = next(m for m in SAMPLES[("director", "outbound")] if m["type"] == "state")
+    nulled = json.loads(json.dumps(state))
+    nulled["state"]["privacy"] = None
+    assert "privacy" in ROUTES["director"]["outbound"]["state"]["properties"]["state"]["properties"]
+    schema = ROUTES["director"]["outbound"]["state"]
+    # then the server's validator, the edge checker and the browser's checker all admit it
+    assert _ecma_ok(schema, nulled)
+    assert check(schema, nulled) is None
+    payload = json.dumps(
+        [{"route": "director", "direction": "outbound", "kind": "state", "value": nulled}]
+    )
+    assert _node("check", payload) == [True]
