@@ -190,6 +190,17 @@ def _queue_low(high: int) -> int:
     return high // 2
 
 
+def _claim_flushes(slots: int) -> int:
+    """How many claim flushes the first claims of ``slots`` free slots fill.
+
+    A flush locks whole tasks (one per quorum of the replicas it wants), and its last task's
+    leftover replicas stay locked until it commits: a flush of another process that runs
+    meanwhile can find the rest of the queue taken, up to one task short per flush. A start
+    queues that many tasks more than its slots need (``_queue``); without them a socket was
+    left without a task until the fill came, a third of a second later on a slow machine."""
+    return -(-slots // max(1, int(settings.DISPATCH_FLUSH_ITEMS)))
+
+
 def _queue(job: Job) -> None:
     """A job that starts (or resumes) running: what the online workers' free slots can start
     is queued in the caller's transaction, and the rest of the high-water mark
@@ -198,9 +209,10 @@ def _queue(job: Job) -> None:
     Every task queued here is a row written before the request commits and the wake leaves.
     The wake's first claims take one replica per free slot (prefetch claims follow once their
     ``assign``s went out), so the start queues one task per ``quorum`` of the online slots (at
-    least ``QUEUE_HIGH_MIN``) and makes the last of them the low-water mark: the claim that
-    takes it asks Celery for the fill up to the high-water mark (``job_queue_fill``), which the
-    prefetch claims then find. Starting a job of quorum 2 with 1,000 single-slot workers online
+    least ``QUEUE_HIGH_MIN``) and one spare per claim flush they fill (``_claim_flushes``), and
+    makes the last task before the spares the low-water mark: the claim that takes it asks
+    Celery for the fill up to the high-water mark (``job_queue_fill``), which the prefetch
+    claims then find. Starting a job of quorum 2 with 1,000 single-slot workers online
     (prefetch 2) writes 500 rows before the wake instead of 1,500, a third of the request's
     queue time (``docs/benchmarks.md``). With ``DISPATCH_QUEUE_HIGH`` set, or when the slots'
     worth reaches the high-water mark, the start queues the high-water mark with its low-water
@@ -211,9 +223,10 @@ def _queue(job: Job) -> None:
         return
     online = _online_slots()
     high = _queue_high(quorum=job.quorum, capacity=_queue_capacity(online))
-    first = max(QUEUE_HIGH_MIN, -(-online[0] // max(1, job.quorum)))
+    spare = _claim_flushes(online[0])
+    first = max(QUEUE_HIGH_MIN, -(-online[0] // max(1, job.quorum)) + spare)
     if first < high:
-        _queue_chunk(job.pk, first, mark_offset=first - 1)
+        _queue_chunk(job.pk, first, mark_offset=first - spare - 1)
     else:
         _queue_chunk(job.pk, high, mark_offset=high - _queue_low(high) - 1)
 

@@ -20,6 +20,7 @@ from jobs.dispatch.batch import ClaimItem, dispatch_batch
 from jobs.models import Job, JobStatus, Task, TaskStatus, Worker
 from jobs.services import lifecycle
 from tenants.roles import Role
+from tests.held_transaction import transaction_held
 from tests.jobs.helpers import fc_job, new_worker, result_item
 
 pytestmark = [pytest.mark.services]
@@ -181,9 +182,9 @@ def test_the_periodic_fill_tops_up_every_running_job(tenant, owner, kernels):
 def test_the_high_water_mark_follows_the_online_workers(
     tenant, owner, kernels, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
-    # given no configured mark, chunks of twenty, no floor, prefetch 1, and three online workers
-    # of one slot each (room for six replicas), plus a banned and an offline one
-    _marks_from_workers(settings, monkeypatch, prefetch=1)
+    # given no configured mark, chunks of twenty, no floor, prefetch 2, and three online workers
+    # of one slot each (room for nine replicas), plus a banned and an offline one
+    _marks_from_workers(settings, monkeypatch, prefetch=2)
     for _ in range(3):
         new_worker(slots=1)
     banned, offline = new_worker(slots=4)[0], new_worker(slots=4)[0]
@@ -194,15 +195,17 @@ def test_the_high_water_mark_follows_the_online_workers(
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.job_start(job=job, actor_role=Role.OWNER)
     # then the request queued one task per quorum (two) of their three slots (concurrent claims
-    # lock one task per quorum of the replicas they want), marked the last, asked no fill
-    assert _queued(job) == [0, 1]
-    assert _marks(job) == [1]
-    assert len(callbacks) == 2
-    # and a fill tops it up to one task per quorum of the six replicas they can hold with their
-    # prefetch, marked one from its end
-    assert services.job_queue_fill(job_id=job.pk) == 1
+    # lock one task per quorum of the replicas they want) and one spare for the claim flush
+    # they fill, marked the last before the spare, and asked no fill
     assert _queued(job) == [0, 1, 2]
     assert _marks(job) == [1]
+    assert len(callbacks) == 2
+    # and a fill tops it up to one task per quorum of the nine replicas they can hold with their
+    # prefetch (five): two more, marked two from its end (the start's mark, not yet claimed,
+    # stays)
+    assert services.job_queue_fill(job_id=job.pk) == 2
+    assert _queued(job) == [0, 1, 2, 3, 4]
+    assert _marks(job) == [1, 2]
 
 
 @pytest.mark.django_db
@@ -215,9 +218,9 @@ def test_a_start_queues_the_slots_worth_and_the_claim_taking_its_last_asks_for_t
     workers = [new_worker(slots=1)[0] for _ in range(4)]
     job = fc_job(tenant, owner, kernels["prime_count"], tasks=12, start=False)
     # when the job starts, only what the four slots can start is queued: two tasks, the last
-    # of them marked
+    # of them marked, and a spare for the claim flush they fill
     services.job_start(job=job, actor_role=Role.OWNER)
-    assert _queued(job) == [0, 1]
+    assert _queued(job) == [0, 1, 2]
     assert _marks(job) == [1]
     # when the workers' first claims take one replica each (the start's wake)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
@@ -302,3 +305,30 @@ def test_the_wake_is_the_first_thing_a_start_does_after_commit(
         assert message == {"type": "dispatch.wake"}
     finally:
         async_to_sync(layer.group_discard)(realtime.DISPATCH_GROUP, channel)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("spares", [True, False])
+def test_a_start_queues_a_spare_task_per_claim_flush_so_that_concurrent_flushes_all_find_one(
+    tenant, owner, kernels, settings, monkeypatch, spares
+):
+    # given no configured mark, prefetch 2, no floor, and six online workers of one slot each
+    # (three tasks of quorum 2), with the start's spare task per claim flush, or without it
+    _marks_from_workers(settings, monkeypatch, prefetch=2)
+    if not spares:
+        monkeypatch.setattr(lifecycle, "_claim_flushes", lambda slots: 0)
+    workers = [new_worker(slots=1)[0] for _ in range(6)]
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=12)
+    assert _queued(job) == ([0, 1, 2, 3] if spares else [0, 1, 2])
+
+    def claim(some: list) -> list[int]:
+        offers = dispatch_batch(claims=[ClaimItem(worker_id=w.worker_id, count=1) for w in some])
+        return [len(offer) for offer in offers.claims]
+
+    # when one process's flush claims for three of them (two tasks: the second's other replica
+    # stays locked until it commits), and another's claims for the other three meanwhile
+    with transaction_held(lambda: claim(workers[:3])) as first:
+        second = claim(workers[3:])
+    # then with the spare every worker got a task; without it the second flush came up one short
+    assert first == [1, 1, 1]
+    assert second == ([1, 1, 1] if spares else [1, 1, 0])
