@@ -26,11 +26,12 @@ from jobs.dispatch.claim import (
     running_jobs_of,
 )
 from jobs.dispatch.queue_fill import queue_fill_request
-from jobs.dispatch.sql import bound_cursor
+from jobs.dispatch.sql import bound_cursor, uuid_array
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
     Assignment,
     AssignmentStatus,
+    Contributor,
     Job,
     Task,
     Worker,
@@ -58,14 +59,13 @@ class ClaimItem:
 # locked (each round one SKIP LOCKED select, one read of what they hold).
 CLAIM_ROUNDS = 3
 
-# What a claim reads of its workers (not their capabilities' JSON, decoded per row otherwise).
-CLAIM_WORKER_FIELDS = (
-    "id",
-    "contributor_id",
-    "consecutive_valid",
-    "is_banned",
-    "contributor__is_banned",
-    "contributor__pool_tenant_id",
+# What a claim reads of its workers (not their capabilities' JSON), by id: id, contributor,
+# consecutive valid results, banned, contributor banned, contributor's private pool.
+_CLAIM_WORKERS = (
+    "SELECT w.id, w.contributor_id, w.consecutive_valid, w.is_banned, c.is_banned, "  # noqa: S608
+    f"c.pool_tenant_id FROM {Worker._meta.db_table} AS w "
+    f"JOIN {Contributor._meta.db_table} AS c ON c.id = w.contributor_id "
+    "WHERE w.id = ANY(%b::uuid[])"
 )
 
 # The public queue's next tasks, locked, as ``ClaimTask`` rows. Written out rather than built by
@@ -86,6 +86,16 @@ _HEAD_OPEN = (
 )
 
 
+def _claim_workers(ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple]:
+    """What a claim reads of its workers (``_CLAIM_WORKERS``), by id, with the ids as one array
+    parameter. The ORM's ``pk__in`` quoted each id into the SQL text in Python (and sorted by
+    the model's ordering): ~7 ms of a 256-claim flush's CPU on the slower machine
+    (``docs/benchmarks.md``)."""
+    with bound_cursor() as cursor:
+        cursor.execute(_CLAIM_WORKERS, [uuid_array(ids)])
+        return {row[0]: row for row in cursor.fetchall()}
+
+
 def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     """Claim for many workers at once: one ``SKIP LOCKED`` select of as many dispatchable tasks
     as the replicas wanted need (a task's open replicas go to as many claimers), one read of
@@ -100,12 +110,7 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     wanted = [(index, item) for index, item in enumerate(items) if item.count > 0]
     if not wanted:
         return offers
-    workers = {
-        row[0]: row
-        for row in Worker.objects.filter(pk__in={item.worker_id for _, item in wanted}).values_list(
-            *CLAIM_WORKER_FIELDS
-        )
-    }
+    workers = _claim_workers({item.worker_id for _, item in wanted})
     public = []
     for index, item in wanted:
         row = workers.get(item.worker_id)
@@ -117,7 +122,7 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
             public.append((index, item, ClaimWorker(*row[:3])))
     if not public:
         return offers
-    contributors = [str(c) for c in {worker.contributor_id for _, _, worker in public}]
+    contributors = uuid_array({worker.contributor_id for _, _, worker in public})
     now = timezone.now()
     rng = random.Random()  # noqa: S311 - spot-check sampling, not secrecy
     queue = deque((index, item.count, worker) for index, item, worker in public)
@@ -192,7 +197,9 @@ def claims_batch(*, items: list[ClaimItem]) -> list[list[Offer]]:
     return offers
 
 
-def _held(tasks: list[ClaimTask], contributors: list[str]) -> set[tuple[int, uuid.UUID]]:
+def _held(
+    tasks: list[ClaimTask], contributors: list[uuid.UUID | None]
+) -> set[tuple[int, uuid.UUID]]:
     """Which of ``tasks`` the ``contributors`` hold a counted replica of, as (task, contributor)
     pairs (arrays, not an IN list of a placeholder per task)."""
     with bound_cursor() as cursor:
@@ -291,5 +298,5 @@ def _column(values: tuple, kind: str) -> list:
     """One column's values as an array parameter (psycopg needs one Python type per list: ids
     may come as ``UUID`` or ``str``)."""
     if kind == "uuid":
-        return [None if value is None else str(value) for value in values]
+        return uuid_array(values)
     return list(values)

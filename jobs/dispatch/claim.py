@@ -17,7 +17,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from jobs.dispatch.queue_fill import queue_fill_request
-from jobs.dispatch.sql import bound_cursor
+from jobs.dispatch.sql import bound_cursor, uuid_array
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
     Assignment,
@@ -228,12 +228,12 @@ def assignments_insert(rows: list[AssignmentRow]) -> None:
             [
                 AssignmentStatus.ASSIGNED,
                 now,
-                [str(value) for value in ids],
-                [str(value) for value in tenants],
-                [str(value) for value in jobs],
+                uuid_array(ids),
+                uuid_array(tenants),
+                uuid_array(jobs),
                 list(tasks),
-                [str(value) for value in workers],
-                [str(value) for value in contributors],
+                uuid_array(workers),
+                uuid_array(contributors),
                 list(expiries),
             ],
         )
