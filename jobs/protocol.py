@@ -293,7 +293,7 @@ def assign_text(
     if type(assignment) is not uuid.UUID:  # only a UUID's text is safe to splice in as is
         assignment = uuid.UUID(str(assignment))
     job_text, kernel_text, input_text = _assign_job_text(
-        job, kernel_name, kernel_version, kernel_sha256, seed, encode(params), lease_ms
+        job, kernel_name, kernel_version, kernel_sha256, seed, tuple(params), lease_ms
     )
     text = (
         f'{{"v":{PROTOCOL_VERSION},"type":"assign","assignment":"{assignment}",{job_text}'
@@ -312,11 +312,14 @@ def _assign_job_text(
     kernel_version: str,
     kernel_sha256: str,
     seed: int,
-    params_text: str,
+    params: tuple[float, ...],
     lease_ms: int,
 ) -> tuple[str, str, str]:
     """An ``assign``'s job fields as text: before the task, before the input, and the input's
-    seed and params through ``lease_ms`` (keys in the order ``encode`` of the message gives)."""
+    seed and params through ``lease_ms`` (keys in the order ``encode`` of the message gives).
+    The params come as a tuple, the cache's key: encoding them for the key cost a ``json.dumps``
+    (a new encoder) per ``assign``, as much as the rest of the message."""
+    params_text = encode(list(params))
     kernel = encode(
         {
             "name": kernel_name,
