@@ -242,7 +242,9 @@ def push_trace(directory: Path, t0: float, received: list[float]) -> dict[str, A
                 "pid": data["pid"],
                 "woken_at": ms(woken[0][0]) if woken else None,
                 "woken": woken[0][1]["count"] if woken else 0,
-                "flushes": flushes[-12:],
+                # The first and the last ones when there are many: the first are the push's
+                # first claims (the last twelve alone once hid them).
+                "flushes": flushes if len(flushes) <= 16 else flushes[:8] + flushes[-8:],
                 "flushes_until_last_first_assign": len(flushes),
                 "first_assign_sent": {
                     "sockets": len(sent),
