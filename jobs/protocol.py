@@ -176,8 +176,9 @@ def validate(message: object, *, binary: bool = False, route: str = "worker") ->
         raise ProtocolError("invalid_message", f"'{kind}' must be sent as a {expected}", ref=kind)
     problem = _INBOUND_CHECKS[route][kind](message)
     if problem is None:
-        # The small checker is the fast path (~7 µs against ~50 µs); the tests hold it to the
-        # full validator's verdict on thousands of mutated messages.
+        # The compiled small checker is the fast path (~6 µs for a result header against
+        # ~130 µs for the full validator); the tests hold it to the full validator's verdict on
+        # thousands of mutated messages.
         return message
     errors = sorted(known[kind].iter_errors(message), key=lambda e: list(e.path))
     if errors:
