@@ -299,16 +299,30 @@ class _Compiler:
                 lines += body
                 keyword = "elif"
 
+    def _bound(
+        self,
+        lines: list[str],
+        depth: int,
+        schema: dict[str, Any],
+        keyword: str,
+        test: str,
+        words: str,
+        path: str,
+    ) -> None:
+        """A failure when ``test`` (``{bound}`` in it) holds for the schema's ``keyword``."""
+        if keyword in schema:
+            bound = schema[keyword]
+            test = test.format(bound=self.constant(bound))
+            self._fail(lines, depth, test, path, self.constant(words.format(bound)))
+
     def _string(self, schema: dict[str, Any], v: str, path: str, depth: int) -> list[str]:
         lines: list[str] = []
-        shortest = schema.get("minLength", 0)
-        if shortest > 0:
-            reason = self.constant(f"shorter than {shortest}")
-            self._fail(lines, depth, f"len({v}) < {self.constant(shortest)}", path, reason)
-        if "maxLength" in schema:
-            longest = schema["maxLength"]
-            reason = self.constant(f"longer than {longest}")
-            self._fail(lines, depth, f"len({v}) > {self.constant(longest)}", path, reason)
+        self._bound(
+            lines, depth, schema, "minLength", f"len({v}) < {{bound}}", "shorter than {}", path
+        )
+        self._bound(
+            lines, depth, schema, "maxLength", f"len({v}) > {{bound}}", "longer than {}", path
+        )
         if "pattern" in schema:
             search = self.constant(ecma_pattern(schema["pattern"]).search)
             reason = self.constant(f"does not match {schema['pattern']}")
@@ -317,26 +331,15 @@ class _Compiler:
 
     def _number(self, schema: dict[str, Any], v: str, path: str, depth: int) -> list[str]:
         lines: list[str] = []
-        if "minimum" in schema:
-            least = schema["minimum"]
-            reason = self.constant(f"less than {least}")
-            self._fail(lines, depth, f"{v} < {self.constant(least)}", path, reason)
-        if "maximum" in schema:
-            most = schema["maximum"]
-            reason = self.constant(f"greater than {most}")
-            self._fail(lines, depth, f"{v} > {self.constant(most)}", path, reason)
+        self._bound(lines, depth, schema, "minimum", f"{v} < {{bound}}", "less than {}", path)
+        self._bound(lines, depth, schema, "maximum", f"{v} > {{bound}}", "greater than {}", path)
         return lines
 
     def _array(self, schema: dict[str, Any], v: str, path: str, depth: int) -> list[str]:
         lines: list[str] = []
-        fewest = schema.get("minItems", 0)
-        if fewest > 0:
-            reason = self.constant(f"fewer than {fewest} items")
-            self._fail(lines, depth, f"len({v}) < {self.constant(fewest)}", path, reason)
-        if "maxItems" in schema:
-            most = schema["maxItems"]
-            reason = self.constant(f"more than {most} items")
-            self._fail(lines, depth, f"len({v}) > {self.constant(most)}", path, reason)
+        fewest, most = f"len({v}) < {{bound}}", f"len({v}) > {{bound}}"
+        self._bound(lines, depth, schema, "minItems", fewest, "fewer than {} items", path)
+        self._bound(lines, depth, schema, "maxItems", most, "more than {} items", path)
         if "items" in schema:
             index, item = self.variable("i"), self.variable()
             body: list[str] = []

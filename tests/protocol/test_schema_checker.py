@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ccgsc_worker import protocol_schema
 from ccgsc_worker.protocol_schema import check, compile_check
 from jobs import protocol as server
 
@@ -101,5 +102,7 @@ def test_check_keeps_one_compiled_function_per_schema_it_is_given():
     schema = {"type": "string", "maxLength": 2}
     other = {"type": "string", "maxLength": 4}
     assert check(schema, "abc") == "message: longer than 2"
+    kept = protocol_schema._CHECKERS[id(schema)]  # noqa: SLF001 - the cache under test
     assert check(other, "abc") is None
     assert check(schema, "ab") is None
+    assert protocol_schema._CHECKERS[id(schema)] is kept  # noqa: SLF001 - not compiled again
