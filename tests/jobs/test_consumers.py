@@ -432,3 +432,28 @@ async def test_a_woken_socket_whose_slots_are_busy_claims_its_prefetch_at_once(
     assert prefetched["type"] == "assign"
     assert prefetched["job"] != running["job"]
     await communicator.disconnect()
+
+
+async def test_a_consumers_messages_do_not_hop_to_the_database_thread(monkeypatch):
+    """Channels' ``dispatch`` awaits ``aclose_old_connections`` (a hop to its one database
+    thread) before every message; our consumers reach the database only through calls that
+    close stale connections themselves, so ``GuardedConsumer`` dispatches without it. A message
+    type with no handler still ends the socket through the guard."""
+    import channels.consumer
+
+    hops = []
+
+    async def counted() -> None:
+        hops.append(1)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    _, token = await sync_to_async(dispatch.contributor_create_anonymous)()
+    communicator = await _connect()
+    assert (await _hello(communicator, token, slots=0))["type"] == "welcome"
+    for _ in range(5):
+        await communicator.send_to(text_data=json.dumps({"v": 1, "type": "ping"}))
+        assert (await communicator.receive_json_from())["type"] == "pong"
+    assert hops == []
+    await communicator.send_input({"type": "worker.teleport"})
+    assert (await communicator.receive_json_from())["code"] == "internal_error"
+    assert (await communicator.receive_output())["code"] == 4011
