@@ -10,9 +10,9 @@ a markdown table; this script prints the machine first, then the tables, and wri
 bench/results/run_all.json with the machine and every benchmark's JSON.
 
 Usage: python bench/run_all.py [--quick]
-       [--only kernels training validation ledger dispatch claim_flush protocol_check push_floor
-               sockets aggregation secagg secagg_wire fedavg_paper analytics_page dp_rounds
-               compression dp_shares]
+       [--only kernels training validation ledger dispatch claim_flush result_rows protocol_check
+               push_floor sockets aggregation secagg secagg_wire fedavg_paper analytics_page
+               dp_rounds compression dp_shares]
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     "protocol_check": ("bench_protocol_check.py", [], ["--quick"], "protocol_check.json"),
     # One 256-claim flush alone, its array parameters bound by PostgreSQL or quoted by Django.
     "claim_flush": ("bench_claim_flush.py", [], ["--quick"], "claim_flush.json"),
+    # A results flush's two reads of assignments, as rows and as model instances.
+    "result_rows": ("bench_result_rows.py", [], ["--quick"], "result_rows.json"),
     # The push floor: N sockets, one frame each per channel-layer trigger, no database.
     "push_floor": ("bench_push_floor.py", [], ["--quick"], "push_floor.json"),
     # 10,000 worker sockets on several Daphnes, one Daphne killed under them (--quick: 300).

@@ -16,7 +16,12 @@ from django.utils import timezone
 from jobs.dispatch.batch_leases import (
     update_from_values,
 )
-from jobs.dispatch.batch_validation import decide_in_arrival_order, tasks_accept, tasks_wait
+from jobs.dispatch.batch_validation import (
+    ReturnedRow,
+    decide_in_arrival_order,
+    tasks_accept,
+    tasks_wait,
+)
 from jobs.dispatch.results import (
     _DISCARDED,
     _STORED,
@@ -25,6 +30,7 @@ from jobs.dispatch.results import (
     _task_validate,
     result_submit,
 )
+from jobs.dispatch.sql import bound_cursor, uuid_array
 from jobs.models import (
     Assignment,
     AssignmentStatus,
@@ -47,6 +53,63 @@ class ResultItem:
     elapsed_ms: int | None
     worker_id: uuid.UUID | None = None
     refill: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KernelShape:
+    """What a result's size is checked against (``results._check_output_shape``)."""
+
+    name: str
+    output_bytes: int | None
+    reducer: str
+
+
+@dataclass(frozen=True, slots=True)
+class NamedRow:
+    """The assignment a result names, read and locked by the flush (``_NAMED``)."""
+
+    pk: uuid.UUID
+    status: str
+    task_id: int
+    job_id: uuid.UUID
+    worker_id: uuid.UUID
+    contributor_id: uuid.UUID
+    kernel: KernelShape
+
+
+# The assignments a flush's results name, locked in id order, with their kernels' output layout.
+# Rows, not models, with the ids as one array parameter: the ORM's ``pk__in`` quoted each id into
+# the SQL text and built three model instances per row (1.95 against 0.31 ms of CPU for 32
+# results on the faster machine, ``docs/benchmarks.md``).
+_NAMED = (
+    "SELECT a.id, a.status, a.task_id, a.job_id, a.worker_id, a.contributor_id, "
+    "k.name, k.output_bytes, k.reducer "
+    "FROM jobs_assignment a JOIN jobs_job j ON j.id = a.job_id "
+    "JOIN jobs_kernel k ON k.id = j.kernel_id "
+    "WHERE a.id = ANY(%b) ORDER BY a.id FOR UPDATE OF a"
+)
+
+# Every returned replica of the flush's tasks, in arrival order, with its worker's channel.
+_RETURNED = (
+    "SELECT a.id, a.task_id, a.output_sha256, a.output, a.worker_id, a.contributor_id, "
+    "w.channel_name "
+    "FROM jobs_assignment a JOIN jobs_worker w ON w.id = a.worker_id "
+    "WHERE a.task_id = ANY(%b) AND a.status = %s ORDER BY a.returned_at, a.id"
+)
+
+
+def _named(ids: list[str]) -> dict[str, NamedRow]:
+    """``_NAMED`` for these assignment ids (valid UUIDs), by id as text."""
+    with bound_cursor() as cursor:
+        cursor.execute(_NAMED, [uuid_array(ids)])
+        return {str(row[0]): NamedRow(*row[:6], KernelShape(*row[6:])) for row in cursor.fetchall()}
+
+
+def _returned(task_ids: set[int]) -> list[ReturnedRow]:
+    """``_RETURNED`` for these tasks."""
+    with bound_cursor() as cursor:
+        cursor.execute(_RETURNED, [sorted(task_ids), AssignmentStatus.RETURNED.value])
+        return [ReturnedRow(*row) for row in cursor.fetchall()]
 
 
 def results_store_batch(*, items: list[ResultItem]) -> list[ResultOutcome | ValueError]:
@@ -84,26 +147,8 @@ def results_store_batch(*, items: list[ResultItem]) -> list[ResultOutcome | Valu
 def _results_store(
     items: list[ResultItem], pending: list[int], outcomes: list[ResultOutcome | ValueError | None]
 ) -> None:
-    assignments = {
-        str(a.pk): a
-        for a in Assignment.objects.unscoped()
-        .select_for_update(of=("self",))
-        .select_related("job__kernel")
-        .filter(pk__in=[items[i].assignment_id for i in pending])
-        .order_by("pk")
-        .only(
-            "id",
-            "status",
-            "task_id",
-            "job_id",
-            "worker_id",
-            "contributor_id",
-            "job__kernel__name",
-            "job__kernel__output_bytes",
-            "job__kernel__reducer",
-        )
-    }
-    live: list[tuple[int, Assignment]] = []
+    assignments = _named([items[i].assignment_id for i in pending])
+    live: list[tuple[int, NamedRow]] = []
     for index in pending:
         item = items[index]
         assignment = assignments.get(str(uuid.UUID(item.assignment_id)))
@@ -115,7 +160,7 @@ def _results_store(
             outcomes[index] = ResultOutcome(status="discarded")
         else:
             try:
-                _check_output_shape(assignment.job, item.output)
+                _check_output_shape(assignment.kernel, item.output)
             except ValueError as exc:
                 outcomes[index] = exc
                 continue
@@ -160,7 +205,7 @@ def _results_store(
 
 def _results_store_fast(
     items: list[ResultItem],
-    fast: list[tuple[int, Assignment]],
+    fast: list[tuple[int, NamedRow]],
     tasks: dict[int, Task],
     outcomes: list[ResultOutcome | ValueError | None],
 ) -> None:
@@ -172,7 +217,7 @@ def _results_store_fast(
         # Arrival order survives the shared timestamp: quorum ties go to the earliest return.
         rows.append(
             (
-                str(assignment.pk),
+                assignment.pk,
                 item.output,
                 item.sha256,
                 item.elapsed_ms,
@@ -194,22 +239,8 @@ def _results_store_fast(
         f"returned_at = v.returned, status = '{AssignmentStatus.RETURNED}'",
     )
     task_ids = {a.task_id for _, a in fast}
-    returned: dict[int, list[Assignment]] = defaultdict(list)
-    for replica in (
-        Assignment.objects.unscoped()
-        .filter(task_id__in=task_ids, status=AssignmentStatus.RETURNED)
-        .order_by("returned_at", "id")
-        .select_related("worker")
-        .only(
-            "id",
-            "task_id",
-            "output_sha256",
-            "output",
-            "worker_id",
-            "contributor_id",
-            "worker__channel_name",
-        )
-    ):
+    returned: dict[int, list[ReturnedRow]] = defaultdict(list)
+    for replica in _returned(task_ids):
         returned[replica.task_id].append(replica)
     jobs = {
         job.pk: job
@@ -218,10 +249,10 @@ def _results_store_fast(
         .filter(pk__in={tasks[t].job_id for t in task_ids})
     }
     by_index = {a.task_id: index for index, a in fast}
-    accepted: list[tuple[Task, Job, list[Assignment], list[Assignment], str]] = []
+    accepted: list[tuple[Task, Job, list[ReturnedRow], list[ReturnedRow], str]] = []
     waiting: list[Task] = []
     batch_ids = {str(a.pk) for _, a in fast}
-    late: list[Assignment] = []
+    late: list[ReturnedRow] = []
     for task_id in sorted(task_ids):
         task, replicas = tasks[task_id], returned[task_id]
         job = jobs[task.job_id]

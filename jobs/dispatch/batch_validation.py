@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
 
 from jobs import realtime
 from jobs.dispatch.batch_leases import update_from_values
+from jobs.dispatch.sql import bound_cursor, uuid_array
 from jobs.metering import metering
 from jobs.models import (
     Assignment,
@@ -33,8 +35,40 @@ from jobs.quorum import ReturnedReplica, Verdict, quorum_decide
 from jobs.services import job_finish_if_done
 
 
+@dataclass(frozen=True, slots=True)
+class ReturnedRow:
+    """A returned replica of a task the flush decides (``batch_results._RETURNED``)."""
+
+    pk: uuid.UUID
+    task_id: int
+    output_sha256: str
+    output: bytes
+    worker_id: uuid.UUID
+    contributor_id: uuid.UUID
+    channel_name: str
+
+
+def _status_set(ids: list[uuid.UUID], status: str, *, credit_at: Any = None) -> None:
+    """These replicas' status (and, with ``credit_at``, their credit time, once: a replica
+    credited before keeps its status and time), with the ids as one array parameter."""
+    if not ids:
+        return
+    with bound_cursor() as cursor:
+        if credit_at is None:
+            cursor.execute(
+                "UPDATE jobs_assignment SET status = %s WHERE id = ANY(%b)",
+                [str(status), uuid_array(ids)],
+            )
+        else:
+            cursor.execute(
+                "UPDATE jobs_assignment SET status = %s, credited_at = %s "
+                "WHERE id = ANY(%b) AND credited_at IS NULL",
+                [str(status), credit_at, uuid_array(ids)],
+            )
+
+
 def decide_in_arrival_order(
-    task: Task, job: Job, replicas: list[Assignment], batch_ids: set[str]
+    task: Task, job: Job, replicas: list[ReturnedRow], batch_ids: set[str]
 ) -> tuple[Any, int]:
     """Decide as if the batch's results had arrived one by one: the first canonical decision
     stands, with how many replicas it used (later ones are late, exactly as item by item)."""
@@ -90,29 +124,22 @@ def tasks_wait(tasks: list[Task], jobs: dict[uuid.UUID, Job]) -> None:
 
 
 def tasks_accept(
-    accepted: list[tuple[Task, Job, list[Assignment], list[Assignment], str]],
+    accepted: list[tuple[Task, Job, list[ReturnedRow], list[ReturnedRow], str]],
     now: Any,
-    late: list[Assignment],
+    late: list[ReturnedRow],
 ) -> None:
     """Validated tasks: credit winners, penalise losers, close tasks, meter, count, finish."""
     winners = [r for _, _, won, _, _ in accepted for r in won]
     losers = [r for _, _, _, lost, _ in accepted for r in lost]
     if late:
         canonical = {task.pk: digest for task, _, _, _, digest in accepted}
-        Assignment.objects.unscoped().filter(pk__in=[r.pk for r in late]).update(
-            status=AssignmentStatus.LATE
-        )
+        _status_set([r.pk for r in late], AssignmentStatus.LATE)
         # A late replica that disagrees with the canonical result loses trust, never credit.
         losers_late = [r for r in late if r.output_sha256 != canonical[r.task_id]]
     else:
         losers_late = []
-    Assignment.objects.unscoped().filter(
-        pk__in=[r.pk for r in winners], credited_at__isnull=True
-    ).update(status=AssignmentStatus.VALID, credited_at=now)
-    if losers:
-        Assignment.objects.unscoped().filter(pk__in=[r.pk for r in losers]).update(
-            status=AssignmentStatus.INVALID
-        )
+    _status_set([r.pk for r in winners], AssignmentStatus.VALID, credit_at=now)
+    _status_set([r.pk for r in losers], AssignmentStatus.INVALID)
     worker_valid: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0])
     contributor_valid: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0])
     for task, _, won, _, _ in accepted:
@@ -124,7 +151,7 @@ def tasks_accept(
                 totals[key][0] += 1
                 totals[key][1] += task.work_units
             realtime.send_on_commit(
-                replica.worker.channel_name,
+                replica.channel_name,
                 {"type": "worker.credit", "validated": 1, "work_units": task.work_units},
             )
     counters = [("id", "uuid"), ("n", "bigint"), ("units", "bigint")]
@@ -209,6 +236,4 @@ def _replicas_cancel_running_batch(*, task_ids: list[int]) -> None:
             channel,
             {"type": "worker.cancel", "assignment": str(assignment_id), "reason": "task_validated"},
         )
-    Assignment.objects.unscoped().filter(pk__in=[row[0] for row in rows]).update(
-        status=AssignmentStatus.CANCELLED
-    )
+    _status_set([row[0] for row in rows], AssignmentStatus.CANCELLED)

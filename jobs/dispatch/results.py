@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F
@@ -44,9 +45,9 @@ class ResultOutcome:
     offers: list = field(default_factory=list)
 
 
-def _check_output_shape(job: Job, output: bytes) -> None:
-    """Refuse outputs whose size the kernel's declared layout cannot produce."""
-    kernel = job.kernel
+def _check_output_shape(kernel: Any, output: bytes) -> None:
+    """Refuse outputs whose size the kernel's declared layout cannot produce (``kernel``: a
+    ``Kernel`` or a row with its ``name``, ``output_bytes`` and ``reducer``)."""
     if kernel.output_bytes is not None and len(output) != kernel.output_bytes:
         raise ValueError(f"{kernel.name} outputs {kernel.output_bytes} bytes, got {len(output)}")
     if kernel.reducer in (Reducer.BEST_K, Reducer.MIN_F64, Reducer.MAX_F64) and len(output) % 16:
@@ -90,7 +91,7 @@ def result_submit(
         # A cancelled replica (job paused or cancelled, task validated without it) was told to
         # stop; its task no longer counts it, so its result is neither stored nor compared.
         return ResultOutcome(status="discarded")
-    _check_output_shape(assignment.job, output)
+    _check_output_shape(assignment.job.kernel, output)
     task = Task.objects.unscoped().select_for_update().get(pk=assignment.task_id)
     late = assignment.status == AssignmentStatus.EXPIRED
     if late and (
