@@ -156,7 +156,10 @@ def test_writes_after_the_write_side_closed_are_dropped(site):
 def test_the_site_installs_it_for_daphne(tmp_path):
     """Importing the ASGI application, as Daphne does before it listens, installs the class (in
     a process of its own: the import also freezes that process's collector)."""
-    probe = "import ccgsc_site.asgi; from twisted.internet import tcp; print(tcp.Port.transport)"
+    probe = (
+        "import ccgsc_site.asgi; from twisted.internet import tcp; print(tcp.Port.transport); "
+        "from daphne import ws_protocol; print(ws_protocol.WebSocketFactory.protocol)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
@@ -167,3 +170,64 @@ def test_the_site_installs_it_for_daphne(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "ccgsc_site.immediate_write.ImmediateWriteServer" in result.stdout
+    assert "ccgsc_site.immediate_write.FrameSendProtocol" in result.stdout
+
+
+class _Written:
+    """A transport that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+
+def _open(protocol_class: type) -> object:
+    """A WebSocket protocol of ``protocol_class`` in the open state, as Daphne's factory builds
+    it, writing to a ``_Written``."""
+    import collections
+
+    import txaio
+    from autobahn.websocket.protocol import TrafficStats
+    from daphne import ws_protocol
+
+    factory = ws_protocol.WebSocketFactory(object)
+    factory.protocol = protocol_class
+    built = factory.buildProtocol(None)
+    for name in built.CONFIG_ATTRS:
+        setattr(built, name, getattr(factory, name))
+    built.log = txaio.make_logger()
+    built.transport = _Written()
+    built.state, built.websocket_version = built.STATE_OPEN, 13
+    built.peer, built.trackedTimings, built.triggered = "tcp:127.0.0.1:1", False, False
+    built._perMessageCompress = None
+    built.trafficStats, built.send_queue = TrafficStats(), collections.deque()
+    return built
+
+
+def test_frames_go_out_as_autobahn_writes_them_without_formatting_its_debug_log(monkeypatch):
+    import autobahn.websocket.protocol as autobahn_protocol
+    from daphne import ws_protocol
+
+    frame = b'{"v":1,"type":"assign","assignment":"' + b"a" * 300 + b'"}'
+    theirs = _open(ws_protocol.WebSocketProtocol)
+    theirs.sendMessage(frame, False)
+
+    def refuse(*args: object, **kwargs: object) -> str:
+        raise AssertionError("the debug log's arguments were formatted")
+
+    monkeypatch.setattr(autobahn_protocol, "hltype", refuse)
+    monkeypatch.setattr(autobahn_protocol, "hlval", refuse)
+    ours = _open(immediate_write.FrameSendProtocol)
+    ours.sendMessage(frame, False)
+    assert ours.transport.chunks == theirs.transport.chunks
+    assert ours.trafficStats.outgoingOctetsWireLevel == len(b"".join(theirs.transport.chunks))
+    # A frame behind queued bytes is queued behind them by Autobahn, not written ahead of them.
+    written = len(ours.transport.chunks)
+    ours.send_queue.append((b"queued", False))
+    monkeypatch.setattr(ours, "_trigger", lambda: None)
+    ours.sendMessage(frame, False)
+    assert len(ours.transport.chunks) == written
+    assert [data for data, _ in ours.send_queue][0] == b"queued"
+    assert b"".join(data for data, _ in list(ours.send_queue)[1:]) == theirs.transport.chunks[0]
