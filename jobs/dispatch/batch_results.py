@@ -79,8 +79,8 @@ class NamedRow:
 
 # The assignments a flush's results name, locked in id order, with their kernels' output layout.
 # Rows, not models, with the ids as one array parameter: the ORM's ``pk__in`` quoted each id into
-# the SQL text and built three model instances per row (1.95 against 0.31 ms of CPU for 32
-# results on the faster machine, ``docs/benchmarks.md``).
+# the SQL text and built three model instances per row (1.95 against 0.42 ms of CPU for 32
+# results on the faster machine, ``bench_result_rows.py``).
 _NAMED = (
     "SELECT a.id, a.status, a.task_id, a.job_id, a.worker_id, a.contributor_id, "
     "k.name, k.output_bytes, k.reducer "
