@@ -3,6 +3,7 @@ communicator): the configured per-message cap, close codes a browser can see, no
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -86,7 +87,10 @@ def test_a_frame_over_the_server_cap_is_dropped_without_a_close_code(checked_dap
     """Why the cap sits above every protocol limit: past it, Daphne drops the socket."""
     with _worker(checked_daphne) as socket:
         _hello(socket)
-        socket.send(b"\x00" * (protocol.WEBSOCKET_MAX_MESSAGE_BYTES + 1))
+        # Daphne may drop the socket while the frame is still being written (the send then
+        # fails with a reset); either way no close frame comes back.
+        with contextlib.suppress(ConnectionClosed):
+            socket.send(b"\x00" * (protocol.WEBSOCKET_MAX_MESSAGE_BYTES + 1))
         assert _close_code(socket) is None
 
 
