@@ -81,6 +81,30 @@ def _use(way: str) -> None:
     claim.bound_cursor = cursor
 
 
+@contextlib.contextmanager
+def django_database(label: str) -> Iterator[None]:
+    """A throwaway database from the migrated template (built first), Django set up on it and
+    the garbage collector set as ``ccgsc_site.asgi`` sets it in Daphne; afterwards both
+    databases are dropped, whatever happened."""
+    env = bench_env(label)
+    print("building the benchmark database ...", flush=True)
+    build_template(env)
+    fresh_database()
+    try:
+        django_setup(env)
+        from django.conf import settings
+
+        gc.freeze()
+        gc.set_threshold(*settings.ASGI_GC_THRESHOLDS)
+        yield
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(os.environ["CCGSC_BENCH_DATABASE"])
+        drop_database(TEMPLATE)
+
+
 def _fixtures(claims: int, tasks: int) -> list[Any]:
     """A running quorum-2 job of ``tasks`` tasks, all queued, and ``claims`` online workers of
     distinct contributors; returns the workers' ids."""
@@ -162,34 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     # Two warm-up flushes per way; each flush takes claims / 2 tasks (quorum 2).
     tasks = (flushes + 2) * len(ways) * args.claims // 2 + args.claims
 
-    env = bench_env("claimflush")
-    print("building the benchmark database ...", flush=True)
-    build_template(env)
-    fresh_database()
-    django_setup(env)
-    from django.conf import settings
-
-    gc.freeze()
-    gc.set_threshold(*settings.ASGI_GC_THRESHOLDS)
-    workers = _fixtures(args.claims, tasks)
     measured: dict[str, dict[str, list[float]]] = {w: {"cpu_ms": [], "wall_ms": []} for w in ways}
     offers_seen: set[int] = set()
-    try:
-        for round_ in range(flushes + 2):
-            for way in ways if round_ % 2 == 0 else reversed(ways):
-                _use(way)
-                cpu, wall, offers = _flush(workers)
-                offers_seen.add(offers)
-                if round_ >= 2:
-                    measured[way]["cpu_ms"].append(cpu)
-                    measured[way]["wall_ms"].append(wall)
-    finally:
-        _use("bound")
-        from django.db import connections
-
-        connections.close_all()
-        drop_database(os.environ["CCGSC_BENCH_DATABASE"])
-        drop_database(TEMPLATE)
+    with django_database("claimflush"):
+        workers = _fixtures(args.claims, tasks)
+        try:
+            for round_ in range(flushes + 2):
+                for way in ways if round_ % 2 == 0 else reversed(ways):
+                    _use(way)
+                    cpu, wall, offers = _flush(workers)
+                    offers_seen.add(offers)
+                    if round_ >= 2:
+                        measured[way]["cpu_ms"].append(cpu)
+                        measured[way]["wall_ms"].append(wall)
+        finally:
+            _use("bound")
     if offers_seen != {args.claims}:
         print(f"warning: flushes handed out {sorted(offers_seen)} offers", file=sys.stderr)
     rows = {way: {k: _summary(v) for k, v in measured[way].items()} for way in ways}

@@ -18,7 +18,6 @@ Writes bench/results/result_rows.json.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -32,14 +31,10 @@ os.environ.setdefault("CCGSC_BENCH_DATABASE", "ccgsc_bench_rows")
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from bench_claim_flush import _fixtures, _flush  # noqa: E402 - the database name is set first
-from bench_dispatch import (  # noqa: E402
-    TEMPLATE,
-    bench_env,
-    build_template,
-    django_setup,
-    drop_database,
-    fresh_database,
+from bench_claim_flush import (  # noqa: E402 - the database name is set first
+    _fixtures,
+    _flush,
+    django_database,
 )
 
 RESULTS = BENCH / "results" / "result_rows.json"
@@ -131,16 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = 30 if args.quick else args.repeats
 
-    env = bench_env("resultrows")
-    print("building the benchmark database ...", flush=True)
-    build_template(env)
-    fresh_database()
-    django_setup(env)
-    from django.conf import settings
-
-    gc.freeze()
-    gc.set_threshold(*settings.ASGI_GC_THRESHOLDS)
-    try:
+    with django_database("resultrows"):
         workers = _fixtures(args.results, args.results)
         _flush(workers)
         ids, task_ids = _returned_fixture(args.results)
@@ -155,12 +141,6 @@ def main(argv: list[str] | None = None) -> int:
                     spent = _cpu_ms(by_way[way], args.results)
                     if repeat >= 3:
                         measured[read][way].append(spent)
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        drop_database(os.environ["CCGSC_BENCH_DATABASE"])
-        drop_database(TEMPLATE)
     report: dict[str, Any] = {"results_per_flush": args.results, "reads_per_way": repeats}
     print(f"| read ({args.results} results) | rows: CPU ms | models: CPU ms | models / rows |")
     print("|---|---|---|---|")

@@ -19,7 +19,6 @@ from django.db import connection
 
 from jobs import realtime
 from jobs.dispatch.batch_leases import update_from_values
-from jobs.dispatch.sql import bound_cursor, uuid_array
 from jobs.metering import metering
 from jobs.models import (
     Assignment,
@@ -50,21 +49,19 @@ class ReturnedRow:
 
 def _status_set(ids: list[uuid.UUID], status: str, *, credit_at: Any = None) -> None:
     """These replicas' status (and, with ``credit_at``, their credit time, once: a replica
-    credited before keeps its status and time), with the ids as one array parameter."""
-    if not ids:
-        return
-    with bound_cursor() as cursor:
-        if credit_at is None:
-            cursor.execute(
-                "UPDATE jobs_assignment SET status = %s WHERE id = ANY(%b)",
-                [str(status), uuid_array(ids)],
-            )
-        else:
-            cursor.execute(
-                "UPDATE jobs_assignment SET status = %s, credited_at = %s "
-                "WHERE id = ANY(%b) AND credited_at IS NULL",
-                [str(status), credit_at, uuid_array(ids)],
-            )
+    credited before keeps its status and time), in one statement with the ids bound."""
+    sets, params, where = "status = %s", [str(status)], ""
+    if credit_at is not None:
+        sets, where = "status = %s, credited_at = %s", "t.credited_at IS NULL"
+        params.append(credit_at)
+    update_from_values(
+        Assignment._meta.db_table,
+        [("id", "uuid")],
+        [(pk,) for pk in ids],
+        sets,
+        where=where,
+        leading_params=params,
+    )
 
 
 def decide_in_arrival_order(
