@@ -6,7 +6,8 @@ client processes (each raises its open-files limit up to the hard limit), agains
 launcher's ``--daphnes`` processes sharing one port, with PostgreSQL, Redis and a Celery worker
 with beat (the lease sweeper). Tasks are long (``--think-ms``, default 30 s: the sockets are
 idle-ish), so the servers hold sockets rather than push throughput. Measured:
-- every client says hello and is welcomed (time to connect them all);
+- every client says hello and is welcomed (time to connect them all), and the Daphnes' CPU per
+  connection meanwhile (handshake, hello and its flush, welcome);
 - memory per socket: the Daphnes' resident memory after the connections minus before, divided
   by the sockets (and the clients' own, for sizing a load generator);
 - a job is started: time until every worker holds a task (push p50 / p99 / max from the start
@@ -228,6 +229,7 @@ def percentile_ms(values: list[float], p: float) -> float | None:
 def coordinate(args: argparse.Namespace) -> dict[str, Any]:
     import bench_dispatch as bd
     import psycopg
+    from dispatch_probes import cpu_seconds
 
     from tests.invariants import invariants
     from tests.servers import CeleryWorker, DaphneLauncher
@@ -257,6 +259,7 @@ def coordinate(args: argparse.Namespace) -> dict[str, Any]:
         daphne_pids = launcher.daphne_pids()
         rss_before = {pid: rss_kib(pid) for pid in daphne_pids}
         baseline = {pid: sockets_of(pid) for pid in daphne_pids}
+        cpu_before = cpu_seconds(daphne_pids)
         share = -(-len(tokens) // args.clients)
         for i in range(args.clients):
             tokens_file = work / f"tokens-{i}.json"
@@ -295,6 +298,10 @@ def coordinate(args: argparse.Namespace) -> dict[str, Any]:
         result["connect_seconds"] = round(
             max(s["last_first_welcome"] for s in done) - min(s["ramp_started_at"] for s in done),
             1,
+        )
+        # The Daphnes' CPU for the connections: handshakes, hellos (their flushes), welcomes.
+        result["daphne_cpu_ms_per_connection"] = round(
+            (cpu_seconds(daphne_pids) - cpu_before) * 1000 / args.sockets, 3
         )
         time.sleep(3)  # settle, then measure memory
         per_daphne = {pid: sockets_of(pid) - baseline[pid] for pid in daphne_pids}

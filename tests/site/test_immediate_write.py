@@ -158,7 +158,8 @@ def test_the_site_installs_it_for_daphne(tmp_path):
     a process of its own: the import also freezes that process's collector)."""
     probe = (
         "import ccgsc_site.asgi; from twisted.internet import tcp; print(tcp.Port.transport); "
-        "from daphne import ws_protocol; print(ws_protocol.WebSocketFactory.protocol)"
+        "from daphne import ws_protocol; print(ws_protocol.WebSocketFactory.protocol); "
+        "from autobahn.websocket import protocol; print(protocol.pformat.ccgsc_deferred)"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -171,6 +172,7 @@ def test_the_site_installs_it_for_daphne(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ccgsc_site.immediate_write.ImmediateWriteServer" in result.stdout
     assert "ccgsc_site.immediate_write.FrameSendProtocol" in result.stdout
+    assert result.stdout.splitlines()[-1] == "True"  # Autobahn's debug lines deferred
 
 
 class _Written:
@@ -231,3 +233,76 @@ def test_frames_go_out_as_autobahn_writes_them_without_formatting_its_debug_log(
     assert len(ours.transport.chunks) == written
     assert [data for data, _ in ours.send_queue][0] == b"queued"
     assert b"".join(data for data, _ in list(ours.send_queue)[1:]) == theirs.transport.chunks[0]
+
+
+def _masked(payload: bytes) -> bytes:
+    """A client's text frame (clients mask theirs)."""
+    key = b"\x01\x02\x03\x04"
+    header = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def test_a_connection_and_its_frames_format_no_debug_line(monkeypatch):
+    """An accepted connection's handshake, a frame it receives and one it sends run through
+    Autobahn's protocol with its formatting helpers made to raise: nothing formats a debug line
+    that is not written."""
+    import pprint
+
+    import autobahn.util
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from twisted.internet.testing import StringTransport
+
+    immediate_write.defer_debug_formatting()
+
+    def refuse(*args: object, **kwargs: object) -> str:
+        raise AssertionError("a debug line's arguments were formatted")
+
+    monkeypatch.setattr(autobahn.util, "hl", refuse)
+    monkeypatch.setattr(pprint.PrettyPrinter, "pformat", refuse)
+    received: list[bytes] = []
+
+    class Echo(WebSocketServerProtocol):
+        def onMessage(self, payload: bytes, is_binary: bool) -> None:  # noqa: N802
+            received.append(payload)
+            self.sendMessage(b'{"type":"ack"}')
+
+    factory = WebSocketServerFactory("ws://127.0.0.1:1")
+    factory.protocol = Echo
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert b"101 Switching Protocols" in transport.value()
+    transport.clear()
+    frame = b'{"v":1,"type":"result","assignment":"' + b"a" * 200 + b'"}'
+    connection.dataReceived(_masked(frame))
+    assert received == [frame]
+    assert transport.value() == b'\x81\x0e{"type":"ack"}'
+
+
+def test_a_debug_line_that_is_written_reads_as_before():
+    from autobahn.websocket import protocol as websocket_protocol
+
+    immediate_write.defer_debug_formatting()
+    immediate_write.defer_debug_formatting()  # idempotent: the helpers are wrapped once
+    deferred = websocket_protocol.hltype
+    real = deferred.__wrapped__
+    assert not getattr(real, "ccgsc_deferred", False)
+    line = "{func}: {value} {config}"
+    assert line.format(
+        func=deferred(test_a_debug_line_that_is_written_reads_as_before),
+        value=websocket_protocol.hlval(42),
+        config=websocket_protocol.pformat([("a", 1)]),
+    ) == line.format(
+        func=real(test_a_debug_line_that_is_written_reads_as_before),
+        value=websocket_protocol.hlval.__wrapped__(42),
+        config="[('a', 1)]",
+    )
+    assert str(websocket_protocol.hlval("x")) == websocket_protocol.hlval.__wrapped__("x")
+    # The one caller that is not a log line still gets a string.
+    timings = websocket_protocol.Timings()
+    timings.track("opened")
+    assert str(timings).startswith("{'opened':")
