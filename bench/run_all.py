@@ -45,6 +45,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], str]] = {
     ),
     # One protocol message checked: our compiled checker against jsonschema and jsonschema-rs.
     "protocol_check": ("bench_protocol_check.py", [], ["--quick"], "protocol_check.json"),
+    # The Python edge worker's CPU per replica through its session and driver, no network.
+    "edge_cycle": ("bench_edge_cycle.py", [], ["--quick"], "edge_cycle.json"),
     # One 256-claim flush alone, its array parameters bound by PostgreSQL or quoted by Django.
     "claim_flush": ("bench_claim_flush.py", [], ["--quick"], "claim_flush.json"),
     # A results flush's two reads of assignments, as rows and as model instances.

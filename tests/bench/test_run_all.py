@@ -58,3 +58,13 @@ def test_the_protocol_check_benchmark_times_every_checker_on_valid_messages(monk
     for row in rows:
         assert set(row["us"]) == {"compiled", "jsonschema", "jsonschema-rs", "json.loads"}
         assert all(value > 0 for value in row["us"].values())
+
+
+def test_the_edge_cycle_benchmark_drives_every_replica_to_its_ack(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_edge_cycle
+
+    report = bench_edge_cycle.measure(20, 1)
+    assert report["messages_sent_per_replica"] == 1.0  # one result frame each
+    assert report["cpu_us_per_replica"]["median"] > 0
+    assert report["json_loads_us_per_replica"] > 0
