@@ -135,6 +135,9 @@ def flush_sync(items: list[Any]) -> tuple[list[Any], list[tuple[str, dict[str, A
 
 # How many flushes a socket's prefetch claim may wait while first claims go ahead of it.
 PREFETCH_WAIT_FLUSHES = 2
+# A flush takes up to a ``1 / FIRST_CLAIM_TAIL_SHARE`` of its cap in first claims beyond it when
+# that leaves no first claim waiting (see ``batch_take``).
+FIRST_CLAIM_TAIL_SHARE = 8
 
 
 def batch_take(
@@ -145,7 +148,16 @@ def batch_take(
     ``PREFETCH_WAIT_FLUSHES`` flushes ago stay behind. A job start wakes hundreds of sockets at
     once; the first to be answered ask for their prefetch while the others' first claims are
     still queued, and a flush of both took twice as long, so the last sockets' first
-    ``assign`` left one long flush later. Entries: (item, future, flush number at arrival)."""
+    ``assign`` left one long flush later.
+
+    First claims that would be left over by only a few (up to ``max_items //
+    FIRST_CLAIM_TAIL_SHARE``) ride along: a process holding a few more than a multiple of the
+    cap of a start's woken sockets otherwise claimed for those few in a flush of their own, after
+    the loop had sent the previous flush's ``assign``s, and their first ``assign``s were the
+    push's last (``docs/benchmarks.md``). Entries: (item, future, flush number at arrival)."""
+
+    def first_claim(entry: tuple[Any, asyncio.Future, int]) -> bool:
+        return isinstance(entry[0], ClaimItem) and not entry[0].prefetch
 
     def waits(entry: tuple[Any, asyncio.Future, int]) -> bool:
         item, _, arrived = entry
@@ -155,12 +167,15 @@ def batch_take(
             and flush - arrived < PREFETCH_WAIT_FLUSHES
         )
 
-    first_claims = any(isinstance(item, ClaimItem) and not item.prefetch for item, _, _ in pending)
-    if not first_claims:
+    if not any(first_claim(entry) for entry in pending):
         return pending[:max_items], pending[max_items:]
     batch, rest = [], []
     for entry in pending:
         (rest if waits(entry) or len(batch) >= max_items else batch).append(entry)
+    tail = [entry for entry in rest if first_claim(entry)]
+    if tail and len(tail) <= max_items // FIRST_CLAIM_TAIL_SHARE:
+        batch += tail
+        rest = [entry for entry in rest if not first_claim(entry)]
     return batch, rest
 
 

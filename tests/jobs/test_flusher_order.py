@@ -1,11 +1,12 @@
 """Which items a flush takes (``jobs.dispatch.flusher.batch_take``): a job start's first claims
 go ahead of the prefetch claims of sockets answered a flush earlier, for at most
-``PREFETCH_WAIT_FLUSHES`` flushes; everything else keeps its arrival order."""
+``PREFETCH_WAIT_FLUSHES`` flushes, and a few first claims beyond the cap ride along rather than
+wait for a flush of their own; everything else keeps its arrival order."""
 
 import uuid
 
 from jobs.dispatch.batch import ClaimItem, HeartbeatItem, ResultItem
-from jobs.dispatch.flusher import PREFETCH_WAIT_FLUSHES, batch_take
+from jobs.dispatch.flusher import FIRST_CLAIM_TAIL_SHARE, PREFETCH_WAIT_FLUSHES, batch_take
 
 
 def entry(item, arrived: int = 0):  # noqa: ANN001, ANN201
@@ -67,3 +68,34 @@ def test_first_claims_beyond_the_cap_stay_in_order_with_the_waiting_prefetch_beh
     batch, rest = batch_take(pending, max_items=3, flush=2)
     assert items(batch) == firsts[:3]
     assert items(rest) == [waiting, *firsts[3:]]
+
+
+def test_a_few_first_claims_beyond_the_cap_ride_along_instead_of_waiting_for_a_flush():
+    # given a process with 263 woken sockets' first claims queued (cap 256) and a fresh prefetch
+    firsts = [first() for _ in range(256 + 256 // FIRST_CLAIM_TAIL_SHARE - 25)]
+    waiting = prefetch()
+    pending = [entry(waiting, arrived=2), *(entry(f, arrived=2) for f in firsts)]
+    # when the flush takes its items
+    batch, rest = batch_take(pending, max_items=256, flush=2)
+    # then every first claim is in it, and the prefetch claim still waits
+    assert items(batch) == firsts
+    assert items(rest) == [waiting]
+
+
+def test_more_first_claims_beyond_the_cap_than_the_tail_wait_for_the_next_flush():
+    firsts = [first() for _ in range(256 + 256 // FIRST_CLAIM_TAIL_SHARE + 1)]
+    batch, rest = batch_take([entry(f, arrived=2) for f in firsts], max_items=256, flush=2)
+    assert items(batch) == firsts[:256]
+    assert items(rest) == firsts[256:]
+
+
+def test_the_tail_takes_only_first_claims_and_leaves_what_else_is_over_the_cap_in_order():
+    result = ResultItem.__new__(ResultItem)  # only its type matters here
+    firsts = [first() for _ in range(18)]
+    pending = [entry(f, arrived=2) for f in firsts[:16]] + [
+        entry(result, arrived=2),
+        *(entry(f, arrived=2) for f in firsts[16:]),
+    ]
+    batch, rest = batch_take(pending, max_items=16, flush=2)
+    assert items(batch) == firsts
+    assert items(rest) == [result]
