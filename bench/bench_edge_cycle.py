@@ -116,8 +116,8 @@ async def _round(frames: list[tuple[str, str, str]]) -> tuple[float, int]:
         await driver.handle_message(ack)
         await driver.handle_message(credit)
     cpu = time.process_time() - began
+    driver.detach()  # the connection ends: its heartbeat timer stops
     await pool.aclose()
-    driver._heartbeat.set(None)
     if events.get("ack") != len(frames):
         raise RuntimeError(f"expected {len(frames)} acks, saw {events}")
     return cpu, sink.sent - hello_and_welcome
