@@ -113,6 +113,26 @@ def _not_found(message: str) -> JsonResponse:
     return JsonResponse({"error": {"code": "not_found", "message": message}}, status=404)
 
 
+def round_closed() -> JsonResponse:
+    """409 ``round_closed``: what a worker fetching for a job that has stopped running gets (a
+    pause or an end closed its round while the worker was fetching); the worker records the round
+    as ``late``, as for an upload the closed round refuses, not as a failed fetch."""
+    return JsonResponse(
+        {"error": {"code": "round_closed", "message": "the job is not running: its round closed"}},
+        status=409,
+    )
+
+
+def _stopped_fl_job_exists_unscoped(job_id: Any) -> bool:
+    """Whether ``job_id`` is an FL job that ran and no longer runs (paused, reducing or ended)."""
+    return (
+        Job.objects.unscoped()
+        .filter(pk=job_id, fl_config__isnull=False)
+        .exclude(status__in=(JobStatus.RUNNING, JobStatus.DRAFT))
+        .exists()
+    )
+
+
 def _running_fl_job_unscoped(job_id: Any) -> Job | None:
     """A running FL job of any tenant: the worker plane crosses tenants, as for the weights."""
     return (
@@ -125,11 +145,14 @@ def _running_fl_job_unscoped(job_id: Any) -> Job | None:
 
 @require_http_methods(["GET"])
 def shard(request: HttpRequest, job_id: Any, client_index: int) -> HttpResponse:
-    """A client's shard of a running job's public partition (404 for anything else)."""
+    """A client's shard of a running job's public partition (409 ``round_closed`` once the job
+    stopped running, 404 for anything else)."""
     denied = _unauthorized(request)
     if denied is not None:
         return denied
     job = _running_fl_job_unscoped(job_id)
+    if job is None and _stopped_fl_job_exists_unscoped(job_id):
+        return round_closed()
     config = getattr(job, "fl_config", None)
     if (
         job is None
@@ -179,6 +202,8 @@ def control_variate(request: HttpRequest, job_id: Any, sha256: str) -> HttpRespo
         return denied
     job = _running_fl_job_unscoped(job_id)
     if job is None:
+        if _stopped_fl_job_exists_unscoped(job_id):
+            return round_closed()
         return _not_found("no such control variate")
     key = control_key(job=job, sha256=sha256)
     if not default_storage.exists(key):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -23,17 +24,36 @@ def job_group(job_id: uuid.UUID | str) -> str:
     return f"job.{job_id}"
 
 
+# Sends handed to a running event loop, kept until done (the loop holds tasks only weakly).
+_in_flight: set[asyncio.Task[None]] = set()
+
+
 def _send(target: str, message: dict[str, Any], *, group: bool) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    send = layer.group_send if group else layer.send
     try:
-        if group:
-            async_to_sync(layer.group_send)(target, message)
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    try:
+        if loop is None:
+            async_to_sync(send)(target, message)
         else:
-            async_to_sync(layer.send)(target, message)
+            # Synchronous code running inside this thread's event loop (async_to_sync cannot
+            # block it): the loop sends once it gets control back.
+            task = loop.create_task(send(target, message))
+            _in_flight.add(task)
+            task.add_done_callback(_sent)
     except Exception:  # a lost notification is recovered by polling; never fail the write
         logger.exception("channel layer send to %s failed", target)
+
+
+def _sent(task: asyncio.Task[None]) -> None:
+    _in_flight.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("channel layer send failed", exc_info=task.exception())
 
 
 def broadcast_on_commit(group: str, message: dict[str, Any]) -> None:

@@ -315,6 +315,17 @@ def model_version_get_for_workers_unscoped(*, sha256: str) -> ModelVersion | Non
     )
 
 
+def model_version_of_stopped_job_exists_unscoped(*, sha256: str) -> bool:
+    """Whether a global model with this hash exists whose job no longer runs (paused or ended):
+    a worker fetching it is late for a round that closed, not asking for something unknown."""
+    return (
+        ModelVersion.objects.unscoped()
+        .filter(sha256=sha256)
+        .exclude(job__status=JobStatus.RUNNING)
+        .exists()
+    )
+
+
 def fl_local_data_jobs_unscoped(*, pool_tenant_id: Any = None) -> list[dict[str, Any]]:
     """Running or paused FL and analytics jobs that read contributors' own data, across tenants,
     with the schema a contributor's file must match: the worker page lists them so a contributor

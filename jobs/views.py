@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from ccgsc_site.forms import add_validation_errors, error_text
 from jobs import dispatch, exports, selectors, services
 from jobs.fl_exports import model_version_filename, model_version_response, onnx_response
+from jobs.fl_shards import round_closed
 from jobs.forms import FlJobForm, JobForm
 from jobs.kernels import KernelUnavailable, kernel_module_bytes
 from jobs.services.fl_privacy import fl_privacy_state, fl_secagg_plan
@@ -138,7 +139,8 @@ def model_version_onnx(request: HttpRequest, model_version_id: uuid.UUID) -> Htt
 
 @require_GET
 def model_weights(request: HttpRequest, sha256: str) -> HttpResponse:
-    """A running FL job's global model by hash, for workers (``Authorization: Worker <token>``).
+    """A running FL job's global model by hash, for workers (``Authorization: Worker <token>``);
+    409 ``round_closed`` once its job stopped running.
 
     Same origin as the worker page (its CSP allows no other), cached by hash. The response holds
     the weights only: no job, tenant or round is named in it.
@@ -150,6 +152,8 @@ def model_weights(request: HttpRequest, sha256: str) -> HttpResponse:
         )
     version = selectors.model_version_get_for_workers_unscoped(sha256=sha256)
     if version is None:
+        if selectors.model_version_of_stopped_job_exists_unscoped(sha256=sha256):
+            return round_closed()  # a pause or an end closed the round during the fetch
         raise Http404("No such model")
     response = model_version_response(request, version)
     del response["X-Content-SHA256"]  # the URL already names the hash

@@ -36,7 +36,7 @@ from ccgsc_worker import abi
 from ccgsc_worker.compression import ResidualStore, int8_payload, sign_payload
 from ccgsc_worker.dp import clip_update
 from ccgsc_worker.kernel import KernelFailed, KernelRejected, KernelRunner
-from ccgsc_worker.transfer import Http, RoundError, retry_delay, upload_update
+from ccgsc_worker.transfer import Http, RoundError, error_code, retry_delay, upload_update
 
 SHARD_MAGIC = b"CCSD"
 SHARD_HEADER = struct.Struct("<4sIII")
@@ -235,6 +235,9 @@ class RoundTrainer:
                 delay = retry_delay(retries)
                 time.sleep(min(delay, max(0.0, time_left())) if time_left else delay)
                 continue
+            if answer.status == 409 and error_code(answer) == "round_closed":
+                # A pause or an end closed the round during the fetch: late, not a failure.
+                raise RoundError("late", "the round closed before its data arrived")
             if answer.status != 200:
                 raise RoundError("fetch_failed", f"{path}: HTTP {answer.status}")
             if sha256 is not None and hashlib.sha256(answer.body).hexdigest() != sha256:

@@ -125,13 +125,13 @@ def upload_update(
         retries += 1
         try:
             answer = http.request("POST", base, body=create, headers=json_type)
-            if answer.status == 409 and _code(answer) == "round_closed":
+            if answer.status == 409 and error_code(answer) == "round_closed":
                 return "late", "the round closed before the update arrived"
             if answer.status not in (200, 201):
                 if answer.status >= 500:
                     failures += 1
                     continue
-                return "rejected", f"{_code(answer)}: {_message(answer)}"
+                return "rejected", f"{error_code(answer)}: {_message(answer)}"
             state = answer.json()
             upload = f"{base}{state['upload']}"
             missing = [i for i in range(state["chunk_count"]) if i not in state["chunks_received"]]
@@ -150,10 +150,10 @@ def upload_update(
                 if done.status == 422:
                     rejection = done.json().get("rejection") or {}
                     return "rejected", f"{rejection.get('code')}: {rejection.get('message')}"
-                if done.status == 409 and _code(done) == "round_closed":
+                if done.status == 409 and error_code(done) == "round_closed":
                     return "late", "the round closed before the update was complete"
-                if done.status < 500 and _code(done) != "incomplete":
-                    return "rejected", f"{_code(done)}: {_message(done)}"
+                if done.status < 500 and error_code(done) != "incomplete":
+                    return "rejected", f"{error_code(done)}: {_message(done)}"
                 failures += 1
         except OSError:
             # The server is unreachable (restarting, a network outage): ask for the state again
@@ -208,12 +208,13 @@ def _put_chunk(http: Http, upload: str, index: int, chunk: bytes) -> bool:
         answer = http.request("PUT", f"{upload}/chunks/{index}", body=chunk, headers=headers)
         if answer.status == 200:
             return True
-        if _code(answer) != "checksum_mismatch":
+        if error_code(answer) != "checksum_mismatch":
             return False
     return False
 
 
-def _code(answer: Response) -> str:
+def error_code(answer: Response) -> str:
+    """The `error.code` of a JSON error answer (its HTTP status when it has none)."""
     return str((answer.json().get("error") or {}).get("code", answer.status))
 
 

@@ -197,6 +197,8 @@ export async function fetchChecked(http, path, { sha256 = null, sleep = wait } =
       await sleep(200 * 2 ** attempt);
       continue;
     }
+    // A pause or an end closed the round while this worker was fetching: late, not a failure.
+    if (answer.status === 409 && code(answer) === "round_closed") throw new RoundError("late", "the round closed before its data arrived");
     if (answer.status !== 200) throw new RoundError("fetch_failed", `${path}: HTTP ${answer.status}`);
     if (sha256 !== null && (await sha256Hex(answer.body)) !== sha256) {
       throw new RoundError("hash_mismatch", `${path} does not match its sha256`);

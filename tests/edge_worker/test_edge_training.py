@@ -296,6 +296,23 @@ def test_a_closed_round_makes_the_update_late(digits_shard: bytes) -> None:
     assert not any(line.startswith("PUT") for line in server.log)
 
 
+def test_a_fetch_refused_because_the_job_stopped_makes_the_round_late(digits_shard: bytes) -> None:
+    # given a job paused while this worker fetches its shard: the server answers 409 round_closed
+    weights = _weights()
+    server = FakeServer(weights, digits_shard)
+    answer = server.request
+    server.request = lambda method, path, **kw: (  # type: ignore[method-assign]
+        _error(409, "round_closed") if path == "/s.bin" else answer(method, path, **kw)
+    )
+    # then the round ends late, not fetch_failed, and nothing is uploaded
+    assert _run(server, _invite(weights)) == ("late", "the round closed before its data arrived")
+    assert not server.uploads
+    # while a shard that is not there stays a failed fetch
+    missing = FakeServer(weights, digits_shard)
+    del missing.files["/s.bin"]
+    assert _run(missing, _invite(weights))[0] == "fetch_failed"
+
+
 def test_weights_that_do_not_match_their_hash_are_not_trained(digits_shard: bytes) -> None:
     weights = _weights()
     server = FakeServer(weights, digits_shard)

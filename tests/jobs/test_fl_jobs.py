@@ -536,8 +536,11 @@ def test_workers_fetch_weights_of_running_jobs_by_hash_only(enterprise):
     assert worker.get(url, HTTP_IF_NONE_MATCH=f'"{version.sha256}"').status_code == 304
     assert worker.get(f"/weights/{'0' * 64}.f32").status_code == 404
 
+    # once the job stops running, a worker still fetching is late for a closed round: 409
     Job.objects.for_tenant(enterprise).filter(pk=job.pk).update(status=JobStatus.CANCELLED)
-    assert worker.get(url).status_code == 404
+    stopped = worker.get(url)
+    assert (stopped.status_code, stopped.json()["error"]["code"]) == (409, "round_closed")
+    assert worker.get(f"/weights/{'0' * 64}.f32").status_code == 404
 
 
 # ----------------------------------------------------------------------------- pages

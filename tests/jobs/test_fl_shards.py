@@ -1,10 +1,12 @@
 """FL worker downloads: a client's shard of a running job's public partition, and the training
-kernels by hash, for worker tokens only; anything else is a 401 or a 404."""
+kernels by hash, for worker tokens only; a job that stopped running is a 409 ``round_closed``,
+anything else a 401 or a 404."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -54,15 +56,28 @@ def test_shards_need_a_worker_token(tenant):
     assert json.loads(response.content)["error"]["code"] == "unauthorized"
 
 
-def test_private_data_stopped_jobs_and_unknown_clients_have_no_shard(tenant, other_tenant, auth):
+def test_private_data_draft_jobs_and_unknown_clients_have_no_shard(tenant, other_tenant, auth):
     job, _ = fl_job_unchecked(tenant)
     assert Client().get(f"/fl/shards/{job.pk}/10.bin", **auth).status_code == 404
-    paused, _ = fl_job_unchecked(other_tenant, status=JobStatus.PAUSED)
-    assert Client().get(f"/fl/shards/{paused.pk}/0.bin", **auth).status_code == 404
+    draft, _ = fl_job_unchecked(other_tenant, status=JobStatus.DRAFT)
+    assert Client().get(f"/fl/shards/{draft.pk}/0.bin", **auth).status_code == 404
+    assert Client().get(f"/fl/shards/{uuid.uuid4()}/0.bin", **auth).status_code == 404
     config = job.fl_config
     config.data_source, config.data_is_private = "contributor_local", True
     config.save(update_fields=["data_source", "data_is_private"])
     assert Client().get(f"/fl/shards/{job.pk}/0.bin", **auth).status_code == 404
+
+
+@pytest.mark.parametrize("status", [JobStatus.PAUSED, JobStatus.COMPLETED, JobStatus.CANCELLED])
+def test_a_worker_fetching_for_a_job_that_stopped_is_told_its_round_closed(tenant, auth, status):
+    # given a worker invited to a round whose job is then paused or ended during its fetches
+    job, _ = fl_job_unchecked(tenant, status=status)
+    # when it asks for its shard or a control variate
+    for url in (f"/fl/shards/{job.pk}/0.bin", f"/fl/controls/{job.pk}/{'0' * 64}.f32"):
+        response = Client().get(url, **auth)
+        # then the answer says the round closed (the worker records it late), not "no such shard"
+        assert response.status_code == 409, url
+        assert json.loads(response.content)["error"]["code"] == "round_closed"
 
 
 def test_a_training_kernel_is_served_by_its_hash(auth):

@@ -183,6 +183,22 @@ describe("training.js", () => {
       assert.deepEqual(log, ["GET /weights/w.f32", "GET /fl/kernels/k.wasm"]);
     });
 
+    it("counts a fetch refused because the job stopped as a late round, not a failure", async () => {
+      // the job was paused while this worker fetched its shard: the server answers 409 round_closed
+      const weights = new Uint8Array(16);
+      const { sha256Hex } = await import("../../static/worker_frontend/protocol.js");
+      const job = invite({ source: "public_partition", private: false, url: "/fl/shards/j/0.bin" });
+      job.model.sha256 = await sha256Hex(weights);
+      const closed = json(409, { error: { code: "round_closed", message: "the job is not running" } });
+      const { http, log } = fakeHttp((method, path) => (path === "/weights/w.f32" ? new Response(weights) : closed));
+      const outcome = await runRound(job, deps(http));
+      assert.deepEqual(outcome, { code: "late", message: "the round closed before its data arrived" });
+      assert.deepEqual(log, ["GET /weights/w.f32", "GET /fl/shards/j/0.bin"]); // not retried
+      // any other refusal of a fetch stays a failed fetch
+      const other = fakeHttp((method, path) => (path === "/weights/w.f32" ? new Response(weights) : json(409, { error: { code: "conflict" } })));
+      assert.equal((await runRound(job, deps(other.http))).code, "fetch_failed");
+    });
+
     it("refuses weights that do not match their hash, and declines without SIMD", async () => {
       const { http } = fakeHttp(() => new Response(new Uint8Array(16)));
       const publicData = invite({ source: "public_partition", private: false, url: "/fl/shards/j/0.bin" });
