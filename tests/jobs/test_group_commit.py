@@ -96,6 +96,34 @@ def test_a_disagreement_in_a_batch_penalises_the_liar_and_asks_for_another_repli
     assert Worker.objects.get(pk=liar.worker_id).consecutive_valid == 0
 
 
+def test_a_batch_that_validates_a_task_cancels_its_live_replica_and_tells_its_worker(
+    tenant, owner, kernels
+):
+    # given two tasks with three replicas wanted each, all out on three workers
+    job = fc_job(tenant, owner, kernels["prime_count"], tasks=2)
+    Task.objects.unscoped().filter(job=job).update(target_replicas=3)
+    sessions = [new_worker()[0] for _ in range(3)]
+    for n, session in enumerate(sessions):
+        Worker.objects.filter(pk=session.worker_id).update(channel_name=f"specific.w{n}")
+    claimed = _claim_all(sessions, count=2)
+    assert len(claimed) == 6
+    # when the first two workers' agreeing results arrive in one flush
+    answers, sends = flusher.flush_sync(
+        [result_item(s, o) for s, o in claimed if s is not sessions[2]]
+    )
+    # then both tasks are validated, the third worker's replicas are cancelled, and it is told
+    assert [a.status for a in answers] == ["accepted"] * 4
+    assert set(job.tasks.values_list("status", flat=True)) == {TaskStatus.VALIDATED}
+    third = Assignment.objects.unscoped().filter(worker_id=sessions[2].worker_id)
+    assert set(third.values_list("status", flat=True)) == {AssignmentStatus.CANCELLED}
+    cancels = sorted(
+        (channel, message["assignment"])
+        for channel, message in sends
+        if message["type"] == "worker.cancel" and message["reason"] == "task_validated"
+    )
+    assert cancels == sorted(("specific.w2", str(a.pk)) for a in third)
+
+
 def test_concurrent_batches_for_the_same_tasks_validate_exactly_once(tenant, owner, kernels):
     # given twelve tasks with three replicas wanted each (quorum 2: one is cancelled or late)
     job = fc_job(tenant, owner, kernels["prime_count"], tasks=12)
