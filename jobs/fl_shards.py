@@ -123,24 +123,24 @@ def round_closed() -> JsonResponse:
     )
 
 
-def _stopped_fl_job_exists_unscoped(job_id: Any) -> bool:
-    """Whether ``job_id`` is an FL job that ran and no longer runs (paused, reducing or ended)."""
-    return (
-        Job.objects.unscoped()
-        .filter(pk=job_id, fl_config__isnull=False)
-        .exclude(status__in=(JobStatus.RUNNING, JobStatus.DRAFT))
-        .exists()
-    )
-
-
-def _running_fl_job_unscoped(job_id: Any) -> Job | None:
-    """A running FL job of any tenant: the worker plane crosses tenants, as for the weights."""
+def _fl_job_unscoped(job_id: Any) -> Job | None:
+    """An FL job of any tenant and status: the worker plane crosses tenants, as for the weights."""
     return (
         Job.objects.unscoped()
         .select_related("fl_config")
-        .filter(pk=job_id, status=JobStatus.RUNNING, fl_config__isnull=False)
+        .filter(pk=job_id, fl_config__isnull=False)
         .first()
     )
+
+
+def _not_running(job: Job | None, missing: str) -> JsonResponse | None:
+    """None for a running job; 409 ``round_closed`` for one that ran and no longer runs
+    (paused, reducing or ended); 404 ``missing`` for an unknown job or a draft."""
+    if job is None or job.status == JobStatus.DRAFT:
+        return _not_found(missing)
+    if job.status != JobStatus.RUNNING:
+        return round_closed()
+    return None
 
 
 @require_http_methods(["GET"])
@@ -150,14 +150,13 @@ def shard(request: HttpRequest, job_id: Any, client_index: int) -> HttpResponse:
     denied = _unauthorized(request)
     if denied is not None:
         return denied
-    job = _running_fl_job_unscoped(job_id)
-    if job is None and _stopped_fl_job_exists_unscoped(job_id):
-        return round_closed()
-    config = getattr(job, "fl_config", None)
+    job = _fl_job_unscoped(job_id)
+    refused = _not_running(job, "no such shard")
+    if refused is not None:
+        return refused
+    config = job.fl_config
     if (
-        job is None
-        or config is None
-        or config.data_source != DataSource.PUBLIC_PARTITION
+        config.data_source != DataSource.PUBLIC_PARTITION
         or config.data_is_private
         or not 0 <= client_index < (config.partition_clients or 0)
     ):
@@ -200,11 +199,10 @@ def control_variate(request: HttpRequest, job_id: Any, sha256: str) -> HttpRespo
     denied = _unauthorized(request)
     if denied is not None:
         return denied
-    job = _running_fl_job_unscoped(job_id)
-    if job is None:
-        if _stopped_fl_job_exists_unscoped(job_id):
-            return round_closed()
-        return _not_found("no such control variate")
+    job = _fl_job_unscoped(job_id)
+    refused = _not_running(job, "no such control variate")
+    if refused is not None:
+        return refused
     key = control_key(job=job, sha256=sha256)
     if not default_storage.exists(key):
         return _not_found("no such control variate")
