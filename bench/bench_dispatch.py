@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT / "edge_worker"))
 
 import psycopg  # noqa: E402
 from dispatch_probes import (  # noqa: E402 - after the path setup
+    backends_cpu,
     cpu_per_replica,
     cpu_seconds,
     cpu_snapshot,
@@ -433,6 +434,7 @@ def run_swarm(
         t_pushed = time.time()
         push_cpu_after = cpu_snapshot(conn, servers or {})
         push_cpu_after["swarm"] = cpu_seconds(swarm.pids)
+        push_backends = backends_cpu(conn, push_cpu_before, push_cpu_after)
         # Wait (bounded) until nearly every worker has had its first assignment, then warm up.
         deadline = time.monotonic() + 180
         while swarm.count(FIRST_FRAMES) < 0.95 * len(tokens) and time.monotonic() < deadline:
@@ -504,6 +506,7 @@ def run_swarm(
             "wall_ms": round((t_pushed - t_start) * 1000, 1),
             # CPU milliseconds by process over that wall time (two cores give twice the wall).
             "cpu_ms": cpu_per_replica(push_cpu_before, push_cpu_after, 1.0),
+            "postgresql_backends": push_backends,
         },
         "think_ms": think_s * 1000,
         "concurrency": concurrency,

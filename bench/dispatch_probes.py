@@ -101,6 +101,27 @@ def cpu_snapshot(conn: psycopg.Connection, servers: dict[str, int]) -> dict[str,
     return snap
 
 
+def backends_cpu(conn: psycopg.Connection, before: dict[str, Any], after: dict[str, Any]) -> list:
+    """The PostgreSQL backends' CPU milliseconds between two snapshots, busiest first, each with
+    its type and the first words of its last statement (which tell a Daphne's flusher from a
+    request's or Celery's connection)."""
+    rows = conn.execute(
+        "SELECT pid, backend_type, left(regexp_replace(query, '\\s+', ' ', 'g'), 60)"
+        " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    info = {row[0]: (row[1], row[2]) for row in rows}
+    out = [
+        {
+            "pid": pid,
+            "cpu_ms": round((cpu - before["backends"].get(pid, 0.0)) * 1000),
+            "type": info.get(pid, ("gone", ""))[0],
+            "last": info.get(pid, ("", ""))[1],
+        }
+        for pid, cpu in after["backends"].items()
+    ]
+    return sorted((row for row in out if row["cpu_ms"] > 0), key=lambda r: -r["cpu_ms"])
+
+
 def cpu_per_replica(before: dict[str, Any], after: dict[str, Any], per: float) -> dict:
     """Milliseconds of CPU per validated replica, by process. PostgreSQL counts the backends
     alive at both ends of the window (persistent connections; short-lived ones are missed)."""
