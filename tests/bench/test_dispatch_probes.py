@@ -8,7 +8,7 @@ import pytest
 from bench.dispatch_probes import backends_cpu, cpu_snapshot
 from tests import servers
 
-pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.services, pytest.mark.django_db]
 
 
 def test_backends_cpu_names_the_busy_backend():
