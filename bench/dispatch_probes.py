@@ -104,7 +104,8 @@ def cpu_snapshot(conn: psycopg.Connection, servers: dict[str, int]) -> dict[str,
 def backends_cpu(conn: psycopg.Connection, before: dict[str, Any], after: dict[str, Any]) -> list:
     """The PostgreSQL backends' CPU milliseconds between two snapshots, busiest first, each with
     its type and the first words of its last statement (which tell a Daphne's flusher from a
-    request's or Celery's connection)."""
+    request's or Celery's connection). A backend that started in between counts from its start;
+    one that ended in between is missed."""
     rows = conn.execute(
         "SELECT pid, backend_type, left(regexp_replace(query, '\\s+', ' ', 'g'), 60)"
         " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
