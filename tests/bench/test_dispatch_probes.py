@@ -27,8 +27,9 @@ def test_backends_cpu_names_the_busy_backend():
         # when the read-out compares them
         rows = backends_cpu(probe, before, after)
     by_pid = {row["pid"]: row for row in rows}
-    # then the busy backend is listed first, with its type and its last statement
-    assert rows[0]["pid"] == busy_pid
+    # then the busy backend is listed, with its type and its last statement, busiest first
+    # (other tests' servers may share the database: the order is checked, not the first place)
+    assert [row["cpu_ms"] for row in rows] == sorted((row["cpu_ms"] for row in rows), reverse=True)
     assert by_pid[busy_pid]["cpu_ms"] >= 10
     assert by_pid[busy_pid]["type"] == "client backend"
     assert by_pid[busy_pid]["last"].startswith("SELECT count(*) FROM generate_series(1, 3000000)")
