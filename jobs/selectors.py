@@ -316,12 +316,13 @@ def model_version_get_for_workers_unscoped(*, sha256: str) -> ModelVersion | Non
 
 
 def model_version_of_stopped_job_exists_unscoped(*, sha256: str) -> bool:
-    """Whether a global model with this hash exists whose job no longer runs (paused or ended):
-    a worker fetching it is late for a round that closed, not asking for something unknown."""
+    """Whether a global model with this hash exists whose job ran and no longer runs (paused,
+    reducing or ended): a worker fetching it is late for a round that closed, not asking for
+    something unknown. A draft's initial weights are not: no worker was ever sent their hash."""
     return (
         ModelVersion.objects.unscoped()
         .filter(sha256=sha256)
-        .exclude(job__status=JobStatus.RUNNING)
+        .exclude(job__status__in=(JobStatus.RUNNING, JobStatus.DRAFT))
         .exists()
     )
 

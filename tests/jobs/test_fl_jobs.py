@@ -542,6 +542,10 @@ def test_workers_fetch_weights_of_running_jobs_by_hash_only(enterprise):
     assert (stopped.status_code, stopped.json()["error"]["code"]) == (409, "round_closed")
     assert worker.get(f"/weights/{'0' * 64}.f32").status_code == 404
 
+    # a draft's initial weights were never handed to a worker: unknown, as for its shards
+    Job.objects.for_tenant(enterprise).filter(pk=job.pk).update(status=JobStatus.DRAFT)
+    assert worker.get(url).status_code == 404
+
 
 # ----------------------------------------------------------------------------- pages
 
