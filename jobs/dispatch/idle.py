@@ -29,7 +29,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db.models import Exists, F, OuterRef, Q, Sum
+from django.db.models import Exists, F, OuterRef, Q, Subquery
 
 from jobs import realtime
 from jobs.models import COUNTED_REPLICA_STATUSES, Assignment, Task, Worker
@@ -48,9 +48,20 @@ class IdleWork:
 
 
 def idle_work_unscoped(*, worker_ids: list[uuid.UUID]) -> IdleWork:
-    """Which of these workers could claim a task now (one query: a dispatchable task its
-    contributor holds no counted replica of, in its private pool or the public queue), how many
-    replicas the queue wants, and their pending FL invites (one query)."""
+    """Which of these workers could claim a task now, how many replicas the queue wants (at
+    least as many as there are workers, when it wants that many), and their pending FL
+    invites: three queries whatever the number of workers.
+
+    A worker could claim when the first task of its queue (the public one, or its contributor's
+    private pool) that its contributor holds no counted replica of exists. Each worker's first
+    task is asked for in claim order (``ORDER BY priority DESC, id LIMIT 1``) so that
+    PostgreSQL walks the queue's partial index (``task_dispatch_queue``) from its head and stops
+    at the first match. Asked as ``EXISTS`` it dropped the order, and with the statistics of a
+    table that had just received a job's tasks PostgreSQL read the whole task table for every
+    worker: 4.4 s for 500 workers and 75,000 tasks, of which 504 were queued, and a
+    re-check that fell into a job start's push cost it a quarter of a second of PostgreSQL's
+    CPU (``docs/benchmarks.md``). The replicas are summed over the queue's first tasks, as many
+    as the workers (each queued task wants one or more): a re-check wakes at most that many."""
     if not worker_ids:
         return IdleWork()
     held = Assignment.objects.unscoped().filter(
@@ -58,22 +69,34 @@ def idle_work_unscoped(*, worker_ids: list[uuid.UUID]) -> IdleWork:
         contributor_id=OuterRef(OuterRef("contributor_id")),
         status__in=COUNTED_REPLICA_STATUSES,
     )
-    queued = Task.objects.unscoped().filter(dispatchable=True).filter(~Exists(held))
-    public = queued.filter(private_pool=False)
-    pool = queued.filter(tenant_id=OuterRef("contributor__pool_tenant_id"))
+    queue = (
+        Task.objects.unscoped()
+        .filter(dispatchable=True)
+        .filter(~Exists(held))
+        .order_by("-priority", "id")
+        .values("pk")
+    )
+    public = queue.filter(private_pool=False)[:1]
+    pool = queue.filter(tenant_id=OuterRef("contributor__pool_tenant_id"))[:1]
     claimable = set(
         Worker.objects.filter(pk__in=worker_ids, is_banned=False, contributor__is_banned=False)
+        .alias(public_head=Subquery(public), pool_head=Subquery(pool))
         .filter(
-            (Q(contributor__pool_tenant__isnull=True) & Exists(public))
-            | (Q(contributor__pool_tenant__isnull=False) & Exists(pool))
+            Q(contributor__pool_tenant__isnull=True, public_head__isnull=False)
+            | Q(contributor__pool_tenant__isnull=False, pool_head__isnull=False)
         )
+        .order_by()
         .values_list("pk", flat=True)
     )
     replicas = 0
     if claimable:
-        wanted = Task.objects.unscoped().filter(dispatchable=True)
-        total = wanted.aggregate(n=Sum(F("target_replicas") - F("active_replicas")))["n"]
-        replicas = max(int(total or 0), 0)
+        head = (
+            Task.objects.unscoped()
+            .filter(dispatchable=True)
+            .order_by("-priority", "id")
+            .values_list(F("target_replicas") - F("active_replicas"), flat=True)[: len(worker_ids)]
+        )
+        replicas = max(sum(head), 0)
     return IdleWork(
         claimable=claimable,
         replicas=replicas,

@@ -7,14 +7,14 @@ import asyncio
 import uuid
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from jobs import dispatch, services
 from jobs.dispatch import idle
 from jobs.dispatch.batch import dispatch_batch
 from jobs.dispatch.batch_sessions import DisconnectItem, HelloItem
-from jobs.models import Worker
+from jobs.models import Task, Worker
 from tenants.roles import Role
 from tests.factories import ContributorFactory
 from tests.jobs.helpers import HELLO, fc_job, new_worker
@@ -112,6 +112,46 @@ def test_the_idle_query_finds_only_workers_that_could_claim(tenant, owner, kerne
     # and with the job paused nothing is claimable (its tasks leave the queue)
     services.job_pause(job=job, actor_role=Role.OWNER)
     assert idle.idle_work_unscoped(worker_ids=ids).claimable == set()
+
+
+def _task_rows_read() -> tuple[int, int]:
+    """This transaction's reads of the task table so far: (rows read by sequential scans, rows
+    fetched through indexes)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)"
+            " FROM pg_stat_xact_user_tables WHERE relname = %s",
+            [Task._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else (0, 0)
+
+
+def test_the_idle_query_reads_the_queue_from_its_head_whatever_the_statistics(
+    tenant, owner, kernels
+):
+    # given planner statistics taken while the task table was empty (as after a big job's
+    # tasks were just written, before autovacuum analyzes them), twenty idle workers online,
+    # and a job of 3,000 tasks of which the start queued only the first few
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Task._meta.db_table}")
+    sessions = [new_worker(slots=1)[0] for _ in range(20)]
+    fc_job(tenant, owner, kernels["prime_count"], tasks=3000, chunk_size=10)
+    queued = Task.objects.unscoped().filter(dispatchable=True).count()
+    assert 0 < queued < 200
+    # when a re-check asks which of them could claim
+    with transaction.atomic():
+        before = _task_rows_read()
+        found = idle.idle_work_unscoped(worker_ids=[s.worker_id for s in sessions])
+        seq_read, fetched = (
+            after - was for after, was in zip(_task_rows_read(), before, strict=True)
+        )
+    # then every one of them could, the queue wants at least as many replicas as there are
+    # workers, and the task table was read along the queue's index, not scanned: the query
+    # that asked with EXISTS read the whole table once per worker (about 60,000 rows here)
+    assert found.claimable == {s.worker_id for s in sessions}
+    assert found.replicas >= len(sessions)
+    assert seq_read < 3000, (seq_read, fetched)
 
 
 def test_a_recheck_wakes_only_idle_consumers_with_work_and_no_more_than_the_replicas(
