@@ -59,8 +59,8 @@ def idle_work_unscoped(*, worker_ids: list[uuid.UUID]) -> IdleWork:
     at the first match. Asked as ``EXISTS`` it dropped the order, and with the statistics of a
     table that had just received a job's tasks PostgreSQL read the whole task table for every
     worker: 4.4 s for 500 workers and 75,000 tasks, of which 504 were queued, and a
-    re-check that fell into a job start's push cost it a quarter of a second of PostgreSQL's
-    CPU (``docs/benchmarks.md``). The replicas are summed over the queue's first tasks, as many
+    re-check that fell into a job start's push cost it 250–490 ms of PostgreSQL's CPU
+    (``docs/benchmarks.md``). The replicas are summed over the queue's first tasks, as many
     as the workers (each queued task wants one or more): a re-check wakes at most that many."""
     if not worker_ids:
         return IdleWork()
