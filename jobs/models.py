@@ -137,6 +137,12 @@ class TaskStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+# Claim order: the order in which dispatchable tasks are handed out, and the order of the
+# dispatcher's queue index (``task_dispatch_queue``). A query over the queue that orders by it
+# (with a LIMIT) walks that index from its head.
+DISPATCH_ORDER = ("-priority", "id")
+
+
 class Task(TenantOwnedModel):
     """One slice of a job. Dispatchable while open and fewer replicas run than it needs."""
 
@@ -174,7 +180,7 @@ class Task(TenantOwnedModel):
         indexes = [
             # The dispatcher's queue: only dispatchable tasks, in priority order.
             models.Index(
-                fields=["-priority", "id"],
+                fields=list(DISPATCH_ORDER),
                 name="task_dispatch_queue",
                 condition=Q(dispatchable=True),
             ),

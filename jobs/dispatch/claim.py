@@ -20,6 +20,7 @@ from jobs.dispatch.queue_fill import queue_fill_request
 from jobs.dispatch.sql import bound_cursor, uuid_array
 from jobs.models import (
     COUNTED_REPLICA_STATUSES,
+    DISPATCH_ORDER,
     Assignment,
     AssignmentStatus,
     Job,
@@ -259,7 +260,7 @@ def assignment_claim(*, worker_id: uuid.UUID, count: int) -> list[Offer]:
         candidates = candidates.filter(private_pool=False)
     tasks = [
         ClaimTask(*row)
-        for row in candidates.order_by("-priority", "id")
+        for row in candidates.order_by(*DISPATCH_ORDER)
         .select_for_update(skip_locked=True, of=("self",))
         .values_list(*CLAIM_FIELDS)[:count]
     ]

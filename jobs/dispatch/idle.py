@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Q, Subquery
 
 from jobs import realtime
-from jobs.models import COUNTED_REPLICA_STATUSES, Assignment, Task, Worker
+from jobs.models import COUNTED_REPLICA_STATUSES, DISPATCH_ORDER, Assignment, Task, Worker
 from jobs.services.fl_rounds_invites import fl_invites_pending_by_worker_unscoped
 
 logger = logging.getLogger(__name__)
@@ -69,13 +69,8 @@ def idle_work_unscoped(*, worker_ids: list[uuid.UUID]) -> IdleWork:
         contributor_id=OuterRef(OuterRef("contributor_id")),
         status__in=COUNTED_REPLICA_STATUSES,
     )
-    queue = (
-        Task.objects.unscoped()
-        .filter(dispatchable=True)
-        .filter(~Exists(held))
-        .order_by("-priority", "id")
-        .values("pk")
-    )
+    queued = Task.objects.unscoped().filter(dispatchable=True).order_by(*DISPATCH_ORDER)
+    queue = queued.filter(~Exists(held)).values("pk")
     public = queue.filter(private_pool=False)[:1]
     pool = queue.filter(tenant_id=OuterRef("contributor__pool_tenant_id"))[:1]
     claimable = set(
@@ -90,13 +85,8 @@ def idle_work_unscoped(*, worker_ids: list[uuid.UUID]) -> IdleWork:
     )
     replicas = 0
     if claimable:
-        head = (
-            Task.objects.unscoped()
-            .filter(dispatchable=True)
-            .order_by("-priority", "id")
-            .values_list(F("target_replicas") - F("active_replicas"), flat=True)[: len(worker_ids)]
-        )
-        replicas = max(sum(head), 0)
+        wanted = F("target_replicas") - F("active_replicas")  # above 0 for a dispatchable task
+        replicas = sum(queued.values_list(wanted, flat=True)[: len(worker_ids)])
     return IdleWork(
         claimable=claimable,
         replicas=replicas,
