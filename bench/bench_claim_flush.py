@@ -13,8 +13,10 @@ Two ways of sending the flush's array parameters run alternately, flush by flush
 run: ``bound`` (the site's ``jobs.dispatch.sql.bound_cursor``: PostgreSQL binds them, one binary
 value per array) and ``client`` (the same statements through Django's default cursor, which
 quotes every array element into the SQL text in Python: what the site did before). Reported per
-way: median and spread of the flushing thread's CPU and of the wall time per flush, and the
-ratio.
+way: median and spread of the flushing thread's CPU, of its PostgreSQL backend's CPU (the
+scheduler's nanosecond count in ``/proc/<pid>/schedstat``: the server runs on this machine) and
+of the wall time per flush, and the ratios. Thread plus backend CPU over ``--claims`` is what one
+lease costs the two cores before its ``assign`` may leave.
 
 Usage: python bench/bench_claim_flush.py [--quick] [--claims 256] [--flushes 12]
 Writes bench/results/claim_flush.json.
@@ -47,6 +49,7 @@ from bench_dispatch import (  # noqa: E402 - the database name is set first
     drop_database,
     fresh_database,
 )
+from dispatch_probes import scheduled_cpu_ms  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "claim_flush.json"
 
@@ -150,21 +153,26 @@ def _fixtures(claims: int, tasks: int) -> list[Any]:
     return workers
 
 
-def _flush(workers: list[Any]) -> tuple[float, float, int]:
-    """One claim flush for every worker (one replica each): (thread CPU ms, wall ms, offers)."""
-    from django.db import transaction
+def _flush(workers: list[Any]) -> tuple[float, float, float, int]:
+    """One claim flush for every worker (one replica each): (thread CPU ms, PostgreSQL backend
+    CPU ms, wall ms, offers)."""
+    from django.db import connection, transaction
 
     from jobs.dispatch.batch import dispatch_batch
     from jobs.dispatch.batch_leases import ClaimItem
 
     items = [ClaimItem(worker_id=w, count=1) for w in workers]
+    connection.ensure_connection()
+    backend = connection.connection.info.backend_pid
+    database = scheduled_cpu_ms(backend)
     wall, cpu = time.perf_counter(), time.thread_time()
     with transaction.atomic():
         outcome = dispatch_batch(
             results=[], heartbeats=[], errors=[], claims=items, hellos=[], disconnects=[]
         )
     cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-    return cpu * 1000, wall * 1000, sum(len(offers) for offers in outcome.claims)
+    database = scheduled_cpu_ms(backend) - database
+    return cpu * 1000, database, wall * 1000, sum(len(offers) for offers in outcome.claims)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -186,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     # Two warm-up flushes per way; each flush takes claims / 2 tasks (quorum 2).
     tasks = (flushes + 2) * len(ways) * args.claims // 2 + args.claims
 
-    measured: dict[str, dict[str, list[float]]] = {w: {"cpu_ms": [], "wall_ms": []} for w in ways}
+    measured: dict[str, dict[str, list[float]]] = {
+        w: {"cpu_ms": [], "postgresql_cpu_ms": [], "wall_ms": []} for w in ways
+    }
     offers_seen: set[int] = set()
     with django_database("claimflush"):
         workers = _fixtures(args.claims, tasks)
@@ -194,10 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(flushes + 2):
                 for way in ways if round_ % 2 == 0 else reversed(ways):
                     _use(way)
-                    cpu, wall, offers = _flush(workers)
+                    cpu, database, wall, offers = _flush(workers)
                     offers_seen.add(offers)
                     if round_ >= 2:
                         measured[way]["cpu_ms"].append(cpu)
+                        measured[way]["postgresql_cpu_ms"].append(database)
                         measured[way]["wall_ms"].append(wall)
         finally:
             _use("bound")
@@ -211,18 +222,24 @@ def main(argv: list[str] | None = None) -> int:
         "ways": rows,
         "client_over_bound": {
             key: round(rows["client"][key]["median"] / rows["bound"][key]["median"], 2)
-            for key in ("cpu_ms", "wall_ms")
+            for key in ("cpu_ms", "postgresql_cpu_ms", "wall_ms")
         },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| way | thread CPU ms per {args.claims}-claim flush | wall ms |")
-    print("|---|---|---|")
+    print(
+        f"| way | thread CPU ms per {args.claims}-claim flush | PostgreSQL backend CPU ms "
+        "| wall ms |"
+    )
+    print("|---|---|---|---|")
     for way in ways:
-        cpu, wall = rows[way]["cpu_ms"], rows[way]["wall_ms"]
         print(
-            f"| {way} | {cpu['median']} ({cpu['min']}–{cpu['max']}) "
-            f"| {wall['median']} ({wall['min']}–{wall['max']}) |"
+            f"| {way} | "
+            + " | ".join(
+                f"{rows[way][key]['median']} ({rows[way][key]['min']}–{rows[way][key]['max']})"
+                for key in ("cpu_ms", "postgresql_cpu_ms", "wall_ms")
+            )
+            + " |"
         )
     ratio = report["client_over_bound"]
     print(f"client / bound: CPU {ratio['cpu_ms']}×, wall {ratio['wall_ms']}×")

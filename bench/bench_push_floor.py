@@ -11,7 +11,8 @@ swarm processes) pair, ``--rounds`` triggers are sent one after the other (the n
 frame of the last arrived, then a pause); a socket's k-th frame answers the k-th trigger.
 Measured: the time from just before the trigger's ``group_send`` to each frame's read (p50 / p99
 over every round's frames, and each round's p99), frames that never came, and each swarm
-process's event-loop lag over the rounds (p99 of the worst process). This is what the dispatch
+process's event-loop lag over the rounds (p99 of the worst process), and the CPU per frame of the
+Daphnes and of the load generator over the rounds (from ``/proc``). This is what the dispatch
 bench's push p99 cannot go below on the same machine with the load generator sharing its cores.
 
 Usage: python bench/bench_push_floor.py [--quick] [--connections 100 1000] [--swarm-procs 1 4]
@@ -37,7 +38,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "edge_worker"))
 
-from dispatch_probes import pct  # noqa: E402 - after the path setup
+from dispatch_probes import cpu_seconds, pct  # noqa: E402 - after the path setup
 from swarm import (  # noqa: E402
     FRAMES,
     Recorder,
@@ -244,8 +245,11 @@ def floor_run(
     try:
         swarm.start()
         opened = swarm.connect()
+        daphne_pids = [child.pid for child, _ in servers.children]
+        cpu_before = cpu_seconds(daphne_pids), cpu_seconds(swarm.pids)
         triggers = asyncio.run(trigger_rounds(swarm, connections, rounds))
         finished = time.time()
+        cpu_after = cpu_seconds(daphne_pids), cpu_seconds(swarm.pids)
         reports = swarm.stop()
         server_side = servers.traces(triggers)
     finally:
@@ -270,6 +274,12 @@ def floor_run(
             "p99_by_round": [pct(latencies, 99) for latencies in per_round],
         },
         "swarm_loop_lag_ms": merged["loop_lag_ms"],
+        # CPU over the rounds (their pauses included) per frame: what one frame's send costs
+        # the Daphnes and its read the load generator, with no application work around them.
+        "cpu_us_per_frame": {
+            name: round((after - before) * 1e6 / max(1, connections * rounds), 1)
+            for name, before, after in zip(("daphne", "swarm"), cpu_before, cpu_after, strict=True)
+        },
         "daphnes_ms": server_side,
         "events": merged["events"],
         "load_average_before_after": [load_before, os.getloadavg()],
@@ -284,7 +294,7 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown table of the runs."""
     head = [
         "connections", "swarm procs", "Daphnes", "fan-out", "writes", "frames", "p50 ms", "p99 ms", "max ms",
-        "p99 by round ms", "last frame handed to Daphne by round ms", "swarm loop lag p99 ms (worst process)", "load before → after",
+        "p99 by round ms", "last frame handed to Daphne by round ms", "swarm loop lag p99 ms (worst process)", "CPU µs per frame: Daphne, swarm", "load before → after",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -308,6 +318,7 @@ def table(results: list[dict[str, Any]]) -> str:
                     ", ".join(fmt(x["last_frame_handed"]) for x in r["daphnes_ms"]["rounds"])
                     or "n/a",
                     fmt(r["swarm_loop_lag_ms"]["p99"], 1),
+                    ", ".join(fmt(v) for v in r.get("cpu_us_per_frame", {}).values()) or "n/a",
                     f"{before[0]:.2f} → {after[0]:.2f}",
                 ]
             )

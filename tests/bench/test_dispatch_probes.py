@@ -1,11 +1,12 @@
-"""The dispatch bench's per-backend CPU read-out (``bench/dispatch_probes.backends_cpu``), on the
+"""The dispatch benches' CPU read-outs of PostgreSQL backends (``bench/dispatch_probes``), on the
 real PostgreSQL: a backend that burns CPU between two snapshots is listed with its type and the
-first words of its last statement; one that did nothing is left out."""
+first words of its last statement, and one that did nothing is left out; a backend's scheduled
+CPU (what the claim-flush bench charges a flush) grows by what it ran."""
 
 import psycopg
 import pytest
 
-from bench.dispatch_probes import backends_cpu, cpu_snapshot
+from bench.dispatch_probes import backends_cpu, cpu_snapshot, scheduled_cpu_ms
 from tests import servers
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db]
@@ -35,3 +36,25 @@ def test_backends_cpu_names_the_busy_backend():
     assert by_pid[busy_pid]["last"].startswith("SELECT count(*) FROM generate_series(1, 3000000)")
     # and the one that ran nothing is not
     assert idle_pid not in by_pid
+
+
+def test_scheduled_cpu_counts_what_a_backend_ran_and_not_what_it_did_not():
+    url = servers.test_database_url()
+    with (
+        psycopg.connect(url, autocommit=True) as busy,
+        psycopg.connect(url, autocommit=True) as idle,
+    ):
+        busy_pid = busy.execute("SELECT pg_backend_pid()").fetchone()[0]
+        idle_pid = idle.execute("SELECT pg_backend_pid()").fetchone()[0]
+        busy_before, idle_before = scheduled_cpu_ms(busy_pid), scheduled_cpu_ms(idle_pid)
+        # given one backend that runs a CPU-bound statement and one that runs nothing
+        busy.execute("SELECT count(*) FROM generate_series(1, 3000000) AS g")
+        # when their scheduled CPU is read again
+        busy_ms = scheduled_cpu_ms(busy_pid) - busy_before
+        idle_ms = scheduled_cpu_ms(idle_pid) - idle_before
+    # then the busy one grew by at least the statement's work, read at a finer grain than the
+    # 10 ms ticks of /proc's stat (whose readings are whole multiples of 10 ms), and the idle one
+    # by next to nothing
+    assert busy_ms >= 10
+    assert busy_ms % 10 != 0
+    assert idle_ms < 2
