@@ -242,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             + " |"
         )
     ratio = report["client_over_bound"]
-    print(f"client / bound: CPU {ratio['cpu_ms']}×, wall {ratio['wall_ms']}×")
+    print(
+        f"client / bound: CPU {ratio['cpu_ms']}×, PostgreSQL CPU {ratio['postgresql_cpu_ms']}×, "
+        f"wall {ratio['wall_ms']}×"
+    )
     return 0
 
 
